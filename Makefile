@@ -1,0 +1,46 @@
+# helpdesk-milter — the commands CI and the README use verbatim.
+#   make run    venv + install, then the milter on the example config (127.0.0.1:8894)
+#   make test   Debian packages + venv, then ruff and the whole test suite
+#   make lint   ruff (and mypy on the package)
+#   make bench  performance, side by side through a real Postfix (not part of test)
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+RUN_DIR ?= run
+
+.PHONY: all run test lint typecheck bench system-deps venv clean
+
+all: test
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+venv: system-deps $(VENV)/.installed
+
+run: venv
+	@mkdir -p $(RUN_DIR)
+	$(VENV)/bin/helpdesk-milter check-config --config config/helpdesk-milter.toml
+	exec $(VENV)/bin/helpdesk-milter run --config config/helpdesk-milter.toml \
+	    --database $(RUN_DIR)/state.db
+
+lint: venv
+	$(VENV)/bin/ruff check milter tests
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test: venv lint
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	$(PY) tests/bench/run.py
+
+clean:
+	rm -rf $(VENV) $(RUN_DIR) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,341 @@
+"""The ``helpdesk-milter`` command: run, check-config, try, report.
+
+Every sub-command exits 0 on success, 1 when the input is wrong (bad config,
+unreadable message) with a message that says what to fix, and 2 on usage
+errors (argparse).  No traceback reaches the user for a bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .classify import RuleSet, RulesError
+from .config import Config, ConfigError, load_config, parse_duration
+from .engine import Engine, rewrite_raw
+from .message import Envelope, strip_brackets
+
+DEFAULT_CONFIG = "/etc/helpdesk-milter/config.toml"
+
+EPILOG = """\
+examples:
+  helpdesk-milter check-config --config /etc/helpdesk-milter/config.toml
+  helpdesk-milter try --config config.toml --rcpt contact@example.org request.eml
+  helpdesk-milter run --config /etc/helpdesk-milter/config.toml
+  helpdesk-milter report --config /etc/helpdesk-milter/config.toml --since 7d
+"""
+
+
+def _load(path: str) -> tuple[Config, RuleSet]:
+    config = load_config(path)
+    rules = RuleSet.load(config.classifier.rules_file or None, config.classifier.weights)
+    return config, rules
+
+
+def _fail(message: str) -> int:
+    print(f"helpdesk-milter: {message}", file=sys.stderr)
+    return 1
+
+
+def _config_problem(exc: ConfigError | RulesError) -> int:
+    problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+    print(f"helpdesk-milter: the configuration has {len(problems)} problem"
+          f"{'s' if len(problems) != 1 else ''}:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 1
+
+
+def setup_logging(level: str = "info") -> None:
+    # Under systemd, journald stamps each line itself.
+    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") \
+        else "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt,
+                        stream=sys.stderr, force=True)
+
+
+# --- run ---------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config, rules = _load(args.config)
+    except (ConfigError, RulesError) as exc:
+        return _config_problem(exc)
+    if args.socket or args.database:
+        from dataclasses import replace
+        config = replace(config, milter=replace(
+            config.milter, socket=args.socket or config.milter.socket,
+            database=args.database or config.milter.database))
+    setup_logging(config.milter.log_level)
+    from .app import serve       # imports pymilter; the other commands don't need it
+    from .policy import Policy
+    from .store import SQLiteStore
+    try:
+        store = SQLiteStore(config.milter.database)
+    except Exception as exc:
+        return _fail(f"cannot open the state database {config.milter.database}: {exc}")
+    engine = Engine(config, store=store, policy=Policy(config, rules=rules))
+    try:
+        serve(config, engine)
+    except Exception as exc:
+        logging.getLogger("helpdesk_milter").error("cannot serve on %s: %s",
+                                                  config.milter.socket, exc)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+# --- check-config --------------------------------------------------------------------
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config, rules = _load(args.config)
+    except (ConfigError, RulesError) as exc:
+        return _config_problem(exc)
+    from .policy import Policy
+    policy = Policy(config, rules=rules)
+    print(f"{args.config}: OK")
+    print(f"  socket        {config.milter.socket}")
+    print(f"  database      {config.milter.database}")
+    print(f"  on error      {config.milter.on_error}")
+    print(f"  assistance    {config.addresses.assistance} (unknown senders: "
+          f"{config.addresses.fallback})")
+    print(f"  internal      {', '.join(config.addresses.internal_domains) or '(none)'}")
+    for group in config.watch:
+        print(f"  watch         {group.name}: {group.mode}: {', '.join(group.addresses)}")
+    print(f"  clients       {len(policy.directory)} entries")
+    print(f"  classifier    {len(rules.rules)} rules, threshold {config.classifier.threshold}")
+    print(f"  follow-ups    subject matches {config.ticket_pattern}")
+    warnings = _warnings(config, policy)
+    for warning in warnings:
+        print(f"  warning: {warning}")
+    return 0
+
+
+def _warnings(config: Config, policy: Any) -> list[str]:
+    out = []
+    if not config.watch:
+        out.append("no [[watch]] group: the milter will only tag mail sent to assistance")
+    for group in config.watch:
+        for address in group.addresses:
+            if "*" not in address and policy.is_assistance(address):
+                out.append(f"watch group {group.name!r} lists {address}, which is an "
+                           "assistance address; it is never treated as watched")
+    if not config.clients:
+        out.append("the client directory is empty: every request goes to the fallback "
+                   "address")
+    return out
+
+
+# --- try -----------------------------------------------------------------------------
+
+def cmd_try(args: argparse.Namespace) -> int:
+    try:
+        config, rules = _load(args.config)
+    except (ConfigError, RulesError) as exc:
+        return _config_problem(exc)
+    try:
+        raw = Path(args.message).read_bytes() if args.message != "-" \
+            else sys.stdin.buffer.read()
+    except OSError as exc:
+        return _fail(f"cannot read {args.message}: {exc.strerror}")
+    from .policy import Policy
+    engine = Engine(config, policy=Policy(config, rules=rules))
+    size = len(raw)
+    too_large = size > config.milter.max_scan_size
+    sender = args.sender
+    if sender is None:
+        from .message import ParsedMessage
+        sender = ParsedMessage(raw).from_addr
+    env = Envelope(mail_from=strip_brackets(sender), rcpts=tuple(args.rcpt),
+                   auth_user=args.auth_user, queue_id="TRY")
+    logging.disable(logging.CRITICAL)   # the summary below says it all
+    outcome = engine.process_raw(env, raw, size=size, too_large=too_large)
+    logging.disable(logging.NOTSET)
+    d, msg = outcome.decision, outcome.message
+    if args.output:
+        try:
+            Path(args.output).write_bytes(rewrite_raw(raw, d))
+        except OSError as exc:
+            return _fail(f"cannot write {args.output}: {exc.strerror}")
+    if args.json:
+        print(json.dumps(_decision_json(env, d, msg.message_id), indent=2))
+        return 0
+    weights = {rule.name: rule.weight for rule in rules.rules}
+    weights["known-client"] = config.classifier.known_client_weight
+    print(f"message     {msg.message_id or '(no Message-ID)'} from <{env.mail_from}> "
+          f"({size} bytes)")
+    print(f"recipients  {', '.join(env.rcpts)}")
+    if not d.inspected:
+        print("inspected   no: no recipient is watched or an assistance address")
+    else:
+        threshold = config.classifier.threshold
+        print(f"verdict     {d.verdict} (score {d.score:.1f}, threshold {threshold:.1f})")
+        print(f"structure   {d.structure or 'unknown'}")
+        print("rules       " + (", ".join(
+            f"{r} ({weights[r]:+.1f})" if r in weights else r for r in d.rules) or "(none)"))
+        print(f"action      {d.action}" + (f" ({d.skip_reason})" if d.skip_reason else "")
+              + (f", watch group {d.group}" if d.group else ""))
+    for rcpt in d.add_rcpts:
+        print(f"  + rcpt    {rcpt}")
+    for rcpt in d.del_rcpts:
+        print(f"  - rcpt    {rcpt}")
+    for name, index in d.strip_headers:
+        print(f"  - header  {name} (occurrence {index}, arrived with the message)")
+    for name, value in d.add_headers:
+        print(f"  + header  {name}: {value}")
+    if args.output:
+        print(f"written     {args.output}")
+    return 0
+
+
+def _decision_json(env: Envelope, d: Any, message_id: str) -> dict[str, Any]:
+    return {
+        "message_id": message_id, "mail_from": env.mail_from, "rcpts": list(env.rcpts),
+        "inspected": d.inspected, "verdict": d.verdict, "structure": d.structure,
+        "score": round(d.score, 2), "rules": list(d.rules), "action": d.action,
+        "skip_reason": d.skip_reason, "group": d.group, "ticket": d.ticket,
+        "add_rcpts": list(d.add_rcpts), "del_rcpts": list(d.del_rcpts),
+        "remove_headers": [list(h) for h in d.strip_headers],
+        "add_headers": [list(h) for h in d.add_headers], "duplicate": d.duplicate,
+    }
+
+
+# --- report --------------------------------------------------------------------------
+
+def cmd_report(args: argparse.Namespace) -> int:
+    database = args.database
+    if database is None:
+        try:
+            database = load_config(args.config).milter.database
+        except ConfigError as exc:
+            return _config_problem(exc)
+    if not Path(database).exists():
+        return _fail(f"no state database at {database} (has the milter run yet?)")
+    try:
+        since_seconds = parse_duration(args.since)
+    except ValueError as exc:
+        return _fail(f"--since: {exc}")
+    from .store import open_database, report
+    try:
+        db = open_database(database, readonly=True)
+        data = report(db, since=time.time() - since_seconds, limit=args.limit)
+    except Exception as exc:
+        return _fail(f"cannot read {database}: {exc}")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"helpdesk-milter report: {data['total']} inspected message(s) in the last "
+          f"{args.since} ({database})")
+    _table("action", ["action", "messages"], list(data["by_action"].items()))
+    _table("verdict", ["verdict", "messages"], list(data["by_verdict"].items()))
+    _table("requests per structure", ["structure", "requests", "routed", "duplicates"],
+           [(r["structure"], r["requests"], r["routed"], r["duplicates"])
+            for r in data["by_structure"]])
+    _table("senders writing to a watched address instead of assistance",
+           ["sender", "structure", "messages"],
+           [(r["sender"], r["structure"], r["messages"]) for r in data["wrong_address_senders"]])
+    _table(f"last {args.limit} decisions",
+           ["time", "queue id", "from", "verdict", "action", "added", "removed"],
+           [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])), r["queue_id"],
+             r["mail_from"], r["verdict"], r["action"], r["added"], r["removed"])
+            for r in data["last"]])
+    return 0
+
+
+def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    print()
+    print(f"{title}:")
+    if not rows:
+        print("  (none)")
+        return
+    cells = [[str(c) for c in header]] + [[("" if c is None else str(c)) for c in row]
+                                          for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    for n, row in enumerate(cells):
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+
+
+# --- parser --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="helpdesk-milter",
+        description="Postfix milter that recognises support requests sent to staff "
+                    "addresses and routes them to the client's assistance address.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", default=DEFAULT_CONFIG, metavar="FILE",
+                       help=f"configuration file (default {DEFAULT_CONFIG})")
+
+    p = sub.add_parser("run", help="run the milter daemon",
+                       description="Run the milter; it listens on [milter] socket and logs "
+                                   "one line per message to stderr. Stops on SIGTERM.")
+    add_config(p)
+    p.add_argument("--socket", help="override [milter] socket (libmilter syntax, e.g. "
+                                    "inet:8894@127.0.0.1, unix:/run/x.sock, fd:3)")
+    p.add_argument("--database", metavar="FILE", help="override [milter] database")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a configuration file and explain it",
+                       description="Validate the configuration; print a summary and exit 0, "
+                                   "or list every problem with its key and line and exit 1.")
+    add_config(p)
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("try", help="show what the milter would do with one message",
+                       description="Run the whole decision offline on one message and print "
+                                   "it: verdict, rules, recipients added and removed, headers. "
+                                   "Nothing is sent and the state database is not written.")
+    add_config(p)
+    p.add_argument("--from", dest="sender", metavar="ADDR",
+                   help="envelope sender (default: the From header's address; \"\" for a "
+                        "bounce)")
+    p.add_argument("--rcpt", action="append", required=True, metavar="ADDR",
+                   help="envelope recipient (repeat for several)")
+    p.add_argument("--auth-user", metavar="USER",
+                   help="pretend the message came by authenticated submission")
+    p.add_argument("--output", "-o", metavar="FILE", help="write the rewritten message here")
+    p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.add_argument("message", metavar="MESSAGE.eml", help="the message file (- for stdin)")
+    p.set_defaults(func=cmd_try)
+
+    p = sub.add_parser("report", help="summarise the decisions in the state database",
+                       description="Summarise what the milter did: messages per action and "
+                                   "verdict, requests per structure, senders writing to a "
+                                   "watched address, last decisions.")
+    add_config(p)
+    p.add_argument("--database", metavar="FILE", help="state database (default: from config)")
+    p.add_argument("--since", default="7d", metavar="DURATION",
+                   help="period to cover, e.g. 24h, 7d (default 7d)")
+    p.add_argument("--limit", type=int, default=10, metavar="N",
+                   help="rows in the top and last lists (default 10)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

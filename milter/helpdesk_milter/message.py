@@ -1,0 +1,261 @@
+"""Messages as plain values: the envelope, and a parsed view of headers and body.
+
+The milter hands us header fields one by one and the body in chunks; ``try``
+reads an .eml file.  Both end up here as raw bytes, parsed once with the
+standard library's ``email`` package (``policy.default``).  Parsing never
+raises: a message the parser cannot make sense of still yields a view whose
+fields are empty strings, and ``defects`` says what was wrong, so the
+decision can fall back to "let it through unchanged".
+"""
+
+from __future__ import annotations
+
+import email.utils
+import html
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from functools import cached_property
+from html.parser import HTMLParser
+
+# How much of the body's text we look at: enough for any real request, and it
+# bounds the cost of classifying a huge text part.
+TEXT_LIMIT = 200_000
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The SMTP envelope of one message, as Postfix gave it (no angle brackets)."""
+
+    mail_from: str                    # "" for the null sender (bounces)
+    rcpts: tuple[str, ...]
+    auth_user: str | None = None      # Postfix's {auth_authen}: authenticated submission
+    queue_id: str | None = None       # Postfix's queue id (macro i)
+    client_addr: str | None = None
+
+
+def strip_brackets(address: str) -> str:
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1].strip()
+    return address
+
+
+def build_raw(headers: Iterable[tuple[str, bytes | str]], body: bytes) -> bytes:
+    """Reassemble a message from milter header fields and body bytes."""
+    parts: list[bytes] = []
+    for name, value in headers:
+        if isinstance(value, str):
+            value = value.encode("utf-8", "surrogateescape")
+        parts.append(name.encode("ascii", "replace") + b": " + value + b"\r\n")
+    parts.append(b"\r\n")
+    parts.append(body)
+    return b"".join(parts)
+
+
+def _safe_header(msg: Message, name: str) -> str:
+    """A header value decoded to text (encoded words included), "" when absent or broken."""
+    try:
+        value = msg.get(name)
+    except Exception:  # the header parser can choke on hostile input
+        value = None
+        try:
+            raw = msg.get_all(name, failobj=[])  # type: ignore[call-arg]
+            value = raw[0] if raw else None
+        except Exception:
+            return ""
+    if value is None:
+        return ""
+    try:
+        text = str(value)
+    except Exception:
+        return ""
+    return text.replace("\r", "").replace("\n", " ")
+
+
+def _part_text(part: Message) -> str:
+    """Decoded text of a text/* part; unknown or lying charsets degrade to replacement."""
+    try:
+        content = part.get_content()  # type: ignore[attr-defined]
+        if isinstance(content, str):
+            return content
+    except Exception:
+        pass
+    try:
+        payload = part.get_payload(decode=True)
+    except Exception:
+        payload = None
+    if not isinstance(payload, bytes):
+        raw = part.get_payload()
+        return raw if isinstance(raw, str) else ""
+    charset = part.get_content_charset() or "utf-8"
+    try:
+        return payload.decode(charset, "replace")
+    except LookupError:
+        return payload.decode("utf-8", "replace")
+
+
+class _HTMLText(HTMLParser):
+    """Text content of an HTML part: drops tags, scripts and styles, keeps line breaks."""
+
+    _BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "blockquote", "table"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self._skip = 0
+        self._quote = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style", "head"):
+            self._skip += 1
+        elif tag == "blockquote":
+            self._quote += 1
+        if tag in self._BLOCK:
+            self.out.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style", "head"):
+            self._skip = max(0, self._skip - 1)
+        elif tag == "blockquote":
+            self._quote = max(0, self._quote - 1)
+        if tag in self._BLOCK:
+            self.out.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._skip:
+            return
+        if self._quote:
+            # quoted history in HTML replies: mark it like a plain-text quote
+            data = "\n".join("> " + line for line in data.split("\n"))
+        self.out.append(data)
+
+
+def html_to_text(markup: str) -> str:
+    parser = _HTMLText()
+    try:
+        parser.feed(markup)
+        parser.close()
+    except Exception:
+        return html.unescape(re.sub(r"<[^>]*>", " ", markup))
+    text = "".join(parser.out)
+    return re.sub(r"\n\s*\n\s*\n+", "\n\n", text)
+
+
+def _is_attachment(part: Message) -> bool:
+    try:
+        disposition = part.get_content_disposition()
+    except Exception:
+        return False
+    return disposition == "attachment"
+
+
+def iter_parts(msg: Message, *, max_depth: int = 50) -> Iterator[Message]:
+    """Leaf parts, depth-first, bounded so that hostile nesting cannot recurse forever."""
+    stack: list[tuple[Message, int]] = [(msg, 0)]
+    while stack:
+        part, depth = stack.pop()
+        if part.is_multipart() and depth < max_depth:
+            try:
+                children = part.get_payload()
+            except Exception:
+                continue
+            if isinstance(children, list):
+                stack.extend((c, depth + 1) for c in reversed(children)
+                             if isinstance(c, Message))
+            continue
+        yield part
+
+
+class ParsedMessage:
+    """A read-only view of one message; fields are computed on first use."""
+
+    def __init__(self, raw: bytes):
+        self.raw = raw
+        self.defects: list[str] = []
+        try:
+            self.msg: EmailMessage = BytesParser(policy=policy.default).parsebytes(raw)  # type: ignore[assignment]
+        except Exception as exc:  # the parser is lenient; this is the last resort
+            self.defects.append(f"unparseable: {type(exc).__name__}")
+            self.msg = EmailMessage()
+
+    @classmethod
+    def from_milter(cls, headers: Iterable[tuple[str, bytes | str]],
+                    body: bytes) -> ParsedMessage:
+        return cls(build_raw(headers, body))
+
+    def header(self, name: str) -> str:
+        """First value of a header, decoded; "" when absent."""
+        return _safe_header(self.msg, name)
+
+    def has_header(self, name: str) -> bool:
+        try:
+            return name in self.msg
+        except Exception:
+            return False
+
+    @cached_property
+    def subject(self) -> str:
+        return self.header("Subject").strip()
+
+    @cached_property
+    def from_addr(self) -> str:
+        """The From header's address, lower-cased; "" when none can be read."""
+        try:
+            value = self.msg.get("From")
+            addresses = getattr(value, "addresses", None)
+            if addresses:
+                return str(addresses[0].addr_spec).lower()
+        except Exception:
+            pass
+        try:
+            raw = self.msg.get_all("From") or []  # type: ignore[call-arg]
+            _, addr = email.utils.parseaddr(str(raw[0]) if raw else "")
+        except Exception:
+            return ""
+        return addr.lower() if "@" in addr else ""
+
+    @cached_property
+    def message_id(self) -> str:
+        value = self.header("Message-ID").strip()
+        m = re.search(r"<[^<>\s]+>", value)
+        return m.group(0) if m else value
+
+    @cached_property
+    def text(self) -> str:
+        """The readable text of the message: its text/plain part, else its HTML as text.
+
+        Attachments (including attached messages) are not the sender's own words
+        and are left out.
+        """
+        plain: list[str] = []
+        markup: list[str] = []
+        try:
+            for part in iter_parts(self.msg):
+                ctype = part.get_content_type()
+                if _is_attachment(part):
+                    continue
+                if ctype == "text/plain":
+                    plain.append(_part_text(part))
+                elif ctype == "text/html":
+                    markup.append(_part_text(part))
+                if sum(map(len, plain)) > TEXT_LIMIT:
+                    break
+        except Exception as exc:
+            self.defects.append(f"walk: {type(exc).__name__}")
+        if plain:
+            text = "\n".join(plain)
+        elif markup:
+            text = html_to_text("\n".join(markup)[: TEXT_LIMIT * 4])
+        else:
+            text = ""
+        return text[:TEXT_LIMIT].replace("\r\n", "\n").replace("\r", "\n")
+
+    def content_types(self) -> list[str]:
+        try:
+            return [p.get_content_type() for p in iter_parts(self.msg)]
+        except Exception:
+            return []

@@ -1,0 +1,234 @@
+"""The decision: envelope + message (+ state) -> what to do with it.
+
+Nothing here talks to Postfix, the network or the disk: ``Policy.decide`` is a
+pure function of its inputs, and its result, a ``Decision``, says which
+headers to remove and add and which recipients to add and remove.  The
+adapter (``app.py``) and the ``try`` command both apply the same Decision.
+
+The safety rules kept here, and tested in ``tests/test_policy.py``:
+
+* a recipient is removed only in a decision that also adds its assistance
+  address, or when an assistance address is already among the recipients of
+  the same transaction (it provably gets a copy);
+* a recipient already present is never added again (Postfix would deliver it
+  twice);
+* ``X-Helpdesk-*`` headers that arrived with the message are always removed,
+  so a sender cannot forge our verdict.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .classify import RuleSet, score_message
+from .config import Config, WatchGroup
+from .directory import ClientDirectory, domain_of, in_domains
+from .message import Envelope, ParsedMessage, strip_brackets
+
+HEADER_PREFIX = "x-helpdesk-"
+
+# Reasons a message is inspected but never rerouted (SPEC, "What is never rerouted").
+SKIP_BOUNCE = "bounce"
+SKIP_AUTHENTICATED = "authenticated"
+SKIP_INTERNAL = "internal"
+SKIP_AUTO = "auto-submitted"
+SKIP_BULK = "bulk"
+SKIP_LIST = "list"
+SKIP_TOO_LARGE = "too-large"
+
+_BULK_PRECEDENCE = {"bulk", "list", "junk"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one message.  Recipients are bare addresses (no brackets)."""
+
+    verdict: str                                  # support | followup | other
+    structure: str | None
+    score: float
+    rules: tuple[str, ...]
+    action: str                # none | tag | copy | redirect | duplicate | skip
+    skip_reason: str | None = None
+    inspected: bool = True                        # False: no watched/assistance recipient
+    group: str | None = None                      # first watch group among the recipients
+    assistance: str | None = None                 # the sender's assistance address
+    ticket: str | None = None
+    add_rcpts: tuple[str, ...] = ()
+    del_rcpts: tuple[str, ...] = ()
+    strip_headers: tuple[tuple[str, int], ...] = ()   # (name, 1-based index among that name)
+    add_headers: tuple[tuple[str, str], ...] = ()
+    new_body: bytes | None = None
+    duplicate: str | None = None                  # match kind when a duplicate was recognised
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def changes_envelope(self) -> bool:
+        return bool(self.add_rcpts or self.del_rcpts)
+
+
+def incoming_helpdesk_headers(names: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    """(name, index) of every X-Helpdesk-* header, highest index first.
+
+    libmilter's chgheader() addresses a header by name and 1-based occurrence
+    index; deleting from the highest index down keeps the lower indexes valid.
+    """
+    counts: dict[str, int] = {}
+    found: list[tuple[str, int]] = []
+    for name in names:
+        key = name.lower()
+        counts[key] = counts.get(key, 0) + 1
+        if key.startswith(HEADER_PREFIX):
+            found.append((name, counts[key]))
+    return tuple(sorted(found, key=lambda item: (item[0].lower(), -item[1])))
+
+
+def request_header(verdict: str, structure: str | None, score: float,
+                   rules: Sequence[str], ticket: str | None = None) -> str:
+    value = (f"{verdict}; structure={structure or 'unknown'}; score={score:.1f}; "
+             f"rules={','.join(rules)}")
+    if ticket:
+        value += f"; ticket={ticket}"
+    return value
+
+
+class Policy:
+    """Immutable, precomputed view of the config; ``decide`` is safe from any thread."""
+
+    def __init__(self, config: Config, *, rules: RuleSet | None = None):
+        self.config = config
+        self.directory = ClientDirectory.from_mapping(config.clients)
+        self.rules = rules if rules is not None else RuleSet.load(
+            config.classifier.rules_file or None, config.classifier.weights)
+        self.ticket_re = re.compile(config.ticket_pattern, re.IGNORECASE)
+        local, _, domain = config.addresses.assistance.partition("@")
+        self._assistance_re = re.compile(
+            "^" + re.escape(local).replace(re.escape("{structure}"), "[^@]+")
+            + "@" + re.escape(domain) + "$", re.IGNORECASE)
+        self._internal = tuple(config.addresses.internal_domains)
+
+    # --- recipients -----------------------------------------------------------
+
+    def is_assistance(self, address: str) -> bool:
+        address = strip_brackets(address).lower()
+        return address == self.config.addresses.fallback or bool(
+            self._assistance_re.match(address))
+
+    def watch_group(self, address: str) -> WatchGroup | None:
+        """The first watch group that lists this address (assistance is never watched)."""
+        address = strip_brackets(address).lower()
+        if self.is_assistance(address):
+            return None
+        for group in self.config.watch:
+            if group.matches(address):
+                return group
+        return None
+
+    # --- the decision ---------------------------------------------------------
+
+    def decide(self, env: Envelope, msg: ParsedMessage, *,
+               too_large: bool = False) -> Decision:
+        try:
+            names = list(msg.msg.keys())
+        except Exception:
+            names = []
+        strip = incoming_helpdesk_headers(names)
+
+        rcpts = [strip_brackets(r) for r in env.rcpts]
+        groups: list[tuple[str, WatchGroup]] = []
+        assistance_rcpts: list[str] = []
+        for rcpt in rcpts:
+            if self.is_assistance(rcpt):
+                assistance_rcpts.append(rcpt)
+                continue
+            group = self.watch_group(rcpt)
+            if group is not None:
+                groups.append((rcpt, group))
+
+        if not groups and not assistance_rcpts:
+            # Not our mail: only our forged headers go.
+            return Decision(verdict="other", structure=None, score=0.0, rules=(),
+                            action="none", inspected=False, strip_headers=strip)
+
+        sender = strip_brackets(env.mail_from).lower()
+        structure = self.directory.lookup(msg.from_addr) or self.directory.lookup(sender)
+        skip = self._skip_reason(env, msg, sender, too_large=too_large)
+        if skip:
+            header = request_header("other", structure, 0.0, ("skip-" + skip,))
+            return Decision(verdict="other", structure=structure, score=0.0,
+                            rules=("skip-" + skip,), action="skip", skip_reason=skip,
+                            group=groups[0][1].name if groups else None,
+                            strip_headers=strip,
+                            add_headers=(("X-Helpdesk-Request", header),))
+
+        ticket = None
+        match = self.ticket_re.search(msg.subject)
+        if match:
+            verdict = "followup"
+            ticket = match.group(1) if match.groups() else match.group(0)
+            score, rules = 0.0, ("ticket-subject",)
+        else:
+            result = score_message(msg.subject, msg.text, self.rules,
+                                   known_client=structure is not None,
+                                   known_client_weight=self.config.classifier.known_client_weight)
+            score, rules = result.score, result.rules
+            verdict = "support" if score >= self.config.classifier.threshold else "other"
+
+        headers: list[tuple[str, str]] = [
+            ("X-Helpdesk-Request", request_header(verdict, structure, score, rules, ticket))]
+        base = dict(verdict=verdict, structure=structure, score=score, rules=rules,
+                    ticket=ticket, strip_headers=strip,
+                    group=groups[0][1].name if groups else None)
+
+        if verdict == "other" or not groups:
+            # Not a request, or already addressed only to assistance: nothing to route.
+            return Decision(action="none", add_headers=tuple(headers), **base)  # type: ignore[arg-type]
+
+        target = self.config.addresses.assistance_for(structure)
+
+        if assistance_rcpts:
+            # Same transaction: assistance already gets this copy; the watched side
+            # is the duplicate.  Never add a second assistance recipient.
+            drop = self.config.dedup.action == "drop"
+            removed = tuple(r for r, g in groups if drop and g.mode != "tag")
+            msgid = msg.message_id or "unknown"
+            headers.append(("X-Helpdesk-Duplicate",
+                            f"of={msgid}; match=same-transaction; "
+                            f"action={'drop' if removed else 'tag'}"))
+            return Decision(action="duplicate", assistance=assistance_rcpts[0],
+                            del_rcpts=removed, add_headers=tuple(headers),
+                            duplicate="same-transaction", **base)  # type: ignore[arg-type]
+
+        modes = {g.mode for _, g in groups}
+        if modes == {"tag"}:
+            return Decision(action="tag", assistance=target, add_headers=tuple(headers),
+                            **base)  # type: ignore[arg-type]
+
+        # No assistance address is among the recipients (that case returned above),
+        # so the target is always added here, and removal is safe.
+        removed = tuple(r for r, g in groups if g.mode == "redirect")
+        mode = "redirect" if removed else "copy"
+        headers.append(("X-Helpdesk-Routed", f"to={target}; mode={mode}"))
+        return Decision(action=mode, assistance=target, add_rcpts=(target,), del_rcpts=removed,
+                        add_headers=tuple(headers), **base)  # type: ignore[arg-type]
+
+    def _skip_reason(self, env: Envelope, msg: ParsedMessage, sender: str, *,
+                     too_large: bool) -> str | None:
+        if too_large:
+            return SKIP_TOO_LARGE
+        if not sender or sender == "<>":
+            return SKIP_BOUNCE
+        if env.auth_user:
+            return SKIP_AUTHENTICATED
+        if in_domains(domain_of(sender), self._internal) or (
+                msg.from_addr and in_domains(domain_of(msg.from_addr), self._internal)):
+            return SKIP_INTERNAL
+        auto = msg.header("Auto-Submitted").strip().lower()
+        if auto and auto.split(";")[0].strip() != "no":
+            return SKIP_AUTO
+        if msg.header("Precedence").strip().lower() in _BULK_PRECEDENCE:
+            return SKIP_BULK
+        if msg.has_header("List-Id") or msg.has_header("List-Unsubscribe"):
+            return SKIP_LIST
+        return None

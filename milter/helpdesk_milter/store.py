@@ -1,0 +1,239 @@
+"""State: one SQLite file, through sqlite-utils.
+
+Contract:
+
+* no message body and no secret value is ever written: a decision row holds
+  envelope addresses, the Message-ID, the verdict and the action;
+* milter callbacks never wait on the disk: ``record`` puts the row on a
+  bounded queue and a single writer thread commits rows in batches (a full
+  queue or a failing disk costs the row, never the mail);
+* readers open one ``Database`` per thread (sqlite3 connections must not cross
+  threads), in WAL mode so that reads never block on the writer;
+* the schema is a sqlite-utils ``Migrations`` set, applied at open.
+
+``Store`` is the interface the rest of the code sees, so that a shared
+backend for sites with several MX hosts can be added without touching the
+decision code.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+log = logging.getLogger("helpdesk_milter.store")
+
+migrations = Migrations("helpdesk_milter")
+
+
+@migrations()
+def m001_decisions(db: sqlite_utils.Database) -> None:
+    db["decisions"].create({   # type: ignore[union-attr]
+        "id": int, "time": float, "queue_id": str, "message_id": str, "mail_from": str,
+        "from_addr": str, "structure": str, "verdict": str, "score": float, "rules": str,
+        "action": str, "skip_reason": str, "watch_group": str, "assistance": str,
+        "added": str, "removed": str, "duplicate": str, "size": int,
+    }, pk="id")
+    db["decisions"].create_index(["time"])          # type: ignore[union-attr]
+    db["decisions"].create_index(["structure", "time"])  # type: ignore[union-attr]
+    db["decisions"].create_index(["mail_from"])     # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    time: float
+    queue_id: str
+    message_id: str
+    mail_from: str
+    from_addr: str
+    structure: str | None
+    verdict: str
+    score: float
+    rules: str
+    action: str
+    skip_reason: str | None
+    watch_group: str | None
+    assistance: str | None
+    added: str
+    removed: str
+    duplicate: str | None
+    size: int
+
+
+class Store(Protocol):
+    def record(self, rec: DecisionRecord) -> None: ...
+    def flush(self, timeout: float = 5.0) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_database(path: str | Path, *, readonly: bool = False) -> sqlite_utils.Database:
+    """A connection for the calling thread, WAL mode, plugins off."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0,
+                               check_same_thread=True)
+        return sqlite_utils.Database(conn, execute_plugins=False)
+    db = sqlite_utils.Database(str(path), execute_plugins=False)
+    db.conn.execute("PRAGMA busy_timeout = 5000")
+    db.enable_wal()
+    db.conn.execute("PRAGMA synchronous = NORMAL")
+    return db
+
+
+def migrate(path: str | Path) -> None:
+    """Create or upgrade the schema; raises on an unusable file (the caller reports it)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = open_database(path)
+    try:
+        migrations.apply(db)
+    finally:
+        db.close()
+
+
+class SQLiteStore:
+    """The default Store: a writer thread that commits queued rows in batches."""
+
+    BATCH = 200
+    QUEUE_MAX = 20_000
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        migrate(self.path)
+        self._queue: queue.Queue[DecisionRecord | None] = queue.Queue(self.QUEUE_MAX)
+        self._dropped = 0
+        self._writer = threading.Thread(target=self._write_loop, name="store-writer",
+                                        daemon=True)
+        self._writer.start()
+
+    def record(self, rec: DecisionRecord) -> None:
+        try:
+            self._queue.put_nowait(rec)
+        except queue.Full:
+            self._dropped += 1
+            if self._dropped in (1, 10, 100) or self._dropped % 1000 == 0:
+                log.warning("state database is not keeping up: %d decision rows dropped",
+                            self._dropped)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until every queued row is written (tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self.flush()
+        self._queue.put(None)
+        self._writer.join(timeout=5.0)
+
+    def _write_loop(self) -> None:
+        db: sqlite_utils.Database | None = None
+        while True:
+            first = self._queue.get()
+            if first is None:
+                self._queue.task_done()
+                break
+            batch = [first]
+            while len(batch) < self.BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    self._queue.task_done()
+                    break
+                batch.append(item)
+            try:
+                if db is None:
+                    db = open_database(self.path)
+                self._insert(db, batch)
+            except Exception as exc:
+                # The mail has already gone through; only the record is lost.
+                log.error("state database %s: cannot write %d decision(s): %s",
+                          self.path, len(batch), _describe(exc))
+                if db is not None:
+                    try:
+                        db.close()
+                    except Exception:
+                        pass
+                db = None
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+        if db is not None:
+            db.close()
+
+    @staticmethod
+    def _insert(db: sqlite_utils.Database, batch: Iterable[DecisionRecord]) -> None:
+        with db.conn:
+            db["decisions"].insert_all(  # type: ignore[union-attr]
+                (asdict(rec) for rec in batch), batch_size=SQLiteStore.BATCH)
+
+
+class NullStore:
+    """A Store that keeps nothing (``try`` and tests that need no state)."""
+
+    def record(self, rec: DecisionRecord) -> None:
+        pass
+
+    def flush(self, timeout: float = 5.0) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _describe(exc: BaseException) -> str:
+    # sqlite3 error texts name the problem ("database is locked", "disk I/O error")
+    # and never carry row values, so they are safe to log.
+    if isinstance(exc, sqlite3.Error | OSError):
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__
+
+
+# --- reports ---------------------------------------------------------------------
+
+ROUTED_ACTIONS = ("copy", "redirect")
+
+
+def report(db: sqlite_utils.Database, *, since: float, limit: int = 10) -> dict[str, Any]:
+    """Summary of decisions since a Unix time: per action, per structure, top senders."""
+    if "decisions" not in db.table_names():
+        return {"since": since, "total": 0, "by_action": {}, "by_verdict": {},
+                "by_structure": [], "wrong_address_senders": [], "last": []}
+    q = db.execute
+    total = q("select count(*) from decisions where time >= ?", [since]).fetchone()[0]
+    by_action = dict(q("select action, count(*) from decisions where time >= ? "
+                       "group by action order by count(*) desc", [since]).fetchall())
+    by_verdict = dict(q("select verdict, count(*) from decisions where time >= ? "
+                        "group by verdict order by count(*) desc", [since]).fetchall())
+    by_structure = [
+        {"structure": s or "unknown", "requests": n, "routed": routed, "duplicates": dup}
+        for s, n, routed, dup in q(
+            "select structure, count(*), "
+            "sum(action in ('copy', 'redirect')), sum(duplicate is not null) "
+            "from decisions where time >= ? and verdict in ('support', 'followup') "
+            "group by structure order by count(*) desc", [since]).fetchall()]
+    wrong = [
+        {"sender": s, "structure": st or "unknown", "messages": n}
+        for s, st, n in q(
+            "select coalesce(nullif(from_addr, ''), mail_from), structure, count(*) "
+            "from decisions where time >= ? and action in ('copy', 'redirect', 'tag') "
+            "and verdict in ('support', 'followup') group by 1 "
+            "order by count(*) desc, 1 limit ?", [since, limit]).fetchall()]
+    cols = ["time", "queue_id", "mail_from", "structure", "verdict", "score", "action",
+            "added", "removed", "rules"]
+    last = [dict(zip(cols, row, strict=True)) for row in q(
+        f"select {', '.join(cols)} from decisions where time >= ? "
+        "order by time desc limit ?", [since, limit]).fetchall()]
+    return {"since": since, "total": total, "by_action": by_action, "by_verdict": by_verdict,
+            "by_structure": by_structure, "wrong_address_senders": wrong, "last": last}
