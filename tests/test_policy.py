@@ -15,7 +15,7 @@ from helpdesk_milter.classify import Rule, RuleSet
 from helpdesk_milter.config import load_config, parse_config
 from helpdesk_milter.message import Envelope, ParsedMessage
 from helpdesk_milter.policy import Policy, incoming_helpdesk_headers
-from tests.support.mail import as_bytes, make_message
+from support.mail import as_bytes, make_message
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = RuleSet(rules=(

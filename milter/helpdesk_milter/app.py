@@ -24,6 +24,7 @@ Nagle's algorithm.  The steps that never need an answer are ``@noreply``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -67,10 +68,8 @@ class HelpdeskMilter(Milter.Base):
 
     def _reset(self) -> None:
         if self._spool is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._spool.close()
-            except Exception:
-                pass
         self._spool = None
         self.mail_from = ""
         self.auth_user: str | None = None
@@ -161,7 +160,8 @@ class HelpdeskMilter(Milter.Base):
                     self._spool = None
                 return Milter.CONTINUE
             if self._spool is None:
-                self._spool = tempfile.SpooledTemporaryFile(
+                # lives across body() callbacks; closed in _reset()
+                self._spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115
                     max_size=settings.spool_memory, prefix="helpdesk-milter-")
             self._spool.write(chunk)
         except Exception as exc:

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .classify import RuleSet, RulesError
+from .classify import RulesError, RuleSet
 from .config import Config, ConfigError, load_config, parse_duration
 from .engine import Engine, rewrite_raw
 from .message import Envelope, strip_brackets
@@ -75,7 +76,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             config.milter, socket=args.socket or config.milter.socket,
             database=args.database or config.milter.database))
     setup_logging(config.milter.log_level)
-    from .app import serve       # imports pymilter; the other commands don't need it
+    # libmilter catches SIGTERM/SIGINT/SIGHUP with sigwait() in its own thread;
+    # that only works if no other thread can take them, so block them before
+    # any thread (the store's writer) starts: threads inherit the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+    from .app import serve  # imports pymilter; the other commands don't need it
     from .policy import Policy
     from .store import SQLiteStore
     try:

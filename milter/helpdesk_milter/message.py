@@ -101,7 +101,8 @@ def _part_text(part: Message) -> str:
 class _HTMLText(HTMLParser):
     """Text content of an HTML part: drops tags, scripts and styles, keeps line breaks."""
 
-    _BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "blockquote", "table"}
+    _BLOCK = frozenset({"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "blockquote",
+                        "table"})
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from datetime import datetime, timezone
 
 _counter = itertools.count(1)
 
@@ -22,7 +22,7 @@ def make_message(*, sender: str = "Jérôme Martin <secretariat@mairie-exemple.f
     msg["To"] = to
     msg["Subject"] = subject
     msg["Date"] = format_datetime(datetime(2026, 11, 3, 9, 30, next(_counter) % 60,
-                                           tzinfo=timezone.utc))
+                                           tzinfo=UTC))
     msg["Message-ID"] = message_id or make_msgid(domain="mairie-exemple.fr")
     for name, value in (headers or {}).items():
         msg[name] = value
