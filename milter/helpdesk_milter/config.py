@@ -105,7 +105,7 @@ def _check_assistance(value: str) -> None:
     if value.count("{structure}") != 1 or "@" not in value:
         raise ValueError(f"{value!r} must be an address containing {{structure}} once, "
                          "such as \"{structure}@assistance.example.org\"")
-    local, _, domain = value.rpartition("@")
+    _local, _, domain = value.rpartition("@")
     if "{structure}" in domain:
         raise ValueError("{structure} must be in the local part, before the @")
 
@@ -125,6 +125,28 @@ def _check_mode(value: str) -> None:
     if mode & 0o002:
         raise ValueError(f"{value!r} makes the socket world-writable; use 0660 and give "
                          "Postfix's user the milter's group")
+
+
+def _check_unit(value: float) -> None:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{value} must be between 0 (exclusive) and 1")
+
+
+def _check_marker(value: str) -> None:
+    if not value.strip():
+        raise ValueError("the marker cannot be empty")
+    try:
+        value.format(kind="password")
+    except (KeyError, IndexError, ValueError):
+        raise ValueError(f"{value!r}: only {{kind}} may appear in braces") from None
+
+
+def _check_resolver(value: str) -> None:
+    if not value:
+        return
+    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    if port and not port.isdigit():
+        raise ValueError(f"{value!r}: expected HOST or HOST:PORT, e.g. 127.0.0.1:5353")
 
 
 def _check_hostport(value: str) -> None:
@@ -210,9 +232,29 @@ KEYS: tuple[Key, ...] = (
     Key("dedup.action", "str", "tag",
         "tag (add X-Helpdesk-Duplicate) or drop (remove the duplicate's watched recipients; "
         "the assistance copy is always kept)", _check_choice("tag", "drop")),
+    Key("dedup.similarity", "float", 0.8,
+        "near-duplicate threshold: estimated word-shingle similarity (0-1) at or above "
+        "which a lightly edited resend is the same request", _check_unit),
     Key("secrets.action", "str", "redact",
         "redact (replace secrets in place), tag (header only) or off",
         _check_choice("redact", "tag", "off")),
+    Key("secrets.marker", "str", "[secret removed: {kind}]",
+        "what replaces a secret; {kind} is the detector's name (password, private-key, ...)",
+        _check_marker),
+    Key("secrets.disabled_kinds", "list[str]", [],
+        "detector kinds to turn off, e.g. [\"jwt\"]"),
+    Key("dns.resolver", "str", "",
+        "DNS server for DKIM key lookups as HOST or HOST:PORT (empty: the system's "
+        "resolvers)", _check_resolver),
+    Key("dns.timeout", "duration", "2s",
+        "upper bound for one DKIM key lookup; on timeout the result is temperror"),
+    Key("dns.cache_ttl", "duration", "1h", "how long DKIM keys (and failures) are cached"),
+    Key("arc.enabled", "bool", False,
+        "ARC-seal messages the milter modified, so downstream verifiers can trust the change"),
+    Key("arc.domain", "str", "", "signing domain (d=) of the ARC seal"),
+    Key("arc.selector", "str", "", "selector (s=) of the ARC seal's key"),
+    Key("arc.private_key", "str", "",
+        "PEM private key file for the ARC seal (relative paths: next to the config)"),
     Key("autoreply.enabled", "bool", False, "send guidance mail to senders"),
     Key("autoreply.smtp", "str", "127.0.0.1:25", "relay used to send guidance mail",
         _check_hostport),
@@ -282,6 +324,29 @@ class ClassifierSettings:
 class DedupSettings:
     window: float
     action: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class SecretsSettings:
+    action: str
+    marker: str
+    disabled_kinds: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    resolver: str
+    timeout: float
+    cache_ttl: float
+
+
+@dataclass(frozen=True)
+class ArcSettings:
+    enabled: bool
+    domain: str
+    selector: str
+    private_key: str
 
 
 @dataclass(frozen=True)
@@ -303,8 +368,10 @@ class Config:
     classifier: ClassifierSettings
     ticket_pattern: str
     dedup: DedupSettings
-    secrets_action: str
+    secrets: SecretsSettings
     autoreply: AutoreplySettings
+    dns: DnsSettings = DnsSettings(resolver="", timeout=2.0, cache_ttl=3600.0)
+    arc: ArcSettings = ArcSettings(enabled=False, domain="", selector="", private_key="")
     source: str = "<defaults>"
 
 
@@ -457,7 +524,7 @@ def _did_you_mean(name: str, known: Mapping[str, Key]) -> str:
 
 
 TOP_LEVEL = ("milter", "addresses", "watch", "directory", "clients", "classifier", "followup",
-             "dedup", "secrets", "autoreply")
+             "dedup", "secrets", "autoreply", "dns", "arc")
 
 
 def load_config(path: str | Path) -> Config:
@@ -495,6 +562,8 @@ def parse_config(text: str, *, source: str = "<string>",
     dedup = _read_table("dedup", _section(data, "dedup", problems), problems)
     secrets = _read_table("secrets", _section(data, "secrets", problems), problems)
     autoreply = _read_table("autoreply", _section(data, "autoreply", problems), problems)
+    dns = _read_table("dns", _section(data, "dns", problems), problems)
+    arc = _read_table("arc", _section(data, "arc", problems), problems)
 
     weights: dict[str, float] = {}
     raw_weights = classifier_table.get("weights", {})
@@ -551,6 +620,16 @@ def parse_config(text: str, *, source: str = "<string>",
     if rules_file and not Path(rules_file).is_file():
         problems.add("classifier.rules_file", f"{rules_file}: no such file")
 
+    arc_key = arc.get("private_key") or ""
+    if arc_key and not Path(arc_key).is_absolute():
+        arc_key = str(base / arc_key)
+    if arc.get("enabled"):
+        for name in ("domain", "selector", "private_key"):
+            if not arc.get(name):
+                problems.add(f"arc.{name}", "required when arc.enabled = true")
+        if arc_key and not Path(arc_key).is_file():
+            problems.add("arc.private_key", f"{arc_key}: no such file")
+
     if problems.items:
         raise ConfigError(problems.items)
 
@@ -572,8 +651,14 @@ def parse_config(text: str, *, source: str = "<string>",
             known_client_weight=classifier["known_client_weight"],
             rules_file=rules_file, weights=weights),
         ticket_pattern=followup["ticket_pattern"],
-        dedup=DedupSettings(window=dedup["window"], action=dedup["action"]),
-        secrets_action=secrets["action"],
+        dedup=DedupSettings(window=dedup["window"], action=dedup["action"],
+                            similarity=dedup["similarity"]),
+        secrets=SecretsSettings(action=secrets["action"], marker=secrets["marker"],
+                                disabled_kinds=tuple(secrets["disabled_kinds"])),
+        dns=DnsSettings(resolver=dns["resolver"], timeout=dns["timeout"],
+                        cache_ttl=dns["cache_ttl"]),
+        arc=ArcSettings(enabled=arc["enabled"], domain=arc["domain"],
+                        selector=arc["selector"], private_key=arc_key),
         autoreply=AutoreplySettings(
             enabled=autoreply["enabled"], smtp=autoreply["smtp"], sender=autoreply["from"],
             every=autoreply["every"], trust=autoreply["trust"],
@@ -621,3 +706,25 @@ def _read_clients_csv(path: Path, problems: _Problems) -> list[tuple[str, str]]:
     except UnicodeDecodeError:
         problems.add("directory.csv", f"{path}: not UTF-8 text")
     return out
+
+
+def reference_markdown() -> str:
+    """The README's configuration reference table, generated from ``KEYS``."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key in KEYS:
+        default = key.default
+        if key.required:
+            shown = "(required)"
+        elif default is None:
+            shown = "—"
+        elif isinstance(default, bool):
+            shown = f"`{str(default).lower()}`"
+        elif isinstance(default, str):
+            shown = f"`'{default}'`" if "\\" in default else f'`"{default}"`'
+        elif isinstance(default, list):
+            shown = "`[]`" if not default else f"`{default!r}`"
+        else:
+            shown = f"`{default}`"
+        doc = key.doc.replace("|", "\\|")
+        lines.append(f"| `{key.path}` | {key.kind} | {shown} | {doc} |")
+    return "\n".join(lines) + "\n"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from .config import Config
 from .message import Envelope, ParsedMessage, build_raw
 from .policy import Decision, Policy
+from .stages import stage
 from .store import DecisionRecord, NullStore, Store
 
 log = logging.getLogger("helpdesk_milter")
@@ -42,12 +43,16 @@ class Engine:
 
     def process_raw(self, env: Envelope, raw: bytes, *, size: int | None = None,
                     too_large: bool = False) -> Outcome:
-        msg = ParsedMessage(raw)
+        with stage("parse"):
+            msg = ParsedMessage(raw)
+            # parse lazily-computed fields here, so "parse" holds all parsing
+            _ = msg.subject, msg.from_addr
         decision = self.policy.decide(env, msg, too_large=too_large)
         size = len(raw) if size is None else size
         self._log(env, msg, decision, size)
         if decision.inspected:
-            self.store.record(self._record(env, msg, decision, size))
+            with stage("store"):
+                self.store.record(self._record(env, msg, decision, size))
         return Outcome(decision, msg)
 
     def _record(self, env: Envelope, msg: ParsedMessage, d: Decision,

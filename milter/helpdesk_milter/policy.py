@@ -26,6 +26,7 @@ from .classify import RuleSet, score_message
 from .config import Config, WatchGroup
 from .directory import ClientDirectory, domain_of, in_domains
 from .message import Envelope, ParsedMessage, strip_brackets
+from .stages import stage
 
 HEADER_PREFIX = "x-helpdesk-"
 
@@ -169,9 +170,10 @@ class Policy:
             ticket = match.group(1) if match.groups() else match.group(0)
             score, rules = 0.0, ("ticket-subject",)
         else:
-            result = score_message(msg.subject, msg.text, self.rules,
-                                   known_client=structure is not None,
-                                   known_client_weight=self.config.classifier.known_client_weight)
+            with stage("classify"):
+                result = score_message(
+                    msg.subject, msg.text, self.rules, known_client=structure is not None,
+                    known_client_weight=self.config.classifier.known_client_weight)
             score, rules = result.score, result.rules
             verdict = "support" if score >= self.config.classifier.threshold else "other"
 
