@@ -144,7 +144,7 @@ def _check_marker(value: str) -> None:
 def _check_resolver(value: str) -> None:
     if not value:
         return
-    host, _, port = value.rpartition(":") if value.count(":") == 1 else (value, "", "")
+    port = value.rpartition(":")[2] if value.count(":") == 1 else ""
     if port and not port.isdigit():
         raise ValueError(f"{value!r}: expected HOST or HOST:PORT, e.g. 127.0.0.1:5353")
 
