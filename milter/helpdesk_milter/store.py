@@ -18,6 +18,7 @@ decision code.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -161,10 +162,8 @@ class SQLiteStore:
                 log.error("state database %s: cannot write %d decision(s): %s",
                           self.path, len(batch), _describe(exc))
                 if db is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         db.close()
-                    except Exception:
-                        pass
                 db = None
             finally:
                 for _ in batch:
