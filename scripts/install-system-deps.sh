@@ -5,7 +5,7 @@
 # suite runs its own private instance on 127.0.0.1).
 set -euo pipefail
 
-PACKAGES=(postfix libmilter-dev swaks dnsmasq-base gcc python3-dev)
+PACKAGES=(postfix libmilter-dev swaks dnsmasq-base openssl systemd gcc python3-dev)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

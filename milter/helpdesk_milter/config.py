@@ -142,11 +142,8 @@ def _check_marker(value: str) -> None:
 
 
 def _check_resolver(value: str) -> None:
-    if not value:
-        return
-    port = value.rpartition(":")[2] if value.count(":") == 1 else ""
-    if port and not port.isdigit():
-        raise ValueError(f"{value!r}: expected HOST or HOST:PORT, e.g. 127.0.0.1:5353")
+    from .auth import parse_resolver  # the one parser of this value
+    parse_resolver(value)
 
 
 def _check_hostport(value: str) -> None:
