@@ -21,8 +21,11 @@ from typing import Any
 from . import __version__
 from .classify import RulesError, RuleSet
 from .config import Config, ConfigError, load_config, parse_duration
-from .engine import Engine, rewrite_raw
 from .message import Envelope, strip_brackets
+
+# engine/store/app are imported inside the commands: sqlite-utils imports numpy
+# when it is installed, and numpy's OpenBLAS starts threads at import time; the
+# daemon must block its signals before any thread exists (see cmd_run).
 
 DEFAULT_CONFIG = "/etc/helpdesk-milter/config.toml"
 
@@ -66,6 +69,11 @@ def setup_logging(level: str = "info") -> None:
 # --- run ---------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # libmilter catches SIGTERM/SIGINT/SIGHUP with sigwait() in its own thread.
+    # That only works if no other thread can take them, so block them before
+    # any thread starts (our store writer, libmilter's workers, or threads a C
+    # extension starts at import): threads inherit the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     try:
         config, rules = _load(args.config)
     except (ConfigError, RulesError) as exc:
@@ -76,11 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             config.milter, socket=args.socket or config.milter.socket,
             database=args.database or config.milter.database))
     setup_logging(config.milter.log_level)
-    # libmilter catches SIGTERM/SIGINT/SIGHUP with sigwait() in its own thread;
-    # that only works if no other thread can take them, so block them before
-    # any thread (the store's writer) starts: threads inherit the mask.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
     from .app import serve  # imports pymilter; the other commands don't need it
+    from .engine import Engine
     from .policy import Policy
     from .store import SQLiteStore
     try:
@@ -153,6 +158,7 @@ def cmd_try(args: argparse.Namespace) -> int:
             else sys.stdin.buffer.read()
     except OSError as exc:
         return _fail(f"cannot read {args.message}: {exc.strerror}")
+    from .engine import Engine, rewrite_raw
     from .policy import Policy
     engine = Engine(config, policy=Policy(config, rules=rules))
     size = len(raw)
