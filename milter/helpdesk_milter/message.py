@@ -227,10 +227,12 @@ class ParsedMessage:
 
     @cached_property
     def text(self) -> str:
-        """The readable text of the message: its text/plain part, else its HTML as text.
+        """The readable text of the message: its text/plain parts, else its HTML as text.
 
-        Attachments (including attached messages) are not the sender's own words
-        and are left out.
+        Parts marked ``Content-Disposition: attachment`` are left out.  An
+        inline ``message/rfc822`` part is walked into: a request forwarded as
+        an attached message is the request (a bounce's returned original also
+        is, but the policy skips bounces before classifying).
         """
         plain: list[str] = []
         markup: list[str] = []
