@@ -114,3 +114,7 @@ def protocol_milters(tmp_path: Path) -> Iterator[MilterLauncher]:
     ``MilterClient(milter.socket_path)``; all stopped after the test."""
     with MilterLauncher(tmp_path / "milters") as launcher:
         yield launcher
+
+
+# DKIM/ARC material and the local DNS server (dnsmasq), for any test module.
+from support.dkimfixtures import arc_key, dkim_key, dns_server  # noqa: E402, F401

@@ -58,6 +58,7 @@ def where(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+@Milter.header_leading_space   # exact header bytes: DKIM "simple" still verifies
 class HelpdeskMilter(Milter.Base):
     def __init__(self) -> None:
         self.engine = _engine
@@ -182,7 +183,8 @@ class HelpdeskMilter(Milter.Base):
                            auth_user=self.auth_user, queue_id=self._qid(),
                            client_addr=self.getsymval("{client_addr}"))
             outcome = self.engine.process(env, self.headers, body,
-                                          size=self.body_size, too_large=self.too_large)
+                                          size=self.body_size, too_large=self.too_large,
+                                          leading_space=self._leading_space)
             self._apply(outcome.decision)
             return Milter.ACCEPT
         except Exception as exc:
@@ -201,11 +203,23 @@ class HelpdeskMilter(Milter.Base):
 
     # --- decision -> milter actions ---------------------------------------------
 
+    @property
+    def _leading_space(self) -> bool:
+        return bool(getattr(self, "_protocol", 0) & Milter.P_HDR_LEADSPC)
+
+    def _value(self, value: str) -> str:
+        # With SMFIP_HDR_LEADSPC Postfix writes values verbatim after the colon.
+        return " " + value if self._leading_space else value
+
     def _apply(self, d: Decision) -> None:
         for name, index in d.strip_headers:        # highest index first
             self.chgheader(name, index, "")
+        for name, index, value in d.change_headers:
+            self.chgheader(name, index, self._value(value))
+        for name, value in reversed(d.prepend_headers):
+            self.addheader(name, self._value(value), 0)
         for name, value in d.add_headers:
-            self.addheader(name, value)
+            self.addheader(name, self._value(value))
         # Add before removing: a failure in between may duplicate, never lose.
         for rcpt in d.add_rcpts:
             self.addrcpt(f"<{rcpt}>")

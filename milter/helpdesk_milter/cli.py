@@ -88,11 +88,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .engine import Engine
     from .policy import Policy
     from .store import SQLiteStore
+    sealer = None
+    if config.arc.enabled:
+        from .auth import ArcError, ArcSealer
+        try:
+            sealer = ArcSealer.from_file(config.arc.domain, config.arc.selector,
+                                         config.arc.private_key, config.milter.authserv_id)
+        except ArcError as exc:
+            return _fail(f"arc.private_key: {exc}")
     try:
         store = SQLiteStore(config.milter.database)
     except Exception as exc:
         return _fail(f"cannot open the state database {config.milter.database}: {exc}")
-    engine = Engine(config, store=store, policy=Policy(config, rules=rules))
+    engine = Engine(config, store=store, policy=Policy(config, rules=rules), sealer=sealer)
     try:
         serve(config, engine)
     except Exception as exc:
@@ -196,14 +204,26 @@ def cmd_try(args: argparse.Namespace) -> int:
             f"{r} ({weights[r]:+.1f})" if r in weights else r for r in d.rules) or "(none)"))
         print(f"action      {d.action}" + (f" ({d.skip_reason})" if d.skip_reason else "")
               + (f", watch group {d.group}" if d.group else ""))
+    if d.secrets:
+        print(f"secrets     {d.secrets} found, "
+              f"{'redacted' if d.changes_content else 'tagged only'}: "
+              + ", ".join(f"{kind} in {where}" for where, kind in d.secret_where))
+    if d.dkim:
+        print(f"dkim        {d.dkim} (the original message, checked before the change)")
     for rcpt in d.add_rcpts:
         print(f"  + rcpt    {rcpt}")
     for rcpt in d.del_rcpts:
         print(f"  - rcpt    {rcpt}")
     for name, index in d.strip_headers:
         print(f"  - header  {name} (occurrence {index}, arrived with the message)")
+    for name, _index, value in d.change_headers:
+        print(f"  ~ header  {name}: {value}")
+    for name, value in d.prepend_headers:
+        print(f"  + header  {name}: {value}  (on top)")
     for name, value in d.add_headers:
         print(f"  + header  {name}: {value}")
+    if d.new_body is not None:
+        print(f"  ~ body    rewritten ({len(d.new_body)} bytes)")
     if args.output:
         print(f"written     {args.output}")
     return 0
@@ -218,6 +238,11 @@ def _decision_json(env: Envelope, d: Any, message_id: str) -> dict[str, Any]:
         "add_rcpts": list(d.add_rcpts), "del_rcpts": list(d.del_rcpts),
         "remove_headers": [list(h) for h in d.strip_headers],
         "add_headers": [list(h) for h in d.add_headers], "duplicate": d.duplicate,
+        "change_headers": [list(h) for h in d.change_headers],
+        "prepend_headers": [list(h) for h in d.prepend_headers],
+        "secrets": d.secrets, "secret_kinds": list(d.secret_kinds),
+        "secret_where": [{"where": w, "kind": k} for w, k in d.secret_where],
+        "body_rewritten": d.new_body is not None, "dkim": d.dkim,
     }
 
 
@@ -255,6 +280,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     _table("senders writing to a watched address instead of assistance",
            ["sender", "structure", "messages"],
            [(r["sender"], r["structure"], r["messages"]) for r in data["wrong_address_senders"]])
+    _table("messages with secrets, by kind (values are never stored)",
+           ["kind", "messages"], [(k, v["messages"]) for k, v in data["secrets"].items()])
     _table(f"last {args.limit} decisions",
            ["time", "queue id", "from", "verdict", "action", "added", "removed"],
            [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])), r["queue_id"],

@@ -11,9 +11,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from .auth import (
+    ArcError,
+    ArcSealer,
+    DnsFunc,
+    authentication_results,
+    make_dnsfunc,
+    verify_arc,
+    verify_dkim,
+)
 from .config import Config
+from .directory import domain_of
 from .message import Envelope, ParsedMessage, build_raw
 from .policy import Decision, Policy
 from .stages import stage
@@ -29,17 +39,30 @@ class Outcome:
 
 
 class Engine:
+    """Shared by every milter thread; holds only immutable or thread-safe parts.
+
+    ``dnsfunc`` (DKIM key lookups) and ``sealer`` (ARC) are injected, as dkimpy
+    does, so tests control DNS and keys.  Without a ``dnsfunc`` the system's
+    resolvers are used, through a bounded cache.
+    """
+
     def __init__(self, config: Config, *, store: Store | None = None,
-                 clock: Callable[[], float] = time.time, policy: Policy | None = None):
+                 clock: Callable[[], float] = time.time, policy: Policy | None = None,
+                 dnsfunc: DnsFunc | None = None, sealer: ArcSealer | None = None):
         self.config = config
         self.policy = policy or Policy(config)
         self.store: Store = store or NullStore()
         self.clock = clock
+        self.dnsfunc = dnsfunc or make_dnsfunc(config.dns.resolver, config.dns.timeout,
+                                               config.dns.cache_ttl)
+        self.sealer = sealer
 
     def process(self, env: Envelope, headers: Sequence[tuple[str, bytes | str]], body: bytes,
-                *, size: int | None = None, too_large: bool = False) -> Outcome:
+                *, size: int | None = None, too_large: bool = False,
+                leading_space: bool = False) -> Outcome:
         """Decide on one message given as milter header fields and body bytes."""
-        return self.process_raw(env, build_raw(headers, body), size=size, too_large=too_large)
+        raw = build_raw(headers, body, leading_space=leading_space)
+        return self.process_raw(env, raw, size=size, too_large=too_large)
 
     def process_raw(self, env: Envelope, raw: bytes, *, size: int | None = None,
                     too_large: bool = False) -> Outcome:
@@ -48,12 +71,41 @@ class Engine:
             # parse lazily-computed fields here, so "parse" holds all parsing
             _ = msg.subject, msg.from_addr
         decision = self.policy.decide(env, msg, too_large=too_large)
+        if decision.changes_content:
+            decision = self._authenticate(msg, decision)
         size = len(raw) if size is None else size
         self._log(env, msg, decision, size)
-        if decision.inspected:
+        if decision.recorded:
             with stage("store"):
                 self.store.record(self._record(env, msg, decision, size))
         return Outcome(decision, msg)
+
+    def _authenticate(self, msg: ParsedMessage, decision: Decision) -> Decision:
+        """Record the original's DKIM result before we change it, and ARC-seal the change.
+
+        RFC 8601: Authentication-Results goes on top.  With ARC, the seal covers
+        the message as it will be delivered (our header changes and new body).
+        """
+        authserv_id = self.config.milter.authserv_id
+        with stage("dkim"):
+            results = verify_dkim(msg.raw, self.dnsfunc,
+                                  from_domain=domain_of(msg.from_addr) or None,
+                                  timeout=self.config.dns.timeout)
+            arc = verify_arc(msg.raw, self.dnsfunc, timeout=self.config.dns.timeout) \
+                if self.sealer else None
+        ar = authentication_results(authserv_id, results, arc=arc)
+        prepend: tuple[tuple[str, str], ...] = (("Authentication-Results", ar),)
+        decision = replace(decision, prepend_headers=prepend,
+                           dkim=",".join(r.result for r in results))
+        if self.sealer is None:
+            return decision
+        with stage("arc"):
+            try:
+                seal = self.sealer.seal(rewrite_raw(msg.raw, decision), ar)
+            except ArcError as exc:
+                log.warning("ARC sealing skipped: %s", exc)
+                return decision
+        return replace(decision, prepend_headers=(*seal, *prepend))
 
     def _record(self, env: Envelope, msg: ParsedMessage, d: Decision,
                 size: int) -> DecisionRecord:
@@ -63,14 +115,21 @@ class Engine:
             verdict=d.verdict, score=round(d.score, 2), rules=",".join(d.rules),
             action=d.action, skip_reason=d.skip_reason, watch_group=d.group,
             assistance=d.assistance, added=",".join(d.add_rcpts),
-            removed=",".join(d.del_rcpts), duplicate=d.duplicate, size=size)
+            removed=",".join(d.del_rcpts), duplicate=d.duplicate, size=size,
+            secrets=d.secrets, secret_kinds=",".join(d.secret_kinds))
 
     @staticmethod
     def _log(env: Envelope, msg: ParsedMessage, d: Decision, size: int) -> None:
         qid = env.queue_id or "NOQUEUE"
+        secrets = ""
+        if d.secrets:
+            secrets = (f" secrets={d.secrets} secret-kinds={','.join(d.secret_kinds)}"
+                       f" secret-action={'redact' if d.changes_content else 'tag'}")
+            if d.dkim:
+                secrets += f" dkim={d.dkim}"
         if not d.inspected:
-            log.info("%s: not watched: from=<%s> nrcpt=%d size=%d%s", qid, env.mail_from,
-                     len(env.rcpts), size,
+            log.info("%s: not watched: from=<%s> nrcpt=%d size=%d%s%s", qid, env.mail_from,
+                     len(env.rcpts), size, secrets,
                      f" removed-forged-headers={len(d.strip_headers)}"
                      if d.strip_headers else "")
             return
@@ -89,6 +148,8 @@ class Engine:
             parts.append(f"duplicate={d.duplicate}")
         if d.ticket:
             parts.append(f"ticket={d.ticket}")
+        if secrets:
+            parts.append(secrets.strip())
         if d.strip_headers:
             parts.append(f"removed-forged-headers={len(d.strip_headers)}")
         parts.append(f"rules={','.join(d.rules) or '-'}")
@@ -119,17 +180,29 @@ def rewrite_raw(raw: bytes, decision: Decision) -> bytes:
         else:
             fields.append([line])
     drop = {(name.lower(), index) for name, index in decision.strip_headers}
+    change = {(name.lower(), index): value for name, index, value in decision.change_headers}
     counts: dict[str, int] = {}
-    kept: list[bytes] = []
+    kept: list[bytes] = [_field(name, value, newline) for name, value in
+                         decision.prepend_headers]
     for field in fields:
         name = field[0].split(b":", 1)[0].decode("ascii", "replace").strip().lower()
         counts[name] = counts.get(name, 0) + 1
         if (name, counts[name]) in drop:
             continue
+        if (name, counts[name]) in change:
+            original = field[0].split(b":", 1)[0].decode("ascii", "replace")
+            kept.append(_field(original, change[(name, counts[name])], newline))
+            continue
         kept.append(newline.join(field))
     for name, value in decision.add_headers:
-        kept.append(f"{name}: {value}".encode())
+        kept.append(_field(name, value, newline))
     new_body = decision.new_body if decision.new_body is not None else body
     if decision.new_body is not None and newline == b"\n":
         new_body = new_body.replace(b"\r\n", b"\n")
     return newline.join(kept) + newline + newline + new_body
+
+
+def _field(name: str, value: str, newline: bytes) -> bytes:
+    # Values may be folded with bare LF (what Postfix expects from a milter).
+    folded = value.replace("\r\n", "\n").replace("\n", newline.decode())
+    return f"{name}: {folded}".encode("utf-8", "surrogateescape")

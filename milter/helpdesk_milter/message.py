@@ -44,13 +44,24 @@ def strip_brackets(address: str) -> str:
     return address
 
 
-def build_raw(headers: Iterable[tuple[str, bytes | str]], body: bytes) -> bytes:
-    """Reassemble a message from milter header fields and body bytes."""
+def build_raw(headers: Iterable[tuple[str, bytes | str]], body: bytes, *,
+              leading_space: bool = False) -> bytes:
+    """Reassemble a message from milter header fields and body bytes.
+
+    With ``leading_space`` the values are exactly what followed the colon
+    (Postfix sends them so when SMFIP_HDR_LEADSPC is negotiated), which keeps
+    the header block byte-exact for DKIM "simple" canonicalization; otherwise
+    one space is put back after the colon.  Folded values come with bare LF
+    line breaks and get CRLF, like the body.
+    """
     parts: list[bytes] = []
+    sep = b":" if leading_space else b": "
     for name, value in headers:
         if isinstance(value, str):
             value = value.encode("utf-8", "surrogateescape")
-        parts.append(name.encode("ascii", "replace") + b": " + value + b"\r\n")
+        if b"\n" in value:
+            value = value.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        parts.append(name.encode("ascii", "replace") + sep + value + b"\r\n")
     parts.append(b"\r\n")
     parts.append(body)
     return b"".join(parts)

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from .auth import is_own_authentication_results
 from .classify import RuleSet, score_message
 from .config import Config, WatchGroup
 from .directory import ClientDirectory, domain_of, in_domains
 from .message import Envelope, ParsedMessage, strip_brackets
+from .redact import redact_message
+from .secrets import SecretScanner
 from .stages import stage
 
 HEADER_PREFIX = "x-helpdesk-"
@@ -59,30 +62,62 @@ class Decision:
     add_rcpts: tuple[str, ...] = ()
     del_rcpts: tuple[str, ...] = ()
     strip_headers: tuple[tuple[str, int], ...] = ()   # (name, 1-based index among that name)
-    add_headers: tuple[tuple[str, str], ...] = ()
+    add_headers: tuple[tuple[str, str], ...] = ()     # appended at the end of the header block
+    change_headers: tuple[tuple[str, int, str], ...] = ()  # (name, index, new value)
+    prepend_headers: tuple[tuple[str, str], ...] = ()  # inserted on top, in this order
     new_body: bytes | None = None
     duplicate: str | None = None                  # match kind when a duplicate was recognised
+    secrets: int = 0                              # secrets found (redacted unless action=tag)
+    secret_kinds: tuple[str, ...] = ()
+    secret_where: tuple[tuple[str, str], ...] = ()    # (location, kind), never a value
+    dkim: str | None = None                       # original's DKIM results, when checked
     notes: tuple[str, ...] = field(default=())
 
     @property
     def changes_envelope(self) -> bool:
         return bool(self.add_rcpts or self.del_rcpts)
 
+    @property
+    def changes_content(self) -> bool:
+        """True when the body or a signed header changes (DKIM breaks: record it first)."""
+        return self.new_body is not None or bool(self.change_headers)
 
-def incoming_helpdesk_headers(names: Sequence[str]) -> tuple[tuple[str, int], ...]:
-    """(name, index) of every X-Helpdesk-* header, highest index first.
+    @property
+    def recorded(self) -> bool:
+        """Whether the state database keeps a row for this decision."""
+        return self.inspected or self.secrets > 0
 
+
+def incoming_helpdesk_headers(fields: Sequence[str] | Sequence[tuple[str, str]],
+                              authserv_id: str | None = None) -> tuple[tuple[str, int], ...]:
+    """(name, index) of every header we must remove, highest index first.
+
+    That is every X-Helpdesk-* header, and every Authentication-Results that
+    claims our ``authserv_id`` (a sender must not forge our verdicts).
+    ``fields`` are header names, or (name, value) pairs when A-R must be checked.
     libmilter's chgheader() addresses a header by name and 1-based occurrence
     index; deleting from the highest index down keeps the lower indexes valid.
     """
     counts: dict[str, int] = {}
     found: list[tuple[str, int]] = []
-    for name in names:
+    for item in fields:
+        name, value = (item, "") if isinstance(item, str) else item
         key = name.lower()
         counts[key] = counts.get(key, 0) + 1
-        if key.startswith(HEADER_PREFIX):
+        if key.startswith(HEADER_PREFIX) or (
+                authserv_id and key == "authentication-results"
+                and is_own_authentication_results(str(value), authserv_id)):
             found.append((name, counts[key]))
     return tuple(sorted(found, key=lambda item: (item[0].lower(), -item[1])))
+
+
+def _is_bounce(env: Envelope, msg: ParsedMessage) -> bool:
+    if not strip_brackets(env.mail_from):
+        return True
+    try:
+        return msg.msg.get_content_type() == "multipart/report"
+    except Exception:
+        return False
 
 
 def request_header(verdict: str, structure: str | None, score: float,
@@ -108,6 +143,7 @@ class Policy:
             "^" + re.escape(local).replace(re.escape("{structure}"), "[^@]+")
             + "@" + re.escape(domain) + "$", re.IGNORECASE)
         self._internal = tuple(config.addresses.internal_domains)
+        self.scanner = SecretScanner(disabled_kinds=config.secrets.disabled_kinds)
 
     # --- recipients -----------------------------------------------------------
 
@@ -130,11 +166,33 @@ class Policy:
 
     def decide(self, env: Envelope, msg: ParsedMessage, *,
                too_large: bool = False) -> Decision:
+        """Route the message, then redact its secrets (every message, watched or not)."""
+        decision = self._route(env, msg, too_large=too_large)
+        action = self.config.secrets.action
+        if too_large or action == "off":
+            return decision
+        with stage("secrets"):
+            found = redact_message(msg.raw, self.scanner, marker=self.config.secrets.marker,
+                                   change=action == "redact",
+                                   is_bounce=_is_bounce(env, msg))
+        if not found.count:
+            return decision
+        header = (f"count={found.count}; kinds={','.join(found.kinds)}; "
+                  f"action={'redact' if found.body is not None or found.subject else 'tag'}")
+        return replace(
+            decision,
+            add_headers=(*decision.add_headers, ("X-Helpdesk-Redacted", header)),
+            new_body=found.body,
+            change_headers=(("Subject", 1, found.subject),) if found.subject else (),
+            secrets=found.count, secret_kinds=found.kinds, secret_where=found.where,
+            notes=(*decision.notes, *found.defects))
+
+    def _route(self, env: Envelope, msg: ParsedMessage, *, too_large: bool) -> Decision:
         try:
-            names = list(msg.msg.keys())
+            fields = [(name, str(value)) for name, value in msg.msg.raw_items()]
         except Exception:
-            names = []
-        strip = incoming_helpdesk_headers(names)
+            fields = []
+        strip = incoming_helpdesk_headers(fields, self.config.milter.authserv_id)
 
         rcpts = [strip_brackets(r) for r in env.rcpts]
         groups: list[tuple[str, WatchGroup]] = []

@@ -50,6 +50,13 @@ def m001_decisions(db: sqlite_utils.Database) -> None:
     db["decisions"].create_index(["mail_from"])     # type: ignore[union-attr]
 
 
+@migrations()
+def m002_secrets(db: sqlite_utils.Database) -> None:
+    # kinds and counts only: a secret value is never stored
+    db["decisions"].add_column("secrets", int, not_null_default=0)   # type: ignore[union-attr]
+    db["decisions"].add_column("secret_kinds", str)                  # type: ignore[union-attr]
+
+
 @dataclass(frozen=True)
 class DecisionRecord:
     time: float
@@ -69,6 +76,8 @@ class DecisionRecord:
     removed: str
     duplicate: str | None
     size: int
+    secrets: int = 0
+    secret_kinds: str = ""
 
 
 class Store(Protocol):
@@ -208,7 +217,8 @@ def report(db: sqlite_utils.Database, *, since: float, limit: int = 10) -> dict[
     """Summary of decisions since a Unix time: per action, per structure, top senders."""
     if "decisions" not in db.table_names():
         return {"since": since, "total": 0, "by_action": {}, "by_verdict": {},
-                "by_structure": [], "wrong_address_senders": [], "last": []}
+                "by_structure": [], "wrong_address_senders": [], "secrets": {},
+                "last": []}
     q = db.execute
     total = q("select count(*) from decisions where time >= ?", [since]).fetchone()[0]
     by_action = dict(q("select action, count(*) from decisions where time >= ? "
@@ -229,10 +239,18 @@ def report(db: sqlite_utils.Database, *, since: float, limit: int = 10) -> dict[
             "from decisions where time >= ? and action in ('copy', 'redirect', 'tag') "
             "and verdict in ('support', 'followup') group by 1 "
             "order by count(*) desc, 1 limit ?", [since, limit]).fetchall()]
+    secrets: dict[str, dict[str, int]] = {}
+    for (kinds,) in q("select secret_kinds from decisions "
+                      "where time >= ? and secrets > 0", [since]).fetchall():
+        for kind in filter(None, (kinds or "").split(",")):
+            entry = secrets.setdefault(kind, {"messages": 0})
+            entry["messages"] += 1
+    secrets = dict(sorted(secrets.items(), key=lambda kv: (-kv[1]["messages"], kv[0])))
     cols = ["time", "queue_id", "mail_from", "structure", "verdict", "score", "action",
             "added", "removed", "rules"]
     last = [dict(zip(cols, row, strict=True)) for row in q(
         f"select {', '.join(cols)} from decisions where time >= ? "
         "order by time desc limit ?", [since, limit]).fetchall()]
     return {"since": since, "total": total, "by_action": by_action, "by_verdict": by_verdict,
-            "by_structure": by_structure, "wrong_address_senders": wrong, "last": last}
+            "by_structure": by_structure, "wrong_address_senders": wrong,
+            "secrets": secrets, "last": last}

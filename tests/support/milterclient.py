@@ -33,7 +33,7 @@ import os
 import socket
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -446,7 +446,16 @@ class MilterClient:
         self.macro(C.SMFIC_DATA, macros or {})
         return self._step(C.SMFIC_DATA, b"")
 
+    @property
+    def leading_space(self) -> bool:
+        """SMFIP_HDR_LEADSPC negotiated: header values travel verbatim after the colon."""
+        return bool(self.protocol & C.SMFIP_HDR_LEADSPC)
+
     def header(self, name: str | bytes, value: str | bytes) -> Reply | None:
+        """Send one header field; ``value`` is what follows "Name: " (as Postfix
+        does, the space is sent too when SMFIP_HDR_LEADSPC was negotiated)."""
+        if self.leading_space:
+            value = (b" " + value) if isinstance(value, bytes) else (" " + value)
         return self._step(C.SMFIC_HEADER, _cstr(name) + _cstr(value))
 
     def eoh(self, macros: Mapping[str, str | None] | None = None) -> Reply | None:
@@ -474,7 +483,12 @@ class MilterClient:
                 continue
             if cmd in _DISPOSITIONS:
                 return self._decode_reply(cmd, data), actions
-            actions.append(self._decode_action(cmd, data))
+            action = self._decode_action(cmd, data)
+            if self.leading_space and action.value and action.kind in ("add_header",
+                                                                       "change_header"):
+                # verbatim after the colon: show values as after "Name: "
+                action = replace(action, value=action.value.removeprefix(" "))
+            actions.append(action)
 
     def abort(self) -> None:
         """SMFIC_ABORT: forget the current message (no reply expected)."""

@@ -1,0 +1,875 @@
+"""Redact secrets from a whole message while keeping it a valid, equivalent MIME message.
+
+The contract of :func:`redact_message`:
+
+- It reads the message as raw bytes and walks the MIME tree *on those bytes* (by
+  boundary lines, tolerant of broken structure) instead of re-serialising a parsed
+  tree.  Only the bodies of the parts that held a secret are replaced (and the
+  Subject field of an attached message, if it held one); every other byte (other
+  parts, boundaries, preamble, part headers) stays identical, so signatures over
+  untouched parts, base64 attachments and odd-but-working formatting survive.
+- Scanned: the top-level Subject, every ``text/*`` part (inline or attachment,
+  ``text/html`` as HTML) and a few textual ``application/*`` types (JSON, XML, YAML,
+  TOML, SQL, shell), also inside attached ``message/rfc822`` messages.  Not scanned:
+  binary parts (untouched byte for byte) and, in a bounce (``is_bounce`` or a
+  ``multipart/report``), the attached original (``message/rfc822``,
+  ``message/global``) and the ``text/rfc822-headers`` and ``message/delivery-status``
+  parts.
+- A rewritten part keeps its headers, charset and Content-Transfer-Encoding.  With
+  7bit, 8bit and quoted-printable parts only the lines that held a secret are
+  re-encoded (quoted-printable lines are re-wrapped at 76 characters); base64 parts
+  are re-encoded whole with the original line length (76 when the original's cannot
+  be reused).  Stateful charsets (UTF-16, ISO-2022-*, UTF-7) are re-encoded whole.
+- The marker is written in the part's charset.  When the charset cannot represent it,
+  or the part is 7bit and the marker is not ASCII, an ASCII transliteration is used
+  (accents dropped, anything else "?"): ``[secret supprimé]`` becomes
+  ``[secret supprime]``.  In HTML the marker is escaped; in an unquoted attribute
+  value its spaces become ``&#32;`` so the attribute still ends where it did.
+- Secrets are found on the *decoded* text: quoted-printable soft line breaks and
+  HTML tags/entities do not hide them (``mot de passe : <b>Soleil</b>2024!`` is found
+  and both text pieces are replaced, the tags kept).
+- It never raises.  What cannot be handled (unknown transfer encoding, undecodable
+  base64, missing boundaries, nesting deeper than :data:`MAX_DEPTH`) is left unchanged
+  and named in ``defects``.  Undeclared 8-bit text is decoded as UTF-8 when it is
+  valid UTF-8, else as the declared charset (Latin-1 when none), with undecodable
+  bytes carried through unchanged (``surrogateescape``); unknown charsets are scanned
+  as UTF-8 the same way, so the bytes around a redaction are preserved exactly.
+- Cost is linear in the message size; a part without any detector trigger costs one
+  decode and a few substring searches.
+- No secret value ever appears in the result except in the new body/subject, where it
+  has been replaced: ``where`` and ``defects`` name locations and kinds only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import codecs
+import html
+import re
+import unicodedata
+from dataclasses import dataclass
+from email.header import Header, decode_header
+from email.message import Message
+from functools import lru_cache
+
+from .secrets import DEFAULT_MARKER, SecretScanner
+
+MAX_DEPTH = 64
+
+_TEXTUAL_APPLICATION = frozenset({
+    "application/json", "application/xml", "application/yaml", "application/x-yaml",
+    "application/toml", "application/sql", "application/x-sql", "application/x-sh",
+    "application/x-shellscript", "application/javascript", "application/x-javascript",
+    "application/xhtml+xml", "application/ld+json",
+})
+_BOUNCE_OPAQUE = frozenset({
+    "message/rfc822", "message/global", "text/rfc822-headers", "message/delivery-status",
+    "message/global-headers", "message/global-delivery-status",
+    "message/disposition-notification", "message/global-disposition-notification",
+})
+_IDENTITY_CTE = frozenset({"", "7bit", "8bit", "binary", "7-bit", "8-bit"})
+_STATEFUL_CODECS = ("utf_16", "utf_32", "utf_7", "iso2022", "hz", "utf_8_sig")
+
+_HEADER_BLOCK = re.compile(rb"(?:[!-9;-~]+[ \t]*:[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*)*")
+_FIELD = re.compile(rb"(?m)^([!-9;-~]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)(?:\n|\Z)")
+_EOL = re.compile(rb"\r?\n")
+_DASH_LINE = re.compile(rb"(?m)^--")
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """What :func:`redact_message` found and, when asked to change, the new content.
+
+    ``count`` is the number of secrets found (every occurrence, Subject included);
+    ``kinds`` their sorted unique kinds; ``body`` the new message body (everything
+    after the top-level header block, with the message's own line endings — CRLF as
+    the milter rebuilds it) or None when nothing changed or ``change`` was false;
+    ``subject`` the new Subject value for the milter (RFC 2047 encoded words on one
+    line when not ASCII) or None; ``where`` one ``(location, kind)`` per secret
+    (``"subject"``, ``"part 1.2 text/plain"``...), never a value; ``defects`` parts
+    that could not be processed and were left unchanged.
+    """
+
+    count: int
+    kinds: tuple[str, ...]
+    body: bytes | None
+    subject: str | None
+    where: tuple[tuple[str, str], ...]
+    defects: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------------------
+# Entry point.
+
+def redact_message(raw: bytes, scanner: SecretScanner, *, marker: str = DEFAULT_MARKER,
+                   change: bool = True, is_bounce: bool = False) -> Redaction:
+    """Find the secrets of a whole message and, if ``change``, redact them in place.
+
+    ``raw`` is the full message (header block, empty line, body).  See the module
+    docstring for what is scanned and how parts are rewritten.  Never raises.
+    """
+    walker = _Walker(raw, scanner, marker=marker, change=change, is_bounce=is_bounce)
+    try:
+        walker.run()
+    except Exception as exc:  # last resort: the message goes through unchanged
+        return Redaction(count=len(walker.where), kinds=walker.kinds(), body=None,
+                         subject=None, where=tuple(walker.where),
+                         defects=(*walker.defects, f"redaction failed: {type(exc).__name__}"))
+    body: bytes | None = None
+    if change and walker.replacements:
+        body = walker.new_body()
+    subject = walker.new_subject if change else None
+    return Redaction(count=len(walker.where), kinds=walker.kinds(), body=body,
+                     subject=subject, where=tuple(walker.where),
+                     defects=tuple(walker.defects))
+
+
+# --------------------------------------------------------------------------------------
+# Headers.
+
+@dataclass(frozen=True)
+class _Field:
+    name: str          # lower-cased
+    value: bytes       # unfolded, without the line ending
+    start: int         # the field's byte range in raw (line ending included)
+    end: int
+
+
+def _split_header_block(raw: bytes, start: int, end: int) -> tuple[int, int]:
+    """(end of header block, start of body) for the entity at ``raw[start:end]``.
+
+    The header block is the run of header-looking lines; an empty line ends it and
+    is skipped.  A line that is neither (a missing separator) starts the body, as in
+    the standard library's parser.
+    """
+    m = _HEADER_BLOCK.match(raw, start, end)
+    hend = m.end() if m else start
+    eol = _EOL.match(raw, hend, end)
+    if eol:
+        return hend, eol.end()
+    return hend, hend
+
+
+def _fields(raw: bytes, start: int, end: int) -> list[_Field]:
+    out = []
+    for m in _FIELD.finditer(raw, start, end):
+        value = re.sub(rb"\r?\n(?=[ \t])", b"", m.group(2)).rstrip(b"\r")
+        out.append(_Field(m.group(1).decode("ascii", "replace").lower(), value.strip(),
+                          m.start(), m.end()))
+    return out
+
+
+@dataclass(frozen=True)
+class _PartInfo:
+    ctype: str
+    boundary: str | None
+    charset: str | None
+    cte: str
+
+
+def _part_info(fields: list[_Field], default_type: str) -> _PartInfo:
+    ctype_value = cte_value = None
+    for f in fields:
+        if f.name == "content-type" and ctype_value is None:
+            ctype_value = f.value.decode("latin-1")
+        elif f.name == "content-transfer-encoding" and cte_value is None:
+            cte_value = f.value.decode("latin-1")
+    msg = Message()
+    if ctype_value is not None:
+        msg["Content-Type"] = ctype_value
+    msg.set_default_type(default_type)
+    ctype = msg.get_content_type()
+    if ctype_value is not None and "/" not in ctype_value.split(";")[0]:
+        ctype = "text/plain"             # RFC 2045: an invalid type means text/plain
+    boundary = msg.get_param("boundary") if ctype.startswith("multipart/") else None
+    if isinstance(boundary, tuple):      # RFC 2231 form
+        boundary = boundary[2]
+    charset = msg.get_content_charset()
+    cte = (cte_value or "").strip().lower()
+    return _PartInfo(ctype, str(boundary) if boundary else None,
+                     charset if charset else None, cte)
+
+
+# --------------------------------------------------------------------------------------
+# Charsets.
+
+@lru_cache(maxsize=256)
+def _codec(name: str | None) -> str | None:
+    if not name:
+        return None
+    name = name.strip().strip('"').lower()
+    alias = {"unknown-8bit": None, "x-unknown": None, "x-user-defined": None,
+             "ascii": "ascii", "us-ascii": "ascii", "ansi_x3.4-1968": "ascii"}
+    if name in alias:
+        return alias[name]
+    try:
+        return codecs.lookup(name).name
+    except (LookupError, ValueError):
+        return None
+
+
+def _stateful(codec: str) -> bool:
+    return codec.startswith(_STATEFUL_CODECS)
+
+
+def _decode_text(data: bytes, declared: str | None) -> tuple[str, str]:
+    """Decode text bytes; returns (text, codec used).  Round-trips: bytes are kept exactly."""
+    codec = _codec(declared)
+    if codec is not None and codec != "ascii":
+        try:
+            return data.decode(codec), codec
+        except UnicodeDecodeError:
+            if _stateful(codec):
+                raise
+        except LookupError:
+            codec = None
+    if data.isascii():
+        return data.decode("ascii"), codec or "ascii"
+    try:
+        return data.decode("utf-8"), "utf-8"       # undeclared (or mislabelled) UTF-8
+    except UnicodeDecodeError:
+        pass
+    if codec is None or codec == "ascii":
+        codec = "latin-1" if declared is None or _codec(declared) == "ascii" else "utf-8"
+    return data.decode(codec, "surrogateescape"), codec
+
+
+def _ascii_fold(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return stripped.encode("ascii", "replace").decode("ascii")
+
+
+# --------------------------------------------------------------------------------------
+# HTML: visible text and attribute values with a map back to the markup.
+
+_ENTITY = re.compile(r"&(?:#[0-9]{1,8}|#[xX][0-9a-fA-F]{1,8}|[A-Za-z][A-Za-z0-9]{1,31});?")
+_WS_RUN = re.compile(r"[ \t\r\n\f\xa0]{2,}|[\t\r\n\f]")
+_TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9:\-]*)")
+_ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+)))?""")
+_BLOCK_TAGS = frozenset({
+    "p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote",
+    "pre", "hr", "ul", "ol", "dl", "dt", "dd", "section", "article", "header", "footer",
+    "tbody", "thead", "tfoot", "title", "body", "html", "center", "address", "form",
+})
+_CELL_TAGS = frozenset({"td", "th"})
+_RAW_TEXT_TAGS = frozenset({"script", "style", "title", "textarea", "xmp"})
+
+
+class _Mapped:
+    """Text built from pieces of a source string, each piece knowing where it came from.
+
+    A *literal* piece maps character for character; an *atom* (an entity, a collapsed
+    run of white space) maps as a whole; a *virtual* piece (a line break standing for a
+    block tag) maps to nothing.  ``context`` says how a replacement must be escaped.
+    """
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.starts: list[int] = []
+        self.sources: list[tuple[int, int, bool, str]] = []
+        self.length = 0
+
+    def add(self, piece: str, src_start: int, src_end: int, *, literal: bool,
+            context: str = "text") -> None:
+        if not piece:
+            return
+        self.pieces.append(piece)
+        self.starts.append(self.length)
+        self.sources.append((src_start, src_end, literal, context))
+        self.length += len(piece)
+
+    def add_text(self, source: str, start: int, end: int, *, collapse: bool,
+                 context: str = "text") -> None:
+        """Add ``source[start:end]`` decoding entities (and collapsing white space)."""
+        if collapse and (not self.pieces or self.sources[-1][0] == self.sources[-1][1]) \
+                and not source[start:end].strip():
+            return          # indentation between block tags: not text
+        pos = start
+        combined = _ENTITY_WS if collapse else _ENTITY
+        for m in combined.finditer(source, start, end):
+            if m.start() > pos:
+                self.add(source[pos:m.start()], pos, m.start(), literal=True, context=context)
+            token = m.group(0)
+            if token[0] == "&":
+                decoded = html.unescape(token)
+                if decoded == token:
+                    self.add(token, m.start(), m.end(), literal=True, context=context)
+                else:
+                    self.add(decoded, m.start(), m.end(), literal=False, context=context)
+            else:
+                self.add(" ", m.start(), m.end(), literal=False, context=context)
+            pos = m.end()
+        if end > pos:
+            self.add(source[pos:end], pos, end, literal=True, context=context)
+
+    def virtual(self, piece: str, at: int) -> None:
+        if self.pieces and self.pieces[-1] == piece and self.sources[-1][0] == self.sources[-1][1]:
+            return
+        self.add(piece, at, at, literal=False)
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def to_source(self, start: int, end: int) -> list[tuple[int, int, str]]:
+        """Source ranges (and their contexts) covering text[start:end], in order."""
+        out: list[tuple[int, int, str]] = []
+        i = max(0, bisect.bisect_right(self.starts, start) - 1)
+        while i < len(self.pieces) and self.starts[i] < end:
+            ds = self.starts[i]
+            de = ds + len(self.pieces[i])
+            s, e, literal, context = self.sources[i]
+            if de > start and s < e:
+                if literal:
+                    s, e = s + max(start, ds) - ds, s + min(end, de) - ds
+                if out and out[-1][1] == s and out[-1][2] == context:
+                    out[-1] = (out[-1][0], e, context)
+                else:
+                    out.append((s, e, context))
+            i += 1
+        return out
+
+
+_ENTITY_WS = re.compile(_ENTITY.pattern + "|" + _WS_RUN.pattern)
+
+
+def _html_streams(markup: str) -> tuple[_Mapped, _Mapped]:
+    """The visible text and the attribute values of an HTML document, mapped to it.
+
+    Linear: every search starts past the previous token.  Block tags become line
+    breaks and table cells tabs in the visible text, so that tables and paragraphs read
+    as they render; inline tags (``<b>``, ``<span>``) vanish, so a secret split by them
+    reads whole.  Comments, scripts and styles are skipped.
+    """
+    vis, attrs = _Mapped(), _Mapped()
+    n = len(markup)
+    i = 0
+    pre = 0
+    while i < n:
+        lt = markup.find("<", i)
+        if lt < 0:
+            vis.add_text(markup, i, n, collapse=not pre)
+            break
+        if lt > i:
+            vis.add_text(markup, i, lt, collapse=not pre)
+        if markup.startswith("<!--", lt):
+            close = markup.find("-->", lt + 4)
+            i = n if close < 0 else close + 3
+            continue
+        nxt = markup[lt + 1:lt + 2]
+        if not (nxt.isalpha() or nxt in ("/", "!", "?")):
+            vis.add_text(markup, lt, lt + 1, collapse=not pre)
+            i = lt + 1
+            continue
+        gt = markup.find(">", lt + 1)
+        if gt < 0:
+            vis.add_text(markup, lt, n, collapse=not pre)
+            break
+        gt = _extend_for_quotes(markup, lt, gt)
+        nm = _TAG_NAME.match(markup, lt, gt)
+        name = nm.group(1).lower() if nm else ""
+        closing = markup.startswith("</", lt)
+        if nm and not closing:
+            _tag_attributes(markup, nm.end(), gt, attrs)
+        if name in _CELL_TAGS and not closing:
+            vis.virtual("\t", lt)
+        elif name in _BLOCK_TAGS:
+            vis.virtual("\n", lt)
+        if name == "pre":
+            pre = max(0, pre + (-1 if closing else 1))
+        i = gt + 1
+        if name in _RAW_TEXT_TAGS and not closing:
+            end = re.compile(rf"</{name}\s*>", re.I).search(markup, i)
+            if name in ("title", "textarea"):
+                stop = end.start() if end else n
+                vis.add_text(markup, i, stop, collapse=True)
+                vis.virtual("\n", stop)
+            i = end.end() if end else n
+    return vis, attrs
+
+
+def _extend_for_quotes(markup: str, lt: int, gt: int) -> int:
+    """Move ``gt`` past a '>' that sits inside a quoted attribute value (bounded)."""
+    for _ in range(8):
+        segment = markup[lt:gt]
+        eq_quote = re.search(r"""=\s*(["'])""", segment)
+        if not eq_quote:
+            return gt
+        # count quotes after the first "=": an odd number means one is still open
+        open_quote = None
+        for m in re.finditer(r"""=\s*(["'])|(["'])""", segment):
+            if open_quote is None and m.group(1):
+                open_quote = m.group(1)
+            elif open_quote is not None and (m.group(2) == open_quote or
+                                             m.group(1) == open_quote):
+                open_quote = None
+        if open_quote is None:
+            return gt
+        close = markup.find(open_quote, gt, gt + 8192)
+        if close < 0:
+            return gt
+        nxt = markup.find(">", close + 1, close + 8192)
+        if nxt < 0:
+            return gt
+        gt = nxt
+    return gt
+
+
+def _tag_attributes(markup: str, start: int, end: int, attrs: _Mapped) -> None:
+    for m in _ATTR.finditer(markup, start, end):
+        for group, context in ((2, "attr"), (3, "attr"), (4, "attr-unquoted")):
+            if m.group(group) is not None and m.group(group):
+                attrs.add_text(markup, m.start(group), m.end(group), collapse=False,
+                               context=context)
+                attrs.virtual("\n", m.end(group))
+                break
+
+
+def _escape_marker(marker: str, context: str) -> str:
+    escaped = html.escape(marker, quote=True)
+    if context == "attr-unquoted":
+        escaped = re.sub(r"\s", lambda m: f"&#{ord(m.group(0))};", escaped)
+    return escaped
+
+
+# --------------------------------------------------------------------------------------
+# Re-encoding a text part.
+
+_Edit = tuple[int, int, str]
+
+
+def _apply_edits(text: str, edits: list[_Edit], offset: int = 0) -> str:
+    out = []
+    pos = 0
+    for s, e, repl in edits:
+        out.append(text[pos:s - offset])
+        out.append(repl)
+        pos = e - offset
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _physical_lines(body: bytes) -> list[tuple[int, int]]:
+    """(start, end) byte ranges of lines, line endings included."""
+    out = []
+    pos = 0
+    n = len(body)
+    while pos < n:
+        nl = body.find(b"\n", pos)
+        end = n if nl < 0 else nl + 1
+        out.append((pos, end))
+        pos = end
+    return out
+
+
+def _units(body: bytes, cte: str) -> list[tuple[int, int]]:
+    """Independently re-encodable byte ranges: lines, or QP logical lines."""
+    lines = _physical_lines(body)
+    if cte != "quoted-printable":
+        return lines
+    units = []
+    start = None
+    for s, e in lines:
+        if start is None:
+            start = s
+        content = body[s:e].rstrip(b"\r\n")
+        if content.endswith(b"=") and e < len(body):
+            continue                                        # soft line break
+        units.append((start, e))
+        start = None
+    if start is not None:
+        units.append((start, len(body)))
+    return units
+
+
+def _qp_encode(text: str, codec: str, eol: bytes) -> bytes:
+    out = []
+    for line in text.splitlines(keepends=True):
+        content = line.rstrip("\r\n")
+        ending = line[len(content):]
+        data = content.encode(codec, "surrogateescape")
+        encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+        encoded = encoded.replace(b"=\n", b"=" + eol)
+        out.append(encoded)
+        if ending:
+            out.append(eol if ending.endswith("\n") else b"=0D")
+    return b"".join(out)
+
+
+def _base64_encode(data: bytes, original: bytes) -> bytes:
+    eol = b"\r\n" if b"\r\n" in original else b"\n"
+    first = original.split(b"\n", 1)[0].strip()
+    width = len(first) if 4 <= len(first) <= 76 and len(first) % 4 == 0 else 76
+    encoded = base64.b64encode(data)
+    lines = [encoded[i:i + width] for i in range(0, len(encoded), width)]
+    out = eol.join(lines)
+    if original.rstrip(b" \t").endswith(b"\n"):
+        out += eol
+    return out
+
+
+def _rewrite(body: bytes, cte: str, codec: str, text: str, edits: list[_Edit]) -> bytes:
+    """The part body with ``edits`` (in decoded-text coordinates) applied and re-encoded."""
+    eol = b"\r\n" if b"\r\n" in body else b"\n"
+    if cte == "base64":
+        new_text = _apply_edits(text, edits)
+        return _base64_encode(new_text.encode(codec, "surrogateescape"), body)
+    if not _stateful(codec):
+        units = _units(body, cte)
+        unit_texts = [_decode_unit(body[s:e], cte, codec) for s, e in units]
+        if "".join(unit_texts) == text:
+            return _rewrite_units(body, cte, codec, units, unit_texts, edits, eol)
+    new_text = _apply_edits(text, edits)
+    if cte == "quoted-printable":
+        return _qp_encode(new_text, codec, eol)
+    return new_text.encode(codec, "surrogateescape")
+
+
+def _decode_unit(data: bytes, cte: str, codec: str) -> str:
+    if cte == "quoted-printable":
+        data = binascii.a2b_qp(data)
+    return data.decode(codec, "surrogateescape")
+
+
+def _rewrite_units(body: bytes, cte: str, codec: str, units: list[tuple[int, int]],
+                   unit_texts: list[str], edits: list[_Edit], eol: bytes) -> bytes:
+    starts = []
+    pos = 0
+    for t in unit_texts:
+        starts.append(pos)
+        pos += len(t)
+    # group the edits by the run of units they touch
+    groups: list[tuple[int, int, list[_Edit]]] = []
+    for edit in edits:
+        s, e, _ = edit
+        first = max(0, bisect.bisect_right(starts, s) - 1)
+        last = max(first, bisect.bisect_right(starts, max(s, e - 1)) - 1)
+        if groups and first <= groups[-1][1]:
+            g = groups[-1]
+            groups[-1] = (g[0], max(g[1], last), [*g[2], edit])
+        else:
+            groups.append((first, last, [edit]))
+    out = []
+    pos = 0
+    for first, last, group_edits in groups:
+        bstart, bend = units[first][0], units[last][1]
+        tstart = starts[first]
+        group_text = "".join(unit_texts[first:last + 1])
+        new_text = _apply_edits(group_text, group_edits, offset=tstart)
+        if cte == "quoted-printable":
+            encoded = _qp_encode(new_text, codec, eol)
+        else:
+            encoded = new_text.encode(codec, "surrogateescape")
+        out.append(body[pos:bstart])
+        out.append(encoded)
+        pos = bend
+    out.append(body[pos:])
+    return b"".join(out)
+
+
+# --------------------------------------------------------------------------------------
+# Subjects.
+
+def _decode_subject(value: bytes) -> str:
+    if value.isascii():
+        text = value.decode("ascii")
+    else:                                    # raw 8-bit header: UTF-8, else Latin-1
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = value.decode("latin-1")
+    if "=?" not in text:
+        return text
+    try:
+        chunks = decode_header(text)
+    except Exception:
+        return text
+    out = []
+    for chunk, charset in chunks:
+        if isinstance(chunk, str):
+            out.append(chunk)
+            continue
+        codec = _codec(charset) or "utf-8"
+        try:
+            out.append(chunk.decode(codec, "replace"))
+        except LookupError:
+            out.append(chunk.decode("utf-8", "replace"))
+    return "".join(out)
+
+
+def _encode_subject(text: str) -> str:
+    """A Subject value for the milter: plain ASCII, or encoded words on one line."""
+    text = text.replace("\r", " ").replace("\n", " ")
+    if text.isascii() and "=?" not in text:
+        return text
+    encoded = Header(text, "utf-8").encode()
+    return re.sub(r"\r?\n[ \t]+", " ", encoded)
+
+
+# --------------------------------------------------------------------------------------
+# The walk.
+
+@dataclass(frozen=True)
+class _Entity:
+    start: int              # header block start
+    end: int                # entity end (exclusive)
+    leaf_path: str          # the IMAP-style number of this entity as a leaf
+    child_prefix: str       # prefix for the numbers of its children
+    depth: int
+    bounce: bool
+    default_type: str
+
+
+class _Walker:
+    def __init__(self, raw: bytes, scanner: SecretScanner, *, marker: str, change: bool,
+                 is_bounce: bool) -> None:
+        self.raw = raw
+        self.scanner = scanner
+        self.marker = marker
+        self.change = change
+        self.is_bounce = is_bounce
+        self.where: list[tuple[str, str]] = []
+        self.defects: list[str] = []
+        self.replacements: list[tuple[int, int, bytes]] = []
+        self.new_subject: str | None = None
+        self.body_start = 0
+        self._delims: dict[bytes, list[int]] | None = None
+        self._closes: dict[bytes, list[int]] = {}
+
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(sorted({k for _, k in self.where}))
+
+    def new_body(self) -> bytes:
+        out = []
+        pos = self.body_start
+        for s, e, data in sorted(self.replacements):
+            out.append(self.raw[pos:s])
+            out.append(data)
+            pos = e
+        out.append(self.raw[pos:])
+        return b"".join(out)
+
+    # ---------------------------------------------------------------- tree
+
+    def run(self) -> None:
+        raw = self.raw
+        hend, bstart = _split_header_block(raw, 0, len(raw))
+        self.body_start = bstart
+        fields = _fields(raw, 0, hend)
+        subject = next((f for f in fields if f.name == "subject"), None)
+        if subject is not None:
+            self.new_subject = self._scan_subject(subject, "subject")
+        top = _Entity(0, len(raw), "1", "", 0, self.is_bounce, "text/plain")
+        stack = [top]
+        while stack:
+            entity = stack.pop()
+            if entity is top:
+                children = self._entity(entity, fields, (hend, bstart))
+            else:
+                children = self._entity(entity, None, None)
+            stack.extend(reversed(children))
+
+    def _entity(self, ent: _Entity, fields: list[_Field] | None,
+                split: tuple[int, int] | None) -> list[_Entity]:
+        raw = self.raw
+        if split is None:
+            split = _split_header_block(raw, ent.start, ent.end)
+        hend, bstart = split
+        if fields is None:
+            fields = _fields(raw, ent.start, hend)
+        try:
+            info = _part_info(fields, ent.default_type)
+        except Exception as exc:
+            self.defects.append(f"part {ent.leaf_path}: unreadable Content-Type "
+                                f"({type(exc).__name__}), left unchanged")
+            return []
+        ctype = info.ctype
+        if ctype.startswith("multipart/"):
+            if ent.depth >= MAX_DEPTH:
+                self.defects.append(f"part {ent.leaf_path}: nesting deeper than {MAX_DEPTH} "
+                                    "levels, left unchanged")
+                return []
+            return self._children(ent, info, bstart)
+        if ent.bounce and ctype in _BOUNCE_OPAQUE:
+            return []
+        if ctype in ("message/rfc822", "message/global"):
+            if info.cte not in _IDENTITY_CTE:
+                self.defects.append(f"part {ent.leaf_path} {ctype}: encoded attached message "
+                                    f"({info.cte}), left unchanged")
+                return []
+            if ent.depth >= MAX_DEPTH:
+                self.defects.append(f"part {ent.leaf_path}: nesting deeper than {MAX_DEPTH} "
+                                    "levels, left unchanged")
+                return []
+            inner_hend, _ = _split_header_block(raw, bstart, ent.end)
+            inner_subject = next((f for f in _fields(raw, bstart, inner_hend)
+                                  if f.name == "subject"), None)
+            if inner_subject is not None:
+                new = self._scan_subject(inner_subject, f"part {ent.leaf_path} {ctype} subject")
+                if new is not None and self.change:
+                    eol = b"\r\n" if raw[inner_subject.start:inner_subject.end].endswith(
+                        b"\r\n") else b"\n"
+                    self.replacements.append((inner_subject.start, inner_subject.end,
+                                              b"Subject: " + new.encode("ascii") + eol))
+            return [_Entity(bstart, ent.end, f"{ent.leaf_path}.1", ent.leaf_path,
+                            ent.depth + 1, ent.bounce, "text/plain")]
+        if ctype.startswith("text/") or ctype in _TEXTUAL_APPLICATION:
+            try:
+                self._text_part(ent, info, bstart)
+            except Exception as exc:
+                self.defects.append(f"part {ent.leaf_path} {ctype}: could not be processed "
+                                    f"({type(exc).__name__}), left unchanged")
+        return []
+
+    def _boundary_index(self) -> None:
+        """Every line that starts with "--", indexed by what follows (built once: linear)."""
+        raw = self.raw
+        delims: dict[bytes, list[int]] = {}
+        closes: dict[bytes, list[int]] = {}
+        for m in _DASH_LINE.finditer(raw, self.body_start):
+            pos = m.start()
+            nl = raw.find(b"\n", pos)
+            line = raw[pos + 2:(nl if nl >= 0 else len(raw))].rstrip(b" \t\r")
+            delims.setdefault(line, []).append(pos)
+            if line.endswith(b"--"):
+                closes.setdefault(line[:-2], []).append(pos)
+        self._delims, self._closes = delims, closes
+
+    def _children(self, ent: _Entity, info: _PartInfo, bstart: int) -> list[_Entity]:
+        if not info.boundary:
+            self.defects.append(f"part {ent.leaf_path} {info.ctype}: no boundary, "
+                                "left unchanged")
+            return []
+        if self._delims is None:
+            self._boundary_index()
+        assert self._delims is not None
+        boundary = info.boundary.encode("latin-1", "replace")
+        positions = self._delims.get(boundary, [])
+        lo = bisect.bisect_left(positions, bstart)
+        hi = bisect.bisect_left(positions, ent.end)
+        delims = positions[lo:hi]
+        if not delims:
+            self.defects.append(f"part {ent.leaf_path} {info.ctype}: boundary not found, "
+                                "left unchanged")
+            return []
+        closes = self._closes.get(boundary, [])
+        ci = bisect.bisect_right(closes, delims[0])
+        stop = closes[ci] if ci < len(closes) and closes[ci] < ent.end else ent.end
+        delims = [d for d in delims if d < stop]
+        bounce = ent.bounce or info.ctype == "multipart/report"
+        default = "message/rfc822" if info.ctype == "multipart/digest" else "text/plain"
+        children = []
+        raw = self.raw
+        for i, d in enumerate(delims):
+            nl = raw.find(b"\n", d, stop if stop > d else len(raw))
+            cstart = nl + 1 if nl >= 0 else stop
+            nxt = delims[i + 1] if i + 1 < len(delims) else stop
+            cend = nxt
+            if i + 1 < len(delims) or stop < ent.end:
+                # the line break before a delimiter belongs to the delimiter (RFC 2046)
+                if raw[cend - 2:cend] == b"\r\n":
+                    cend -= 2
+                elif raw[cend - 1:cend] == b"\n":
+                    cend -= 1
+            cend = max(cend, cstart)
+            path = f"{ent.child_prefix}.{i + 1}" if ent.child_prefix else str(i + 1)
+            children.append(_Entity(cstart, cend, path, path, ent.depth + 1, bounce, default))
+        return children
+
+    # ---------------------------------------------------------------- leaves
+
+    def _scan_subject(self, field: _Field, location: str) -> str | None:
+        text = _decode_subject(field.value)
+        findings = self.scanner.scan(text)
+        if not findings:
+            return None
+        self.where.extend((location, f.kind) for f in findings)
+        if not self.change:
+            return None
+        pieces = []
+        pos = 0
+        for f in findings:
+            pieces.append(text[pos:f.start])
+            pieces.append(self.marker.format(kind=f.kind))
+            pos = f.end
+        pieces.append(text[pos:])
+        return _encode_subject("".join(pieces))
+
+    def _text_part(self, ent: _Entity, info: _PartInfo, bstart: int) -> None:
+        raw = self.raw
+        location = f"part {ent.leaf_path} {info.ctype}"
+        cte = info.cte
+        if cte in ("7-bit", "8-bit"):
+            cte = cte.replace("-", "")
+        if cte not in _IDENTITY_CTE and cte not in ("quoted-printable", "base64"):
+            self.defects.append(f"{location}: unknown transfer encoding, left unchanged")
+            return
+        body = raw[bstart:ent.end]
+        if not body:
+            return
+        if cte == "quoted-printable":
+            data = binascii.a2b_qp(body)
+        elif cte == "base64":
+            try:
+                data = binascii.a2b_base64(body)
+            except binascii.Error:
+                self.defects.append(f"{location}: undecodable base64, left unchanged")
+                return
+        else:
+            data = body
+        try:
+            text, codec = _decode_text(data, info.charset)
+        except (UnicodeDecodeError, LookupError):
+            self.defects.append(f"{location}: undecodable text, left unchanged")
+            return
+        is_html = info.ctype in ("text/html", "application/xhtml+xml")
+        if is_html:
+            edits = self._html_edits(text, location, codec, cte)
+        else:
+            findings = self.scanner.scan(text)
+            self.where.extend((location, f.kind) for f in findings)
+            marker = self._part_marker(codec, cte)
+            edits = [(f.start, f.end, marker(f.kind)) for f in findings]
+        if not edits or not self.change:
+            return
+        new_body = _rewrite(body, "quoted-printable" if cte == "quoted-printable" else
+                            ("base64" if cte == "base64" else "identity"), codec, text, edits)
+        self.replacements.append((bstart, ent.end, new_body))
+
+    def _part_marker(self, codec: str, cte: str):  # type: ignore[no-untyped-def]
+        seven_bit = cte in ("", "7bit")
+
+        def marker(kind: str) -> str:
+            value = self.marker.format(kind=kind)
+            if seven_bit and not value.isascii():
+                return _ascii_fold(value)
+            try:
+                value.encode(codec)
+            except (UnicodeEncodeError, LookupError):
+                return _ascii_fold(value)
+            return value
+        return marker
+
+    def _html_edits(self, markup: str, location: str, codec: str, cte: str) -> list[_Edit]:
+        if not self.scanner.could_match(markup):
+            return []
+        vis, attrs = _html_streams(markup)
+        marker = self._part_marker(codec, cte)
+        edits: list[_Edit] = []
+        for stream in (vis, attrs):
+            text = stream.text()
+            for f in self.scanner.scan(text):
+                self.where.append((location, f.kind))
+                ranges = stream.to_source(f.start, f.end)
+                for i, (s, e, context) in enumerate(ranges):
+                    edits.append((s, e, _escape_marker(marker(f.kind), context) if i == 0
+                                  else ""))
+        edits.sort()
+        merged: list[_Edit] = []
+        for edit in edits:
+            if merged and edit[0] < merged[-1][1]:
+                continue
+            merged.append(edit)
+        return merged

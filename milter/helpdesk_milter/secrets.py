@@ -1,0 +1,1044 @@
+"""Secret detectors: text in, spans out.
+
+What this module promises:
+
+- :meth:`SecretScanner.scan` returns the spans of the secret *values* found in a text
+  (for a private key, the whole block), sorted and non-overlapping; when detectors
+  disagree, the most specific kind wins (a GitHub token after ``password:`` is a
+  ``github-token``), then the longest span.
+- It is pure, thread-safe once built, and linear in the size of the text: every
+  pattern starts at a run boundary (look-behind) and has bounded repetitions, and
+  every context look-up reads a bounded window, so a 100,000-character line of
+  hostile input costs about as much as ordinary prose of the same size.
+- Clean text is cheap: a handful of substring tests on the lower-cased text decide
+  which detectors run at all.
+- It never logs, and never puts a secret value in an exception message.
+
+Passwords are the hard part: people write them in prose ("le mdp c'est Soleil2024!"),
+in "login / password" pairs, in tables and in config snippets, in French and English.
+The value is the token that follows the keyword (after optional qualifiers such as
+"du wifi" and a separator such as ``:``, ``=``, "est", "is"); words that say that *no*
+value follows ("oublié", "expired", "ne fonctionne pas", "reset link") stop the
+detector.  Letters-only values are accepted only where they end a clause
+("Mot de passe : soleil") so that "the password is too short" stays untouched.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+KINDS: tuple[str, ...] = (
+    "password", "private-key", "aws-access-key", "aws-secret-key", "github-token",
+    "gitlab-token", "slack-token", "stripe-key", "google-api-key", "jwt", "openai-key",
+    "url-credentials", "connection-string",
+)
+
+# Which kind wins when two detectors claim overlapping text: the more specific one.
+_PRIORITY: dict[str, int] = {
+    "private-key": 100,
+    "aws-access-key": 90, "aws-secret-key": 90, "github-token": 90, "gitlab-token": 90,
+    "slack-token": 90, "stripe-key": 90, "google-api-key": 90, "openai-key": 85, "jwt": 80,
+    "connection-string": 70, "url-credentials": 60,
+    "password": 10,
+}
+
+DEFAULT_MARKER = "[secret removed: {kind}]"
+
+
+def _words(block: str) -> frozenset[str]:
+    return frozenset(block.split())
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One secret: its kind and the span ``text[start:end]`` of the secret value."""
+
+    kind: str
+    start: int
+    end: int
+
+
+# --------------------------------------------------------------------------------------
+# Provider tokens with fixed shapes.  Each pattern starts with a look-behind that forbids
+# starting in the middle of a run of the characters it consumes, and has bounded
+# repetitions: together they keep the search linear on hostile input.
+
+_TOKEN_PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
+    "aws-access-key": (
+        re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
+    ),
+    "github-token": (
+        re.compile(r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{36,251}(?![A-Za-z0-9_])"),
+        re.compile(r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{30,240}(?![A-Za-z0-9_])"),
+    ),
+    "gitlab-token": (
+        re.compile(r"(?<![A-Za-z0-9_\-])gl(?:pat|ptt|dt|rt|cbt|ft|imt|agent|soat|oas)-"
+                   r"[A-Za-z0-9_\-]{20,200}(?:\.[A-Za-z0-9_\-]{2,100}){0,3}"
+                   r"(?![A-Za-z0-9_\-])"),
+        re.compile(r"(?<![A-Za-z0-9])GR1348941[A-Za-z0-9_\-]{20,100}(?![A-Za-z0-9_\-])"),
+    ),
+    "slack-token": (
+        re.compile(r"(?<![A-Za-z0-9_\-])xox[abposre]-[A-Za-z0-9\-]{10,250}(?![A-Za-z0-9\-])"),
+        re.compile(r"(?<![A-Za-z0-9_\-])xapp-\d-[A-Za-z0-9\-]{10,250}(?![A-Za-z0-9\-])"),
+        # the secret part of an incoming-webhook URL
+        re.compile(r"(?<=hooks\.slack\.com/services/)T[A-Za-z0-9_]{6,20}/B[A-Za-z0-9_]{6,20}"
+                   r"/[A-Za-z0-9_]{16,64}"),
+    ),
+    "stripe-key": (
+        re.compile(r"(?<![A-Za-z0-9_])(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}"
+                   r"(?![A-Za-z0-9_])"),
+    ),
+    "google-api-key": (
+        re.compile(r"(?<![A-Za-z0-9_\-])AIza[A-Za-z0-9_\-]{35}(?![A-Za-z0-9_\-])"),
+        re.compile(r"(?<![A-Za-z0-9_\-])GOCSPX-[A-Za-z0-9_\-]{24,40}(?![A-Za-z0-9_\-])"),
+    ),
+    "jwt": (
+        re.compile(r"(?<![A-Za-z0-9_\-.])eyJ[A-Za-z0-9_\-]{8,4000}\.[A-Za-z0-9_\-]{8,8000}"
+                   r"\.[A-Za-z0-9_\-]{8,4000}(?![A-Za-z0-9_\-.])"),
+    ),
+    "openai-key": (
+        re.compile(r"(?<![A-Za-z0-9_\-])sk-(?:proj-|svcacct-|admin-|ant-(?:api|admin)\d\d-)?"
+                   r"[A-Za-z0-9_\-]{20,250}(?![A-Za-z0-9_\-])"),
+    ),
+}
+
+# Cheap pre-filter: lower-cased substrings, any one of which lets a detector run.
+_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "aws-access-key": ("akia", "asia", "abia", "acca"),
+    "github-token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    "gitlab-token": ("glpat-", "glptt-", "gldt-", "glrt-", "glcbt-", "glft-", "glimt-",
+                     "glagent-", "glsoat-", "gloas-", "gr1348941"),
+    "slack-token": ("xox", "xapp-", "hooks.slack.com"),
+    "stripe-key": ("_live_", "_test_"),
+    "google-api-key": ("aiza", "gocspx-"),
+    "jwt": ("eyj",),
+    "openai-key": ("sk-",),
+}
+# Password keywords are found from these anchors (lower-cased); a keyword match is then
+# looked for in a small window around each anchor.  The second set must start a word.
+_PW_ANCHORS = ("pass", "wifi", "wi-fi", "curit", "secret", "identifiant", "credential")
+_PW_ANCHORS_AT_WORD = ("mdp", "pw", "psw", "wpa", "wlan", "wep", "creds", "pin", "code d",
+                       "acc\u00e8s", "acces", "code d\u2019")
+_PASSWORD_TRIGGERS = _PW_ANCHORS + _PW_ANCHORS_AT_WORD
+_ANCHOR_REACH = 45      # how far before/after an anchor a keyword may extend
+
+# --------------------------------------------------------------------------------------
+# Private keys: PEM / OpenSSH / PGP blocks, and PuTTY key files.
+
+_PEM_BEGIN = re.compile(
+    r"-----BEGIN (?P<label>(?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?)-----")
+_PUTTY_BEGIN = re.compile(r"(?m)^PuTTY-User-Key-File-\d: ")
+_PUTTY_END = re.compile(r"Private-MAC: [0-9a-fA-F]{20,128}")
+_B64_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=:\-, ]{0,200}\r?\n")
+_MAX_KEY_BLOCK = 64 * 1024
+
+# --------------------------------------------------------------------------------------
+# Credentials in URLs and connection strings.
+
+# After "://": userinfo "user:password@" then something that starts a host.  The password
+# may contain an unencoded "@"; the greedy, bounded class backtracks to the last one.
+_URL_USERINFO = re.compile(
+    r"://(?P<user>[^\s:/?#\[\]\"'<>()]{0,128}):(?P<pw>[^\s/?#\"'<>]{1,256})@"
+    r"(?=[A-Za-z0-9\[_\-])")
+_SCHEME_BEFORE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]{0,30})\Z")
+_CONNECTION_SCHEMES = frozenset({
+    "postgres", "postgresql", "mysql", "mysqlx", "mariadb", "mongodb", "mongodb+srv",
+    "redis", "rediss", "amqp", "amqps", "ftp", "ftps", "sftp", "smtp", "smtps",
+    "submission", "imap", "imaps", "pop3", "pop3s", "ldap", "ldaps", "mssql",
+    "sqlserver", "oracle", "cockroachdb", "clickhouse", "nats", "kafka", "couchdb",
+    "memcached", "cassandra", "neo4j", "bolt", "influxdb", "mqtt", "mqtts", "stomp",
+    "sqlalchemy", "postgresql+psycopg2", "mysql+pymysql", "db2", "sybase",
+})
+_CONN_CONTEXT = re.compile(
+    r"(?i)(?:jdbc:|odbc|(?<![^\W_])(?:server|data\s+source|host|hostname|database|"
+    r"initial\s+catalog|uid|user\s+id|dbname|driver|port|sslmode)\s*=)")
+_URL_SCHEME_BEFORE_QUERY = re.compile(r"(?i)(?:[a-z][a-z0-9+.\-]{0,30})://\S*\Z")
+
+# --------------------------------------------------------------------------------------
+# Passwords.
+
+_SP = r"[\s_\-]{0,3}"          # between the words of a multi-word keyword
+_MDP = rf"mots?{_SP}(?:de|d['’]){_SP}passe|motdepasse|mots?-?passe"
+_WIFI = r"wi-?fi|wlan|wpa2?|wpa3|wep"
+
+_PW_KEYWORD = re.compile(rf"""
+(?<![^\W_])
+(?:
+   (?P<pair>(?:identifiant|login|user(?:name)?|utilisateur|id|compte|e-?mail|courriel|
+              account|nom\s+d['’]utilisateur){_SP}
+            (?:/|&|\+|,|\bet\b|\band\b|\bou\b){_SP}
+            (?:{_MDP}|mdp|pass(?:word|wd|e)?|pwd|pw|code))
+ | (?P<creds>identifiants|credentials|creds|codes\s+d['’]acc[eè]s|acc[eè]s)
+ | (?P<wifi>(?:code|cl[ée]f?|key|{_MDP}|mdp|password|pass(?:word|phrase)?){_SP}
+             (?:(?:du|de\s+la|de|d['’]|for\s+the|for|of\s+the|of)\s{{1,3}})?
+             (?:{_WIFI}|r[ée]seau|network|box|livebox|freebox|bbox)
+         | (?:{_WIFI}){_SP}(?:key|password|pass(?:word|phrase)?|code|cl[ée]f?|mdp|{_MDP})
+         | cl[ée]f?\s+de\s+s[ée]curit[ée](?:\s+(?:du\s+)?r[ée]seau)?
+         | (?:network\s+)?security\s+key)
+ | (?P<kw>{_MDP}|mdp|(?:pg|db|my)?pass(?:word|wd|wort|phrase|code)?s?|pwd|pw|psw
+         |secret|code\s+(?:d['’]acc[èe]s|secret|pin|de\s+connexion|d['’]activation|
+                        de\s+d[ée]verrouillage)
+         |pin(?:\s+code)?)
+)
+(?![^\W_])
+""", re.X)                     # matched against lower-cased text
+_PW_KEYWORD_ANYCASE = re.compile(_PW_KEYWORD.pattern, re.I | re.X)
+
+# Keywords that need a strong value or a login context: common words in other senses.
+_WEAK_KEYWORDS = frozenset({"pass", "passe", "pw", "psw", "secret", "passes"})
+
+# The separator between the keyword (plus qualifiers) and the value.
+_SEP = re.compile(r"""
+(?P<ws>["']?[^\S\r\n]*(?:,[^\S\r\n]*(?=[cCiIeE]))?)
+(?:
+   (?P<punct>:=|=>|->|→|:|=|\|(?=[^\S\r\n])|[-–—](?=[^\S\r\n])|(?<=["'])[^\S\r\n]*,)
+ | (?P<changed>(?:a\s+[ée]t[ée]|has\s+been|was|is|est)\s+
+      (?:chang[ée]e?|modifi[ée]e?|r[ée]initialis[ée]e?|remis|mis|d[ée]fini|reset|changed|
+         set|updated|fix[ée]e?)\s+(?:en|à|a|sur|to|as|par)(?![^\W_])\s*:?)
+ | (?P<verb>(?:est|c['’\s]?est|ce\s+sera|sera|reste|devient|vaut|is|was|will\s+be|remains|
+             'll\s+be|'s)(?![^\W_])
+      (?:[^\S\r\n]+(?:le\s+suivant|la\s+suivante|celui-ci|celui\s+ci|toujours|maintenant|
+          d[ée]sormais|bien|actuellement|tout\s+simplement|simplement|now|still|the\s+following|
+          currently|simply|just|set\s+to)(?![^\W_]))?
+      [^\S\r\n]*:?)
+)
+""", re.I | re.X)
+
+_PHRASE_END = re.compile(r"[.;!?](?:\s|$)|,\s|\s[-–—]\s|[\r\n]")
+_COLON = re.compile(r"[^\S\r\n]*[:=]")
+_WORD = re.compile(r"[^\S\r\n]+(?P<w>[^\s:=|]{1,40})")
+_QUOTES = {'"': '"', "'": "'", "«": "»", "“": "”", "‘": "’", "`": "`", "„": "“"}
+_CLOSERS = {")": "(", "]": "[", "}": "{", "»": "«", "”": "“", "’": "‘", ">": "<"}
+
+# Words after the keyword meaning that no value follows (reset links, expiry, failures).
+_NEGATIVE_QUALIFIERS = _words("""
+oublié oublie oubliée oubli perdu perdue reset réinitialisation reinitialisation réinitialiser
+reinitialiser réinitialisé reinitialise expiré expire expirée expiré. expired expires expiry
+expiration incorrect incorrecte invalide invalid wrong faux fausse erroné erronée erroné
+lien link links policy politique règles regles rules requirements exigences manager managers
+gestionnaire changement change changer changed modifier modification recovery récupération
+recuperation forgotten forgot requis required longueur length strength force complexité
+complexity ne n' n’ not pas jamais never doesn't don't isn't wasn't won't can't cannot
+didn't doit must should needs need requires contient contains comporte hint indice
+bloqué bloque bloquée locked verrouillé expirera expiring renouvellement renewal update
+mise sécurisé securise protected protégé protege hash hashé hashed chiffré encrypted
+field champ prompt invite saisi saisie entered typed tapé tape oublier forget lost
+visible caché cache hidden affiché shown temporairement oubliés perdus ne- n'est n’est
+vérification verification validation confirmation confirm confirmer
+""")
+
+# Values that are ordinary words (or form labels), not passwords.
+_STOP_VALUES = _words("""
+le la les l' un une des de du d' est sont était a à au aux et ou mais ne n' pas plus que qui
+quoi dont il elle on je j' tu vous nous ils elles mon ma mes ton ta tes son sa ses votre vos
+notre nos leur leurs ce cet cette ces c' ça ca cela celui celle en y sur sous dans par pour
+avec sans chez si oui non voir ci-dessous ci-dessus ci-joint ci-jointe joint jointe idem
+identique même meme habituel habituelle inchangé inchange changé change modifié modifie
+oublié oublie perdu incorrect incorrecte invalide expiré expire bloqué bloque erroné errone
+faux fausse vide aucun aucune rien envoyé envoye reçu recu demandé demande nécessaire
+necessaire obligatoire requis merci svp cordialement bonjour bonsoir s'il temporaire
+provisoire fourni fournie communiqué communique transmis cliquez cliquer clique saisir
+entrer taper indiquer renseigner trop très tres assez bien toujours encore également
+egalement aussi correct correcte bon bonne mauvais mauvaise valide valable ok urgent
+important problème probleme problème. question demande aide sécurité securite nouveau
+nouvelle ancien ancienne actuel actuelle précédent precedent même. suivant suivante
+the a an is are was were be been has have had not no yes none n/a na see below above
+attached same unchanged changed expired incorrect wrong invalid reset forgotten forgot
+required optional here there it this that these those for to of on in at by with and or
+but please thanks thank sent provided click enter type should must will would can could
+does doesn't did didn't isn't won't can't field protected manager policy hint your my his
+her their our its too very case-sensitive sensitive short long weak strong good fine valid
+saved stored encrypted hashed hidden displayed noted still also now new old current
+previous following usual default missing empty blank mandatory needed unknown inconnu
+inconnue secret secrète secrete confidentiel confidential masqué masque caché cache
+redacted removed supprimé supprime retiré retire min max minimum maximum moins least
+caractères caracteres characters chars digits chiffres lettres letters
+nextcloud messagerie webmail windows outlook thunderbird gmail office wifi wi-fi
+identifiant identifiants login user username utilisateur password passwords mdp pwd
+passwd pass motdepasse mot_de_passe mot-de-passe xxx
+""")
+
+_PLACEHOLDER = re.compile(r"""(?x)
+  [*xX•●·._\-#?~…]+                         # ****, xxxx, ...
+| <[^<>]*> | \[[^\[\]]*\] | \{[^{}]*\} | \$\{[^{}]*\}? | \$\(?[A-Za-z_][A-Za-z0-9_]*\)?
+| %[A-Za-z_(]\S*%?s? | %s | \{\{.*\}\} | !vault | null | none | nil | true | false
+| (?i:votre|your|mon|my|ton)[-_].* | (?i:xxx|changez?moi|yourpassword|votremotdepasse)
+""")
+
+_LOGIN_CONTEXT = re.compile(
+    r"(?i)(?<![^\W_])(?:login|user(?:name)?|utilisateur|identifiant|uid|compte|account|"
+    r"e-?mail|user\s*id)(?![^\W_])[^\S\r\n]*[:=]")
+_IDENT_SUFFIX = re.compile(r"(?P<suffix>(?:[_.\-][A-Za-z0-9]{1,20}){1,4})(?=[^\S\r\n]*[:=])")
+_BAD_IDENT_SUFFIX = frozenset({
+    "file", "path", "hash", "length", "len", "min", "max", "reset", "expire", "expiry",
+    "expires", "policy", "url", "uri", "changed", "age", "hint", "field", "label",
+    "prompt", "required", "rules", "strength", "regex", "pattern", "enabled", "command",
+    "cmd", "mode", "type", "auth", "authentication", "salt", "algorithm", "algo",
+    "rounds", "iterations", "cost", "timeout", "ttl", "name", "id", "format", "manager",
+    "store", "storage", "dir", "location", "env", "variable", "var", "lifetime",
+    "history", "complexity", "minlength", "maxlength", "sent", "updated", "validation",
+})
+
+_TABLE_HEADER_CELL = re.compile(
+    rf"(?i)[\W_]*(?:{_MDP}|mdp|password|passwd|pwd|pass|pw|passphrase|secret|pin|"
+    rf"(?:code|cl[ée]f?|key)\s+(?:{_WIFI})|(?:{_WIFI})\s+(?:key|password|code))"
+    r"(?:\s+(?:provisoire|temporaire|initial|initiale|actuel|wifi|admin|\(.*\)))?[\W_]*")
+_HEADER_WORDS = _words("""
+login identifiant identifiants utilisateur user username nom name prénom prenom compte
+account email e-mail mail courriel url site service application serveur server host
+commentaire comment comments notes note description poste id adresse address
+""")
+_MARKDOWN_RULE = re.compile(r"[\s|:\-+=]*")
+_TWO_SPACES = re.compile(r"[ \t]{2,}|\t")
+_EMAIL = re.compile(r"[^\s@]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")
+_URLISH = re.compile(r"(?i)(?:https?://|www\.)")
+
+_WINDOW = 300           # context window (characters) read around a keyword
+_MAX_TABLE_ROWS = 200
+_MAX_TABLE_LINE = 500
+
+_AWS_SECRET_CONTEXT = re.compile(
+    r"(?i)(?<![A-Za-z0-9])(?:aws[\s_\-.]?secret(?:[\s_\-.]?access)?(?:[\s_\-.]?key)?|"
+    r"secret[\s_\-.]?access[\s_\-.]?key|secretaccesskey)"
+    r"[^A-Za-z0-9/+\r\n]{1,20}(?P<v>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])")
+_AWS_SECRET_BARE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+
+
+class SecretScanner:
+    """Finds secrets in text.  Build once (from the config) and share between threads."""
+
+    def __init__(self, *, disabled_kinds: Iterable[str] = ()) -> None:
+        disabled = frozenset(disabled_kinds)
+        unknown = sorted(disabled - set(KINDS))
+        if unknown:
+            raise ValueError(f"unknown secret kind(s): {', '.join(unknown)}; "
+                             f"known kinds: {', '.join(KINDS)}")
+        self.enabled: frozenset[str] = frozenset(KINDS) - disabled
+        self._tokens = [(kind, pats, _TRIGGERS[kind]) for kind, pats in _TOKEN_PATTERNS.items()
+                        if kind in self.enabled]
+
+    # ------------------------------------------------------------------ public API
+
+    def could_match(self, text: str) -> bool:
+        """Cheap pre-check: False means :meth:`scan` would certainly find nothing.
+
+        Used to skip costly preparation (such as extracting the text of HTML) for the
+        vast majority of parts, which hold no secret.
+        """
+        if not text:
+            return False
+        lower = text.lower()
+        if any(any(t in lower for t in triggers) for _, _, triggers in self._tokens):
+            return True
+        return ("-----begin" in lower or "putty-user-key" in lower or "://" in lower
+                or "secret" in lower or bool(_keyword_windows(text, lower)))
+
+    def scan(self, text: str) -> list[Finding]:
+        """Secrets in ``text``: sorted by position, non-overlapping.
+
+        Each finding spans the secret value only (the password, not the keyword before
+        it; the password of a URL, not the user or host); a private key spans its whole
+        block.  Cost is linear in ``len(text)``.
+        """
+        if not text:
+            return []
+        lower = text.lower()
+        found: list[Finding] = []
+        enabled = self.enabled
+        for kind, patterns, triggers in self._tokens:
+            if any(t in lower for t in triggers):
+                for pattern in patterns:
+                    found.extend(self._token_findings(kind, pattern, text))
+        if "private-key" in enabled and ("-----begin" in lower or "putty-user-key" in lower):
+            found.extend(_private_keys(text))
+        if "aws-secret-key" in enabled and ("secret" in lower or "akia" in lower
+                                            or "asia" in lower):
+            found.extend(_aws_secrets(text))
+        if "://" in text and ({"url-credentials", "connection-string"} & enabled):
+            found.extend(f for f in _url_credentials(text) if f.kind in enabled)
+        windows = _keyword_windows(text, lower)
+        if windows:
+            found.extend(f for f in _passwords(text, lower, windows) if f.kind in enabled)
+        return _resolve(found)
+
+    @staticmethod
+    def _token_findings(kind: str, pattern: re.Pattern[str], text: str) -> list[Finding]:
+        out = []
+        for m in pattern.finditer(text):
+            value = m.group(0)
+            if kind == "openai-key" and not _mixed(value[3:]):
+                continue
+            if kind == "gitlab-token" and value.endswith("."):
+                continue
+            out.append(Finding(kind, m.start(), m.end()))
+        return out
+
+
+def redact_spans(text: str, findings: Sequence[Finding],
+                 marker: str = DEFAULT_MARKER) -> str:
+    """``text`` with each finding's span replaced by ``marker`` (``{kind}`` filled in).
+
+    ``findings`` must be sorted and non-overlapping, as :meth:`SecretScanner.scan`
+    returns them; otherwise ``ValueError`` (naming positions, never values).
+    """
+    out: list[str] = []
+    pos = 0
+    for f in findings:
+        if f.start < pos or f.end < f.start or f.end > len(text):
+            raise ValueError(f"findings must be sorted, non-overlapping and inside the text "
+                             f"(bad span {f.start}-{f.end})")
+        out.append(text[pos:f.start])
+        out.append(marker.format(kind=f.kind))
+        pos = f.end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# --------------------------------------------------------------------------------------
+# Overlap resolution.
+
+def _resolve(found: list[Finding]) -> list[Finding]:
+    """Keep the most specific, then longest, of overlapping findings; sort by position."""
+    if len(found) <= 1:
+        return found
+    ranked = sorted(set(found), key=lambda f: (-_PRIORITY[f.kind], -(f.end - f.start),
+                                               f.start))
+    starts: list[int] = []
+    kept: list[Finding] = []
+    for f in ranked:
+        i = bisect.bisect_right(starts, f.start)
+        if i > 0 and kept[i - 1].end > f.start:
+            continue
+        if i < len(kept) and kept[i].start < f.end:
+            continue
+        starts.insert(i, f.start)
+        kept.insert(i, f)
+    return kept
+
+
+# --------------------------------------------------------------------------------------
+# Value shape helpers.
+
+def _classes(value: str) -> int:
+    lower = upper = digit = symbol = 0
+    for ch in value:
+        if ch.isdigit():
+            digit = 1
+        elif ch.isalpha():
+            if ch.isupper():
+                upper = 1
+            else:
+                lower = 1
+        else:
+            symbol = 1
+    return lower + upper + digit + symbol
+
+
+def _mixed(value: str) -> bool:
+    """Letters and digits both present: what generated tokens look like."""
+    return any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
+
+
+def _strong(value: str) -> bool:
+    """Looks like a password on its own: 6+ characters, letters and digits or symbols."""
+    if len(value) < 6 or len(value) > 128:
+        return False
+    if not any(c.isalpha() for c in value):
+        return False
+    return _classes(value) >= 3 or (_mixed(value) and _classes(value) >= 2 and
+                                    not value.isalpha())
+
+
+def _has_non_letter(value: str) -> bool:
+    return any(not (c.isalpha() or c in "'’-") for c in value)
+
+
+# --------------------------------------------------------------------------------------
+# Private keys.
+
+def _private_keys(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    pos = 0
+    # where each label's next END marker is: one search per label, however many BEGINs
+    ends: dict[str, int] = {}
+    for m in _PEM_BEGIN.finditer(text):
+        if m.start() < pos:
+            continue
+        end_marker = f"-----END {m.group('label')}-----"
+        end = ends.get(end_marker, -2)
+        if end == -2 or (0 <= end < m.end()):
+            end = text.find(end_marker, m.end())
+            ends[end_marker] = end
+        if end - m.end() > _MAX_KEY_BLOCK:
+            end = -1
+        if end >= 0:
+            stop = end + len(end_marker)
+        else:
+            # Truncated paste: the block runs as long as lines look like key material.
+            stop = m.end()
+            nl = text.find("\n", stop, stop + 3)
+            if nl >= 0:
+                stop = nl + 1
+                limit = min(len(text), m.end() + _MAX_KEY_BLOCK)
+                while stop < limit:
+                    lm = _B64_LINE.match(text, stop)
+                    if not lm or lm.end() - stop < 3:
+                        break
+                    stop = lm.end()
+                stop = len(text[:stop].rstrip())
+        out.append(Finding("private-key", m.start(), stop))
+        pos = stop
+    for m in _PUTTY_BEGIN.finditer(text):
+        em = _PUTTY_END.search(text, m.end(), m.end() + _MAX_KEY_BLOCK)
+        if em:
+            out.append(Finding("private-key", m.start(), em.end()))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# AWS secret access keys: 40 base64 characters named as such, or right next to an
+# access key id.
+
+def _aws_secrets(text: str) -> list[Finding]:
+    out = [Finding("aws-secret-key", m.start("v"), m.end("v"))
+           for m in _AWS_SECRET_CONTEXT.finditer(text) if _mixed(m.group("v"))]
+    for m in _TOKEN_PATTERNS["aws-access-key"][0].finditer(text):
+        lo, hi = max(0, m.start() - _WINDOW), min(len(text), m.end() + _WINDOW)
+        for c in _AWS_SECRET_BARE.finditer(text, lo, hi):
+            value = c.group(0)
+            if (any(ch.isdigit() for ch in value) and any(ch.isupper() for ch in value)
+                    and any(ch.islower() for ch in value)):
+                out.append(Finding("aws-secret-key", c.start(), c.end()))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# URLs with a password.
+
+def _is_placeholder(value: str) -> bool:
+    v = value.strip()
+    if not v:
+        return True
+    if _PLACEHOLDER.fullmatch(v):
+        return True
+    return v.lower().strip("'\"") in {"password", "pass", "passwd", "pwd", "mdp", "secret",
+                                      "motdepasse", "mot_de_passe", "mot-de-passe",
+                                      "your_password", "yourpassword", "xxxxxx", "pw"}
+
+
+def _url_credentials(text: str) -> list[Finding]:
+    out = []
+    for m in _URL_USERINFO.finditer(text):
+        pw = m.group("pw")
+        if _is_placeholder(pw):
+            continue
+        sm = _SCHEME_BEFORE.search(text, max(0, m.start() - 32), m.start())
+        if not sm:
+            continue
+        scheme = sm.group("scheme").lower()
+        kind = "connection-string" if scheme in _CONNECTION_SCHEMES else "url-credentials"
+        if scheme.startswith("jdbc"):
+            kind = "connection-string"
+        out.append(Finding(kind, m.start("pw"), m.end("pw")))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Passwords in prose, pairs, config lines and tables.
+
+def _line_bounds(text: str, pos: int, limit: int) -> tuple[int, int] | None:
+    """The line around ``pos`` if it is at most ``limit`` characters long, else None."""
+    start = text.rfind("\n", max(0, pos - limit), pos)
+    if start < 0:
+        if pos > limit:
+            return None
+        start = -1
+    end = text.find("\n", pos, pos + limit)
+    if end < 0:
+        if len(text) - pos > limit:
+            return None
+        end = len(text)
+    if end - start - 1 > limit:
+        return None
+    return start + 1, end
+
+
+def _split_cells(line: str) -> tuple[str, list[tuple[int, int]]] | None:
+    """Split a table line into cell spans (relative to the line), trying usual separators."""
+    for sep in ("|", "\t", ";", ","):
+        if line.count(sep) >= 1:
+            spans = []
+            pos = 0
+            for piece in line.split(sep):
+                spans.append((pos, pos + len(piece)))
+                pos += len(piece) + 1
+            if sep == "|":
+                # markdown-style "| a | b |": drop the empty outer cells
+                if spans and not line[spans[0][0]:spans[0][1]].strip():
+                    spans = spans[1:]
+                if spans and not line[spans[-1][0]:spans[-1][1]].strip():
+                    spans = spans[:-1]
+            if len(spans) >= 2:
+                return sep, spans
+    spans = []
+    pos = 0
+    for m in _TWO_SPACES.finditer(line):
+        spans.append((pos, m.start()))
+        pos = m.end()
+    spans.append((pos, len(line)))
+    spans = [s for s in spans if line[s[0]:s[1]].strip()]
+    if len(spans) >= 2:
+        return "  ", spans
+    return None
+
+
+def _cells_with(line: str, sep: str) -> list[tuple[int, int]]:
+    if sep == "  ":
+        spans = []
+        pos = 0
+        for m in _TWO_SPACES.finditer(line):
+            spans.append((pos, m.start()))
+            pos = m.end()
+        spans.append((pos, len(line)))
+        return [s for s in spans if line[s[0]:s[1]].strip()]
+    spans = []
+    pos = 0
+    for piece in line.split(sep):
+        spans.append((pos, pos + len(piece)))
+        pos += len(piece) + 1
+    if sep == "|":
+        if spans and not line[spans[0][0]:spans[0][1]].strip():
+            spans = spans[1:]
+        if spans and not line[spans[-1][0]:spans[-1][1]].strip():
+            spans = spans[:-1]
+    return spans
+
+
+def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | None:
+    """If the keyword is a column title of a table, the header line and the column's values."""
+    bounds = _line_bounds(text, kw_start, _MAX_TABLE_LINE)
+    if bounds is None:
+        return None
+    ls, le = bounds
+    line = text[ls:le].rstrip("\r")
+    split = _split_cells(line)
+    if split is None:
+        return None
+    sep, spans = split
+    col = -1
+    for i, (a, b) in enumerate(spans):
+        if ls + a <= kw_start < ls + b and _TABLE_HEADER_CELL.fullmatch(line[a:b].strip()):
+            col = i
+            break
+    if col < 0:
+        return None
+    if col == 0 and len(spans) == 2:
+        other = line[spans[1][0]:spans[1][1]].strip().lower().strip("*:# ")
+        if other not in _HEADER_WORDS:
+            return None          # "Mot de passe | Soleil2024": a key/value row, not a header
+    findings: list[Finding] = []
+    pos = le + 1
+    rows = 0
+    while pos < len(text) and rows < _MAX_TABLE_ROWS:
+        nl = text.find("\n", pos, pos + _MAX_TABLE_LINE + 1)
+        end = nl if nl >= 0 else min(len(text), pos + _MAX_TABLE_LINE + 1)
+        if nl < 0 and end < len(text):
+            break
+        row = text[pos:end].rstrip("\r")
+        if not row.strip():
+            break
+        if _MARKDOWN_RULE.fullmatch(row):
+            pos = end + 1
+            continue
+        cells = _cells_with(row, sep)
+        if len(cells) < 2 or len(cells) <= col or abs(len(cells) - len(spans)) > 1:
+            break
+        a, b = _strip_span(row, *cells[col])
+        value = row[a:b]
+        if len(value) >= 3 and not _is_placeholder(value) \
+                and value.lower().strip(".,;") not in _STOP_VALUES:
+            findings.append(Finding("password", pos + a, pos + b))
+        rows += 1
+        pos = end + 1
+    if rows == 0:
+        return None
+    return (ls, le), findings
+
+
+def _trim_value(text: str, start: int, end: int) -> tuple[int, int]:
+    """Drop sentence punctuation and unbalanced closing brackets/quotes from a token."""
+    while end > start:
+        ch = text[end - 1]
+        if (ch in ".,;:"
+                or (ch in _CLOSERS and _CLOSERS[ch] not in text[start:end - 1])
+                or (ch in "\"'" and text.count(ch, start, end) % 2 == 1)):
+            end -= 1
+        else:
+            break
+    while start < end and text[start] in "([{«“\"'" and (
+            text[start] not in "([{" or ")]}"["([{".index(text[start])] not in
+            text[start + 1:end]):
+        start += 1
+    return start, end
+
+
+_CLAUSE_END = re.compile(r"[^\S\r\n]*(?:$|[\r\n.,;!?)\]»\"'/|(]|[-–—][^\S\r\n]|"
+                         r"(?:et|and|&|puis|then)(?![^\W_]))", re.I)
+_TOKEN = re.compile(r"[^\s]{1,200}")
+_TOKEN_IDENT = re.compile(r"[^\s;&]{1,200}")
+
+
+def _value_ok(value: str, *, clause_end: bool, strict: bool) -> bool:
+    """Whether ``value`` is plausibly a password (not a stop word, form label, placeholder)."""
+    if len(value) < 3 or len(value) > 128:
+        return False
+    low = value.lower()
+    core = low.strip("()[]«»\"'!?")
+    if low in _STOP_VALUES or core in _STOP_VALUES or _is_placeholder(value):
+        return False
+    if _URLISH.match(value) or _EMAIL.fullmatch(value):
+        return False
+    if strict:
+        return _strong(value)
+    if _strong(value):
+        return True
+    if _has_non_letter(value):
+        return len(value) >= 4 or clause_end
+    return clause_end
+
+
+def _take_value(text: str, pos: int, limit: int, *, ident: bool) -> tuple[int, int] | None:
+    """The token (or quoted string) starting at ``pos`` (after horizontal space)."""
+    while pos < limit and text[pos] in " \t\xa0":
+        pos += 1
+    if pos >= limit:
+        return None
+    ch = text[pos]
+    if ch in _QUOTES:
+        close = text.find(_QUOTES[ch], pos + 1, min(limit, pos + 130))
+        if close > pos + 1 and "\n" not in text[pos + 1:close]:
+            a, b = _strip_span(text, pos + 1, close)
+            return (a, b) if b > a else None
+    m = (_TOKEN_IDENT if ident else _TOKEN).match(text, pos, limit)
+    if not m:
+        return None
+    return _trim_value(text, m.start(), m.end())
+
+
+def _kind_for_assignment(text: str, kw_start: int) -> str:
+    """password, or connection-string / url-credentials when the line is one of those."""
+    lo = max(0, kw_start - _WINDOW)
+    nl = text.rfind("\n", lo, kw_start)
+    before = text[(nl + 1 if nl >= 0 else lo):kw_start]
+    if not before:
+        return "password"
+    prev = before[-1]
+    if prev in "?&" and _URL_SCHEME_BEFORE_QUERY.search(before):
+        sm = re.search(r"(?i)(?:jdbc:)?([a-z][a-z0-9+.\-]{0,30})://", before)
+        if sm and (sm.group(0).lower().startswith("jdbc:")
+                   or sm.group(1).lower() in _CONNECTION_SCHEMES):
+            return "connection-string"
+        return "url-credentials"
+    if _CONN_CONTEXT.search(before):
+        return "connection-string"
+    return "password"
+
+
+def _keyword_windows(text: str, lower: str) -> list[tuple[int, int]]:
+    """Merged ranges of ``text`` that may hold a password keyword (found via anchors)."""
+    n = len(text)
+    if len(lower) != n:          # lower-casing changed lengths: positions don't map
+        return [(0, n)] if any(a in lower for a in _PASSWORD_TRIGGERS) else []
+    positions: list[int] = []
+    for anchor in _PW_ANCHORS:
+        i = lower.find(anchor)
+        while i >= 0:
+            if _anchor_ok(lower, i, anchor):
+                positions.append(i)
+            i = lower.find(anchor, i + 1)
+    for anchor in _PW_ANCHORS_AT_WORD:
+        i = lower.find(anchor)
+        while i >= 0:
+            if (i == 0 or not lower[i - 1].isalnum()) and _anchor_ok(lower, i, anchor):
+                positions.append(i)
+            i = lower.find(anchor, i + 1)
+    if not positions:
+        return []
+    positions.sort()
+    windows: list[tuple[int, int]] = []
+    for p in positions:
+        lo, hi = max(0, p - _ANCHOR_REACH), min(n, p + _ANCHOR_REACH)
+        if windows and lo <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], max(hi, windows[-1][1]))
+        else:
+            windows.append((lo, hi))
+    out = []
+    for lo, hi in windows:
+        # widen to word boundaries so that no keyword is cut in two
+        stop = max(0, lo - 20)
+        while lo > stop and text[lo - 1].isalnum():
+            lo -= 1
+        stop = min(n, hi + 20)
+        while hi < stop and text[hi].isalnum():
+            hi += 1
+        out.append((lo, hi))
+    return out
+
+
+# What may follow an anchor inside the same word ("pass" -> "password", not "passage").
+_ANCHOR_TAILS: dict[str, frozenset[str]] = {
+    "pass": frozenset({"", "s", "e", "es", "word", "words", "wd", "phrase", "code", "wort"}),
+    "secret": frozenset({"", "s"}),
+    "identifiant": frozenset({"", "s"}),
+    "credential": frozenset({"", "s"}),
+    "mdp": frozenset({"", "s"}),
+    "pw": frozenset({"", "d", "ds"}),
+    "psw": frozenset({"", "d"}),
+    "pin": frozenset({""}),
+    "acc\u00e8s": frozenset({""}),
+    "acces": frozenset({""}),
+    "creds": frozenset({""}),
+    "wpa": frozenset({"", "2", "3"}),
+    "wep": frozenset({""}),
+    "wlan": frozenset({""}),
+}
+_ALPHA_RUN = re.compile(r"[^\W_]{0,12}")
+
+
+def _anchor_ok(lower: str, i: int, anchor: str) -> bool:
+    tails = _ANCHOR_TAILS.get(anchor)
+    if tails is None:
+        return True
+    m = _ALPHA_RUN.match(lower, i + len(anchor))
+    return m is not None and m.group(0) in tails
+
+
+def _keyword_matches(text: str, windows: list[tuple[int, int]], *,
+                     lowered: bool) -> Iterable[re.Match[str]]:
+    last = -1
+    pattern = _PW_KEYWORD if lowered else _PW_KEYWORD_ANYCASE
+    for lo, hi in windows:
+        for m in pattern.finditer(text, max(lo, last), hi):
+            last = m.end()
+            yield m
+
+
+def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Finding]:
+    out: list[Finding] = []
+    header_lines: list[tuple[int, int]] = []
+    table_until = -1
+    n = len(text)
+    lowered = len(lower) == n
+    for m in _keyword_matches(lower if lowered else text, windows, lowered=lowered):
+        start = m.start()
+        if start < table_until:
+            continue
+        if header_lines and header_lines[-1][0] <= start < header_lines[-1][1]:
+            continue
+        group = m.lastgroup or "kw"
+        keyword = m.group(0).lower()
+        if group in ("kw", "wifi", "pair"):
+            # in "login,mot de passe" (a pair) the column title is the last word
+            table = _table(text, m.end() - 1 if group == "pair" else start)
+            if table is not None:
+                (hs, he), rows = table
+                header_lines.append((hs, he))
+                out.extend(rows)
+                table_until = rows[-1].end if rows else he
+                continue
+        finding = _password_after(text, m, group, keyword, n)
+        if finding is not None:
+            out.append(finding)
+    return out
+
+
+def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
+                    n: int) -> Finding | None:
+    start, pos = m.start(), m.end()
+    limit = min(n, pos + _WINDOW)
+    nl = text.find("\n", pos, limit)
+    line_end = nl if nl >= 0 else limit
+    weak = group == "kw" and keyword in _WEAK_KEYWORDS
+    pin = group == "kw" and keyword.startswith("pin")
+    if group == "creds" and keyword.startswith("acc") and not _COLON.match(text, pos, limit):
+        return None                         # "accès" alone is ordinary prose
+
+    # <password>value</password>
+    if start > 0 and text[start - 1] == "<" and text.startswith(">", pos):
+        close = text.find("<", pos + 1, line_end)
+        if close > pos + 1:
+            a, b = _strip_span(text, pos + 1, close)
+            if _value_ok(text[a:b], clause_end=True, strict=False):
+                return Finding(_kind_for_assignment(text, start - 1), a, b)
+        return None
+
+    # "DB_PASSWORD=...", "spring.datasource.password: ..." — identifier forms
+    ident = (start > 0 and text[start - 1] in "_.-") or bool(
+        pos < n and text[pos] in "_.-")
+    if pos < n and text[pos] in "_.-":
+        sm = _IDENT_SUFFIX.match(text, pos, line_end)
+        if not sm:
+            return None
+        parts = re.split(r"[_.\-]", sm.group("suffix").lower())
+        if any(p in _BAD_IDENT_SUFFIX for p in parts if p):
+            return None
+        pos = sm.end()
+
+    # qualifiers between the keyword and the separator ("du wifi", "de mon compte")
+    qualifiers = 0
+    sep: re.Match[str] | None = None
+    while True:
+        sep = _SEP.match(text, pos, line_end)
+        if sep and (sep.group("punct") or sep.group("verb") or sep.group("changed")):
+            break
+        if sep and "\t" in sep.group("ws") and sep.end() < line_end:
+            break                                   # "Mot de passe<TAB>value"
+        sep = None
+        if ident:
+            return None
+        wm = _WORD.match(text, pos, line_end)
+        if not wm:
+            return None
+        word = wm.group("w")
+        low = word.lower().strip("().,;!?\"'«»")
+        if low in _NEGATIVE_QUALIFIERS or low.split("'")[0] in ("n", "ne"):
+            return None
+        if (group != "creds" and qualifiers <= 3 and not weak and not pin
+                and _strong(word.rstrip(".,;")) and not _URLISH.match(word)):
+            a, b = _trim_value(text, wm.start("w"), wm.end("w"))
+            if _value_ok(text[a:b], clause_end=False, strict=True):
+                return Finding("password", a, b)    # "mdp wifi Soleil2024!"
+            return None
+        if word[-1:] in ".,;!?" or qualifiers >= 6 or wm.end() - m.end() > 80:
+            return None
+        if group in ("pair", "creds") and qualifiers >= 3:
+            return None
+        if group == "wifi" and qualifiers >= 5:
+            return None
+        if weak:
+            return None
+        qualifiers += 1
+        pos = wm.end()
+
+    vpos = sep.end()
+    ident_assign = ident or (sep.group("punct") in ("=", ":=") and not sep.group("ws")
+                             and start > 0 and not text[start - 1].isspace())
+    # value on the next line: "Mot de passe :\n  Soleil2024"
+    rest = text[vpos:line_end]
+    if not rest.strip():
+        if not sep.group("punct") and not sep.group("verb"):
+            return None
+        nxt = line_end + 1
+        if nxt >= n:
+            return None
+        nl2 = text.find("\n", nxt, nxt + 200)
+        nxt_end = nl2 if nl2 >= 0 else min(n, nxt + 200)
+        line = text[nxt:nxt_end]
+        if not line.strip() or len(line.split()) != 1:
+            return None
+        a, b = _strip_span(text, nxt, nxt_end)
+        a, b = _trim_value(text, a, b)
+        value = text[a:b]
+        if _value_ok(value, clause_end=True, strict=weak and not _login_context(text, start)):
+            return Finding("password", a, b)
+        return None
+
+    span = _take_value(text, vpos, line_end, ident=ident_assign)
+    if span is None:
+        return None
+    a, b = span
+    quoted = a > vpos and text[a - 1] in _QUOTES and b < n and text[b] in _QUOTES.values()
+
+    if group in ("pair", "creds"):
+        return _pair_value(text, a, b, line_end, group, keyword)
+    if keyword.startswith("passphrase") and not quoted:
+        # a pass *phrase* has spaces: take the rest of the clause
+        stop = _PHRASE_END.search(text, a, line_end)
+        b2 = stop.start() if stop else line_end
+        a, b = _strip_span(text, a, b2)
+        words = text[a:b].lower().split()
+        if b - a >= 8 and any(w not in _STOP_VALUES for w in words):
+            return Finding("password", a, b)
+        return None
+
+    value = text[a:b]
+    if pin:
+        return Finding("password", a, b) if re.fullmatch(r"\d{4,8}", value) else None
+    if ident_assign:
+        kind = _kind_for_assignment(text, start)
+        if _value_ok(value, clause_end=True, strict=False):
+            return Finding(kind, a, b)
+        return None
+    strict = weak and not _login_context(text, start)
+    if weak and not strict and not _mixed(value) and not value.isdigit():
+        strict = not _clause_end(text, b, line_end)
+    clause_end = quoted or _clause_end(text, b, line_end)
+    if _value_ok(value, clause_end=clause_end, strict=strict):
+        kind = _kind_for_assignment(text, start) if sep.group("punct") == "=" else "password"
+        return Finding(kind, a, b)
+    return None
+
+
+def _clause_end(text: str, pos: int, line_end: int) -> bool:
+    return bool(_CLAUSE_END.match(text, pos, line_end))
+
+
+def _login_context(text: str, kw_start: int) -> bool:
+    """A login is named on the keyword's line or the line before ("user : x\npass : y")."""
+    lo = max(0, kw_start - 160)
+    nl = text.rfind("\n", lo, kw_start)
+    if nl > lo:
+        nl2 = text.rfind("\n", lo, nl)
+        lo = nl2 + 1 if nl2 >= 0 else lo
+    return bool(_LOGIN_CONTEXT.search(text, lo, kw_start))
+
+
+_PAIR_SEP = re.compile(r"[^\S\r\n]*(?:[/|;,]|[-–—](?=\s)|(?:et|and)(?![^\W_]))[^\S\r\n]*", re.I)
+
+
+def _pair_value(text: str, a: int, b: int, line_end: int, group: str,
+                keyword: str) -> Finding | None:
+    """"login/mdp : jdupont / Soleil2024" — the second token of the pair is the secret."""
+    first = text[a:b]
+    # "admin/Soleil2024" or "admin:Soleil2024" in one token
+    for ch in ("/", ":"):
+        i = first.find(ch)
+        if 0 < i < len(first) - 1 and "://" not in first:
+            va, vb = a + i + 1, b
+            value = text[va:vb]
+            strict = group == "creds" and keyword.startswith("acc")
+            if _value_ok(value, clause_end=_clause_end(text, vb, line_end), strict=strict):
+                return Finding("password", va, vb)
+            return None
+    # token 1 ends at the first pair separator
+    tm = re.compile(r"[^\s/|;,]{1,200}").match(text, a, line_end)
+    if not tm:
+        return None
+    psm = _PAIR_SEP.match(text, tm.end(), line_end)
+    if psm is None or psm.end() == tm.end():
+        if group == "creds":
+            return None
+        # "login/mdp : jdupont Soleil2024" (space only)
+        psm = re.compile(r"[^\S\r\n]+").match(text, tm.end(), line_end)
+        if psm is None:
+            return None
+    span = _take_value(text, psm.end(), line_end, ident=False)
+    if span is None:
+        return None
+    va, vb = span
+    value = text[va:vb]
+    strict = group == "creds" and keyword.startswith(("acc", "code"))
+    if _value_ok(value, clause_end=_clause_end(text, vb, line_end), strict=strict):
+        return Finding("password", va, vb)
+    return None
