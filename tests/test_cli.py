@@ -146,3 +146,28 @@ def test_readme_command_synopses_match_the_options():
         for action in subparser._actions:
             if action.option_strings and action.dest != "help":
                 assert action.option_strings[0] in synopsis, (name, action.option_strings)
+
+
+def test_run_refuses_a_world_writable_config(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(f'[milter]\nsocket = "unix:{tmp_path}/s/milter.sock"\n'
+                      f'database = "{tmp_path}/state.db"\n')
+    config.chmod(0o666)
+    out = run("run", "--config", str(config))
+    assert out.returncode == 1
+    assert f"refusing to start: {config} is world-writable (mode 0666)" in out.stderr
+    assert not (tmp_path / "state.db").exists()
+
+
+def test_run_refuses_a_world_writable_socket_directory(tmp_path):
+    sockets = tmp_path / "sockets"
+    sockets.mkdir()
+    sockets.chmod(0o777)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[milter]\nsocket = "unix:{sockets}/milter.sock"\n'
+                      f'database = "{tmp_path}/state.db"\n')
+    out = run("run", "--config", str(config))
+    assert out.returncode == 1
+    assert f"{sockets} is world-writable (mode 0777)" in out.stderr
+    check = run("check-config", "--config", str(config))
+    assert check.returncode == 1 and "the milter refuses to start" in check.stderr

@@ -78,6 +78,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         config, rules = _load(args.config)
     except (ConfigError, RulesError) as exc:
         return _config_problem(exc)
+    unsafe = unsafe_permissions(Path(args.config), config)
+    if unsafe:
+        for problem in unsafe:
+            print(f"helpdesk-milter: refusing to start: {problem}", file=sys.stderr)
+        return 1
     if args.socket or args.database:
         from dataclasses import replace
         config = replace(config, milter=replace(
@@ -112,6 +117,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def unsafe_permissions(config_path: Path, config: Config) -> list[str]:
+    """Files and directories anyone could change to take over routing or the socket.
+
+    The config, the files it reads (client CSVs, rules, ARC key) and their
+    directories, and a unix socket's directory, must not be world-writable.
+    """
+    paths = {config_path, *(Path(p) for p in config.client_files)}
+    if config.classifier.rules_file:
+        paths.add(Path(config.classifier.rules_file))
+    if config.arc.private_key:
+        paths.add(Path(config.arc.private_key))
+    checked = set(paths) | {p.resolve().parent for p in paths}
+    socket = config.milter.socket
+    if socket.startswith(("unix:", "local:")):
+        checked.add(Path(socket.split(":", 1)[1]).parent)
+    problems = []
+    for path in sorted(checked):
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o002:
+            problems.append(f"{path} is world-writable (mode {mode & 0o7777:04o}); "
+                            f"fix it with: chmod o-w {path}")
+    return problems
+
+
 # --- check-config --------------------------------------------------------------------
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -120,6 +152,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except (ConfigError, RulesError) as exc:
         return _config_problem(exc)
     from .policy import Policy
+    unsafe = unsafe_permissions(Path(args.config), config)
+    if unsafe:
+        return _config_problem(ConfigError([f"{p} (the milter refuses to start)"
+                                            for p in unsafe]))
     policy = Policy(config, rules=rules)
     print(f"{args.config}: OK")
     print(f"  socket        {config.milter.socket}")

@@ -367,6 +367,7 @@ class Config:
     dedup: DedupSettings
     secrets: SecretsSettings
     autoreply: AutoreplySettings
+    client_files: tuple[str, ...] = ()      # the CSV files the directory was read from
     dns: DnsSettings = DnsSettings(resolver="", timeout=2.0, cache_ttl=3600.0)
     arc: ArcSettings = ArcSettings(enabled=False, domain="", selector="", private_key="")
     source: str = "<defaults>"
@@ -606,8 +607,10 @@ def parse_config(text: str, *, source: str = "<string>",
         if len(problems.items) == problems_before:
             clients.setdefault(name.lower().strip(), structure)
     base = base_dir or Path(".")
+    client_files: list[str] = []
     for csv_path in directory.get("csv") or ():
         full = Path(csv_path) if Path(csv_path).is_absolute() else base / csv_path
+        client_files.append(str(full))
         for key, structure in _read_clients_csv(full, problems):
             clients.setdefault(key, structure)
 
@@ -643,6 +646,7 @@ def parse_config(text: str, *, source: str = "<string>",
                                    addresses["internal_domains"])),
         watch=tuple(groups),
         clients=clients,
+        client_files=tuple(client_files),
         classifier=ClassifierSettings(
             threshold=classifier["threshold"],
             known_client_weight=classifier["known_client_weight"],
