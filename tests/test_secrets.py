@@ -1,0 +1,301 @@
+"""Secret detectors: what they find, what they leave alone, and what they cost."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from helpdesk_milter.secrets import KINDS, Finding, SecretScanner, redact_spans
+
+SCANNER = SecretScanner()
+
+
+def found(text: str) -> list[tuple[str, str]]:
+    """(kind, value) of every finding."""
+    return [(f.kind, text[f.start:f.end]) for f in SCANNER.scan(text)]
+
+
+# ---------------------------------------------------------------------------- positives
+
+@pytest.mark.parametrize(("text", "kind", "value"), [
+    # passwords in French prose
+    ("le mdp c'est Soleil2024!", "password", "Soleil2024!"),
+    ("Identifiant : jdupont / Mot de passe : Azerty123", "password", "Azerty123"),
+    ("Le mot de passe est Soleil2024.", "password", "Soleil2024"),
+    ("MDP : chaton", "password", "chaton"),
+    ("mdp wifi Soleil2024!", "password", "Soleil2024!"),
+    ("code wifi : 8F3A2B1C9D", "password", "8F3A2B1C9D"),
+    ("La clé WiFi est Livebox-A1B2", "password", "Livebox-A1B2"),
+    ("Le mot de passe du wifi est : papillon", "password", "papillon"),
+    ("login/mdp : jdupont / Soleil2024", "password", "Soleil2024"),
+    ("Vos identifiants : jdupont / Azerty123", "password", "Azerty123"),
+    ("Mot de passe :\n  K9#mPq2v\n", "password", "K9#mPq2v"),
+    ("Le nouveau mot de passe est « Lavande 2024 »", "password", "Lavande 2024"),
+    ("Le mot de passe a été réinitialisé à Bienvenue!2024", "password", "Bienvenue!2024"),
+    ("Clé de sécurité réseau : 4F8A9C2D1E", "password", "4F8A9C2D1E"),
+    ("Code d'accès au portail : 482913", "password", "482913"),
+    # English
+    ("login: admin password: hunter22", "password", "hunter22"),
+    ("The password for the admin account is Azerty123", "password", "Azerty123"),
+    ("My password is Tr0ub4dor&3, thanks", "password", "Tr0ub4dor&3"),
+    ("pwd = hunter2hunter", "password", "hunter2hunter"),
+    ("PIN: 7391", "password", "7391"),
+    ("passphrase: correct horse battery staple", "password", "correct horse battery staple"),
+    ("user=admin pass=W3bm4ster", "password", "W3bm4ster"),
+    # config snippets
+    ("DB_PASSWORD=s3cr3tP4ss", "password", "s3cr3tP4ss"),
+    ("export PGPASSWORD='hunter2hunter'", "password", "hunter2hunter"),
+    ('{"user": "api", "password": "Js0nP@ss"}', "password", "Js0nP@ss"),
+    ("define('DB_PASSWORD', 'WpDefine2024');", "password", "WpDefine2024"),
+    ("<password>XmlS3cret!</password>", "password", "XmlS3cret!"),
+    ("  MYSQL_ROOT_PASSWORD: Rt00t!pass", "password", "Rt00t!pass"),
+    # URLs and connection strings
+    ("postgres://app:Sup3rS3cret@db.example.org:5432/prod", "connection-string", "Sup3rS3cret"),
+    ("mongodb+srv://admin:p@ss@cluster0.mongodb.net/test", "connection-string", "p@ss"),
+    ("redis://:redispass123@cache:6379/0", "connection-string", "redispass123"),
+    ("amqp://guest:Rabbit2024@rabbitmq:5672/", "connection-string", "Rabbit2024"),
+    ("ftp://webmaster:Ftp-2023!@ftp.example.fr/www", "connection-string", "Ftp-2023!"),
+    ("smtp://noreply@asso.fr:SmtpP4ss@mail.asso.fr:587", "connection-string", "SmtpP4ss"),
+    ("mysql://root:R00tMysql@127.0.0.1:3306/wp", "connection-string", "R00tMysql"),
+    ("Server=db;Database=x;User Id=sa;Password=Passw0rd!;", "connection-string", "Passw0rd!"),
+    ("jdbc:mysql://db:3306/app?user=root&password=r00tpass", "connection-string", "r00tpass"),
+    ("host=db user=app password=G3stion! dbname=x", "connection-string", "G3stion!"),
+    ("https://jdupont:Soleil2024@cloud.example.org/dav", "url-credentials", "Soleil2024"),
+    ("https://x.example/login?user=j&password=Extranet2024", "url-credentials", "Extranet2024"),
+    # provider tokens
+    ("AKIAIOSFODNN7EXAMPLE", "aws-access-key", "AKIAIOSFODNN7EXAMPLE"),
+    ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws-secret-key",
+     "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+    ("token ghp_16C7e42F292c6912E7710c838347Ae178B4a here", "github-token",
+     "ghp_16C7e42F292c6912E7710c838347Ae178B4a"),
+    ("github_pat_11ABCDEFG0123456789abc_" + "x1" * 30, "github-token",
+     "github_pat_11ABCDEFG0123456789abc_" + "x1" * 30),
+    ("glpat-xxxxxxxxxxxxxxxxxxxx1234", "gitlab-token", "glpat-xxxxxxxxxxxxxxxxxxxx1234"),
+    ("xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "slack-token",
+     "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"),
+    ("https://hooks.slack.com/services/T0ABCDEFG/B0ABCDEFGHI/abcdefghijklmnopqrstuvwx",
+     "slack-token", "T0ABCDEFG/B0ABCDEFGHI/abcdefghijklmnopqrstuvwx"),
+    ("sk_live_51H8abcdEFGHijklMNOPqrst", "stripe-key", "sk_live_51H8abcdEFGHijklMNOPqrst"),
+    ("key=AIzaSyA1234567890abcdefghijklmnopqrstuv", "google-api-key",
+     "AIzaSyA1234567890abcdefghijklmnopqrstuv"),
+    ("Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9",
+     "jwt", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9"),
+    ("OPENAI_API_KEY=sk-proj-abcDEF1234567890abcdefGHIJ", "openai-key",
+     "sk-proj-abcDEF1234567890abcdefGHIJ"),
+])
+def test_finds_secret_value(text: str, kind: str, value: str) -> None:
+    assert (kind, value) in found(text)
+
+
+def test_private_key_block_is_one_finding() -> None:
+    key = ("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA0Z3VS5JJcds3xfn/ygWyF8PbnGy0AHB7Mhgw\n"
+           "aGVsbG8gd29ybGQ=\n-----END RSA PRIVATE KEY-----")
+    text = f"la clé :\n{key}\nmerci"
+    assert found(text) == [("private-key", key)]
+
+
+def test_openssh_and_truncated_keys() -> None:
+    openssh = ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n"
+               "-----END OPENSSH PRIVATE KEY-----")
+    assert found(openssh) == [("private-key", openssh)]
+    truncated = ("-----BEGIN EC PRIVATE KEY-----\n"
+                 "MHcCAQEEIIrYSSNQFaA2Hwf1duRSxKtLYX5CB04fSeQ6tF1aY\n")
+    kinds = found(truncated + "\nthe rest was cut")
+    assert kinds == [("private-key", truncated.rstrip())]
+
+
+def test_aws_secret_next_to_access_key() -> None:
+    text = "clé AKIAQ3EGRTYUIOPASDF2 et secret 9xVb+2kLmNpQrStUvWxYz0123456789AbCdEfGh/"
+    assert [k for k, _ in found(text)] == ["aws-access-key", "aws-secret-key"]
+
+
+def test_table_with_password_column() -> None:
+    text = ("Nom | Identifiant | Mot de passe\n"
+            "Dupont | jdupont | Soleil2024\n"
+            "Martin | pmartin | Printemps!88\n\nMerci")
+    assert found(text) == [("password", "Soleil2024"), ("password", "Printemps!88")]
+
+
+@pytest.mark.parametrize("sep", ["\t", ";", ","])
+def test_separated_tables(sep: str) -> None:
+    text = f"login{sep}mot de passe\naccueil{sep}Accueil2024\ncompta{sep}Compta#99\n"
+    assert found(text) == [("password", "Accueil2024"), ("password", "Compta#99")]
+
+
+def test_specific_kind_wins_over_password() -> None:
+    text = "password: ghp_16C7e42F292c6912E7710c838347Ae178B4a"
+    assert found(text) == [("github-token", "ghp_16C7e42F292c6912E7710c838347Ae178B4a")]
+
+
+# ---------------------------------------------------------------------------- negatives
+
+@pytest.mark.parametrize("text", [
+    "mot de passe oublié",
+    "J'ai oublié mon mot de passe, pouvez-vous le réinitialiser ?",
+    "Je voudrais changer mon mot de passe.",
+    "le mot de passe ne fonctionne pas",
+    "Le mot de passe est incorrect.",
+    "Here is the password reset link: https://example.com/reset?token=abc",
+    "your password has expired",
+    "Your password will expire in 5 days.",
+    "Mot de passe : voir ci-dessous",
+    "mot de passe: (le même que d'habitude)",
+    "the password is too short",
+    "Password: ********",
+    "Password: 8 characters minimum",
+    "Le mot de passe doit contenir au moins 12 caractères.",
+    "Le mot de passe vous sera envoyé par SMS.",
+    "pass sanitaire : valide",
+    "I'll pass this to the team.",
+    "PASSWORD_MIN_LENGTH=12",
+    "DB_PASSWORD=${DB_PASSWORD}",
+    "postgres://user:password@localhost/db",
+    "Re: Mot de passe Nextcloud",
+    "mot de passe : (vide)",
+    "Enter your password: ",
+])
+def test_negative_contexts(text: str) -> None:
+    assert found(text) == []
+
+
+@pytest.mark.parametrize("text", [
+    "Ticket 123e4567-e89b-12d3-a456-426614174000",
+    "commit 9fceb02d0ae598e95dc970b74767f19372d61af8",
+    "Message-ID: <20240301093000.12345-1-jdupont@mairie-exemple.fr>",
+    "UPS 1Z999AA10123456784, Colissimo 6A12345678901",
+    "IBAN FR76 3000 6000 0112 3456 7890 189, SIRET 732 829 320 00074",
+    "+33 1 23 45 67 89 / 06 12 34 56 78",
+    "Nextcloud 28.0.4, build 2024.03.01-rc2",
+    "colours #1a2b3c #FFAA00",
+    "https://example.org/?utm_source=newsletter&utm_medium=email&utm_campaign=printemps2024",
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDw",
+    "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 jdupont@laptop",
+    "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----",
+    "pk_live_51H8abcdEFGHijklMNOPqrst",
+    "ssh://git@github.com:22/org/repo.git and https://jdupont@cloud.example.org/",
+    "http://localhost:8080/admin",
+    "sk-learn and scikit-learn",
+])
+def test_look_alikes_survive(text: str) -> None:
+    assert found(text) == []
+
+
+# ---------------------------------------------------------------------------- API
+
+def test_disabled_kinds() -> None:
+    scanner = SecretScanner(disabled_kinds=["jwt", "password"])
+    text = ("mdp : Soleil2024 eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmN "
+            "ghp_16C7e42F292c6912E7710c838347Ae178B4a")
+    assert [f.kind for f in scanner.scan(text)] == ["github-token"]
+
+
+def test_unknown_kind_is_named() -> None:
+    with pytest.raises(ValueError, match="no-such-kind"):
+        SecretScanner(disabled_kinds=["password", "no-such-kind"])
+
+
+def test_findings_sorted_and_disjoint() -> None:
+    text = ("mdp : Soleil2024 et postgres://a:Pg2024x@db/x, "
+            "AKIAIOSFODNN7EXAMPLE, password: ghp_16C7e42F292c6912E7710c838347Ae178B4a")
+    findings = SCANNER.scan(text)
+    assert len(findings) == 4
+    for a, b in itertools.pairwise(findings):
+        assert a.end <= b.start
+    assert all(f.kind in KINDS for f in findings)
+
+
+def test_redact_spans() -> None:
+    text = "Identifiant : jdupont / Mot de passe : Azerty123 merci"
+    out = redact_spans(text, SCANNER.scan(text))
+    assert out == "Identifiant : jdupont / Mot de passe : [secret removed: password] merci"
+    assert redact_spans(text, SCANNER.scan(text), "<{kind}>").endswith("<password> merci")
+
+
+def test_redact_spans_rejects_overlap_without_leaking() -> None:
+    text = "mdp : Soleil2024"
+    bad = [Finding("password", 6, 16), Finding("password", 8, 12)]
+    with pytest.raises(ValueError) as info:
+        redact_spans(text, bad)
+    assert "Soleil" not in str(info.value)
+
+
+def test_could_match_is_a_safe_prefilter() -> None:
+    assert not SCANNER.could_match("Bonjour, l'imprimante ne marche plus. Merci !")
+    for text in ("mdp : Soleil2024", "postgres://a:b@c", "AKIAIOSFODNN7EXAMPLE"):
+        assert SCANNER.could_match(text)
+
+
+def test_empty_and_odd_text() -> None:
+    assert SCANNER.scan("") == []
+    assert SCANNER.scan("\x00" * 100) == []
+    # lower-casing that changes the length must not shift positions
+    text = "İİİ mot de passe : Soleil2024"
+    assert found(text) == [("password", "Soleil2024")]
+
+
+# ---------------------------------------------------------------------------- cost
+
+PATHOLOGICAL = {
+    "letters": "a" * 100_000,
+    "pass-words": "pass " * 20_000,
+    "password-colons": "password: " * 10_000,
+    "mot-de-passe": "mot de passe : " * 7_000,
+    "mdp-est": "le mdp est " * 9_000,
+    "jwt-prefix": "eyJ" * 33_000,
+    "jwt-dots": "eyJaaaaaaaaaa." * 7_000,
+    "github": "ghp_" + "a" * 100_000,
+    "schemes": "://" * 33_000,
+    "userinfo": "http://a:" + "b" * 100_000 + "@",
+    "at-signs": "x://u:" + "@" * 100_000,
+    "pem-unterminated": "-----BEGIN RSA PRIVATE KEY-----\n" + "QUFB\n" * 20_000,
+    "pem-many": "-----BEGIN PRIVATE KEY-----" * 3_000,
+    "akia": "AKIA" * 25_000,
+    "aws-near": "AKIAIOSFODNN7EXAMPLE " + ("x" * 40 + " ") * 2_400,
+    "sk-dashes": "sk-" * 33_000,
+    "table": "Identifiant | Mot de passe\n" + "a | b\n" * 16_000,
+    "pipes": "Mot de passe | " * 6_000,
+    "tabs": "\t" * 100_000,
+    "colons": ":" * 100_000,
+    "equals": "password=" + "=" * 100_000,
+    "quotes": 'mdp : "' + "x" * 100_000,
+    "identifiants": "identifiants : a / " * 5_000,
+    "wifi": "code wifi de la " * 6_000,
+    "newlines": "mot de passe :\n" * 6_000,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
+def test_pathological_input_is_linear(name: str) -> None:
+    text = PATHOLOGICAL[name]
+    assert len(text) >= 80_000
+    start = time.perf_counter()
+    SCANNER.scan(text)
+    elapsed = time.perf_counter() - start
+    # Linear code scans 100,000 characters in a few tens of milliseconds; a quadratic
+    # path would take minutes.  The bound is loose so that a busy machine cannot flake.
+    assert elapsed < 2.0, f"{name}: {elapsed:.2f}s"
+
+
+# ---------------------------------------------------------------------------- properties
+
+FRAGMENTS = ["mot de passe", "mdp", "password", " : ", " = ", "est ", "Soleil2024", "\n",
+             " | ", "\t", "://", "u:p@h", "AKIA", "ghp_", "eyJ", "-----BEGIN ", "PRIVATE KEY",
+             "-----", "identifiant", " / ", "wifi", "code", "é", "İ", "'", '"', "<", ">"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=8)), max_size=40))
+def test_scan_contract_on_arbitrary_text(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    findings = SCANNER.scan(text)
+    for a, b in itertools.pairwise(findings):
+        assert a.end <= b.start
+    for f in findings:
+        assert 0 <= f.start < f.end <= len(text) and f.kind in KINDS
+    if not SCANNER.could_match(text):
+        assert findings == []
+    redact_spans(text, findings)
