@@ -47,7 +47,7 @@ import re
 import struct
 import unicodedata
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -86,7 +86,7 @@ FORWARD_NOTE_MAX = 40
 #: Rows read per lookup key: bounds a lookup's cost even for a hot key.
 ROWS_PER_KEY = 8
 #: Near-duplicate candidates (sharing an LSH band) compared per lookup, most bands first.
-MAX_CANDIDATES = 32
+MAX_CANDIDATES = 16
 MAX_DEPTH = 3          # forwards of forwards followed
 _MAX_PART_DEPTH = 30   # MIME nesting walked
 
@@ -107,7 +107,8 @@ class Fingerprint:
     when the text is shorter than :data:`MIN_WORDS` words, and ``minhash`` is
     then empty too.  ``shingles`` is the number of distinct word shingles the
     signature summarises; ``idents`` a sorted bottom-k sample of 32-bit hashes
-    of the identifiers in the text (numbers, e-mail addresses, names).
+    of the identifiers in the text above its sign-off (numbers, e-mail
+    addresses, names).
 
     ``sender`` is lower-cased; ``structure`` None when unknown.  ``forward`` is
     true when the text is that of a forwarded original.
@@ -269,7 +270,7 @@ def _request_with_attachment(root: Message, subject: str, attached: Message,
     inner_subject = _header(attached, "Subject")
     if depth < MAX_DEPTH and _is_covering_note(note, subject, inner_subject):
         inner = _message_request(attached, inner_subject, depth + 1)
-        original_id = inner.original_id or _clean_id(_header(attached, "Message-ID"))
+        original_id = inner.original_id or _clean_id(_raw_header(attached, "message-id") or "")
         return _Request(inner.subject, inner.body, original_id, True)
     # The attached mail is context for a new request: the sender's own words only.
     return _request_in_text(subject, note, depth=MAX_DEPTH)
@@ -488,19 +489,36 @@ def _drop_greeting(body: str) -> str:
 # Dubois"), the latter found in the ASCII-folded text where case is kept.  The
 # pattern starts with a literal space so that the regex engine skips to spaces.
 _IDENT_NAME = re.compile(rb" (?<=[a-z0-9,;)] )([A-Z][A-Za-z'-]*[a-z][A-Za-z'-]*)")
+_NOT_NAMES = frozenset((b"i'm", b"i've", b"i'll", b"i'd"))
 _EMAIL_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_+")
-_IDENT_SPAN = 6000
 _MAX_ADDRESSES = 20
+# The sign-off line ("Cordialement,", "Thanks, Tom") near the end, and the signature
+# block under it: its names and phone numbers are not identifiers of the request
+# (a resend from a phone signs differently).  Only the end of the text is searched.
+_SIGN_OFF = re.compile(
+    rb"^[ \t]*(?:cordialement|bien (?:a vous|cordialement|amicalement)|salutations(?: distinguees)?"
+    rb"|bonne (?:journee|soiree|fin de journee)|merci(?: d'avance| beaucoup| par avance| encore)?"
+    rb"|a bientot|amicalement|regards|best(?: regards| wishes)?|kind regards|many thanks"
+    rb"|thanks(?: again| in advance)?|thank you|cheers|sincerely|yours(?: sincerely)?)"
+    rb"[ \t]*[,.!]*(?:[ \t]+[A-Za-z'-]{1,20})?[ \t]*$",
+    re.IGNORECASE | re.MULTILINE)
+_SIGN_OFF_TAIL = 600
 
 _MASK32 = 0xFFFFFFFF
 
 
-def _identifiers(folded: bytes, latin: bool, words: Iterable[bytes]) -> tuple[int, ...]:
-    tokens = set(itertools.filterfalse(bytes.isalpha, words))
-    if latin:
-        span = folded[:_IDENT_SPAN]
-        tokens.update(n.lower() for n in _IDENT_NAME.findall(span))
+def _identifiers(subject: _Folded, body: _Folded) -> tuple[int, ...]:
+    """Sorted bottom-k sample of the 32-bit hashes of the text's identifiers."""
+    if subject.latin and body.latin:
+        text = body.text
+        sign_offs = list(_SIGN_OFF.finditer(text, max(0, len(text) - _SIGN_OFF_TAIL)))
+        span = subject.text + b"\n" + (text[:sign_offs[-1].start()] if sign_offs else text)
+        tokens = set(itertools.filterfalse(bytes.isalpha, span.translate(_WORD_BYTES).split()))
+        tokens.update(n for n in map(bytes.lower, _IDENT_NAME.findall(span))
+                      if n not in _NOT_NAMES)
         tokens.update(_addresses(span))
+    else:
+        tokens = set(itertools.filterfalse(bytes.isalpha, _words(subject) + _words(body)))
     tokens.discard(b"")
     hashes = sorted(set(map(zlib.crc32, tokens)))
     return tuple(hashes[:MAX_IDENTS])
@@ -548,8 +566,7 @@ def _text_fingerprint(subject: str,
     # is the same on every 64-bit CPython >= 3.8: stored signatures stay comparable.
     shingles = sorted(set(map(hash, zip(*(word_ids[i:] for i in range(SHINGLE_SIZE)),
                                         strict=False))))
-    idents = _identifiers(subject_folded.text + b"\n" + body_folded.text,
-                          subject_folded.latin and body_folded.latin, unique)
+    idents = _identifiers(subject_folded, body_folded)
     return digest, _densified(shingles), len(shingles), idents
 
 
@@ -595,10 +612,27 @@ def _clean_id(value: str) -> str:
 
 
 def _content_type(part: Message) -> str:
+    """The part's content type, read from the raw header: the ``email`` package's
+    parsed headers cost tens of microseconds each, and this runs on every part."""
+    value = _raw_header(part, "content-type")
+    if value is None:
+        try:
+            return part.get_default_type()
+        except Exception:
+            return "text/plain"
+    ctype = value.split(";", 1)[0].strip().lower()
+    # RFC 2045: a syntactically invalid Content-Type means text/plain.
+    return ctype if ctype.count("/") == 1 and " " not in ctype else "text/plain"
+
+
+def _raw_header(part: Message, name: str) -> str | None:
     try:
-        return part.get_content_type()
+        for key, value in part.raw_items():
+            if key.lower() == name:
+                return str(value)
     except Exception:
-        return "application/octet-stream"
+        return None
+    return None
 
 
 def _walk(root: Message) -> Iterator[Message]:
@@ -636,30 +670,30 @@ def _attached_message(root: Message) -> Message | None:
     return None
 
 
+_CHARSET = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
+
+
 def _part_text(part: Message) -> str:
-    try:
-        content = part.get_content()  # type: ignore[attr-defined]
-        if isinstance(content, str):
-            return content
-    except Exception:
-        pass
+    """Decoded text of a text part.  The transfer encoding is undone by
+    ``get_payload(decode=True)``; the charset is read from the raw header rather
+    than through the ``email`` content manager, which costs a header parse per
+    parameter.  Unknown or lying charsets degrade to replacement characters."""
     try:
         payload = part.get_payload(decode=True)
     except Exception:
         payload = None
     if not isinstance(payload, bytes):
         return ""
+    found = _CHARSET.search(_raw_header(part, "content-type") or "")
     try:
-        return payload.decode(part.get_content_charset() or "utf-8", "replace")
+        return payload.decode(found.group(1) if found else "utf-8", "replace")
     except (LookupError, ValueError):
         return payload.decode("utf-8", "replace")
 
 
 def _is_attachment(part: Message) -> bool:
-    try:
-        return part.get_content_disposition() == "attachment"
-    except Exception:
-        return False
+    value = _raw_header(part, "content-disposition")
+    return value is not None and value.split(";", 1)[0].strip().lower() == "attachment"
 
 
 def _readable_text(root: Message) -> str:
@@ -764,8 +798,11 @@ def insert(db: sqlite_utils.Database, fp: Fingerprint, *, time: float, side: str
 
     ``assistance`` is the assistance address the message went to (already a
     recipient, or added by routing: then ``routed`` is true).  Returns the new
-    row id.  Runs in the caller's transaction when one is open; otherwise
-    commits.
+    row id.
+
+    Runs in the caller's transaction when one is open (``db.conn.in_transaction``:
+    after an explicit ``BEGIN`` or any earlier write not yet committed), so a
+    writer can batch rows and commit once; otherwise it commits by itself.
     """
     if side not in SIDES:
         raise ValueError(f"dedup side must be one of {SIDES}, not {side!r}")
@@ -801,9 +838,10 @@ def find_duplicate(db: sqlite_utils.Database, fp: Fingerprint, *, now: float, wi
     Rules, strongest first: same Message-ID (``fp``'s own or its forwarded
     original's, against either of an earlier row's); same text hash in the same
     scope; :func:`similarity` at or above ``threshold`` in the same scope with
-    no :func:`identifiers_conflict`.  Among equally strong matches, one whose
-    copy provably reached assistance wins, then the higher score, then the most
-    recent.
+    no :func:`identifiers_conflict`.  When several earlier messages match, one
+    whose copy provably reached assistance (:attr:`Match.assistance_has_it`)
+    wins, since that is what the policy needs to know; then the strongest
+    rule, the higher score, the most recent.
 
     Cost is bounded whatever the table size: one index-only query reads at most
     :data:`ROWS_PER_KEY` rows for each of the (at most 24) lookup keys, then at
@@ -829,29 +867,25 @@ def find_duplicate(db: sqlite_utils.Database, fp: Fingerprint, *, now: float, wi
             band_hits[rowid] = band_hits.get(rowid, 0) + 1
     since = now - window
     scope = fp.scope
-    if strong:
-        best: tuple[tuple[int, int, float], Match] | None = None
-        for row in _fingerprint_rows(db, list(strong), since):
-            strength = strong[row["id"]]
-            match = _match(row, "message-id" if strength == 3 else "text", 1.0, scope)
-            rank = (strength, int(match.assistance_has_it), match.earlier_time)
-            if best is None or rank > best[0]:
-                best = (rank, match)
-        if best is not None:
-            return best[1]
-    if not band_hits:
-        return None
+    best: tuple[tuple[int, int, float, float], Match] | None = None
+    for row in _fingerprint_rows(db, list(strong), since) if strong else ():
+        strength = strong[row["id"]]
+        match = _match(row, "message-id" if strength == 3 else "text", 1.0, scope)
+        rank = (int(match.assistance_has_it), strength, 1.0, match.earlier_time)
+        if best is None or rank > best[0]:
+            best = (rank, match)
+    if (best is not None and best[1].assistance_has_it) or not band_hits:
+        return best[1] if best else None  # a near match could not beat it
     candidates = sorted(band_hits, key=lambda r: (band_hits[r], r), reverse=True)
-    near: tuple[tuple[int, float, float], Match] | None = None
     for row in _fingerprint_rows(db, candidates[:MAX_CANDIDATES], since):
         score = _near_score(fp, row, threshold)
         if score is None:
             continue
         match = _match(row, "text", score, scope)
-        rank_near = (int(match.assistance_has_it), score, match.earlier_time)
-        if near is None or rank_near > near[0]:
-            near = (rank_near, match)
-    return near[1] if near else None
+        rank = (int(match.assistance_has_it), 1, score, match.earlier_time)
+        if best is None or rank > best[0]:
+            best = (rank, match)
+    return best[1] if best else None
 
 
 @functools.lru_cache(maxsize=64)
@@ -915,9 +949,3 @@ def expire(db: sqlite_utils.Database, *, before: float, limit: int | None = None
         return delete()
     with db.conn:
         return delete()
-
-
-def keys_of(fp: Fingerprint) -> Iterable[int]:
-    """Every lookup key of ``fp`` (for tests and diagnostics)."""
-    ids, texts, bands = _keys(fp)
-    return [*ids, *texts, *bands]
