@@ -48,6 +48,7 @@ def test_rows_are_written_in_wal_mode_and_reported(tmp_path):
     assert data["wrong_address_senders"][0] == {
         "sender": "secretariat@mairie-exemple.fr", "structure": "mairie-exemple", "messages": 2}
     assert [r["queue_id"] for r in data["last"]][:1] == ["E"]
+    assert data["duplicates"] == {"same-transaction": 1}
 
 
 def test_migrations_are_idempotent(tmp_path):
@@ -56,7 +57,7 @@ def test_migrations_are_idempotent(tmp_path):
     SQLiteStore(path).close()
     conn = sqlite3.connect(path)
     names = [r[0] for r in conn.execute("select name from _sqlite_migrations")]
-    assert names == ["m001_decisions", "m002_secrets"]
+    assert names == ["m001_decisions", "m002_secrets", "m003_fingerprints"]
 
 
 def test_record_never_blocks_even_when_the_database_is_locked(tmp_path):

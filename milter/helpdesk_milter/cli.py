@@ -102,7 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ArcError as exc:
             return _fail(f"arc.private_key: {exc}")
     try:
-        store = SQLiteStore(config.milter.database)
+        store = SQLiteStore(config.milter.database, window=config.dedup.window,
+                            similarity=config.dedup.similarity)
     except Exception as exc:
         return _fail(f"cannot open the state database {config.milter.database}: {exc}")
     engine = Engine(config, store=store, policy=Policy(config, rules=rules), sealer=sealer)
@@ -204,7 +205,13 @@ def cmd_try(args: argparse.Namespace) -> int:
         return _fail(f"cannot read {args.message}: {exc.strerror}")
     from .engine import Engine, rewrite_raw
     from .policy import Policy
-    engine = Engine(config, policy=Policy(config, rules=rules))
+    from .store import SQLiteStore
+    # Duplicates are looked up in the state database when there is one; `try`
+    # never writes to it.
+    store = SQLiteStore(config.milter.database, window=config.dedup.window,
+                        similarity=config.dedup.similarity, readonly=True) \
+        if Path(config.milter.database).is_file() else None
+    engine = Engine(config, policy=Policy(config, rules=rules), store=store)
     size = len(raw)
     too_large = size > config.milter.max_scan_size
     sender = args.sender
@@ -316,6 +323,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     _table("senders writing to a watched address instead of assistance",
            ["sender", "structure", "messages"],
            [(r["sender"], r["structure"], r["messages"]) for r in data["wrong_address_senders"]])
+    _table("duplicates caught, by match", ["match", "messages"],
+           list(data["duplicates"].items()))
     _table("messages with secrets, by kind (values are never stored)",
            ["kind", "messages"], [(k, v["messages"]) for k, v in data["secrets"].items()])
     _table(f"last {args.limit} decisions",
@@ -373,8 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("try", help="show what the milter would do with one message",
                        description="Run the whole decision offline on one message and print "
-                                   "it: verdict, rules, recipients added and removed, headers. "
-                                   "Nothing is sent and the state database is not written.")
+                                   "it: verdict, rules, recipients added and removed, headers, "
+                                   "secrets found (kinds and places, never values). Nothing is "
+                                   "sent; the state database is read for duplicates, never "
+                                   "written.")
     add_config(p)
     p.add_argument("--from", dest="sender", metavar="ADDR",
                    help="envelope sender (default: the From header's address; \"\" for a "

@@ -70,7 +70,7 @@ class Engine:
             msg = ParsedMessage(raw)
             # parse lazily-computed fields here, so "parse" holds all parsing
             _ = msg.subject, msg.from_addr
-        decision = self.policy.decide(env, msg, too_large=too_large)
+        decision = self.policy.decide(env, msg, too_large=too_large, state=self.store)
         if decision.changes_content:
             decision = self._authenticate(msg, decision)
         size = len(raw) if size is None else size

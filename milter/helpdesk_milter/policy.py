@@ -21,15 +21,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .auth import is_own_authentication_results
 from .classify import RuleSet, score_message
 from .config import Config, WatchGroup
+from .dedup import Match, fingerprint
 from .directory import ClientDirectory, domain_of, in_domains
 from .message import Envelope, ParsedMessage, strip_brackets
 from .redact import redact_message
 from .secrets import SecretScanner
 from .stages import stage
+from .store import Remember, Store
 
 HEADER_PREFIX = "x-helpdesk-"
 
@@ -111,6 +114,31 @@ def incoming_helpdesk_headers(fields: Sequence[str] | Sequence[tuple[str, str]],
     return tuple(sorted(found, key=lambda item: (item[0].lower(), -item[1])))
 
 
+@dataclass(frozen=True)
+class _Route:
+    """What routing needs once the verdict is known (internal to Policy)."""
+
+    env: Envelope
+    msg: ParsedMessage
+    groups: tuple[tuple[str, WatchGroup], ...]
+    assistance_rcpts: tuple[str, ...]
+    structure: str | None
+    verdict: str
+    headers: tuple[tuple[str, str], ...]
+    base: dict[str, Any]
+
+
+def _remember(r: _Route, d: Decision) -> Remember | None:
+    """What a later copy must be able to find: requests, and anything sent to assistance."""
+    if d.verdict == "other" and not r.assistance_rcpts:
+        return None
+    removed = {a.lower() for a in d.del_rcpts}
+    reached = [a for a in (*d.add_rcpts, *r.assistance_rcpts) if a.lower() not in removed]
+    return Remember(side="assistance" if reached else "watched",
+                    assistance=reached[0] if reached else None,
+                    routed=bool(d.add_rcpts), queue_id=r.env.queue_id or "")
+
+
 def _is_bounce(env: Envelope, msg: ParsedMessage) -> bool:
     if not strip_brackets(env.mail_from):
         return True
@@ -164,10 +192,15 @@ class Policy:
 
     # --- the decision ---------------------------------------------------------
 
-    def decide(self, env: Envelope, msg: ParsedMessage, *,
-               too_large: bool = False) -> Decision:
-        """Route the message, then redact its secrets (every message, watched or not)."""
-        decision = self._route(env, msg, too_large=too_large)
+    def decide(self, env: Envelope, msg: ParsedMessage, *, too_large: bool = False,
+               state: Store | None = None) -> Decision:
+        """Route the message, then redact its secrets (every message, watched or not).
+
+        ``state`` gives duplicate detection across transactions: the earlier
+        copy of this request, found and remembered atomically; without it only
+        same-transaction duplicates are recognised.
+        """
+        decision = self._route(env, msg, too_large=too_large, state=state)
         action = self.config.secrets.action
         if too_large or action == "off":
             return decision
@@ -187,7 +220,8 @@ class Policy:
             secrets=found.count, secret_kinds=found.kinds, secret_where=found.where,
             notes=(*decision.notes, *found.defects))
 
-    def _route(self, env: Envelope, msg: ParsedMessage, *, too_large: bool) -> Decision:
+    def _route(self, env: Envelope, msg: ParsedMessage, *, too_large: bool,
+               state: Store | None) -> Decision:
         try:
             fields = [(name, str(value)) for name, value in msg.msg.raw_items()]
         except Exception:
@@ -237,37 +271,83 @@ class Policy:
 
         headers: list[tuple[str, str]] = [
             ("X-Helpdesk-Request", request_header(verdict, structure, score, rules, ticket))]
-        base = dict(verdict=verdict, structure=structure, score=score, rules=rules,
-                    ticket=ticket, strip_headers=strip,
-                    group=groups[0][1].name if groups else None)
+        route = _Route(env=env, msg=msg, groups=tuple(groups),
+                       assistance_rcpts=tuple(assistance_rcpts), structure=structure,
+                       verdict=verdict, headers=tuple(headers),
+                       base=dict(verdict=verdict, structure=structure, score=score,
+                                 rules=rules, ticket=ticket, strip_headers=strip,
+                                 group=groups[0][1].name if groups else None))
+        if state is None or (verdict == "other" and not assistance_rcpts):
+            # Not a request to a watched address: nothing to compare or remember.
+            return self._routing(route, None)
+        with stage("dedup"):
+            fp = fingerprint(msg, sender=msg.from_addr or sender, structure=structure)
+            decided: list[Decision] = []
 
-        if verdict == "other" or not groups:
-            # Not a request, or already addressed only to assistance: nothing to route.
-            return Decision(action="none", add_headers=tuple(headers), **base)  # type: ignore[arg-type]
+            def plan(match: Match | None) -> Remember | None:
+                decided.append(self._routing(route, match))
+                return _remember(route, decided[-1])
 
-        target = self.config.addresses.assistance_for(structure)
+            state.check_and_remember(fp, plan)
+        return decided[-1]
 
-        if assistance_rcpts:
+    def _routing(self, r: _Route, match: Match | None) -> Decision:
+        """Route given the earlier copy of this request, if any (``match``)."""
+        headers = list(r.headers)
+        base = r.base
+        dedup = self.config.dedup
+
+        def duplicate(of: str, kind: str, removed: tuple[str, ...],
+                      assistance: str | None) -> Decision:
+            headers.append(("X-Helpdesk-Duplicate", f"of={of or 'unknown'}; match={kind}; "
+                                                    f"action={'drop' if removed else 'tag'}"))
+            return Decision(action="duplicate", assistance=assistance, del_rcpts=removed,
+                            add_headers=tuple(headers), duplicate=kind,
+                            **base)  # type: ignore[arg-type]
+
+        if not r.groups:
+            # Addressed to assistance only.  A second arrival of a request that
+            # assistance already has is a duplicate; it may be dropped only when
+            # the earlier copy provably reached this very address.
+            if match is not None and match.assistance_has_it:
+                this = r.assistance_rcpts[0]
+                drop = (dedup.action == "drop" and match.same_scope
+                        and (match.earlier_assistance or "").lower() == this.lower())
+                removed = tuple(a for a in r.assistance_rcpts if a.lower() == this.lower()) \
+                    if drop else ()
+                return duplicate(match.of_message_id, match.kind, removed, this)
+            return Decision(action="none", add_headers=tuple(headers),
+                            **base)  # type: ignore[arg-type]
+
+        if r.verdict == "other":
+            return Decision(action="none", add_headers=tuple(headers),
+                            **base)  # type: ignore[arg-type]
+
+        # Recipients of tag-mode groups are never removed, whatever dedup says.
+        droppable = tuple(a for a, g in r.groups if g.mode != "tag")
+        if r.assistance_rcpts:
             # Same transaction: assistance already gets this copy; the watched side
             # is the duplicate.  Never add a second assistance recipient.
-            drop = self.config.dedup.action == "drop"
-            removed = tuple(r for r, g in groups if drop and g.mode != "tag")
-            msgid = msg.message_id or "unknown"
-            headers.append(("X-Helpdesk-Duplicate",
-                            f"of={msgid}; match=same-transaction; "
-                            f"action={'drop' if removed else 'tag'}"))
-            return Decision(action="duplicate", assistance=assistance_rcpts[0],
-                            del_rcpts=removed, add_headers=tuple(headers),
-                            duplicate="same-transaction", **base)  # type: ignore[arg-type]
+            removed = droppable if dedup.action == "drop" else ()
+            return duplicate(r.msg.message_id, "same-transaction", removed,
+                             r.assistance_rcpts[0])
 
-        modes = {g.mode for _, g in groups}
+        if match is not None and match.assistance_has_it:
+            # Assistance already has this request (sent there first, or routed
+            # there earlier): rerouting it again would open a second ticket.
+            removed = droppable if dedup.action == "drop" and match.same_scope else ()
+            return duplicate(match.of_message_id, match.kind, removed,
+                             match.earlier_assistance)
+
+        target = self.config.addresses.assistance_for(r.structure)
+        modes = {g.mode for _, g in r.groups}
         if modes == {"tag"}:
             return Decision(action="tag", assistance=target, add_headers=tuple(headers),
                             **base)  # type: ignore[arg-type]
 
         # No assistance address is among the recipients (that case returned above),
         # so the target is always added here, and removal is safe.
-        removed = tuple(r for r, g in groups if g.mode == "redirect")
+        removed = tuple(a for a, g in r.groups if g.mode == "redirect")
         mode = "redirect" if removed else "copy"
         headers.append(("X-Helpdesk-Routed", f"to={target}; mode={mode}"))
         return Decision(action=mode, assistance=target, add_rcpts=(target,), del_rcpts=removed,

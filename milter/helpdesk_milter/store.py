@@ -24,13 +24,15 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
+
+from . import dedup
 
 log = logging.getLogger("helpdesk_milter.store")
 
@@ -57,6 +59,12 @@ def m002_secrets(db: sqlite_utils.Database) -> None:
     db["decisions"].add_column("secret_kinds", str)                  # type: ignore[union-attr]
 
 
+@migrations()
+def m003_fingerprints(db: sqlite_utils.Database) -> None:
+    # hashes and MinHash signatures only, never text
+    dedup.create_schema(db)
+
+
 @dataclass(frozen=True)
 class DecisionRecord:
     time: float
@@ -80,8 +88,24 @@ class DecisionRecord:
     secret_kinds: str = ""
 
 
+@dataclass(frozen=True)
+class Remember:
+    """What to remember of a message for later duplicates (see dedup.insert)."""
+
+    side: str                  # "watched" | "assistance"
+    assistance: str | None     # the assistance address it reached, if any
+    routed: bool               # True when the milter added that address
+    queue_id: str = ""
+
+
+# A plan turns the earlier duplicate (or None) into what to remember of this
+# message (or None): the policy's decision, run while the store holds its lock.
+Plan = Callable[[dedup.Match | None], Remember | None]
+
+
 class Store(Protocol):
     def record(self, rec: DecisionRecord) -> None: ...
+    def check_and_remember(self, fp: dedup.Fingerprint, plan: Plan) -> dedup.Match | None: ...
     def flush(self, timeout: float = 5.0) -> None: ...
     def close(self) -> None: ...
 
@@ -110,23 +134,94 @@ def migrate(path: str | Path) -> None:
 
 
 class SQLiteStore:
-    """The default Store: a writer thread that commits queued rows in batches."""
+    """The default Store: a writer thread that commits queued rows in batches.
+
+    Duplicate lookups read the file through one connection per thread, and a
+    small in-memory index of the last minutes (same schema, same code) closes
+    the gap between a decision and its row reaching the disk: two copies of one
+    request arriving in parallel transactions must see each other.
+    """
 
     BATCH = 200
     QUEUE_MAX = 20_000
+    RECENT = 900.0             # seconds the in-memory index covers
+    EXPIRE_EVERY = 60.0        # seconds between expiry runs on the writer thread
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, window: float = 72 * 3600,
+                 similarity: float = 0.8, clock: Callable[[], float] = time.time,
+                 readonly: bool = False):
         self.path = str(path)
-        migrate(self.path)
-        self._queue: queue.Queue[DecisionRecord | None] = queue.Queue(self.QUEUE_MAX)
+        self.window = window
+        self.similarity = similarity
+        self.clock = clock
+        self.readonly = readonly
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        recent = sqlite3.connect(":memory:", check_same_thread=False)
+        self._recent = sqlite_utils.Database(recent, execute_plugins=False)
+        dedup.create_schema(self._recent)
+        self._recent_expired = self.clock()
         self._dropped = 0
+        self._queue: queue.Queue[Any] = queue.Queue(self.QUEUE_MAX)
+        if readonly:
+            return
+        migrate(self.path)
         self._writer = threading.Thread(target=self._write_loop, name="store-writer",
                                         daemon=True)
         self._writer.start()
 
+    # --- duplicates -----------------------------------------------------------------
+
+    def check_and_remember(self, fp: dedup.Fingerprint, plan: Plan) -> dedup.Match | None:
+        """Find the earlier copy of ``fp``, let ``plan`` decide, remember the result.
+
+        Atomic across threads: the lock spans the lookup, the plan and the
+        in-memory insert, so of two parallel copies the second sees the first.
+        A failing database costs the lookup (no dedup), never the message.
+        """
+        with self._lock:
+            now = self.clock()
+            match = None
+            try:
+                match = dedup.find_duplicate(self._recent, fp, now=now,
+                                             window=min(self.window, self.RECENT),
+                                             threshold=self.similarity)
+                if match is None:
+                    match = dedup.find_duplicate(self._reader(), fp, now=now,
+                                                 window=self.window,
+                                                 threshold=self.similarity)
+            except Exception as exc:
+                log.error("state database %s: duplicate lookup failed: %s", self.path,
+                          _describe(exc))
+                self._local.db = None
+            remember = plan(match)
+            if remember is not None and not self.readonly:
+                dedup.insert(self._recent, fp, time=now, side=remember.side,
+                             assistance=remember.assistance, routed=remember.routed,
+                             queue_id=remember.queue_id)
+                self._enqueue(("fingerprint", fp, remember, now))
+            if now - self._recent_expired > self.EXPIRE_EVERY:
+                self._recent_expired = now
+                dedup.expire(self._recent, before=now - self.RECENT)
+        return match
+
+    def _reader(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            if not Path(self.path).exists():
+                raise FileNotFoundError(f"{self.path} does not exist")
+            db = open_database(self.path, readonly=True)
+            db.conn.execute("PRAGMA query_only = 1")
+            self._local.db = db
+        return db
+
     def record(self, rec: DecisionRecord) -> None:
+        if not self.readonly:
+            self._enqueue(rec)
+
+    def _enqueue(self, item: Any) -> None:
         try:
-            self._queue.put_nowait(rec)
+            self._queue.put_nowait(item)
         except queue.Full:
             self._dropped += 1
             if self._dropped in (1, 10, 100) or self._dropped % 1000 == 0:
@@ -140,12 +235,15 @@ class SQLiteStore:
             time.sleep(0.01)
 
     def close(self) -> None:
+        if self.readonly:
+            return
         self.flush()
         self._queue.put(None)
         self._writer.join(timeout=5.0)
 
     def _write_loop(self) -> None:
         db: sqlite_utils.Database | None = None
+        last_expiry = 0.0
         while True:
             first = self._queue.get()
             if first is None:
@@ -166,6 +264,9 @@ class SQLiteStore:
                 if db is None:
                     db = open_database(self.path)
                 self._insert(db, batch)
+                if time.monotonic() - last_expiry > self.EXPIRE_EVERY:
+                    last_expiry = time.monotonic()
+                    self._expire(db)
             except Exception as exc:
                 # The mail has already gone through; only the record is lost.
                 log.error("state database %s: cannot write %d decision(s): %s",
@@ -181,17 +282,37 @@ class SQLiteStore:
             db.close()
 
     @staticmethod
-    def _insert(db: sqlite_utils.Database, batch: Iterable[DecisionRecord]) -> None:
+    def _insert(db: sqlite_utils.Database, batch: Iterable[Any]) -> None:
+        decisions = [asdict(item) for item in batch if isinstance(item, DecisionRecord)]
+        fingerprints = [item for item in batch if isinstance(item, tuple)]
         with db.conn:
-            db["decisions"].insert_all(  # type: ignore[union-attr]
-                (asdict(rec) for rec in batch), batch_size=SQLiteStore.BATCH)
+            if fingerprints:
+                db.execute("BEGIN")
+            for _, fp, remember, when in fingerprints:
+                dedup.insert(db, fp, time=when, side=remember.side,
+                             assistance=remember.assistance, routed=remember.routed,
+                             queue_id=remember.queue_id)
+            if decisions:
+                db["decisions"].insert_all(  # type: ignore[union-attr]
+                    decisions, batch_size=SQLiteStore.BATCH)
+
+    def _expire(self, db: sqlite_utils.Database) -> None:
+        """Forget fingerprints older than the window, a bounded slice at a time."""
+        before = self.clock() - self.window
+        for _ in range(100):
+            if dedup.expire(db, before=before, limit=500) < 500:
+                break
 
 
 class NullStore:
-    """A Store that keeps nothing (``try`` and tests that need no state)."""
+    """A Store that keeps nothing (tests that need no state)."""
 
     def record(self, rec: DecisionRecord) -> None:
         pass
+
+    def check_and_remember(self, fp: dedup.Fingerprint, plan: Plan) -> dedup.Match | None:
+        plan(None)
+        return None
 
     def flush(self, timeout: float = 5.0) -> None:
         pass
@@ -218,7 +339,7 @@ def report(db: sqlite_utils.Database, *, since: float, limit: int = 10) -> dict[
     if "decisions" not in db.table_names():
         return {"since": since, "total": 0, "by_action": {}, "by_verdict": {},
                 "by_structure": [], "wrong_address_senders": [], "secrets": {},
-                "last": []}
+                "duplicates": {}, "last": []}
     q = db.execute
     total = q("select count(*) from decisions where time >= ?", [since]).fetchone()[0]
     by_action = dict(q("select action, count(*) from decisions where time >= ? "
@@ -239,6 +360,9 @@ def report(db: sqlite_utils.Database, *, since: float, limit: int = 10) -> dict[
             "from decisions where time >= ? and action in ('copy', 'redirect', 'tag') "
             "and verdict in ('support', 'followup') group by 1 "
             "order by count(*) desc, 1 limit ?", [since, limit]).fetchall()]
+    duplicates = dict(q("select duplicate, count(*) from decisions where time >= ? "
+                        "and duplicate is not null group by duplicate "
+                        "order by count(*) desc", [since]).fetchall())
     secrets: dict[str, dict[str, int]] = {}
     for (kinds,) in q("select secret_kinds from decisions "
                       "where time >= ? and secrets > 0", [since]).fetchall():
@@ -253,4 +377,4 @@ def report(db: sqlite_utils.Database, *, since: float, limit: int = 10) -> dict[
         "order by time desc limit ?", [since, limit]).fetchall()]
     return {"since": since, "total": total, "by_action": by_action, "by_verdict": by_verdict,
             "by_structure": by_structure, "wrong_address_senders": wrong,
-            "secrets": secrets, "last": last}
+            "secrets": secrets, "duplicates": duplicates, "last": last}
