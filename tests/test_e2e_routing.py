@@ -202,7 +202,12 @@ def test_milter_down_with_accept_delivers_unfiltered(lab, sink, milters):
 
 def test_decisions_are_recorded_and_reported(lab, sink, helpdesk):
     send(lab, sink, support_message(to="contact@example.org"), ["contact@example.org"])
-    send(lab, sink, support_message(to="alice@example.org"), ["alice@example.org"])
+    other = support_message(
+        to="alice@example.org", subject="Imprimante en panne",
+        body="Bonjour,\n\nL'imprimante du secrétariat ne fonctionne plus depuis hier, "
+             "elle affiche une erreur de toner alors que la cartouche est neuve.\n"
+             "Pouvez-vous passer ?\n\nMerci,\nJérôme\n")
+    send(lab, sink, other, ["alice@example.org"])
     database = helpdesk_database(helpdesk, 2)
     out = subprocess.run(
         [sys.executable, "-m", "helpdesk_milter", "report", "--database", database, "--json"],

@@ -95,8 +95,11 @@ def test_several_messages_on_one_connection_do_not_share_state(milter):
         client.mail(CLIENT)
         client.rcpt("<contact@example.org>")
         client.abort()
-        third = client.run_message(CLIENT, ["alice@example.org"], support_headers,
-                                   support_body)
+        third_headers, third_body = split(make_message(
+            to="alice@example.org", subject="Imprimante bloquée",
+            body="Bonjour,\n\nL'imprimante du premier étage affiche une erreur de bourrage "
+                 "papier et ne fonctionne plus.\nPouvez-vous envoyer quelqu'un ?\n"))
+        third = client.run_message(CLIENT, ["alice@example.org"], third_headers, third_body)
     assert first.added_rcpts == [CLIENT_ASSISTANCE]
     assert second.added_rcpts == [] and second.deleted_rcpts == []
     assert second.added_headers["X-Helpdesk-Request"].startswith("other; structure=unknown")
