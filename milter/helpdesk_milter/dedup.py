@@ -54,7 +54,7 @@ from typing import Any
 
 import sqlite_utils
 
-from .message import ParsedMessage, html_to_text
+from .message import ParsedMessage, header_text, html_to_text
 from .text import own_text, strip_subject_prefixes
 
 # --- tuning -----------------------------------------------------------------------
@@ -592,12 +592,7 @@ def _densified(hashes: list[int]) -> tuple[int, ...]:
 
 # --- MIME helpers -------------------------------------------------------------------
 
-def _header(msg: Message, name: str) -> str:
-    try:
-        value = msg.get(name)
-        return "" if value is None else str(value).replace("\r", "").replace("\n", " ")
-    except Exception:
-        return ""
+_header = header_text
 
 
 _ID = re.compile(r"<[^<>\s]{1,500}>")

@@ -142,10 +142,7 @@ def _remember(r: _Route, d: Decision) -> Remember | None:
 def _is_bounce(env: Envelope, msg: ParsedMessage) -> bool:
     if not strip_brackets(env.mail_from):
         return True
-    try:
-        return msg.msg.get_content_type() == "multipart/report"
-    except Exception:
-        return False
+    return msg.content_type == "multipart/report"
 
 
 def request_header(verdict: str, structure: str | None, score: float,
@@ -222,11 +219,7 @@ class Policy:
 
     def _route(self, env: Envelope, msg: ParsedMessage, *, too_large: bool,
                state: Store | None) -> Decision:
-        try:
-            fields = [(name, str(value)) for name, value in msg.msg.raw_items()]
-        except Exception:
-            fields = []
-        strip = incoming_helpdesk_headers(fields, self.config.milter.authserv_id)
+        strip = incoming_helpdesk_headers(msg.header_fields(), self.config.milter.authserv_id)
 
         rcpts = [strip_brackets(r) for r in env.rcpts]
         groups: list[tuple[str, WatchGroup]] = []

@@ -18,6 +18,7 @@ decision code.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import queue
@@ -157,10 +158,7 @@ class SQLiteStore:
         self.readonly = readonly
         self._local = threading.local()
         self._lock = threading.Lock()
-        recent = sqlite3.connect(":memory:", check_same_thread=False)
-        self._recent = sqlite_utils.Database(recent, execute_plugins=False)
-        dedup.create_schema(self._recent)
-        self._recent_expired = self.clock()
+        self._recent = _RecentIndex(self.RECENT)
         self._dropped = 0
         self._queue: queue.Queue[Any] = queue.Queue(self.QUEUE_MAX)
         if readonly:
@@ -176,33 +174,29 @@ class SQLiteStore:
         """Find the earlier copy of ``fp``, let ``plan`` decide, remember the result.
 
         Atomic across threads: the lock spans the lookup, the plan and the
-        in-memory insert, so of two parallel copies the second sees the first.
-        A failing database costs the lookup (no dedup), never the message.
+        in-memory insert, so of two parallel copies the second sees the first
+        even before the writer thread has put the first on disk.  A failing
+        database costs the lookup (no dedup), never the message.
         """
         with self._lock:
             now = self.clock()
-            match = None
-            try:
-                match = dedup.find_duplicate(self._recent, fp, now=now,
-                                             window=min(self.window, self.RECENT),
-                                             threshold=self.similarity)
-                if match is None:
-                    match = dedup.find_duplicate(self._reader(), fp, now=now,
+            match = self._recent.find(fp, now=now, window=self.window)
+            if match is None or not match.assistance_has_it:
+                try:
+                    found = dedup.find_duplicate(self._reader(), fp, now=now,
                                                  window=self.window,
                                                  threshold=self.similarity)
-            except Exception as exc:
-                log.error("state database %s: duplicate lookup failed: %s", self.path,
-                          _describe(exc))
-                self._local.db = None
+                except Exception as exc:
+                    log.error("state database %s: duplicate lookup failed: %s", self.path,
+                              _describe(exc))
+                    self._local.db = None
+                    found = None
+                if found is not None and (match is None or found.assistance_has_it):
+                    match = found
             remember = plan(match)
             if remember is not None and not self.readonly:
-                dedup.insert(self._recent, fp, time=now, side=remember.side,
-                             assistance=remember.assistance, routed=remember.routed,
-                             queue_id=remember.queue_id)
+                self._recent.add(fp, remember, now)
                 self._enqueue(("fingerprint", fp, remember, now))
-            if now - self._recent_expired > self.EXPIRE_EVERY:
-                self._recent_expired = now
-                dedup.expire(self._recent, before=now - self.RECENT)
         return match
 
     def _reader(self) -> sqlite_utils.Database:
@@ -302,6 +296,74 @@ class SQLiteStore:
         for _ in range(100):
             if dedup.expire(db, before=before, limit=500) < 500:
                 break
+
+
+@dataclass(frozen=True)
+class _Recent:
+    time: float
+    message_id: str
+    scope: str
+    remember: Remember
+
+
+class _RecentIndex:
+    """The last minutes of remembered requests, by exact keys, in memory.
+
+    It closes the gap between a decision and the writer thread committing its
+    fingerprint: two copies of one request delivered in parallel transactions
+    (the client's server sends one per destination domain) carry the same
+    Message-ID, or the same text.  Near-duplicates, which take time to be
+    written again, are left to the database.  Not thread-safe: the store's
+    lock guards it.
+    """
+
+    def __init__(self, keep: float):
+        self.keep = keep
+        self.by_key: dict[tuple[str, str], _Recent] = {}
+        self.order: collections.deque[tuple[float, tuple[tuple[str, str], ...]]] = \
+            collections.deque()
+
+    @staticmethod
+    def _keys(fp: dedup.Fingerprint) -> tuple[tuple[str, str], ...]:
+        keys = [("id", i) for i in dict.fromkeys((fp.message_id, fp.original_id)) if i]
+        if fp.text_hash and fp.scope:
+            keys.append(("text", f"{fp.scope}\0{fp.text_hash}"))
+        return tuple(keys)
+
+    def add(self, fp: dedup.Fingerprint, remember: Remember, now: float) -> None:
+        keys = self._keys(fp)
+        entry = _Recent(time=now, message_id=fp.message_id, scope=fp.scope, remember=remember)
+        for key in keys:
+            current = self.by_key.get(key)
+            # keep the copy that reached assistance: that is what later copies need
+            if current is None or not _reached(current) or _reached(entry):
+                self.by_key[key] = entry
+        self.order.append((now, keys))
+        while self.order and self.order[0][0] < now - self.keep:
+            then, old = self.order.popleft()
+            for key in old:
+                if key in self.by_key and self.by_key[key].time <= then:
+                    del self.by_key[key]
+
+    def find(self, fp: dedup.Fingerprint, *, now: float, window: float) -> dedup.Match | None:
+        best: dedup.Match | None = None
+        for kind, key in self._keys(fp):
+            entry = self.by_key.get((kind, key))
+            if entry is None or entry.time < now - min(window, self.keep):
+                continue
+            match = dedup.Match(
+                kind="message-id" if kind == "id" else "text",
+                of_message_id=entry.message_id, earlier_time=entry.time, earlier_rowid=0,
+                earlier_assistance=entry.remember.assistance,
+                earlier_routed=entry.remember.routed, earlier_side=entry.remember.side,
+                score=1.0, same_scope=entry.scope == fp.scope)
+            if best is None or (match.assistance_has_it and not best.assistance_has_it):
+                best = match
+        return best
+
+
+def _reached(entry: _Recent) -> bool:
+    return entry.remember.side == "assistance" or entry.remember.routed
 
 
 class NullStore:
