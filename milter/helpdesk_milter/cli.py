@@ -41,6 +41,13 @@ examples:
 def _load(path: str) -> tuple[Config, RuleSet]:
     config = load_config(path)
     rules = RuleSet.load(config.classifier.rules_file or None, config.classifier.weights)
+    if config.autoreply.templates_dir:
+        from .guidance import TemplateError, check_templates
+        try:
+            check_templates(config.autoreply.templates_dir)
+        except TemplateError as exc:
+            raise ConfigError([f"autoreply.templates_dir: {line}"
+                               for line in str(exc).splitlines()]) from None
     return config, rules
 
 
@@ -107,6 +114,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:
         return _fail(f"cannot open the state database {config.milter.database}: {exc}")
     engine = Engine(config, store=store, policy=Policy(config, rules=rules), sealer=sealer)
+    sender = None
+    if config.autoreply.enabled:
+        from .outbox import OutboxSender
+        sender = OutboxSender(config.milter.database, config.autoreply.smtp,
+                              give_up=config.autoreply.give_up,
+                              retry_after=config.autoreply.retry).start()
     try:
         serve(config, engine)
     except Exception as exc:
@@ -114,6 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                   config.milter.socket, exc)
         return 1
     finally:
+        if sender is not None:
+            sender.stop()
         store.close()
     return 0
 
@@ -170,6 +185,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  clients       {len(policy.directory)} entries")
     print(f"  classifier    {len(rules.rules)} rules, threshold {config.classifier.threshold}")
     print(f"  follow-ups    subject matches {config.ticket_pattern}")
+    if config.autoreply.enabled:
+        print(f"  guidance      on, via {config.autoreply.smtp}, trust {config.autoreply.trust}, "
+              f"at most one per sender per {config.autoreply.every / 86400:g} day(s)"
+              + (f", templates from {config.autoreply.templates_dir}"
+                 if config.autoreply.templates_dir else ""))
+    else:
+        print("  guidance      off")
     warnings = _warnings(config, policy)
     for warning in warnings:
         print(f"  warning: {warning}")
@@ -253,6 +275,11 @@ def cmd_try(args: argparse.Namespace) -> int:
               + ", ".join(f"{kind} in {where}" for where, kind in d.secret_where))
     if d.dkim:
         print(f"dkim        {d.dkim} (the original message, checked before the change)")
+    if d.hints:
+        print(f"hints       {', '.join(d.hints)}")
+    if d.guidance:
+        word = "would be sent" if d.guidance == "queued" else d.guidance.replace(":", ": ")
+        print(f"guidance    {word} ({', '.join(d.guidance_cases)})")
     for rcpt in d.add_rcpts:
         print(f"  + rcpt    {rcpt}")
     for rcpt in d.del_rcpts:
@@ -285,7 +312,8 @@ def _decision_json(env: Envelope, d: Any, message_id: str) -> dict[str, Any]:
         "prepend_headers": [list(h) for h in d.prepend_headers],
         "secrets": d.secrets, "secret_kinds": list(d.secret_kinds),
         "secret_where": [{"where": w, "kind": k} for w, k in d.secret_where],
-        "body_rewritten": d.new_body is not None, "dkim": d.dkim,
+        "body_rewritten": d.new_body is not None, "dkim": d.dkim, "hints": list(d.hints),
+        "guidance": d.guidance, "guidance_cases": list(d.guidance_cases),
     }
 
 
@@ -325,6 +353,15 @@ def cmd_report(args: argparse.Namespace) -> int:
            [(r["sender"], r["structure"], r["messages"]) for r in data["wrong_address_senders"]])
     _table("duplicates caught, by match", ["match", "messages"],
            list(data["duplicates"].items()))
+    guidance = data.get("guidance") or {}
+    if guidance:
+        outbox = guidance.get("outbox", {})
+        _table("guidance mail", ["outcome", "messages"],
+               [("sent", outbox.get("sent", 0)), ("pending (queued, not sent yet)",
+                                                  outbox.get("pending", 0)),
+                ("failed (given up)", outbox.get("failed", 0))]
+               + [(f"suppressed: {reason}", n)
+                  for reason, n in guidance.get("suppressed", {}).items()])
     _table("messages with secrets, by kind (values are never stored)",
            ["kind", "messages"], [(k, v["messages"]) for k, v in data["secrets"].items()])
     _table(f"last {args.limit} decisions",

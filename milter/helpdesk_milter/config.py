@@ -264,6 +264,18 @@ KEYS: tuple[Key, ...] = (
         _check_choice("known-dkim", "known", "any")),
     Key("autoreply.paste_url", "str", "https://paste.example.org",
         "where senders should share secrets instead of mail"),
+    Key("autoreply.max_per_hour", "int", 30,
+        "at most this many guidance mails in any hour, all senders together"),
+    Key("autoreply.trusted_relays", "list[str]", [],
+        "client IP addresses (Postfix's {client_addr}) of relays whose mail counts as "
+        "authenticated for autoreply.trust, like a DKIM pass"),
+    Key("autoreply.templates_dir", "str", "",
+        "a directory of template overrides (fr/ and en/ pieces, same names as the shipped "
+        "ones); relative paths: next to the config; empty: the shipped templates"),
+    Key("autoreply.give_up", "duration", "2d",
+        "how long a guidance mail is retried while the relay is unreachable"),
+    Key("autoreply.retry", "duration", "1m",
+        "first retry delay when the relay fails; it doubles each time, up to an hour"),
 )
 
 KEYS_BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
@@ -354,6 +366,11 @@ class AutoreplySettings:
     every: float
     trust: str
     paste_url: str
+    max_per_hour: int = 30
+    trusted_relays: tuple[str, ...] = ()
+    templates_dir: str = ""
+    give_up: float = 2 * 86400.0
+    retry: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -620,6 +637,11 @@ def parse_config(text: str, *, source: str = "<string>",
     if rules_file and not Path(rules_file).is_file():
         problems.add("classifier.rules_file", f"{rules_file}: no such file")
 
+    templates_dir = autoreply.get("templates_dir") or ""
+    if templates_dir and not Path(templates_dir).is_absolute():
+        templates_dir = str(base / templates_dir)
+    if templates_dir and not Path(templates_dir).is_dir():
+        problems.add("autoreply.templates_dir", f"{templates_dir}: no such directory")
     arc_key = arc.get("private_key") or ""
     if arc_key and not Path(arc_key).is_absolute():
         arc_key = str(base / arc_key)
@@ -663,7 +685,10 @@ def parse_config(text: str, *, source: str = "<string>",
         autoreply=AutoreplySettings(
             enabled=autoreply["enabled"], smtp=autoreply["smtp"], sender=autoreply["from"],
             every=autoreply["every"], trust=autoreply["trust"],
-            paste_url=autoreply["paste_url"]),
+            paste_url=autoreply["paste_url"], max_per_hour=autoreply["max_per_hour"],
+            trusted_relays=tuple(autoreply["trusted_relays"]),
+            templates_dir=templates_dir, give_up=autoreply["give_up"],
+            retry=autoreply["retry"]),
         source=source,
     )
 

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from email.policy import SMTP as SMTP_POLICY
 
 from .auth import (
     ArcError,
@@ -23,11 +24,12 @@ from .auth import (
     verify_dkim,
 )
 from .config import Config
-from .directory import domain_of
-from .message import Envelope, ParsedMessage, build_raw
+from .directory import domain_of, in_domains
+from .guidance import build_message, compose, detect_language
+from .message import Envelope, ParsedMessage, build_raw, decode_words, strip_brackets
 from .policy import Decision, Policy
 from .stages import stage
-from .store import DecisionRecord, NullStore, Store
+from .store import DecisionRecord, GuidanceEvent, NullStore, OutboxRow, Store
 
 log = logging.getLogger("helpdesk_milter")
 
@@ -73,6 +75,8 @@ class Engine:
         decision = self.policy.decide(env, msg, too_large=too_large, state=self.store)
         if decision.changes_content:
             decision = self._authenticate(msg, decision)
+        if decision.guidance_cases:
+            decision = self._guidance(env, msg, decision)
         size = len(raw) if size is None else size
         self._log(env, msg, decision, size)
         if decision.recorded:
@@ -96,7 +100,8 @@ class Engine:
         ar = authentication_results(authserv_id, results, arc=arc)
         prepend: tuple[tuple[str, str], ...] = (("Authentication-Results", ar),)
         decision = replace(decision, prepend_headers=prepend,
-                           dkim=",".join(r.result for r in results))
+                           dkim=",".join(r.result for r in results),
+                           dkim_trusted=any(r.trusted for r in results))
         if self.sealer is None:
             return decision
         with stage("arc"):
@@ -106,6 +111,74 @@ class Engine:
                 log.warning("ARC sealing skipped: %s", exc)
                 return decision
         return replace(decision, prepend_headers=(*seal, *prepend))
+
+    def _guidance(self, env: Envelope, msg: ParsedMessage, d: Decision) -> Decision:
+        """Queue one guidance mail to the sender, unless a rule, a limit or trust says no.
+
+        Checked cheapest first: the policy's message rules, then the rate limits
+        (one mail per sender per ``every``, a global cap per hour), then trust
+        (``known-dkim``: a DKIM pass aligned with From, or a trusted relay).
+        Only a row is written here; the outbox thread sends it.
+        """
+        settings = self.config.autoreply
+        to_addr = strip_brackets(env.mail_from)
+        reason = d.guidance_block or self.store.guidance_allowed(
+            to_addr, every=settings.every, per_hour=settings.max_per_hour)
+        if reason is None and settings.trust == "known-dkim" \
+                and (env.client_addr or "") not in settings.trusted_relays:
+            trusted = d.dkim_trusted
+            if trusted is None:
+                with stage("dkim"):
+                    results = verify_dkim(msg.raw, self.dnsfunc,
+                                          from_domain=domain_of(msg.from_addr) or None,
+                                          timeout=self.config.dns.timeout)
+                trusted = any(r.trusted for r in results)
+            # DKIM vouches for From; the guidance goes to the envelope sender, which
+            # must then be in the same domain.
+            sender_domain, from_domain = domain_of(to_addr), domain_of(msg.from_addr)
+            if not trusted:
+                reason = "dkim-not-aligned"
+            elif not (in_domains(sender_domain, (from_domain,))
+                      or in_domains(from_domain, (sender_domain,))):
+                reason = "sender-not-from"
+        if reason is not None:
+            self.store.record_guidance_event(GuidanceEvent(
+                time=self.clock(), to_addr=to_addr.lower(), queue_id=env.queue_id or "",
+                outcome="suppressed", reason=reason))
+            return replace(d, guidance=f"suppressed:{reason}")
+
+        def build() -> OutboxRow:
+            return self._compose(env, msg, d, to_addr)
+
+        outcome = self.store.queue_guidance(to_addr, build, every=settings.every,
+                                            per_hour=settings.max_per_hour,
+                                            queue_id=env.queue_id or "")
+        return replace(d, guidance=outcome if outcome == "queued" else f"suppressed:{outcome}")
+
+    def _compose(self, env: Envelope, msg: ParsedMessage, d: Decision,
+                 to_addr: str) -> OutboxRow:
+        settings = self.config.autoreply
+        subject = next((decode_words(v) for n, _, v in d.change_headers if n == "Subject"),
+                       msg.subject)      # the redacted Subject, never the original
+        lang = detect_language(msg.subject, msg.text)
+        assistance = d.assistance or self.config.addresses.assistance_for(d.structure)
+        # the whole tag ("[example #1234]"): that is what the client must keep
+        tag = self.policy.ticket_re.search(msg.subject) if d.ticket else None
+        guide = compose(cases=d.guidance_cases, lang=lang, assistance=assistance,
+                        original_subject=subject, hints=d.hints,
+                        paste_url=settings.paste_url, ticket=tag.group(0) if tag else None,
+                        templates_dir=settings.templates_dir or None)
+        for problem in guide.fallbacks:
+            log.warning("guidance template override not used: %s", problem)
+        references = " ".join(filter(None, (msg.header("References"), msg.message_id)))
+        mail = build_message(guide, sender=settings.sender, to=to_addr,
+                             in_reply_to=msg.message_id or None,
+                             references=references or None,
+                             message_id_domain=domain_of(settings.sender) or "localhost")
+        return OutboxRow(created=self.clock(), to_addr=to_addr.lower(),
+                         queue_id=env.queue_id or "", lang=lang,
+                         cases=",".join(d.guidance_cases),
+                         message=mail.as_bytes(policy=SMTP_POLICY))   # CRLF, as SMTP wants
 
     def _record(self, env: Envelope, msg: ParsedMessage, d: Decision,
                 size: int) -> DecisionRecord:
@@ -128,6 +201,8 @@ class Engine:
             if d.dkim:
                 secrets += f" dkim={d.dkim}"
         if not d.inspected:
+            if d.guidance:
+                secrets += f" guidance={d.guidance}"
             log.info("%s: not watched: from=<%s> nrcpt=%d size=%d%s%s", qid, env.mail_from,
                      len(env.rcpts), size, secrets,
                      f" removed-forged-headers={len(d.strip_headers)}"
@@ -150,6 +225,10 @@ class Engine:
             parts.append(f"ticket={d.ticket}")
         if secrets:
             parts.append(secrets.strip())
+        if d.hints:
+            parts.append(f"hints={','.join(d.hints)}")
+        if d.guidance:
+            parts.append(f"guidance={d.guidance}")
         if d.strip_headers:
             parts.append(f"removed-forged-headers={len(d.strip_headers)}")
         parts.append(f"rules={','.join(d.rules) or '-'}")

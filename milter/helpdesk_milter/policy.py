@@ -27,7 +27,8 @@ from .auth import is_own_authentication_results
 from .classify import RuleSet, score_message
 from .config import Config, WatchGroup
 from .dedup import Match, fingerprint
-from .directory import ClientDirectory, domain_of, in_domains
+from .directory import ClientDirectory, domain_of, in_domains, split_address
+from .guidance import hints as guidance_hints
 from .message import Envelope, ParsedMessage, strip_brackets
 from .redact import redact_message
 from .secrets import SecretScanner
@@ -46,6 +47,12 @@ SKIP_LIST = "list"
 SKIP_TOO_LARGE = "too-large"
 
 _BULK_PRECEDENCE = {"bulk", "list", "junk"}
+
+# Senders that must never get an automatic answer (RFC 3834 section 2 and the
+# usual loop brakes of vacation programs).
+_NO_REPLY_LOCAL = re.compile(
+    r"^(?:no-?reply|do-?not-?reply|mailer-daemon|postmaster|listserv|majordomo|"
+    r"owner-.+|.+-request|.+-owner|bounces?(?:[+=-].*)?)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,11 @@ class Decision:
     secret_kinds: tuple[str, ...] = ()
     secret_where: tuple[tuple[str, str], ...] = ()    # (location, kind), never a value
     dkim: str | None = None                       # original's DKIM results, when checked
+    dkim_trusted: bool | None = None              # a DKIM pass aligned with From, when checked
+    hints: tuple[str, ...] = ()                   # what a routed request lacks (vague-subject...)
+    guidance_cases: tuple[str, ...] = ()          # rerouted | followup | secret
+    guidance_block: str | None = None             # why the sender gets no guidance (pure rules)
+    guidance: str | None = None                   # outcome: queued, or suppressed:REASON
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -198,6 +210,11 @@ class Policy:
         same-transaction duplicates are recognised.
         """
         decision = self._route(env, msg, too_large=too_large, state=state)
+        decision = self._redact(env, msg, decision, too_large=too_large)
+        return self._guide(env, msg, decision)
+
+    def _redact(self, env: Envelope, msg: ParsedMessage, decision: Decision, *,
+                too_large: bool) -> Decision:
         action = self.config.secrets.action
         if too_large or action == "off":
             return decision
@@ -216,6 +233,49 @@ class Policy:
             change_headers=(("Subject", 1, found.subject),) if found.subject else (),
             secrets=found.count, secret_kinds=found.kinds, secret_where=found.where,
             notes=(*decision.notes, *found.defects))
+
+    def _guide(self, env: Envelope, msg: ParsedMessage, d: Decision) -> Decision:
+        """Hints for the helpdesk on routed requests; whether the sender may get guidance.
+
+        The rules here are the message's own (RFC 3834 and loop brakes); rate
+        limits and DKIM trust need state and DNS, and are the engine's.
+        """
+        cases: list[str] = []
+        if d.action in ("copy", "redirect"):
+            cases.append("followup" if d.verdict == "followup" else "rerouted")
+            with stage("hints"):
+                hints = guidance_hints(msg.subject, msg.text)
+            if hints:
+                d = replace(d, hints=hints, add_headers=(
+                    *d.add_headers, ("X-Helpdesk-Hints", ", ".join(hints))))
+        if d.secrets and d.changes_content:
+            cases.append("secret")
+        if not cases or not self.config.autoreply.enabled:
+            return d
+        return replace(d, guidance_cases=tuple(cases),
+                       guidance_block=self._guidance_block(env, msg))
+
+    def _guidance_block(self, env: Envelope, msg: ParsedMessage) -> str | None:
+        sender = strip_brackets(env.mail_from).lower()
+        if not sender:
+            return "null-sender"
+        if env.auth_user:
+            return "authenticated"
+        local, domain = split_address(sender)
+        if in_domains(domain, self._internal):
+            return "internal"
+        if _NO_REPLY_LOCAL.match(local):
+            return "no-reply-sender"
+        auto = msg.header("Auto-Submitted").strip().lower()
+        if auto and auto.split(";")[0].strip() != "no":
+            return "auto-submitted"
+        if msg.header("Precedence").strip().lower() in _BULK_PRECEDENCE:
+            return "bulk"
+        if msg.has_header("List-Id") or msg.has_header("List-Unsubscribe"):
+            return "list"
+        if self.config.autoreply.trust != "any" and self.directory.lookup(sender) is None:
+            return "unknown-sender"
+        return None
 
     def _route(self, env: Envelope, msg: ParsedMessage, *, too_large: bool,
                state: Store | None) -> Decision:

@@ -66,6 +66,45 @@ def m003_fingerprints(db: sqlite_utils.Database) -> None:
     dedup.create_schema(db)
 
 
+@migrations()
+def m004_guidance(db: sqlite_utils.Database) -> None:
+    # The guidance mails to send (their text holds no secret: it is built from
+    # templates and the already-redacted Subject), and what was decided for each.
+    db["outbox"].create({   # type: ignore[union-attr]
+        "id": int, "created": float, "to_addr": str, "queue_id": str, "lang": str,
+        "cases": str, "message": bytes, "status": str, "attempts": int,
+        "next_attempt": float, "last_error": str, "sent_at": float,
+    }, pk="id", not_null={"created", "to_addr", "status", "attempts", "next_attempt"},
+        defaults={"status": "pending", "attempts": 0})
+    db["outbox"].create_index(["to_addr", "created"])   # type: ignore[union-attr]
+    db["outbox"].create_index(["status", "next_attempt"])  # type: ignore[union-attr]
+    db["outbox"].create_index(["created"])   # type: ignore[union-attr]
+    db["guidance_events"].create({   # type: ignore[union-attr]
+        "id": int, "time": float, "to_addr": str, "queue_id": str, "outcome": str,
+        "reason": str,
+    }, pk="id")
+    db["guidance_events"].create_index(["time"])   # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class GuidanceEvent:
+    time: float
+    to_addr: str
+    queue_id: str
+    outcome: str               # queued | suppressed
+    reason: str                # why it was suppressed ("" when queued)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    created: float
+    to_addr: str
+    queue_id: str
+    lang: str
+    cases: str
+    message: bytes
+
+
 @dataclass(frozen=True)
 class DecisionRecord:
     time: float
@@ -107,6 +146,10 @@ Plan = Callable[[dedup.Match | None], Remember | None]
 class Store(Protocol):
     def record(self, rec: DecisionRecord) -> None: ...
     def check_and_remember(self, fp: dedup.Fingerprint, plan: Plan) -> dedup.Match | None: ...
+    def guidance_allowed(self, to_addr: str, *, every: float, per_hour: int) -> str | None: ...
+    def queue_guidance(self, to_addr: str, build: Callable[[], OutboxRow], *, every: float,
+                       per_hour: int, queue_id: str = "") -> str: ...
+    def record_guidance_event(self, event: GuidanceEvent) -> None: ...
     def flush(self, timeout: float = 5.0) -> None: ...
     def close(self) -> None: ...
 
@@ -159,6 +202,9 @@ class SQLiteStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._recent = _RecentIndex(self.RECENT)
+        # guidance queued by this process and maybe not on disk yet (rate limits)
+        self._guided: dict[str, float] = {}
+        self._guided_times: collections.deque[float] = collections.deque()
         self._dropped = 0
         self._queue: queue.Queue[Any] = queue.Queue(self.QUEUE_MAX)
         if readonly:
@@ -199,6 +245,63 @@ class SQLiteStore:
                 self._enqueue(("fingerprint", fp, remember, now))
         return match
 
+    # --- guidance mail ----------------------------------------------------------------
+
+    def guidance_allowed(self, to_addr: str, *, every: float, per_hour: int) -> str | None:
+        """None when a guidance mail to ``to_addr`` may be queued now, else the reason
+        ("rate-limited": one was queued within ``every``; "hourly-cap")."""
+        with self._lock:
+            return self._guidance_block(to_addr.lower(), self.clock(), every, per_hour)
+
+    def queue_guidance(self, to_addr: str, build: Callable[[], OutboxRow], *, every: float,
+                       per_hour: int, queue_id: str = "") -> str:
+        """Queue one guidance mail unless a rate limit says no; returns "queued" or the
+        reason.  The check and the queueing are atomic, so two messages from one
+        sender at the same moment produce one mail.  The row reaches the outbox
+        table through the writer thread; the sender thread (outbox.py) sends it."""
+        key = to_addr.lower()
+        with self._lock:
+            now = self.clock()
+            reason = self._guidance_block(key, now, every, per_hour)
+            if reason is None:
+                row = build()
+                self._guided[key] = now
+                self._guided_times.append(now)
+                self._enqueue(row)
+        self._enqueue(GuidanceEvent(time=now, to_addr=key, queue_id=queue_id,
+                                    outcome="queued" if reason is None else "suppressed",
+                                    reason=reason or ""))
+        return reason or "queued"
+
+    def record_guidance_event(self, event: GuidanceEvent) -> None:
+        if not self.readonly:
+            self._enqueue(event)
+
+    def _guidance_block(self, key: str, now: float, every: float, per_hour: int) -> str | None:
+        while self._guided_times and self._guided_times[0] < now - 3600:
+            self._guided_times.popleft()
+        last = self._guided.get(key)
+        recent_hour = len(self._guided_times)
+        try:
+            db = self._reader()
+            row = db.execute("select max(created) from outbox where to_addr = ? "
+                             "and status != 'failed'", [key]).fetchone()
+            if row and row[0] is not None:
+                last = max(last or 0.0, row[0])
+            recent_hour = max(recent_hour, db.execute(
+                "select count(*) from outbox where created >= ?", [now - 3600]).fetchone()[0])
+        except Exception as exc:
+            # Without the database we only know this process's own mails: still
+            # rate-limited per sender, just not across a restart.
+            log.error("state database %s: guidance lookup failed: %s", self.path,
+                      _describe(exc))
+            self._local.db = None
+        if last is not None and last > now - every:
+            return "rate-limited"
+        if recent_hour >= per_hour:
+            return "hourly-cap"
+        return None
+
     def _reader(self) -> sqlite_utils.Database:
         db = getattr(self._local, "db", None)
         if db is None:
@@ -214,6 +317,8 @@ class SQLiteStore:
             self._enqueue(rec)
 
     def _enqueue(self, item: Any) -> None:
+        if self.readonly:
+            return
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -277,9 +382,18 @@ class SQLiteStore:
 
     @staticmethod
     def _insert(db: sqlite_utils.Database, batch: Iterable[Any]) -> None:
+        batch = list(batch)
         decisions = [asdict(item) for item in batch if isinstance(item, DecisionRecord)]
         fingerprints = [item for item in batch if isinstance(item, tuple)]
+        events = [asdict(item) for item in batch if isinstance(item, GuidanceEvent)]
+        outbox = [dict(asdict(item), status="pending", attempts=0,
+                       next_attempt=item.created)
+                  for item in batch if isinstance(item, OutboxRow)]
         with db.conn:
+            if outbox:
+                db["outbox"].insert_all(outbox)    # type: ignore[union-attr]
+            if events:
+                db["guidance_events"].insert_all(events)   # type: ignore[union-attr]
             if fingerprints:
                 db.execute("BEGIN")
             for _, fp, remember, when in fingerprints:
@@ -376,6 +490,17 @@ class NullStore:
         plan(None)
         return None
 
+    def guidance_allowed(self, to_addr: str, *, every: float, per_hour: int) -> str | None:
+        return None
+
+    def queue_guidance(self, to_addr: str, build: Callable[[], OutboxRow], *, every: float,
+                       per_hour: int, queue_id: str = "") -> str:
+        build()
+        return "queued"
+
+    def record_guidance_event(self, event: GuidanceEvent) -> None:
+        pass
+
     def flush(self, timeout: float = 5.0) -> None:
         pass
 
@@ -401,7 +526,7 @@ def report(db: sqlite_utils.Database, *, since: float, limit: int = 10) -> dict[
     if "decisions" not in db.table_names():
         return {"since": since, "total": 0, "by_action": {}, "by_verdict": {},
                 "by_structure": [], "wrong_address_senders": [], "secrets": {},
-                "duplicates": {}, "last": []}
+                "duplicates": {}, "guidance": {}, "last": []}
     q = db.execute
     total = q("select count(*) from decisions where time >= ?", [since]).fetchone()[0]
     by_action = dict(q("select action, count(*) from decisions where time >= ? "
@@ -425,6 +550,16 @@ def report(db: sqlite_utils.Database, *, since: float, limit: int = 10) -> dict[
     duplicates = dict(q("select duplicate, count(*) from decisions where time >= ? "
                         "and duplicate is not null group by duplicate "
                         "order by count(*) desc", [since]).fetchall())
+    guidance: dict[str, Any] = {}
+    if "outbox" in db.table_names():
+        guidance["outbox"] = dict(q("select status, count(*) from outbox where created >= ? "
+                                    "group by status", [since]).fetchall())
+        guidance["suppressed"] = dict(q(
+            "select reason, count(*) from guidance_events where time >= ? "
+            "and outcome = 'suppressed' group by reason order by count(*) desc",
+            [since]).fetchall())
+        guidance["pending_now"] = q("select count(*) from outbox where status = 'pending'"
+                                    ).fetchone()[0]
     secrets: dict[str, dict[str, int]] = {}
     for (kinds,) in q("select secret_kinds from decisions "
                       "where time >= ? and secrets > 0", [since]).fetchall():
@@ -439,4 +574,5 @@ def report(db: sqlite_utils.Database, *, since: float, limit: int = 10) -> dict[
         "order by time desc limit ?", [since, limit]).fetchall()]
     return {"since": since, "total": total, "by_action": by_action, "by_verdict": by_verdict,
             "by_structure": by_structure, "wrong_address_senders": wrong,
-            "secrets": secrets, "duplicates": duplicates, "last": last}
+            "secrets": secrets, "duplicates": duplicates, "guidance": guidance,
+            "last": last}
