@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
+import re
 import time
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpdesk_milter import secrets as secrets_module
 from helpdesk_milter.secrets import KINDS, Finding, SecretScanner, redact_spans
+
+# The regular expression parser, to read patterns (CPython 3.11+).
+sre_constants: Any = importlib.import_module("re._constants")
+sre_parser: Any = importlib.import_module("re._parser")
 
 SCANNER = SecretScanner()
 
@@ -227,6 +235,68 @@ def test_could_match_is_a_safe_prefilter() -> None:
     assert not SCANNER.could_match("Bonjour, l'imprimante ne marche plus. Merci !")
     for text in ("mdp : Soleil2024", "postgres://a:b@c", "AKIAIOSFODNN7EXAMPLE"):
         assert SCANNER.could_match(text)
+
+
+def _prefixes(items: Any, size: int) -> set[str]:
+    """The strings of up to ``size`` characters a match of the parsed pattern ``items``
+    can start with ("\0" stands for a character class that is not a short list)."""
+    results = {""}
+    for op, av in items:
+        grown: set[str] = set()
+        for done in results:
+            if len(done) >= size:
+                grown.add(done)
+                continue
+            grown.update(done + more for more in _element(op, av, size - len(done)))
+        results = grown
+    return results
+
+
+def _element(op: Any, av: Any, size: int) -> set[str]:
+    c = sre_constants
+    if op is c.LITERAL:
+        return {chr(av)}
+    if op is c.IN:
+        chars: set[str] = set()
+        for kind, value in av:
+            if kind is c.LITERAL:
+                chars.add(chr(value))
+            elif kind is c.RANGE and value[1] - value[0] < 30:
+                chars.update(chr(x) for x in range(value[0], value[1] + 1))
+            else:
+                chars.add("\0")
+        return chars
+    if op is c.BRANCH:
+        return set().union(*(_prefixes(branch, size) for branch in av[1]))
+    if op is c.SUBPATTERN:
+        return _prefixes(av[-1], size)
+    if op in (c.MAX_REPEAT, c.MIN_REPEAT):
+        low, high, item = av
+        out: set[str] = set()
+        current = {""}
+        for count in range(min(high, max(low, size)) + 1):
+            if count >= low:
+                out |= current
+            current = {done + more if len(done) < size else done
+                       for done in current for more in _prefixes(item, size - len(done))}
+        return out
+    if op in (c.AT, c.ASSERT, c.ASSERT_NOT):
+        return {""}                                 # zero width
+    return {"\0"}
+
+
+def test_keyword_start_lists_where_every_keyword_starts() -> None:
+    """_keyword_matches only tries _PW_KEYWORD where _KEYWORD_START matches: the two must
+    agree on the first two characters of every keyword, and on the look-behind."""
+    def starts(pattern: re.Pattern[str]) -> set[str]:
+        return _prefixes(sre_parser.parse(pattern.pattern, pattern.flags), 2)
+
+    keyword = starts(secrets_module._PW_KEYWORD)
+    assert all(len(s) == 2 and "\0" not in s for s in keyword)
+    assert starts(secrets_module._KEYWORD_START) == keyword
+    lookbehind = "(?<![^\\W_])"
+    assert secrets_module._KEYWORD_START.pattern.startswith(lookbehind)
+    assert secrets_module._PW_KEYWORD.pattern.strip().startswith(lookbehind)
 
 
 def test_empty_and_odd_text() -> None:

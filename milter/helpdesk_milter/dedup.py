@@ -37,7 +37,6 @@ whatever the table size.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import hashlib
 import itertools
@@ -541,9 +540,11 @@ def _addresses(text: bytes) -> Iterator[bytes]:
 # One-permutation MinHash: each shingle hash falls in one of SIGNATURE_SIZE bins by
 # its top bits; a bin keeps its smallest value; empty bins borrow from the next
 # non-empty bin to their right, shifted by the distance (densification by rotation,
-# Shrivastava & Li 2014), so that every position is comparable for LSH.
+# Shrivastava & Li 2014), so that every position is comparable for LSH.  Bin b holds
+# the signed hashes in [-2**63 + b * 2**58, -2**63 + (b + 1) * 2**58): h >> _BIN_SHIFT
+# is b - _HALF.
 _BIN_SHIFT = 64 - 6
-_BOUNDS = [-(1 << 63) + (b << _BIN_SHIFT) for b in range(SIGNATURE_SIZE + 1)]
+_HALF = SIGNATURE_SIZE // 2
 _ROTATION = 0x9E3779B1
 
 
@@ -559,9 +560,9 @@ def _text_fingerprint(subject: str,
     digest = hashlib.blake2b(b" ".join(subject_words) + b"\n" + b" ".join(body_words),
                              digest_size=16).hexdigest()
     stream = [*subject_words, b"\n", *body_words[:SHINGLE_WORDS]]
-    unique = set(stream)
-    ids = dict(zip(unique, map(zlib.crc32, unique), strict=True))
-    word_ids = list(map(ids.__getitem__, stream))
+    # crc32 of every word, repeats included: cheaper than hashing the distinct words
+    # once through a dict (a set, a dict and a lookup per word cost more than crc32)
+    word_ids = list(map(zlib.crc32, stream))
     # hash() of a tuple of small ints is not salted (only str/bytes hashing is) and
     # is the same on every 64-bit CPython >= 3.8: stored signatures stay comparable.
     shingles = sorted(set(map(hash, zip(*(word_ids[i:] for i in range(SHINGLE_SIZE)),
@@ -574,18 +575,24 @@ def _densified(hashes: list[int]) -> tuple[int, ...]:
     """The one-permutation MinHash signature of sorted 64-bit shingle hashes."""
     if not hashes:
         return ()
-    starts = [bisect.bisect_left(hashes, bound) for bound in _BOUNDS]
-    values = [((hashes[i] - low) >> (_BIN_SHIFT - 32)) & _MASK32 if i < j else -1
-              for i, j, low in zip(starts, starts[1:], _BOUNDS, strict=False)]
-    if -1 in values:
-        # Positions 2K-1 down to 0 of the circle unrolled twice: the nearest
-        # non-empty bin to the right of an empty bin b is seen before b is.
-        nearest, nearest_at = -1, 0
-        for at in range(2 * SIGNATURE_SIZE - 1, -1, -1):
-            value = values[at % SIGNATURE_SIZE]
+    # From the largest hash down, so that each bin's entry ends up its smallest hash.
+    smallest = {h >> _BIN_SHIFT: h for h in reversed(hashes)}
+    values = [-1] * SIGNATURE_SIZE
+    for top, h in smallest.items():
+        # A bin's value is bits 26-57 of (hash - bin start); the bin start is a
+        # multiple of 2**58, so they are bits 26-57 of the hash itself.
+        values[top + _HALF] = (h >> (_BIN_SHIFT - 32)) & _MASK32
+    if len(smallest) < SIGNATURE_SIZE:
+        # Walking the bins from the last down, the nearest non-empty bin to the right
+        # of an empty one is the last non-empty bin seen or, before any was seen, the
+        # first non-empty bin one turn further round the circle.
+        nearest_at = min(smallest) + _HALF + SIGNATURE_SIZE
+        nearest = values[nearest_at - SIGNATURE_SIZE]
+        for at in range(SIGNATURE_SIZE - 1, -1, -1):
+            value = values[at]
             if value >= 0:
                 nearest, nearest_at = value, at
-            elif at < SIGNATURE_SIZE:
+            else:
                 values[at] = (nearest + (nearest_at - at) * _ROTATION) & _MASK32
     return tuple(values)
 

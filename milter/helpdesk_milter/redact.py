@@ -54,6 +54,7 @@ from dataclasses import dataclass
 from email.header import Header
 from email.message import Message
 from functools import lru_cache
+from typing import NamedTuple
 
 from .secrets import DEFAULT_MARKER, SecretScanner
 
@@ -75,6 +76,7 @@ _STATEFUL_CODECS = ("utf_16", "utf_32", "utf_7", "iso2022", "hz", "utf_8_sig")
 
 _HEADER_BLOCK = re.compile(rb"(?:[!-9;-~]+[ \t]*:[^\n]*(?:\n|\Z)(?:[ \t][^\n]*(?:\n|\Z))*)*")
 _UNFOLD = re.compile(rb"\r?\n")
+_QUOTED_PAIR = re.compile(r"\\(.)")
 _PARAM = re.compile(r''';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)''')
 _EOL = re.compile(rb"\r?\n")
 
@@ -130,8 +132,9 @@ def redact_message(raw: bytes, scanner: SecretScanner, *, marker: str = DEFAULT_
 # --------------------------------------------------------------------------------------
 # Headers.
 
-@dataclass(frozen=True)
-class _Field:
+# The walk builds a few of these per MIME part (and a _PartInfo and an _Entity):
+# named tuples, which cost a fraction of a frozen dataclass to create.
+class _Field(NamedTuple):
     name: str          # lower-cased
     value: bytes       # unfolded, without the line ending
     start: int         # the field's byte range in raw (line ending included)
@@ -153,37 +156,38 @@ def _split_header_block(raw: bytes, start: int, end: int) -> tuple[int, int]:
     return hend, hend
 
 
+# The only fields the walk reads.  In a header block as _split_header_block delimits it
+# (a _HEADER_BLOCK match) every line is either a field line, whose name is made of
+# characters other than ":" and blanks, or a continuation line starting with a blank;
+# so a field is a line starting with its name, then every following blank-led line.
+# One search finds the three fields instead of a Python loop over every line of every
+# header block (Received, DKIM-Signature... are most of the lines and never read).  The
+# pattern starts with a literal line break so that the regex engine jumps from line to
+# line (a case-insensitive "^" would try every position); the match stops before the
+# line break that ends the field, which may start the next match.
+_WANTED_FIELD = re.compile(
+    rb"\n((?i:subject|content-type|content-transfer-encoding))[ \t]*:"
+    rb"([^\n]*(?:\n[ \t][^\n]*)*)")
+
+
 def _fields(raw: bytes, start: int, end: int) -> list[_Field]:
-    """The header fields of the block ``raw[start:end]``, unfolded, with their byte ranges."""
-    out: list[_Field] = []
-    name: bytes | None = None
-    parts: list[bytes] = []
-    fstart = pos = start
-
-    def flush(stop: int) -> None:
-        if name is not None:
-            value = _UNFOLD.sub(b"", b"".join(parts)).strip()
-            out.append(_Field(name.decode("ascii", "replace").lower(), value, fstart, stop))
-
-    while pos < end:
-        nl = raw.find(b"\n", pos, end)
-        line_end = end if nl < 0 else nl + 1
-        if raw[pos:pos + 1] in (b" ", b"\t") and name is not None:
-            parts.append(raw[pos:line_end])
-        else:
-            flush(pos)
-            colon = raw.find(b":", pos, line_end)
-            if colon > pos:
-                name, parts, fstart = raw[pos:colon].rstrip(b" \t"), [raw[colon + 1:line_end]], pos
-            else:
-                name, parts = None, []
-        pos = line_end
-    flush(end)
+    """The Subject, Content-Type and Content-Transfer-Encoding fields of the header block
+    ``raw[start:end]`` (a _HEADER_BLOCK match), in order, unfolded, with their byte ranges
+    (the line break that ends a field included)."""
+    block = b"\n" + raw[start:end]      # a line break before the first line too
+    out = []
+    for m in _WANTED_FIELD.finditer(block):
+        # block offset k is raw offset start + k - 1; the field starts after the "\n"
+        stop = m.end() + 1 if m.end() < len(block) else m.end()
+        value = m.group(2)
+        if b"\n" in value:                 # folded: unfold
+            value = _UNFOLD.sub(b"", value)
+        out.append(_Field(m.group(1).decode("ascii").lower(), value.strip(),
+                          start + m.start(), start + stop - 1))
     return out
 
 
-@dataclass(frozen=True)
-class _PartInfo:
+class _PartInfo(NamedTuple):
     ctype: str
     boundary: str | None
     charset: str | None
@@ -217,7 +221,9 @@ def _content_type(value: str | None, default_type: str) -> tuple[str, dict[str, 
     for m in _PARAM.finditer(";" + rest):
         name, param = m.group(1).lower(), m.group(2)
         if param.startswith('"'):
-            param = re.sub(r"\\(.)", r"\1", param[1:-1])
+            param = param[1:-1]
+            if "\\" in param:
+                param = _QUOTED_PAIR.sub(r"\1", param)
         params.setdefault(name, param)
     return ctype, params
 
@@ -292,6 +298,8 @@ def _ascii_fold(text: str) -> str:
 _ENTITY = re.compile(r"&(?:#[0-9]{1,8}|#[xX][0-9a-fA-F]{1,8}|[A-Za-z][A-Za-z0-9]{1,31});?")
 _WS_RUN = re.compile(r"[ \t\r\n\f\xa0]{2,}|[\t\r\n\f]")
 _TAG_NAME = re.compile(r"</?([A-Za-z][A-Za-z0-9:\-]*)")
+# A tag up to the first ">" with a name, and no quote or "<" inside (see _html_streams).
+_SIMPLE_TAG = re.compile(r"""<(/?)([A-Za-z][A-Za-z0-9:\-]*)[^<>"']*>""")
 _ATTR = re.compile(r"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+)))?""")
 _BLOCK_TAGS = frozenset({
     "p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "table", "blockquote",
@@ -398,25 +406,36 @@ def _html_streams(markup: str) -> tuple[_Mapped, _Mapped]:
             break
         if lt > i:
             vis.add_text(markup, i, lt, collapse=not pre)
-        if markup.startswith("<!--", lt):
-            close = markup.find("-->", lt + 4)
-            i = n if close < 0 else close + 3
-            continue
-        nxt = markup[lt + 1:lt + 2]
-        if not (nxt.isalpha() or nxt in ("/", "!", "?")):
-            vis.add_text(markup, lt, lt + 1, collapse=not pre)
-            i = lt + 1
-            continue
-        gt = markup.find(">", lt + 1)
-        if gt < 0:
-            vis.add_text(markup, lt, n, collapse=not pre)
-            break
-        gt = _extend_for_quotes(markup, lt, gt)
-        nm = _TAG_NAME.match(markup, lt, gt)
-        name = nm.group(1).lower() if nm else ""
-        closing = markup.startswith("</", lt)
-        if nm and not closing:
-            _tag_attributes(markup, nm.end(), gt, attrs)
+        simple = _SIMPLE_TAG.match(markup, lt)
+        if simple is not None:
+            # The common tag, decided in one match: it ends at the first ">" and holds
+            # no quote, so the general path below would find the same end, name and
+            # attributes (_extend_for_quotes has nothing to extend).
+            gt = simple.end() - 1
+            name = simple.group(2).lower()
+            closing = simple.group(1) == "/"
+            name_end: int | None = simple.end(2)
+        else:
+            if markup.startswith("<!--", lt):
+                close = markup.find("-->", lt + 4)
+                i = n if close < 0 else close + 3
+                continue
+            nxt = markup[lt + 1:lt + 2]
+            if not (nxt.isalpha() or nxt in ("/", "!", "?")):
+                vis.add_text(markup, lt, lt + 1, collapse=not pre)
+                i = lt + 1
+                continue
+            gt = markup.find(">", lt + 1)
+            if gt < 0:
+                vis.add_text(markup, lt, n, collapse=not pre)
+                break
+            gt = _extend_for_quotes(markup, lt, gt)
+            nm = _TAG_NAME.match(markup, lt, gt)
+            name = nm.group(1).lower() if nm else ""
+            closing = markup.startswith("</", lt)
+            name_end = nm.end() if nm else None
+        if name_end is not None and not closing and name_end < gt:  # <p>: no attributes
+            _tag_attributes(markup, name_end, gt, attrs)
         if name in _CELL_TAGS and not closing:
             vis.virtual("\t", lt)
         elif name in _BLOCK_TAGS:
@@ -434,16 +453,20 @@ def _html_streams(markup: str) -> tuple[_Mapped, _Mapped]:
     return vis, attrs
 
 
+_EQ_QUOTE = re.compile(r"""=\s*(["'])""")
+_QUOTE_TOKEN = re.compile(r"""=\s*(["'])|(["'])""")
+
+
 def _extend_for_quotes(markup: str, lt: int, gt: int) -> int:
     """Move ``gt`` past a '>' that sits inside a quoted attribute value (bounded)."""
     for _ in range(8):
         segment = markup[lt:gt]
-        eq_quote = re.search(r"""=\s*(["'])""", segment)
+        eq_quote = _EQ_QUOTE.search(segment)
         if not eq_quote:
             return gt
         # count quotes after the first "=": an odd number means one is still open
         open_quote = None
-        for m in re.finditer(r"""=\s*(["'])|(["'])""", segment):
+        for m in _QUOTE_TOKEN.finditer(segment):
             if open_quote is None and m.group(1):
                 open_quote = m.group(1)
             elif open_quote is not None and (m.group(2) == open_quote or
@@ -463,12 +486,13 @@ def _extend_for_quotes(markup: str, lt: int, gt: int) -> int:
 
 def _tag_attributes(markup: str, start: int, end: int, attrs: _Mapped) -> None:
     for m in _ATTR.finditer(markup, start, end):
-        for group, context in ((2, "attr"), (3, "attr"), (4, "attr-unquoted")):
-            if m.group(group) is not None and m.group(group):
-                attrs.add_text(markup, m.start(group), m.end(group), collapse=False,
-                               context=context)
-                attrs.virtual("\n", m.end(group))
-                break
+        # groups 2, 3, 4: a "quoted", 'quoted' or unquoted value; at most one matched,
+        # and it is then the last group matched (group 1, the name, comes before)
+        group = m.lastindex
+        if group is not None and group > 1 and m.end(group) > m.start(group):
+            attrs.add_text(markup, m.start(group), m.end(group), collapse=False,
+                           context="attr-unquoted" if group == 4 else "attr")
+            attrs.virtual("\n", m.end(group))
 
 
 def _escape_marker(marker: str, context: str) -> str:
@@ -679,8 +703,7 @@ def _encode_subject(text: str) -> str:
 # --------------------------------------------------------------------------------------
 # The walk.
 
-@dataclass(frozen=True)
-class _Entity:
+class _Entity(NamedTuple):
     start: int              # header block start
     end: int                # entity end (exclusive)
     leaf_path: str          # the IMAP-style number of this entity as a leaf

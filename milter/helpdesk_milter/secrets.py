@@ -264,6 +264,13 @@ _PW_KEYWORD = re.compile(rf"""
 (?![^\W_])
 """, re.X)                     # matched against lower-cased text
 _PW_KEYWORD_ANYCASE = re.compile(_PW_KEYWORD.pattern, re.I | re.X)
+# The first two characters of every alternative of _PW_KEYWORD, after its look-behind
+# (tests/test_secrets.py derives them from the pattern and checks this list).  Looking
+# for these first lets _keyword_matches skip most word starts ("de", "le", "un", "the")
+# without trying the whole alternation there, which is most of the keyword search's cost.
+_KEYWORD_START = re.compile(
+    r"(?<![^\W_])(?:ac|cl|co|cr|db|e-|em|id|ke|lo|md|mo|my|ne|no|pa|pg|pi|ps|pw|se|us|ut"
+    r"|we|wi|wl|wp)")
 
 # Keywords that need a strong value or a login context: common words in other senses.
 _WEAK_KEYWORDS = frozenset({"pass", "passe", "pw", "psw", "secret", "passes"})
@@ -411,15 +418,17 @@ class SecretScanner:
         hay = _Haystack(text)
         if hay.quiet():
             return False
+        # The tests are or-ed: the one that says yes most often (prose that mentions a
+        # password or an "accès") goes first, so that a yes costs fewer searches.
+        anchors = hay.anchors()
+        if anchors and _keyword_windows(text, text.lower(), anchors):
+            return True
         if any(hay.test(triggers) for _, _, triggers in self._tokens):
             return True
         if hay.test(_PRIVATE_KEY_TRIGGERS + _AWS_SECRET_TRIGGERS):
             return True
         # Links are everywhere in HTML: ask for "://user:password@", not just "://".
-        if hay.test(_URL_TRIGGERS) and _URL_USERINFO.search(text):
-            return True
-        anchors = hay.anchors()
-        return bool(anchors and _keyword_windows(text, text.lower(), anchors))
+        return bool(hay.test(_URL_TRIGGERS) and _URL_USERINFO.search(text))
 
     def scan(self, text: str) -> list[Finding]:
         """Secrets in ``text``: sorted by position, non-overlapping.
@@ -860,6 +869,12 @@ def _kind_for_assignment(text: str, kw_start: int) -> str:
     return "password"
 
 
+# The alphanumeric run ending at the search's end position (the first start position
+# from which one reaches it), and the one starting at a position.
+_ALNUM_BEFORE = re.compile(r"[^\W_]*\Z")
+_ALNUM_RUN = re.compile(r"[^\W_]*")
+
+
 def _keyword_windows(text: str, lower: str,
                      anchors: list[tuple[str, bool]]) -> list[tuple[int, int]]:
     """Merged ranges of ``text`` that may hold a password keyword (found via anchors)."""
@@ -886,14 +901,12 @@ def _keyword_windows(text: str, lower: str,
             windows.append((lo, hi))
     out = []
     for lo, hi in windows:
-        # widen to word boundaries so that no keyword is cut in two
-        stop = max(0, lo - 20)
-        while lo > stop and text[lo - 1].isalnum():
-            lo -= 1
-        stop = min(n, hi + 20)
-        while hi < stop and text[hi].isalnum():
-            hi += 1
-        out.append((lo, hi))
+        # widen to word boundaries so that no keyword is cut in two (by at most 20
+        # characters; [^\W_] is str.isalnum: both are Unicode "alphanumeric")
+        before = _ALNUM_BEFORE.search(text, max(0, lo - 20), lo)
+        after = _ALNUM_RUN.match(text, hi, min(n, hi + 20))
+        # both always match (the empty run at least)
+        out.append((before.start() if before else lo, after.end() if after else hi))
     return out
 
 
@@ -927,12 +940,24 @@ def _anchor_ok(lower: str, i: int, anchor: str) -> bool:
 
 def _keyword_matches(text: str, windows: list[tuple[int, int]], *,
                      lowered: bool) -> Iterable[re.Match[str]]:
+    """The non-overlapping keyword matches in the windows, in order."""
     last = -1
-    pattern = _PW_KEYWORD if lowered else _PW_KEYWORD_ANYCASE
+    if not lowered:
+        for lo, hi in windows:
+            for m in _PW_KEYWORD_ANYCASE.finditer(text, max(lo, last), hi):
+                last = m.end()
+                yield m
+        return
+    # What finditer(text, lo, hi) would yield: a match can only start where
+    # _KEYWORD_START does, so trying those positions in order finds the same matches.
     for lo, hi in windows:
-        for m in pattern.finditer(text, max(lo, last), hi):
-            last = m.end()
-            yield m
+        for start in _KEYWORD_START.finditer(text, max(lo, last), hi):
+            if start.start() < last:
+                continue                    # inside the previous keyword
+            keyword = _PW_KEYWORD.match(text, start.start(), hi)
+            if keyword is not None:
+                last = keyword.end()
+                yield keyword
 
 
 def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Finding]:

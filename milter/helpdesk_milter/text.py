@@ -18,6 +18,7 @@ shorter than ``MARKER_MAX`` characters, so a 100,000-character line costs one
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 
@@ -112,6 +113,16 @@ def own_text(text: str, *, forwarded: bool = False) -> str:
     """
     if not text:
         return ""
+    return _own_text(text, bool(forwarded))
+
+
+# The classifier, the reply guidance and deduplication each ask for the own text of
+# the same message text (usually the very same str object, whose hash is then computed
+# once), one right after the other; a forward's covering note is asked for twice too.
+# The function is pure, so a remembered answer is the answer.  32 entries cover the
+# messages in flight in every milter thread; lru_cache is thread-safe.
+@functools.lru_cache(maxsize=32)
+def _own_text(text: str, forwarded: bool) -> str:
     lines = text.split("\n")
     out: list[str] = []
     has_content = False         # some own, non-blank line kept so far
