@@ -31,6 +31,7 @@ run: venv
 
 lint: venv
 	$(VENV)/bin/ruff check milter tests
+	$(VENV)/bin/mypy
 
 typecheck: venv
 	$(VENV)/bin/mypy

@@ -309,6 +309,7 @@ class Policy:
                             add_headers=(("X-Helpdesk-Request", header),))
 
         ticket = None
+        rules: tuple[str, ...]
         match = self.ticket_re.search(msg.subject)
         if match:
             verdict = "followup"
