@@ -257,7 +257,8 @@ class _Request:
 def _request(msg: ParsedMessage) -> _Request:
     """The request a message carries: its own, or the original it forwards."""
     subject = msg.subject
-    attached = _attached_message(msg.msg)
+    # (the cheap raw check avoids parsing the MIME tree of the common message)
+    attached = _attached_message(msg.msg) if msg.may_attach_message else None
     if attached is None:
         return _request_in_text(subject, msg.text[:TEXT_CAP], depth=0)
     return _request_with_attachment(msg.msg, subject, attached, depth=0)

@@ -213,6 +213,17 @@ def iter_parts(msg: Message, *, max_depth: int = 50) -> Iterator[Message]:
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+_RFC822 = re.compile(rb"(?i)message/(?:rfc822|global)")
+
+
+def _readable(plain: list[str], markup: list[str]) -> str:
+    if plain:
+        text = "\n".join(plain)
+    elif markup:
+        text = html_to_text("\n".join(markup)[: TEXT_LIMIT * 4])
+    else:
+        text = ""
+    return text[:TEXT_LIMIT].replace("\r\n", "\n").replace("\r", "\n")
 
 
 class ParsedMessage:
@@ -316,13 +327,34 @@ class ParsedMessage:
                     break
         except Exception as exc:
             self.defects.append(f"walk: {type(exc).__name__}")
-        if plain:
-            text = "\n".join(plain)
-        elif markup:
-            text = html_to_text("\n".join(markup)[: TEXT_LIMIT * 4])
-        else:
-            text = ""
-        return text[:TEXT_LIMIT].replace("\r\n", "\n").replace("\r", "\n")
+        return _readable(plain, markup)
+
+    def adopt_texts(self, texts: Iterable[tuple[str, bool, str]] | None) -> None:
+        """Take the text parts someone already decoded (the redaction walk) as the
+        source of ``text``, so the MIME tree need not be parsed again for it.
+
+        ``texts`` are (content type, is an attachment, decoded text) in message
+        order; the rules are those of ``text``.  Bytes that did not decode were
+        kept as surrogates; they become replacement characters here, as ``text``
+        does.
+        """
+        if texts is None or "text" in self.__dict__:
+            return
+        plain: list[str] = []
+        markup: list[str] = []
+        for ctype, attachment, text in texts:
+            if attachment:
+                continue
+            if not text.isascii():
+                text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            (plain if ctype == "text/plain" else markup).append(text)
+        self.__dict__["text"] = _readable(plain, markup)
+
+    @cached_property
+    def may_attach_message(self) -> bool:
+        """False when the message certainly has no attached message/rfc822 part."""
+        return self.content_type.startswith("multipart/") and \
+            _RFC822.search(self.raw) is not None
 
     def content_types(self) -> list[str]:
         try:

@@ -30,7 +30,7 @@ from .dedup import Match, fingerprint
 from .directory import ClientDirectory, domain_of, in_domains, split_address
 from .guidance import hints as guidance_hints
 from .message import Envelope, ParsedMessage, strip_brackets
-from .redact import redact_message
+from .redact import Redaction, redact_message
 from .secrets import SecretScanner
 from .stages import stage
 from .store import Remember, Store
@@ -209,20 +209,26 @@ class Policy:
         copy of this request, found and remembered atomically; without it only
         same-transaction duplicates are recognised.
         """
+        # The secret scan walks and decodes every text part; the classifier then
+        # reads its text from that walk instead of parsing the MIME tree again.
+        found = self._scan(env, msg, too_large=too_large)
+        if found is not None:
+            msg.adopt_texts(found.texts)
         decision = self._route(env, msg, too_large=too_large, state=state)
-        decision = self._redact(env, msg, decision, too_large=too_large)
+        decision = self._redact(decision, found)
         return self._guide(env, msg, decision)
 
-    def _redact(self, env: Envelope, msg: ParsedMessage, decision: Decision, *,
-                too_large: bool) -> Decision:
+    def _scan(self, env: Envelope, msg: ParsedMessage, *, too_large: bool) -> Redaction | None:
         action = self.config.secrets.action
         if too_large or action == "off":
-            return decision
+            return None
         with stage("secrets"):
-            found = redact_message(msg.raw, self.scanner, marker=self.config.secrets.marker,
-                                   change=action == "redact",
-                                   is_bounce=_is_bounce(env, msg))
-        if not found.count:
+            return redact_message(msg.raw, self.scanner, marker=self.config.secrets.marker,
+                                  change=action == "redact", is_bounce=_is_bounce(env, msg))
+
+    @staticmethod
+    def _redact(decision: Decision, found: Redaction | None) -> Decision:
+        if found is None or not found.count:
             return decision
         header = (f"count={found.count}; kinds={','.join(found.kinds)}; "
                   f"action={'redact' if found.body is not None or found.subject else 'tag'}")

@@ -50,7 +50,7 @@ import html
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.header import Header
 from email.message import Message
 from functools import lru_cache
@@ -101,6 +101,12 @@ class Redaction:
     subject: str | None
     where: tuple[tuple[str, str], ...]
     defects: tuple[str, ...]
+    # The decoded text/plain and text/html parts met on the way, in order, as
+    # (content type, marked as attachment, text): the classifier's input comes
+    # from here, so the message is walked and decoded once.  None when the walk
+    # did not finish (the caller parses the message itself then).
+    texts: tuple[tuple[str, bool, str], ...] | None = field(default=None, compare=False,
+                                                            repr=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -119,14 +125,16 @@ def redact_message(raw: bytes, scanner: SecretScanner, *, marker: str = DEFAULT_
     except Exception as exc:  # last resort: the message goes through unchanged
         return Redaction(count=len(walker.where), kinds=walker.kinds(), body=None,
                          subject=None, where=tuple(walker.where),
-                         defects=(*walker.defects, f"redaction failed: {type(exc).__name__}"))
+                         defects=(*walker.defects, f"redaction failed: {type(exc).__name__}"),
+                         texts=None)
     body: bytes | None = None
     if change and walker.replacements:
         body = walker.new_body()
     subject = walker.new_subject if change else None
     return Redaction(count=len(walker.where), kinds=walker.kinds(), body=body,
                      subject=subject, where=tuple(walker.where),
-                     defects=tuple(walker.defects))
+                     defects=tuple(walker.defects),
+                     texts=None if walker.defects else tuple(walker.texts))
 
 
 # --------------------------------------------------------------------------------------
@@ -166,7 +174,7 @@ def _split_header_block(raw: bytes, start: int, end: int) -> tuple[int, int]:
 # line (a case-insensitive "^" would try every position); the match stops before the
 # line break that ends the field, which may start the next match.
 _WANTED_FIELD = re.compile(
-    rb"\n((?i:subject|content-type|content-transfer-encoding))[ \t]*:"
+    rb"\n((?i:subject|content-type|content-transfer-encoding|content-disposition))[ \t]*:"
     rb"([^\n]*(?:\n[ \t][^\n]*)*)")
 
 
@@ -192,6 +200,7 @@ class _PartInfo(NamedTuple):
     boundary: str | None
     charset: str | None
     cte: str
+    attachment: bool = False   # Content-Disposition: attachment
 
 
 def _content_type(value: str | None, default_type: str) -> tuple[str, dict[str, str]]:
@@ -229,17 +238,21 @@ def _content_type(value: str | None, default_type: str) -> tuple[str, dict[str, 
 
 
 def _part_info(fields: list[_Field], default_type: str) -> _PartInfo:
-    ctype_value = cte_value = None
+    ctype_value = cte_value = disposition = None
     for f in fields:
         if f.name == "content-type" and ctype_value is None:
             ctype_value = f.value.decode("latin-1")
         elif f.name == "content-transfer-encoding" and cte_value is None:
             cte_value = f.value.decode("latin-1")
+        elif f.name == "content-disposition" and disposition is None:
+            disposition = f.value
     ctype, params = _content_type(ctype_value, default_type)
     boundary = params.get("boundary") if ctype.startswith("multipart/") else None
     charset = params.get("charset", "").strip().lower() or None
     cte = (cte_value or "").strip().lower()
-    return _PartInfo(ctype, boundary or None, charset, cte)
+    attachment = disposition is not None and \
+        disposition.split(b";", 1)[0].strip().lower() == b"attachment"
+    return _PartInfo(ctype, boundary or None, charset, cte, attachment)
 
 
 # --------------------------------------------------------------------------------------
@@ -726,6 +739,7 @@ class _Walker:
         self.replacements: list[tuple[int, int, bytes]] = []
         self.new_subject: str | None = None
         self.body_start = 0
+        self.texts: list[tuple[str, bool, str]] = []
         self._delims: dict[bytes, list[int]] | None = None
         self._closes: dict[bytes, list[int]] = {}
 
@@ -917,6 +931,8 @@ class _Walker:
         except (UnicodeDecodeError, LookupError):
             self.defects.append(f"{location}: undecodable text, left unchanged")
             return
+        if info.ctype in ("text/plain", "text/html"):
+            self.texts.append((info.ctype, info.attachment, text))
         is_html = info.ctype in ("text/html", "application/xhtml+xml")
         if is_html:
             edits = self._html_edits(text, location, codec, cte)

@@ -1,0 +1,44 @@
+"""The text the classifier reads is the same whether it comes from the MIME parser
+or from the redaction walk (which decodes every text part anyway, so the policy
+reuses it instead of parsing the message twice)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from helpdesk_milter.message import ParsedMessage
+from helpdesk_milter.redact import redact_message
+from helpdesk_milter.secrets import SecretScanner
+
+TESTS = Path(__file__).resolve().parent
+# Bounces are left out: the walk leaves their returned original alone on purpose,
+# and the policy never classifies a bounce.
+FILES = sorted(p for p in [*TESTS.glob("corpus/messages/*.eml"),
+                           *TESTS.glob("dedup_pairs/*.eml"),
+                           *TESTS.glob("secrets_corpus/messages/*.eml")]
+               if b"multipart/report" not in p.read_bytes())
+SCANNER = SecretScanner()
+
+
+def squeeze(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_adopted_text_equals_parsed_text(path):
+    raw = path.read_bytes()
+    parsed = ParsedMessage(raw).text
+    walked = redact_message(raw, SCANNER, change=False)
+    assert walked.texts is not None, walked.defects
+    adopted = ParsedMessage(raw)
+    adopted.adopt_texts(walked.texts)
+    assert squeeze(adopted.text) == squeeze(parsed)
+
+
+def test_adopt_is_ignored_when_the_walk_failed():
+    msg = ParsedMessage(b"Subject: x\r\n\r\nhello\r\n")
+    msg.adopt_texts(None)
+    assert msg.text.strip() == "hello"
