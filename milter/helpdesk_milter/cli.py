@@ -136,14 +136,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def unsafe_permissions(config_path: Path, config: Config) -> list[str]:
     """Files and directories anyone could change to take over routing or the socket.
 
-    The config, the files it reads (client CSVs, rules, ARC key) and their
-    directories, and a unix socket's directory, must not be world-writable.
+    The config, the files it reads (client CSVs, rules, ARC key), the state
+    database, their directories, and a unix socket's directory, must not be
+    world-writable.
     """
     paths = {config_path, *(Path(p) for p in config.client_files)}
     if config.classifier.rules_file:
         paths.add(Path(config.classifier.rules_file))
     if config.arc.private_key:
         paths.add(Path(config.arc.private_key))
+    database = Path(config.milter.database)
+    paths.add(database)          # whoever can write it can forge state (rate limits, dedup)
     checked = set(paths) | {p.resolve().parent for p in paths}
     socket = config.milter.socket
     if socket.startswith(("unix:", "local:")):

@@ -195,9 +195,11 @@ class Engine:
     def _log(env: Envelope, msg: ParsedMessage, d: Decision, size: int) -> None:
         qid = env.queue_id or "NOQUEUE"
         secrets = ""
+        if d.not_inspected:
+            secrets += f" not-inspected={len(d.not_inspected)}"
         if d.secrets:
-            secrets = (f" secrets={d.secrets} secret-kinds={','.join(d.secret_kinds)}"
-                       f" secret-action={'redact' if d.changes_content else 'tag'}")
+            secrets += (f" secrets={d.secrets} secret-kinds={','.join(d.secret_kinds)}"
+                        f" secret-action={'redact' if d.changes_content else 'tag'}")
             if d.dkim:
                 secrets += f" dkim={d.dkim}"
         if not d.inspected:
@@ -244,12 +246,10 @@ def rewrite_raw(raw: bytes, decision: Decision) -> bytes:
     occurrences, append the new headers at the end of the header block, and
     replace the body when the decision has a new one.
     """
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    newline = b"\r\n"
-    if not sep:
-        head, sep, body = raw.partition(b"\n\n")
-        newline = b"\n"
-    if not sep:
+    first = raw.find(b"\n")
+    newline = b"\r\n" if first > 0 and raw[first - 1:first] == b"\r" else b"\n"
+    head, sep, body = raw.partition(newline + newline)
+    if not sep:                      # a header-only message
         head, body = raw.rstrip(b"\r\n"), b""
     # group physical lines into fields (continuation lines start with blanks)
     fields: list[list[bytes]] = []

@@ -80,6 +80,7 @@ class Decision:
     secrets: int = 0                              # secrets found (redacted unless action=tag)
     secret_kinds: tuple[str, ...] = ()
     secret_where: tuple[tuple[str, str], ...] = ()    # (location, kind), never a value
+    not_inspected: tuple[str, ...] = ()           # parts the secret scan could not read
     dkim: str | None = None                       # original's DKIM results, when checked
     dkim_trusted: bool | None = None              # a DKIM pass aligned with From, when checked
     hints: tuple[str, ...] = ()                   # what a routed request lacks (vague-subject...)
@@ -100,7 +101,7 @@ class Decision:
     @property
     def recorded(self) -> bool:
         """Whether the state database keeps a row for this decision."""
-        return self.inspected or self.secrets > 0
+        return self.inspected or self.secrets > 0 or bool(self.not_inspected)
 
 
 def incoming_helpdesk_headers(fields: Sequence[str] | Sequence[tuple[str, str]],
@@ -215,7 +216,7 @@ class Policy:
         if found is not None:
             msg.adopt_texts(found.texts)
         decision = self._route(env, msg, too_large=too_large, state=state)
-        decision = self._redact(decision, found)
+        decision = self._redact(decision, found, too_large=too_large)
         return self._guide(env, msg, decision)
 
     def _scan(self, env: Envelope, msg: ParsedMessage, *, too_large: bool) -> Redaction | None:
@@ -227,8 +228,24 @@ class Policy:
                                   change=action == "redact", is_bounce=_is_bounce(env, msg))
 
     @staticmethod
-    def _redact(decision: Decision, found: Redaction | None) -> Decision:
-        if found is None or not found.count:
+    def _redact(decision: Decision, found: Redaction | None, *,
+                too_large: bool = False) -> Decision:
+        if too_large:
+            return replace(decision, not_inspected=("larger than milter.max_scan_size",),
+                           add_headers=(*decision.add_headers, (
+                               "X-Helpdesk-Inspected",
+                               "no; not inspected: larger than milter.max_scan_size")))
+        if found is None:
+            return decision
+        if found.defects:
+            # Parts the walk could not read were left exactly as they came: say so,
+            # since a secret in them was not removed.  (Defects name parts and
+            # reasons, never content.)
+            decision = replace(decision, not_inspected=found.defects, add_headers=(
+                *decision.add_headers,
+                ("X-Helpdesk-Inspected", "partial; not inspected: "
+                 + "; ".join(d.replace(", left unchanged", "") for d in found.defects[:5]))))
+        if not found.count:
             return decision
         header = (f"count={found.count}; kinds={','.join(found.kinds)}; "
                   f"action={'redact' if found.body is not None or found.subject else 'tag'}")
