@@ -3,13 +3,17 @@
 #   make test   Debian packages + venv, then ruff and the whole test suite
 #   make lint   ruff (and mypy on the package)
 #   make bench  performance, side by side through a real Postfix (not part of test)
+#   make fuzz   long fuzzing of parse -> decide -> rewrite (FUZZ_SECONDS, default 600)
+#   make soak   20,000 messages through Postfix, kills, locks, 50 MB (not part of test)
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 RUN_DIR ?= run
 
-.PHONY: all run test lint typecheck bench system-deps venv clean
+.PHONY: all run test lint typecheck bench fuzz soak system-deps venv clean
+
+FUZZ_SECONDS ?= 600
 
 all: test
 
@@ -42,6 +46,12 @@ test: venv lint
 bench: venv
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(PY) tests/bench/run.py
+
+fuzz: venv
+	$(PY) tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
+
+soak: venv
+	$(PY) tests/soak/run.py --scenario all
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) build *.egg-info .pytest_cache .ruff_cache .mypy_cache

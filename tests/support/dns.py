@@ -37,8 +37,8 @@ import dns.message
 import dns.query
 import dns.resolver
 
-from .milterproc import pid_alive
 from .net import LOOPBACK, WaitTimeout, free_port, tcp_listening, wait_until
+from .procs import LogFile, kill_orphans
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 READY_NAME = "_ready.helpdesk-dns.test"
@@ -69,12 +69,14 @@ def _udp_port_free(port: int) -> bool:
     return True
 
 
-class DnsServer:
+class DnsServer(LogFile):
     """dnsmasq serving ``records`` (name -> TXT value) on 127.0.0.1:``port``.
 
     ``workdir`` holds the generated config, the pid file and ``dnsmasq.log`` (its
     stderr: start-up messages and one ``query[TXT] NAME from 127.0.0.1`` line per query).
     """
+
+    log_label = "dnsmasq"
 
     def __init__(self, workdir: str | Path | None = None, *,
                  records: dict[str, str] | None = None, port: int | None = None) -> None:
@@ -198,24 +200,6 @@ class DnsServer:
         return sum(1 for t, n in self.queries(since) if t == qtype
                    and (want is None or n == want))
 
-    def log_offset(self) -> int:
-        """The current size of the log, to pass as ``since`` later."""
-        try:
-            return self.log_path.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def log_text(self, since: int = 0) -> str:
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(since)
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
     # --- internals ------------------------------------------------------------
 
     def _pick_port(self) -> int:
@@ -295,30 +279,7 @@ def _check_record(name: str, value: str) -> None:
 def sweep_stale_servers() -> int:
     """SIGKILL the dnsmasq processes started by test processes that no longer exist;
     returns how many were killed."""
-    killed = 0
-    for owner_file in OWNERS_DIR.glob("*.json"):
-        try:
-            info = json.loads(owner_file.read_text())
-            pid, owner, argv = int(info["pid"]), int(info["owner_pid"]), info["argv"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if owner == os.getpid() or pid_alive(owner):
-            continue
-        if _cmdline(pid) == argv:          # not a recycled pid
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-        with contextlib.suppress(OSError):
-            owner_file.unlink()
-    return killed
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1]]
+    return kill_orphans(OWNERS_DIR.glob("*.json"))
 
 
 @contextlib.contextmanager

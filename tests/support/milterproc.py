@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from .net import WaitTimeout, unix_accepts, wait_until
+from .procs import LogFile, kill_orphans
 
 NOOP_MILTER = Path(__file__).with_name("noop_milter.py")
 OWNER_SUFFIX = ".owner.json"     # next to each socket: who started the milter
@@ -49,7 +50,7 @@ class MilterStartError(RuntimeError):
     """The milter did not come up; the message carries the tail of its log."""
 
 
-class MilterProcess:
+class MilterProcess(LogFile):
     """A milter subprocess listening on the unix socket ``socket_path``.
 
     ``argv`` is the full command. Prefer the constructors :meth:`helpdesk` and
@@ -65,6 +66,7 @@ class MilterProcess:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.cwd = str(cwd) if cwd else None
         self.name = name
+        self.log_label = name
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -221,36 +223,6 @@ class MilterProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # --- log ------------------------------------------------------------------
-
-    def log_text(self, since: int = 0) -> str:
-        """Everything the process wrote to stdout/stderr (all runs), from byte ``since``."""
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(since)
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_offset(self) -> int:
-        """The current size of the log, to pass as ``since`` later."""
-        try:
-            return self.log_path.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def wait_log(self, pattern: str, *, timeout: float = 10.0, since: int = 0) -> re.Match[str]:
-        """Wait until the log (after byte ``since``) matches the regex ``pattern``."""
-        rx = re.compile(pattern)
-        try:
-            return wait_until(lambda: rx.search(self.log_text(since)), timeout,
-                              f"{self.name} log line /{pattern}/")
-        except WaitTimeout as exc:
-            raise WaitTimeout(f"{exc}\n--- {self.log_path} (tail) ---\n"
-                              f"{self.log_tail()}") from None
 
 
 def _poke(path: Path) -> None:
@@ -263,22 +235,7 @@ def _poke(path: Path) -> None:
 def kill_stale_milters(directory: Path) -> int:
     """SIGKILL the milters started from ``directory`` (their owner files) by a test
     process that no longer exists; returns how many were killed."""
-    killed = 0
-    for owner_file in directory.glob(f"*{OWNER_SUFFIX}"):
-        try:
-            info = json.loads(owner_file.read_text())
-            pid, owner, argv = int(info["pid"]), int(info["owner_pid"]), info["argv"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if owner == os.getpid() or pid_alive(owner):
-            continue
-        if _cmdline(pid) == argv:          # not a recycled pid
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-        with contextlib.suppress(OSError):
-            owner_file.unlink()
-    return killed
+    return kill_orphans(directory.glob(f"*{OWNER_SUFFIX}"))
 
 
 def sweep_stale_milters() -> None:
@@ -290,24 +247,6 @@ def sweep_stale_milters() -> None:
         kill_stale_milters(directory)
         if not any(directory.glob(f"*{OWNER_SUFFIX}")):
             shutil.rmtree(directory, ignore_errors=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie (a SIGKILLed test process can stay a
-    zombie for a while, and must count as dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _cmdline(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")[:-1]]
 
 
 @atexit.register

@@ -44,8 +44,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .milterproc import kill_stale_milters, pid_alive
+from .milterproc import kill_stale_milters
 from .net import LOOPBACK, WaitTimeout, free_port, port_is_free, tcp_listening, wait_until
+from .procs import LogFile, pid_alive
 from .sink import Deliveries, Sink
 
 RUN_PREFIX = "hdm-postfix-"
@@ -130,7 +131,7 @@ def check_requirements() -> Path:
     return binary
 
 
-class PostfixLab:
+class PostfixLab(LogFile):
     """A private Postfix instance relaying to 127.0.0.1:``relay_port``.
 
     Construct, then :meth:`start` (or use ``with``). ``milter`` and ``default_action``
@@ -138,6 +139,8 @@ class PostfixLab:
     them on the running instance and returns only once new SMTP sessions use them.
     ``main_cf`` adds or overrides main.cf parameters.
     """
+
+    log_label = "Postfix"
 
     def __init__(self, relay_port: int, *, run_dir: str | Path | None = None,
                  smtp_port: int | None = None, milter: str = "",
@@ -435,36 +438,6 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             left = [p for p in old if _alive(p)]
             raise PostfixLabError(f"{exc}: pids {left} still alive (an SMTP session "
                                   "left open?)") from None
-
-    # --- log ------------------------------------------------------------------
-
-    def log_text(self, since: int = 0) -> str:
-        """The Postfix log (``maillog_file``) from byte offset ``since``."""
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(since)
-                return f.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_offset(self) -> int:
-        """The current size of the log, to pass as ``since`` later."""
-        try:
-            return self.log_path.stat().st_size
-        except FileNotFoundError:
-            return 0
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def wait_log(self, pattern: str, *, timeout: float = 10.0, since: int = 0) -> re.Match[str]:
-        """Wait until a log line (after byte ``since``) matches the regex ``pattern``."""
-        rx = re.compile(pattern)
-        try:
-            return wait_until(lambda: rx.search(self.log_text(since)), timeout,
-                              f"Postfix log line /{pattern}/")
-        except WaitTimeout as exc:
-            raise WaitTimeout(f"{exc}\n--- postfix log (tail) ---\n{self.log_tail()}") from None
 
     # --- queue ----------------------------------------------------------------
 
