@@ -48,6 +48,8 @@ bench: venv
 	$(PY) tests/bench/run.py
 
 fuzz: venv
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,fuzz]' || \
+	    echo "atheris unavailable: fuzzing with hypothesis"
 	$(PY) tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 soak: venv

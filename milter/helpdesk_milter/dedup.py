@@ -53,7 +53,7 @@ from typing import Any
 
 import sqlite_utils
 
-from .message import ParsedMessage, header_text, html_to_text
+from .message import ParsedMessage, header_text, html_to_text, undo_surrogates
 from .text import own_text, strip_subject_prefixes
 
 # --- tuning -----------------------------------------------------------------------
@@ -607,7 +607,9 @@ _ID = re.compile(r"<[^<>\s]{1,500}>")
 
 
 def _clean_id(value: str) -> str:
-    found = _ID.search(value or "")
+    # raw 8-bit bytes arrive as surrogates: make them text (a Message-ID is stored)
+    value = undo_surrogates(value or "")
+    found = _ID.search(value)
     if found:
         return found.group(0)
     value = (value or "").strip()

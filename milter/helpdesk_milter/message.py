@@ -92,7 +92,7 @@ def decode_words(value: str) -> str:
     return text.replace("\r", "").replace("\n", " ")
 
 
-def _undo_surrogates(value: str) -> str:
+def undo_surrogates(value: str) -> str:
     """Raw 8-bit header bytes (kept as surrogates by the parser) as text: UTF-8 when
     valid, else Windows-1252, what undeclared 8-bit headers nearly always are."""
     try:
@@ -112,7 +112,7 @@ def header_text(msg: Message, name: str) -> str:
     try:
         for field, value in msg.raw_items():
             if field.lower() == key:
-                return decode_words(_undo_surrogates(str(value)))
+                return decode_words(undo_surrogates(str(value)))
     except Exception:
         pass
     return ""
@@ -176,13 +176,32 @@ class _HTMLText(HTMLParser):
         self.out.append(data)
 
 
+def _defuse(markup: str) -> str:
+    """``markup`` with the tag openers that can never complete turned into text.
+
+    Why: the standard library's HTMLParser (CPython 3.11) rescans to the end of the
+    input for every ``<`` after which no ``>`` follows: ``"<a" * 150_000`` (300 KB, a
+    plausible mail part) took 105 s of CPU while holding the GIL, so every milter
+    session stalled behind one message.  No tag, comment or declaration can end
+    after the last ``>``; escaping the ``<`` there changes nothing in the text (the
+    parser would emit them as data) and makes the parse linear.
+    """
+    last_gt = markup.rfind(">")
+    tail = markup[last_gt + 1:]
+    if "<" in tail:
+        return markup[:last_gt + 1] + tail.replace("<", "&lt;")
+    return markup
+
+
 def html_to_text(markup: str) -> str:
     parser = _HTMLText()
     try:
-        parser.feed(markup)
+        parser.feed(_defuse(markup))
         parser.close()
     except Exception:
-        return html.unescape(re.sub(r"<[^>]*>", " ", markup))
+        # <[^<>]*> rather than <[^>]*>: the latter rescans to the end for each "<"
+        # of an input with no ">" (quadratic, like the parser itself).
+        return html.unescape(re.sub(r"<[^<>]*>", " ", markup))
     text = "".join(parser.out)
     return re.sub(r"\n\s*\n\s*\n+", "\n\n", text)
 
@@ -213,6 +232,7 @@ def iter_parts(msg: Message, *, max_depth: int = 50) -> Iterator[Message]:
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+_BARE_CR = re.compile(rb"\r(?!\n)")
 _RFC822 = re.compile(rb"(?i)message/(?:rfc822|global)")
 
 
@@ -238,9 +258,19 @@ class ParsedMessage:
         self.raw = raw
         self.defects: list[str] = []
         end = _HEADER_END.search(raw)
+        stop = end.start() if end else len(raw)
+        # The standard library ends a line at a bare CR; a milter's MTA does not
+        # (Postfix turns it into a space; others pass it on in the field).  Parsed
+        # as is, "X-A: a\rb" would end the header block early and hide every later
+        # field from the decision: forged X-Helpdesk-* and Authentication-Results
+        # would then be kept, Auto-Submitted and List-Id ignored.  Parse the fields
+        # as the MTA sees them; ``raw`` itself is left exactly as it came.
+        self._view = raw
+        if _BARE_CR.search(raw, 0, stop):
+            self._view = _BARE_CR.sub(b" ", raw[:stop]) + raw[stop:]
         try:
             self.head: Message = BytesHeaderParser(policy=policy.compat32).parsebytes(
-                raw[:end.start()] + b"\r\n" if end else raw)
+                self._view[:stop] + b"\r\n" if end else self._view)
         except Exception as exc:  # the parser is lenient; this is the last resort
             self.defects.append(f"unparseable headers: {type(exc).__name__}")
             self.head = Message()
@@ -249,7 +279,7 @@ class ParsedMessage:
     def msg(self) -> Message:
         """The whole message as a compat32 ``Message`` tree (parsed on first use)."""
         try:
-            return BytesParser(policy=policy.compat32).parsebytes(self.raw)
+            return BytesParser(policy=policy.compat32).parsebytes(self._view)
         except Exception as exc:  # the parser is lenient; this is the last resort
             self.defects.append(f"unparseable: {type(exc).__name__}")
             return Message()

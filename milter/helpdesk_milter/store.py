@@ -199,7 +199,11 @@ class SQLiteStore:
         self.similarity = similarity
         self.clock = clock
         self.readonly = readonly
-        self._local = threading.local()
+        # One reader connection, used only under the lock: libmilter runs a
+        # session's callbacks on any of its worker threads, so per-thread
+        # connections would both multiply and trip sqlite3's same-thread check.
+        self._read_db: sqlite_utils.Database | None = None
+        self._read_ino: tuple[int, int] | None = None
         self._lock = threading.Lock()
         self._recent = _RecentIndex(self.RECENT)
         # guidance queued by this process and maybe not on disk yet (rate limits)
@@ -235,7 +239,7 @@ class SQLiteStore:
                 except Exception as exc:
                     log.error("state database %s: duplicate lookup failed: %s", self.path,
                               _describe(exc))
-                    self._local.db = None
+                    self._drop_reader()
                     found = None
                 if found is not None and (match is None or found.assistance_has_it):
                     match = found
@@ -295,7 +299,7 @@ class SQLiteStore:
             # rate-limited per sender, just not across a restart.
             log.error("state database %s: guidance lookup failed: %s", self.path,
                       _describe(exc))
-            self._local.db = None
+            self._drop_reader()
         if last is not None and last > now - every:
             return "rate-limited"
         if recent_hour >= per_hour:
@@ -303,14 +307,26 @@ class SQLiteStore:
         return None
 
     def _reader(self) -> sqlite_utils.Database:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            if not Path(self.path).exists():
-                raise FileNotFoundError(f"{self.path} does not exist")
-            db = open_database(self.path, readonly=True)
-            db.conn.execute("PRAGMA query_only = 1")
-            self._local.db = db
-        return db
+        """The shared read connection (caller holds the lock), reopened when the
+        file was deleted or replaced under us."""
+        ino = _file_id(self.path)
+        if ino is None:
+            self._drop_reader()
+            raise FileNotFoundError(f"{self.path} does not exist (yet)")
+        if self._read_db is None or ino != self._read_ino:
+            self._drop_reader()
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA query_only = 1")
+            self._read_db = sqlite_utils.Database(conn, execute_plugins=False)
+            self._read_ino = ino
+        return self._read_db
+
+    def _drop_reader(self) -> None:
+        if self._read_db is not None:
+            with contextlib.suppress(Exception):
+                self._read_db.close()
+        self._read_db, self._read_ino = None, None
 
     def record(self, rec: DecisionRecord) -> None:
         if not self.readonly:
@@ -342,6 +358,7 @@ class SQLiteStore:
 
     def _write_loop(self) -> None:
         db: sqlite_utils.Database | None = None
+        db_id: tuple[int, int] | None = None
         last_expiry = 0.0
         while True:
             first = self._queue.get()
@@ -360,15 +377,25 @@ class SQLiteStore:
                     break
                 batch.append(item)
             try:
+                if db is not None and _file_id(self.path) != db_id:
+                    # deleted or replaced while we ran: start a new file rather than
+                    # write on into an unlinked one
+                    log.error("state database %s disappeared or was replaced; "
+                              "creating it again", self.path)
+                    with contextlib.suppress(Exception):
+                        db.close()
+                    db = None
                 if db is None:
+                    migrate(self.path)
                     db = open_database(self.path)
-                self._insert(db, batch)
+                    db_id = _file_id(self.path)
+                self._insert_or_salvage(db, batch)
                 if time.monotonic() - last_expiry > self.EXPIRE_EVERY:
                     last_expiry = time.monotonic()
                     self._expire(db)
             except Exception as exc:
                 # The mail has already gone through; only the record is lost.
-                log.error("state database %s: cannot write %d decision(s): %s",
+                log.error("state database %s: cannot write %d row(s): %s",
                           self.path, len(batch), _describe(exc))
                 if db is not None:
                     with contextlib.suppress(Exception):
@@ -379,6 +406,25 @@ class SQLiteStore:
                     self._queue.task_done()
         if db is not None:
             db.close()
+
+    def _insert_or_salvage(self, db: sqlite_utils.Database, batch: list[Any]) -> None:
+        """Write the batch in one transaction; if a row is unwritable, write the
+        others one by one, so that one bad row costs itself only."""
+        try:
+            self._insert(db, batch)
+        except (sqlite3.OperationalError, OSError):
+            raise                  # the database itself is unwell: the caller reopens
+        except Exception as exc:
+            if len(batch) == 1:
+                raise
+            lost = 0
+            for item in batch:
+                try:
+                    self._insert(db, [item])
+                except Exception:
+                    lost += 1
+            log.error("state database %s: %d row(s) could not be written: %s", self.path,
+                      lost, _describe(exc))
 
     @staticmethod
     def _insert(db: sqlite_utils.Database, batch: Iterable[Any]) -> None:
@@ -506,6 +552,14 @@ class NullStore:
 
     def close(self) -> None:
         pass
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _describe(exc: BaseException) -> str:
