@@ -191,3 +191,20 @@ def test_relay_down_then_back(lab, sink, milters, dns_server, dkim_key, tmp_path
         assert list(relay.deliveries[0].rcpt_tos) == [CLIENT]
         milter.wait_log(r"outbox: guidance #1 sent")
         assert database_rows(milter, "select status from outbox") == [("sent",)]
+
+
+def test_followup_guidance_says_reply_to_the_ticket_mail(lab, sink, milters, dns_server,
+                                                        dkim_key):
+    milters.helpdesk(sections(dns_server, f"127.0.0.1:{lab.smtp_port}"))
+    raw = signed(dkim_key, dns_server, "g6", from_addr=f"Jean Dupont <{CLIENT}>",
+                 to="bob@example.org", subject="RE: [example #4521] Webmail inaccessible",
+                 body="Bonjour,\r\n\r\nLe problème est revenu ce matin à 9 h, voici la "
+                      "capture de l'erreur.\r\n\r\nJean\r\n",
+                 message_id="<guide-followup@mairie-exemple.fr>")
+    got = lab.deliver(sink, raw, CLIENT, ["bob@example.org"])
+    assert got.rcpt_tos == sorted(["bob@example.org", ASSIST])
+    [mail] = guidance_for(sink, CLIENT)
+    m = BytesParser(policy=policy.default).parsebytes(mail.raw)
+    assert m["Subject"] == "Auto: RE: [example #4521] Webmail inaccessible"
+    text = m.get_body(("plain",)).get_content()
+    assert "[example #4521]" in text and ASSIST in text
