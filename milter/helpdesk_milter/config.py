@@ -624,27 +624,26 @@ def parse_config(text: str, *, source: str = "<string>",
         if len(problems.items) == problems_before:
             clients.setdefault(name.lower().strip(), structure)
     base = base_dir or Path(".")
+
+    def beside_config(value: str | None) -> str:
+        """A path from the config: relative ones are relative to the config file."""
+        return str(base / value) if value and not Path(value).is_absolute() else value or ""
+
     client_files: list[str] = []
     for csv_path in directory.get("csv") or ():
-        full = Path(csv_path) if Path(csv_path).is_absolute() else base / csv_path
+        full = Path(beside_config(csv_path))
         client_files.append(str(full))
         for key, structure in _read_clients_csv(full, problems):
             clients.setdefault(key, structure)
 
-    rules_file = classifier.get("rules_file") or ""
-    if rules_file and not Path(rules_file).is_absolute():
-        rules_file = str(base / rules_file)
+    rules_file = beside_config(classifier.get("rules_file"))
     if rules_file and not Path(rules_file).is_file():
         problems.add("classifier.rules_file", f"{rules_file}: no such file")
 
-    templates_dir = autoreply.get("templates_dir") or ""
-    if templates_dir and not Path(templates_dir).is_absolute():
-        templates_dir = str(base / templates_dir)
+    templates_dir = beside_config(autoreply.get("templates_dir"))
     if templates_dir and not Path(templates_dir).is_dir():
         problems.add("autoreply.templates_dir", f"{templates_dir}: no such directory")
-    arc_key = arc.get("private_key") or ""
-    if arc_key and not Path(arc_key).is_absolute():
-        arc_key = str(base / arc_key)
+    arc_key = beside_config(arc.get("private_key"))
     if arc.get("enabled"):
         for name in ("domain", "selector", "private_key"):
             if not arc.get(name):
