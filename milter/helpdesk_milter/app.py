@@ -76,7 +76,6 @@ class HelpdeskMilter(Milter.Base):
         self.auth_user: str | None = None
         self.rcpts: list[str] = []
         self.headers: list[tuple[str, bytes]] = []
-        self.header_bytes_seen = 0
         self.body_size = 0
         self.too_large = False
         self.failed: BaseException | None = None
@@ -184,8 +183,16 @@ class HelpdeskMilter(Milter.Base):
                            client_addr=self.getsymval("{client_addr}"))
             outcome = self.engine.process(env, self.headers, body,
                                           size=self.body_size, too_large=self.too_large,
-                                          leading_space=self._leading_space)
-            self._apply(outcome.decision)
+                                          leading_space=self._leading_space, defer=True)
+            try:
+                self._apply(outcome.decision)
+            except BaseException:
+                # Not applied: the message is temp-failed or passed unchanged, so
+                # its retry must not find this decision's fingerprint as "the
+                # earlier copy", nor a guidance mail queued for it.
+                self.engine.abort(outcome)
+                raise
+            self.engine.commit(outcome)
             return Milter.ACCEPT
         except Exception as exc:
             self._fail(exc, "eom")

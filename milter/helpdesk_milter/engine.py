@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.policy import SMTP as SMTP_POLICY
 
 from .auth import (
     ArcError,
     ArcSealer,
+    DkimResult,
     DnsFunc,
     authentication_results,
     make_dnsfunc,
@@ -24,12 +25,13 @@ from .auth import (
     verify_dkim,
 )
 from .config import Config
+from .dedup import Fingerprint, Match
 from .directory import domain_of, in_domains
 from .guidance import build_message, compose, detect_language
 from .message import Envelope, ParsedMessage, build_raw, decode_words, strip_brackets
 from .policy import Decision, Policy
 from .stages import stage
-from .store import DecisionRecord, GuidanceEvent, NullStore, OutboxRow, Store
+from .store import DecisionRecord, GuidanceEvent, NullStore, OutboxRow, Pending, Plan, Store
 
 log = logging.getLogger("helpdesk_milter")
 
@@ -38,6 +40,19 @@ log = logging.getLogger("helpdesk_milter")
 class Outcome:
     decision: Decision
     message: ParsedMessage
+    # the state this message leaves, until the milter says it went through
+    pending: Pending = field(default_factory=Pending, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    """The store as the policy sees it for one message: writes held in ``pending``."""
+
+    store: Store
+    pending: Pending
+
+    def check_and_remember(self, fp: Fingerprint, plan: Plan) -> Match | None:
+        return self.store.check_and_remember(fp, plan, pending=self.pending)
 
 
 class Engine:
@@ -61,28 +76,54 @@ class Engine:
 
     def process(self, env: Envelope, headers: Sequence[tuple[str, bytes | str]], body: bytes,
                 *, size: int | None = None, too_large: bool = False,
-                leading_space: bool = False) -> Outcome:
+                leading_space: bool = False, defer: bool = False) -> Outcome:
         """Decide on one message given as milter header fields and body bytes."""
         raw = build_raw(headers, body, leading_space=leading_space)
-        return self.process_raw(env, raw, size=size, too_large=too_large)
+        return self.process_raw(env, raw, size=size, too_large=too_large, defer=defer)
 
     def process_raw(self, env: Envelope, raw: bytes, *, size: int | None = None,
-                    too_large: bool = False) -> Outcome:
-        with stage("parse"):
-            msg = ParsedMessage(raw)
-            # parse lazily-computed fields here, so "parse" holds all parsing
-            _ = msg.subject, msg.from_addr
-        decision = self.policy.decide(env, msg, too_large=too_large, state=self.store)
-        if decision.changes_content:
-            decision = self._authenticate(msg, decision)
-        if decision.guidance_cases:
-            decision = self._guidance(env, msg, decision)
-        size = len(raw) if size is None else size
-        self._log(env, msg, decision, size)
-        if decision.recorded:
-            with stage("store"):
-                self.store.record(self._record(env, msg, decision, size))
-        return Outcome(decision, msg)
+                    too_large: bool = False, defer: bool = False) -> Outcome:
+        """Decide; with ``defer``, what the message leaves in the state (fingerprint,
+        guidance mail, decision row) waits for ``commit`` or ``abort``."""
+        pending = Pending()
+        try:
+            with stage("parse"):
+                msg = ParsedMessage(raw)
+                # parse lazily-computed fields here, so "parse" holds all parsing
+                _ = msg.subject, msg.from_addr
+            decision = self.policy.decide(env, msg, too_large=too_large,
+                                          state=_Deferred(self.store, pending))
+            if decision.changes_content:
+                decision = self._authenticate(msg, decision)
+            if decision.guidance_cases:
+                decision = self._guidance(env, msg, decision, pending)
+            size = len(raw) if size is None else size
+            self._log(env, msg, decision, size)
+            if decision.recorded:
+                with stage("store"):
+                    self.store.record(self._record(env, msg, decision, size),
+                                      pending=pending)
+        except BaseException:
+            self.store.abort(pending)
+            raise
+        outcome = Outcome(decision, msg, pending)
+        if not defer:
+            self.commit(outcome)
+        return outcome
+
+    def commit(self, outcome: Outcome) -> None:
+        """The message went through as decided: keep its state."""
+        self.store.commit(outcome.pending)
+
+    def abort(self, outcome: Outcome) -> None:
+        """The decision was not applied: forget it, so a retry starts afresh."""
+        self.store.abort(outcome.pending)
+
+    def _verify_dkim(self, msg: ParsedMessage) -> tuple[DkimResult, ...]:
+        with stage("dkim"):
+            return verify_dkim(msg.raw, self.dnsfunc,
+                               from_domain=domain_of(msg.from_addr) or None,
+                               timeout=self.config.dns.timeout)
 
     def _authenticate(self, msg: ParsedMessage, decision: Decision) -> Decision:
         """Record the original's DKIM result before we change it, and ARC-seal the change.
@@ -91,10 +132,8 @@ class Engine:
         the message as it will be delivered (our header changes and new body).
         """
         authserv_id = self.config.milter.authserv_id
+        results = self._verify_dkim(msg)
         with stage("dkim"):
-            results = verify_dkim(msg.raw, self.dnsfunc,
-                                  from_domain=domain_of(msg.from_addr) or None,
-                                  timeout=self.config.dns.timeout)
             arc = verify_arc(msg.raw, self.dnsfunc, timeout=self.config.dns.timeout) \
                 if self.sealer else None
         ar = authentication_results(authserv_id, results, arc=arc)
@@ -112,7 +151,8 @@ class Engine:
                 return decision
         return replace(decision, prepend_headers=(*seal, *prepend))
 
-    def _guidance(self, env: Envelope, msg: ParsedMessage, d: Decision) -> Decision:
+    def _guidance(self, env: Envelope, msg: ParsedMessage, d: Decision,
+                  pending: Pending) -> Decision:
         """Queue one guidance mail to the sender, unless a rule, a limit or trust says no.
 
         Checked cheapest first: the policy's message rules, then the rate limits
@@ -128,11 +168,7 @@ class Engine:
                 and (env.client_addr or "") not in settings.trusted_relays:
             trusted = d.dkim_trusted
             if trusted is None:
-                with stage("dkim"):
-                    results = verify_dkim(msg.raw, self.dnsfunc,
-                                          from_domain=domain_of(msg.from_addr) or None,
-                                          timeout=self.config.dns.timeout)
-                trusted = any(r.trusted for r in results)
+                trusted = any(r.trusted for r in self._verify_dkim(msg))
             # DKIM vouches for From; the guidance goes to the envelope sender, which
             # must then be in the same domain.
             sender_domain, from_domain = domain_of(to_addr), domain_of(msg.from_addr)
@@ -144,7 +180,7 @@ class Engine:
         if reason is not None:
             self.store.record_guidance_event(GuidanceEvent(
                 time=self.clock(), to_addr=to_addr.lower(), queue_id=env.queue_id or "",
-                outcome="suppressed", reason=reason))
+                outcome="suppressed", reason=reason), pending=pending)
             return replace(d, guidance=f"suppressed:{reason}")
 
         def build() -> OutboxRow:
@@ -152,7 +188,7 @@ class Engine:
 
         outcome = self.store.queue_guidance(to_addr, build, every=settings.every,
                                             per_hour=settings.max_per_hour,
-                                            queue_id=env.queue_id or "")
+                                            queue_id=env.queue_id or "", pending=pending)
         return replace(d, guidance=outcome if outcome == "queued" else f"suppressed:{outcome}")
 
     def _compose(self, env: Envelope, msg: ParsedMessage, d: Decision,
@@ -263,16 +299,16 @@ def rewrite_raw(raw: bytes, decision: Decision) -> bytes:
     counts: dict[str, int] = {}
     kept: list[bytes] = [_field(name, value, newline) for name, value in
                          decision.prepend_headers]
-    for field in fields:
-        name = field[0].split(b":", 1)[0].decode("ascii", "replace").strip().lower()
+    for lines in fields:
+        name = lines[0].split(b":", 1)[0].decode("ascii", "replace").strip().lower()
         counts[name] = counts.get(name, 0) + 1
         if (name, counts[name]) in drop:
             continue
         if (name, counts[name]) in change:
-            original = field[0].split(b":", 1)[0].decode("ascii", "replace")
+            original = lines[0].split(b":", 1)[0].decode("ascii", "replace")
             kept.append(_field(original, change[(name, counts[name])], newline))
             continue
-        kept.append(newline.join(field))
+        kept.append(newline.join(lines))
     for name, value in decision.add_headers:
         kept.append(_field(name, value, newline))
     new_body = decision.new_body if decision.new_body is not None else body

@@ -33,7 +33,7 @@ from .message import Envelope, ParsedMessage, strip_brackets
 from .redact import Redaction, redact_message
 from .secrets import SecretScanner
 from .stages import stage
-from .store import Remember, Store
+from .store import DedupState, Remember
 
 HEADER_PREFIX = "x-helpdesk-"
 
@@ -203,7 +203,7 @@ class Policy:
     # --- the decision ---------------------------------------------------------
 
     def decide(self, env: Envelope, msg: ParsedMessage, *, too_large: bool = False,
-               state: Store | None = None) -> Decision:
+               state: DedupState | None = None) -> Decision:
         """Route the message, then redact its secrets (every message, watched or not).
 
         ``state`` gives duplicate detection across transactions: the earlier
@@ -301,7 +301,7 @@ class Policy:
         return None
 
     def _route(self, env: Envelope, msg: ParsedMessage, *, too_large: bool,
-               state: Store | None) -> Decision:
+               state: DedupState | None) -> Decision:
         strip = incoming_helpdesk_headers(msg.header_fields(), self.config.milter.authserv_id)
 
         rcpts = [strip_brackets(r) for r in env.rcpts]

@@ -143,13 +143,41 @@ class Remember:
 Plan = Callable[[dedup.Match | None], Remember | None]
 
 
-class Store(Protocol):
-    def record(self, rec: DecisionRecord) -> None: ...
+class Pending:
+    """What one message will leave in the state, held until Postfix has it.
+
+    The engine decides before the milter has applied its actions; if applying
+    them fails, the message is temp-failed (or passed unchanged) and its retry
+    must not find itself as "the earlier copy" nor a guidance mail queued for
+    a message that never went through.  So rows wait here for ``commit``, and
+    ``abort`` takes back what the in-memory indexes already hold.
+    """
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.undo: list[Callable[[], None]] = []
+
+
+class DedupState(Protocol):
+    """What the policy needs of the state: one atomic check-and-remember."""
+
     def check_and_remember(self, fp: dedup.Fingerprint, plan: Plan) -> dedup.Match | None: ...
+
+
+class Store(Protocol):
+    """Every write takes an optional ``pending``: held there until ``commit``."""
+
+    def record(self, rec: DecisionRecord, *, pending: Pending | None = None) -> None: ...
+    def check_and_remember(self, fp: dedup.Fingerprint, plan: Plan, *,
+                           pending: Pending | None = None) -> dedup.Match | None: ...
     def guidance_allowed(self, to_addr: str, *, every: float, per_hour: int) -> str | None: ...
     def queue_guidance(self, to_addr: str, build: Callable[[], OutboxRow], *, every: float,
-                       per_hour: int, queue_id: str = "") -> str: ...
-    def record_guidance_event(self, event: GuidanceEvent) -> None: ...
+                       per_hour: int, queue_id: str = "",
+                       pending: Pending | None = None) -> str: ...
+    def record_guidance_event(self, event: GuidanceEvent, *,
+                              pending: Pending | None = None) -> None: ...
+    def commit(self, pending: Pending) -> None: ...
+    def abort(self, pending: Pending) -> None: ...
     def flush(self, timeout: float = 5.0) -> None: ...
     def close(self) -> None: ...
 
@@ -180,10 +208,10 @@ def migrate(path: str | Path) -> None:
 class SQLiteStore:
     """The default Store: a writer thread that commits queued rows in batches.
 
-    Duplicate lookups read the file through one connection per thread, and a
-    small in-memory index of the last minutes (same schema, same code) closes
-    the gap between a decision and its row reaching the disk: two copies of one
-    request arriving in parallel transactions must see each other.
+    Duplicate lookups read the file through one shared read connection, and a
+    small in-memory index of the last minutes closes the gap between a decision
+    and its row reaching the disk: two copies of one request arriving in
+    parallel transactions must see each other.
     """
 
     BATCH = 200
@@ -220,7 +248,8 @@ class SQLiteStore:
 
     # --- duplicates -----------------------------------------------------------------
 
-    def check_and_remember(self, fp: dedup.Fingerprint, plan: Plan) -> dedup.Match | None:
+    def check_and_remember(self, fp: dedup.Fingerprint, plan: Plan, *,
+                           pending: Pending | None = None) -> dedup.Match | None:
         """Find the earlier copy of ``fp``, let ``plan`` decide, remember the result.
 
         Atomic across threads: the lock spans the lookup, the plan and the
@@ -245,8 +274,10 @@ class SQLiteStore:
                     match = found
             remember = plan(match)
             if remember is not None and not self.readonly:
-                self._recent.add(fp, remember, now)
-                self._enqueue(("fingerprint", fp, remember, now))
+                entry = self._recent.add(fp, remember, now)
+                self._emit(("fingerprint", fp, remember, now), pending)
+                if pending is not None:
+                    pending.undo.append(lambda: self._recent.remove(entry))
         return match
 
     # --- guidance mail ----------------------------------------------------------------
@@ -258,7 +289,8 @@ class SQLiteStore:
             return self._guidance_block(to_addr.lower(), self.clock(), every, per_hour)
 
     def queue_guidance(self, to_addr: str, build: Callable[[], OutboxRow], *, every: float,
-                       per_hour: int, queue_id: str = "") -> str:
+                       per_hour: int, queue_id: str = "",
+                       pending: Pending | None = None) -> str:
         """Queue one guidance mail unless a rate limit says no; returns "queued" or the
         reason.  The check and the queueing are atomic, so two messages from one
         sender at the same moment produce one mail.  The row reaches the outbox
@@ -269,17 +301,52 @@ class SQLiteStore:
             reason = self._guidance_block(key, now, every, per_hour)
             if reason is None:
                 row = build()
+                previous = self._guided.get(key)
                 self._guided[key] = now
                 self._guided_times.append(now)
-                self._enqueue(row)
-        self._enqueue(GuidanceEvent(time=now, to_addr=key, queue_id=queue_id,
-                                    outcome="queued" if reason is None else "suppressed",
-                                    reason=reason or ""))
+                self._emit(row, pending)
+                if pending is not None:
+                    pending.undo.append(lambda: self._unguide(key, now, previous))
+        self._emit(GuidanceEvent(time=now, to_addr=key, queue_id=queue_id,
+                                 outcome="queued" if reason is None else "suppressed",
+                                 reason=reason or ""), pending)
         return reason or "queued"
 
-    def record_guidance_event(self, event: GuidanceEvent) -> None:
-        if not self.readonly:
-            self._enqueue(event)
+    def _unguide(self, key: str, when: float, previous: float | None) -> None:
+        if self._guided.get(key) == when:
+            if previous is None:
+                del self._guided[key]
+            else:
+                self._guided[key] = previous
+        with contextlib.suppress(ValueError):
+            self._guided_times.remove(when)
+
+    def record_guidance_event(self, event: GuidanceEvent, *,
+                              pending: Pending | None = None) -> None:
+        self._emit(event, pending)
+
+    # --- deferred writes --------------------------------------------------------------
+
+    def commit(self, pending: Pending) -> None:
+        """The message went through: write what it left."""
+        for item in pending.items:
+            self._enqueue(item)
+        pending.items.clear()
+        pending.undo.clear()
+
+    def abort(self, pending: Pending) -> None:
+        """The message did not go through: forget what it left in memory."""
+        with self._lock:
+            for undo in reversed(pending.undo):
+                undo()
+        pending.items.clear()
+        pending.undo.clear()
+
+    def _emit(self, item: Any, pending: Pending | None) -> None:
+        if pending is None:
+            self._enqueue(item)
+        elif not self.readonly:
+            pending.items.append(item)
 
     def _guidance_block(self, key: str, now: float, every: float, per_hour: int) -> str | None:
         while self._guided_times and self._guided_times[0] < now - 3600:
@@ -328,9 +395,8 @@ class SQLiteStore:
                 self._read_db.close()
         self._read_db, self._read_ino = None, None
 
-    def record(self, rec: DecisionRecord) -> None:
-        if not self.readonly:
-            self._enqueue(rec)
+    def record(self, rec: DecisionRecord, *, pending: Pending | None = None) -> None:
+        self._emit(rec, pending)
 
     def _enqueue(self, item: Any) -> None:
         if self.readonly:
@@ -464,6 +530,7 @@ class _Recent:
     message_id: str
     scope: str
     remember: Remember
+    keys: tuple[tuple[str, str], ...] = ()
 
 
 class _RecentIndex:
@@ -490,9 +557,10 @@ class _RecentIndex:
             keys.append(("text", f"{fp.scope}\0{fp.text_hash}"))
         return tuple(keys)
 
-    def add(self, fp: dedup.Fingerprint, remember: Remember, now: float) -> None:
+    def add(self, fp: dedup.Fingerprint, remember: Remember, now: float) -> _Recent:
         keys = self._keys(fp)
-        entry = _Recent(time=now, message_id=fp.message_id, scope=fp.scope, remember=remember)
+        entry = _Recent(time=now, message_id=fp.message_id, scope=fp.scope, remember=remember,
+                        keys=keys)
         for key in keys:
             current = self.by_key.get(key)
             # keep the copy that reached assistance: that is what later copies need
@@ -504,6 +572,13 @@ class _RecentIndex:
             for key in old:
                 if key in self.by_key and self.by_key[key].time <= then:
                     del self.by_key[key]
+        return entry
+
+    def remove(self, entry: _Recent) -> None:
+        """Take back ``entry`` (its message was not accepted after all)."""
+        for key in entry.keys:
+            if self.by_key.get(key) is entry:
+                del self.by_key[key]
 
     def find(self, fp: dedup.Fingerprint, *, now: float, window: float) -> dedup.Match | None:
         best: dedup.Match | None = None
@@ -529,10 +604,11 @@ def _reached(entry: _Recent) -> bool:
 class NullStore:
     """A Store that keeps nothing (tests that need no state)."""
 
-    def record(self, rec: DecisionRecord) -> None:
+    def record(self, rec: DecisionRecord, *, pending: Pending | None = None) -> None:
         pass
 
-    def check_and_remember(self, fp: dedup.Fingerprint, plan: Plan) -> dedup.Match | None:
+    def check_and_remember(self, fp: dedup.Fingerprint, plan: Plan, *,
+                           pending: Pending | None = None) -> dedup.Match | None:
         plan(None)
         return None
 
@@ -540,11 +616,19 @@ class NullStore:
         return None
 
     def queue_guidance(self, to_addr: str, build: Callable[[], OutboxRow], *, every: float,
-                       per_hour: int, queue_id: str = "") -> str:
+                       per_hour: int, queue_id: str = "",
+                       pending: Pending | None = None) -> str:
         build()
         return "queued"
 
-    def record_guidance_event(self, event: GuidanceEvent) -> None:
+    def record_guidance_event(self, event: GuidanceEvent, *,
+                              pending: Pending | None = None) -> None:
+        pass
+
+    def commit(self, pending: Pending) -> None:
+        pass
+
+    def abort(self, pending: Pending) -> None:
         pass
 
     def flush(self, timeout: float = 5.0) -> None:
