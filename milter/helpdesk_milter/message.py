@@ -291,13 +291,19 @@ class ParsedMessage:
 
     def header(self, name: str) -> str:
         """First value of a header, decoded; "" when absent."""
-        return header_text(self.head, name)
+        value = self._first.get(name.lower())
+        return "" if value is None else decode_words(undo_surrogates(value))
 
     def has_header(self, name: str) -> bool:
-        try:
-            return name in self.head
-        except Exception:
-            return False
+        return name.lower() in self._first
+
+    @cached_property
+    def _first(self) -> dict[str, str]:
+        """Lower-cased name -> raw value of its first occurrence (looked up often)."""
+        first: dict[str, str] = {}
+        for name, value in self.header_fields():
+            first.setdefault(name.lower(), value)
+        return first
 
     def header_fields(self) -> list[tuple[str, str]]:
         """Every (name, raw value) of the top-level header block, in order."""

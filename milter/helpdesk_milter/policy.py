@@ -152,6 +152,21 @@ def _remember(r: _Route, d: Decision) -> Remember | None:
                     routed=bool(d.add_rcpts), queue_id=r.env.queue_id or "")
 
 
+def _automatic(msg: ParsedMessage) -> str | None:
+    """Why a message is machine-sent (auto-reply, bulk, list), or None for a person.
+
+    The same rules keep such mail from being rerouted and from getting guidance.
+    """
+    auto = msg.header("Auto-Submitted").strip().lower()
+    if auto and auto.split(";")[0].strip() != "no":
+        return SKIP_AUTO
+    if msg.header("Precedence").strip().lower() in _BULK_PRECEDENCE:
+        return SKIP_BULK
+    if msg.has_header("List-Id") or msg.has_header("List-Unsubscribe"):
+        return SKIP_LIST
+    return None
+
+
 def _is_bounce(env: Envelope, msg: ParsedMessage) -> bool:
     if not strip_brackets(env.mail_from):
         return True
@@ -289,13 +304,9 @@ class Policy:
             return "internal"
         if _NO_REPLY_LOCAL.match(local):
             return "no-reply-sender"
-        auto = msg.header("Auto-Submitted").strip().lower()
-        if auto and auto.split(";")[0].strip() != "no":
-            return "auto-submitted"
-        if msg.header("Precedence").strip().lower() in _BULK_PRECEDENCE:
-            return "bulk"
-        if msg.has_header("List-Id") or msg.has_header("List-Unsubscribe"):
-            return "list"
+        automatic = _automatic(msg)
+        if automatic:
+            return automatic
         if self.config.autoreply.trust != "any" and self.directory.lookup(sender) is None:
             return "unknown-sender"
         return None
@@ -441,11 +452,4 @@ class Policy:
         if in_domains(domain_of(sender), self._internal) or (
                 msg.from_addr and in_domains(domain_of(msg.from_addr), self._internal)):
             return SKIP_INTERNAL
-        auto = msg.header("Auto-Submitted").strip().lower()
-        if auto and auto.split(";")[0].strip() != "no":
-            return SKIP_AUTO
-        if msg.header("Precedence").strip().lower() in _BULK_PRECEDENCE:
-            return SKIP_BULK
-        if msg.has_header("List-Id") or msg.has_header("List-Unsubscribe"):
-            return SKIP_LIST
-        return None
+        return _automatic(msg)

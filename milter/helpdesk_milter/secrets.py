@@ -682,30 +682,12 @@ def _line_bounds(text: str, pos: int, limit: int) -> tuple[int, int] | None:
 def _split_cells(line: str) -> tuple[str, list[tuple[int, int]]] | None:
     """Split a table line into cell spans (relative to the line), trying usual separators."""
     for sep in ("|", "\t", ";", ","):
-        if line.count(sep) >= 1:
-            spans = []
-            pos = 0
-            for piece in line.split(sep):
-                spans.append((pos, pos + len(piece)))
-                pos += len(piece) + 1
-            if sep == "|":
-                # markdown-style "| a | b |": drop the empty outer cells
-                if spans and not line[spans[0][0]:spans[0][1]].strip():
-                    spans = spans[1:]
-                if spans and not line[spans[-1][0]:spans[-1][1]].strip():
-                    spans = spans[:-1]
+        if sep in line:
+            spans = _cells_with(line, sep)
             if len(spans) >= 2:
                 return sep, spans
-    spans = []
-    pos = 0
-    for m in _TWO_SPACES.finditer(line):
-        spans.append((pos, m.start()))
-        pos = m.end()
-    spans.append((pos, len(line)))
-    spans = [s for s in spans if line[s[0]:s[1]].strip()]
-    if len(spans) >= 2:
-        return "  ", spans
-    return None
+    spans = _cells_with(line, "  ")
+    return ("  ", spans) if len(spans) >= 2 else None
 
 
 def _cells_with(line: str, sep: str) -> list[tuple[int, int]]:
@@ -723,6 +705,7 @@ def _cells_with(line: str, sep: str) -> list[tuple[int, int]]:
         spans.append((pos, pos + len(piece)))
         pos += len(piece) + 1
     if sep == "|":
+        # markdown-style "| a | b |": drop the empty outer cells
         if spans and not line[spans[0][0]:spans[0][1]].strip():
             spans = spans[1:]
         if spans and not line[spans[-1][0]:spans[-1][1]].strip():
