@@ -4,12 +4,15 @@ reuses it instead of parsing the message twice)."""
 
 from __future__ import annotations
 
+import email.utils
 import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from helpdesk_milter.message import ParsedMessage
+from helpdesk_milter.message import ParsedMessage, from_address
 from helpdesk_milter.redact import redact_message
 from helpdesk_milter.secrets import SecretScanner
 
@@ -42,3 +45,24 @@ def test_adopt_is_ignored_when_the_walk_failed():
     msg = ParsedMessage(b"Subject: x\r\n\r\nhello\r\n")
     msg.adopt_texts(None)
     assert msg.text.strip() == "hello"
+
+
+# --- the From address fast path ---------------------------------------------------------
+
+FROM_ALPHABET = 'aé Z.-_+=?@<>(),;:"\\[]\t\x01!#'
+
+
+@pytest.mark.parametrize("value", [
+    "jean@mairie.fr", " Jean Dupont <jean.dupont@mairie.fr>", '"Dupont, Jean" <j@x.fr>',
+    "=?utf-8?q?Jos=C3=A9?= <jose@x.fr>", "J. Dupont <j@x>", "jean@x.fr (Jean)", "<a@b>",
+    "a@b, c@d", "Jean <a@b> <c@d>", "undisclosed", "", "a b@c", "Jean\t<a@b>", "<>",
+    "Jean <a@b>x", "Élodie Martin <elodie@école.fr>", "a@b@c", "Jean <a@b@c>",
+])
+def test_from_address_reads_as_parseaddr_does(value):
+    assert from_address(value) == email.utils.parseaddr(value)[1]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=FROM_ALPHABET, max_size=30))
+def test_from_address_agrees_with_parseaddr_on_any_input(value):
+    assert from_address(value) == email.utils.parseaddr(value)[1]

@@ -123,6 +123,12 @@ class Fingerprint:
     idents: tuple[int, ...] = ()
     forward: bool = False
 
+    @functools.cached_property
+    def keys(self) -> tuple[list[int], list[int], list[int]]:
+        """(Message-ID keys, text keys, band keys): computed once, for the lookup
+        and again for the insert."""
+        return _compute_keys(self)
+
     @property
     def scope(self) -> str:
         """Where text matches are looked for: the structure, else the sender ("" none)."""
@@ -780,11 +786,33 @@ def _band_keys(scope: str, minhash: Sequence[int]) -> list[int]:
 
 def _keys(fp: Fingerprint) -> tuple[list[int], list[int], list[int]]:
     """(Message-ID keys, text keys, band keys) of a fingerprint."""
+    return fp.keys
+
+
+def _compute_keys(fp: Fingerprint) -> tuple[list[int], list[int], list[int]]:
     ids = [_id_key(i) for i in dict.fromkeys((fp.message_id, fp.original_id)) if i]
     scope = fp.scope
     if not scope or not fp.text_hash:
         return ids, [], []
     return ids, [_text_key(scope, fp.text_hash)], _band_keys(scope, fp.minhash)
+
+
+def band_keys(fp: Fingerprint) -> list[int]:
+    """The LSH band keys of ``fp`` (empty without a text signature): two
+    fingerprints that share one are near-duplicate candidates."""
+    return _keys(fp)[2]
+
+
+def near_score(fp: Fingerprint, earlier: Fingerprint, threshold: float) -> float | None:
+    """The :func:`similarity` of ``fp`` to ``earlier`` when it makes ``fp`` a near
+    duplicate (same scope, at or above ``threshold``, no identifier conflict),
+    else None."""
+    if not fp.scope or earlier.scope != fp.scope:
+        return None  # also a 64-bit key collision across scopes
+    score = similarity(fp, earlier)
+    if score < threshold or identifiers_conflict(fp.idents, earlier.idents):
+        return None
+    return score
 
 
 def _pack(values: Sequence[int]) -> bytes:
@@ -814,7 +842,7 @@ def insert(db: sqlite_utils.Database, fp: Fingerprint, *, time: float, side: str
     ids, texts, bands = _keys(fp)
 
     def write() -> int:
-        cursor = db.execute(
+        cursor = db.conn.execute(
             f"INSERT INTO [{FINGERPRINTS}] (time, message_id, original_id, sender, structure,"
             " side, assistance, routed, queue_id, shingles, minhash, idents)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -916,12 +944,7 @@ def _near_score(fp: Fingerprint, row: dict[str, Any], threshold: float) -> float
     earlier = Fingerprint(message_id="", text_hash="", minhash=_unpack(row["minhash"]),
                           sender=row["sender"] or "", structure=row["structure"],
                           shingles=row["shingles"] or 0, idents=_unpack(row["idents"]))
-    if earlier.scope != fp.scope:
-        return None  # a 64-bit key collision across scopes
-    score = similarity(fp, earlier)
-    if score < threshold or identifiers_conflict(fp.idents, earlier.idents):
-        return None
-    return score
+    return near_score(fp, earlier, threshold)
 
 
 def _match(row: dict[str, Any], kind: str, score: float, scope: str) -> Match:

@@ -54,6 +54,14 @@ def strip_brackets(address: str) -> str:
     return address
 
 
+def from_address(value: str) -> str:
+    """The address of a From-style field value, as ``email.utils.parseaddr`` reads it."""
+    m = _PLAIN_FROM.fullmatch(value)
+    if m is not None:
+        return m.group(1) or m.group(0).strip(" \t")
+    return email.utils.parseaddr(value)[1]
+
+
 def build_raw(headers: Iterable[tuple[str, bytes | str]], body: bytes, *,
               leading_space: bool = False) -> bytes:
     """Reassemble a message from milter header fields and body bytes.
@@ -78,6 +86,13 @@ def build_raw(headers: Iterable[tuple[str, bytes | str]], body: bytes, *,
 
 
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+# The usual shapes of a From field, ``addr@dom`` and ``Display Name <addr@dom>`` (no
+# quotes, comments, groups or lists), read without email.utils.parseaddr's tokenizer;
+# anything else goes to parseaddr.  Both give the same address (tested).
+_PLAIN_FROM = re.compile(
+    r"[ \t]*(?:[^\x00-\x20\x7f<>()\[\]\\,;:@\"]+@[^\x00-\x20\x7f<>()\[\]\\,;:@\"]+"
+    r"|[^<>()\[\]\\,;:@\"\x00-\x1f\x7f]*<([^\x00-\x20\x7f<>()\[\]\\,;:@\"]+@"
+    r"[^\x00-\x20\x7f<>()\[\]\\,;:@\"]+)>)[ \t]*")
 
 
 def decode_words(value: str) -> str:
@@ -328,7 +343,7 @@ class ParsedMessage:
         """The From header's address, lower-cased; "" when none can be read."""
         try:
             raw = self.head.get("From")
-            _, addr = email.utils.parseaddr(_FOLD.sub("", str(raw)) if raw else "")
+            addr = from_address(_FOLD.sub("", str(raw)) if raw else "")
         except Exception:
             return ""
         return addr.lower() if "@" in addr else ""

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -205,6 +205,28 @@ def migrate(path: str | Path) -> None:
         db.close()
 
 
+# Where each kind of queued row goes.  An outbox row also starts "pending", to
+# be sent at once (status, attempts, next_attempt).
+_TABLE = {DecisionRecord: "decisions", GuidanceEvent: "guidance_events", OutboxRow: "outbox"}
+_OUTBOX_START = ("status", "attempts", "next_attempt")
+
+
+def _insert_sql(kind: type) -> str:
+    columns = [f.name for f in fields(kind)] + list(_OUTBOX_START if kind is OutboxRow else ())
+    return (f"INSERT INTO [{_TABLE[kind]}] ({', '.join(f'[{c}]' for c in columns)}) "
+            f"VALUES ({', '.join('?' * len(columns))})")
+
+
+_INSERT_SQL = {kind: _insert_sql(kind) for kind in _TABLE}
+
+
+def _row_values(item: Any) -> tuple[Any, ...]:
+    values = tuple(getattr(item, f.name) for f in fields(item))
+    if isinstance(item, OutboxRow):
+        values += ("pending", 0, item.created)
+    return values
+
+
 class SQLiteStore:
     """The default Store: a writer thread that commits queued rows in batches.
 
@@ -215,6 +237,7 @@ class SQLiteStore:
     """
 
     BATCH = 200
+    LINGER = 0.1               # seconds the writer gathers rows into one commit
     QUEUE_MAX = 20_000
     RECENT = 900.0             # seconds the in-memory index covers
     EXPIRE_EVERY = 60.0        # seconds between expiry runs on the writer thread
@@ -259,7 +282,8 @@ class SQLiteStore:
         """
         with self._lock:
             now = self.clock()
-            match = self._recent.find(fp, now=now, window=self.window)
+            match = self._recent.find(fp, now=now, window=self.window,
+                                       threshold=self.similarity)
             if match is None or not match.assistance_has_it:
                 try:
                     found = dedup.find_duplicate(self._reader(), fp, now=now,
@@ -275,7 +299,7 @@ class SQLiteStore:
             remember = plan(match)
             if remember is not None and not self.readonly:
                 entry = self._recent.add(fp, remember, now)
-                self._emit(("fingerprint", fp, remember, now), pending)
+                self._emit(("fingerprint", fp, remember, now, entry), pending)
                 if pending is not None:
                     pending.undo.append(lambda: self._recent.remove(entry))
         return match
@@ -418,7 +442,8 @@ class SQLiteStore:
     def close(self) -> None:
         if self.readonly:
             return
-        self.flush()
+        # The writer commits what it holds when it meets the end mark (FIFO: after
+        # every row queued before it), without waiting out its LINGER.
         self._queue.put(None)
         self._writer.join(timeout=5.0)
 
@@ -432,9 +457,12 @@ class SQLiteStore:
                 self._queue.task_done()
                 break
             batch = [first]
+            # Gather what arrives in the next LINGER seconds into one commit: a
+            # commit per message costs more than the rows themselves.
+            deadline = time.monotonic() + self.LINGER
             while len(batch) < self.BATCH:
                 try:
-                    item = self._queue.get_nowait()
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if item is None:
@@ -456,6 +484,7 @@ class SQLiteStore:
                     db = open_database(self.path)
                     db_id = _file_id(self.path)
                 self._insert_or_salvage(db, batch)
+                self._written(batch)
                 if time.monotonic() - last_expiry > self.EXPIRE_EVERY:
                     last_expiry = time.monotonic()
                     self._expire(db)
@@ -494,27 +523,36 @@ class SQLiteStore:
 
     @staticmethod
     def _insert(db: sqlite_utils.Database, batch: Iterable[Any]) -> None:
-        batch = list(batch)
-        decisions = [asdict(item) for item in batch if isinstance(item, DecisionRecord)]
-        fingerprints = [item for item in batch if isinstance(item, tuple)]
-        events = [asdict(item) for item in batch if isinstance(item, GuidanceEvent)]
-        outbox = [dict(asdict(item), status="pending", attempts=0,
-                       next_attempt=item.created)
-                  for item in batch if isinstance(item, OutboxRow)]
-        with db.conn:
-            if outbox:
-                db["outbox"].insert_all(outbox)    # type: ignore[union-attr]
-            if events:
-                db["guidance_events"].insert_all(events)   # type: ignore[union-attr]
-            if fingerprints:
-                db.execute("BEGIN")
-            for _, fp, remember, when in fingerprints:
+        # Plain prepared statements: sqlite-utils' insert_all inspects the schema
+        # and each row on every call, which costs more than the write itself.
+        rows: dict[type, list[tuple[Any, ...]]] = {DecisionRecord: [], GuidanceEvent: [],
+                                                   OutboxRow: []}
+        fingerprints = []
+        for item in batch:
+            if isinstance(item, tuple):
+                fingerprints.append(item)
+            else:
+                rows[type(item)].append(_row_values(item))
+        conn = db.conn
+        with conn:
+            if not conn.in_transaction:
+                conn.execute("BEGIN")
+            for kind, values in rows.items():
+                if values:
+                    conn.executemany(_INSERT_SQL[kind], values)
+            for _, fp, remember, when, _entry in fingerprints:
                 dedup.insert(db, fp, time=when, side=remember.side,
                              assistance=remember.assistance, routed=remember.routed,
                              queue_id=remember.queue_id)
-            if decisions:
-                db["decisions"].insert_all(  # type: ignore[union-attr]
-                    decisions, batch_size=SQLiteStore.BATCH)
+
+    def _written(self, batch: list[Any]) -> None:
+        """The batch is on disk: the database now answers near-duplicate lookups
+        for its fingerprints, so the in-memory index stops holding their bands."""
+        entries = [item[4] for item in batch if isinstance(item, tuple)]
+        if entries:
+            with self._lock:
+                for entry in entries:
+                    self._recent.written(entry)
 
     def _expire(self, db: sqlite_utils.Database) -> None:
         """Forget fingerprints older than the window, a bounded slice at a time."""
@@ -524,31 +562,35 @@ class SQLiteStore:
                 break
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class _Recent:
     time: float
-    message_id: str
-    scope: str
+    fp: dedup.Fingerprint
     remember: Remember
     keys: tuple[tuple[str, str], ...] = ()
+    bands: tuple[int, ...] = ()
 
 
 class _RecentIndex:
-    """The last minutes of remembered requests, by exact keys, in memory.
+    """The last minutes of remembered requests, in memory.
 
     It closes the gap between a decision and the writer thread committing its
     fingerprint: two copies of one request delivered in parallel transactions
     (the client's server sends one per destination domain) carry the same
-    Message-ID, or the same text.  Near-duplicates, which take time to be
-    written again, are left to the database.  Not thread-safe: the store's
-    lock guards it.
+    Message-ID, or the same text, and a resend may follow within a second.
+    Exact keys are kept ``keep`` seconds; LSH band keys (near duplicates) only
+    until the writer has committed the row (``written``), or at most
+    ``near_keep`` seconds when it cannot: the database answers for the rest.
+    Not thread-safe: the store's lock guards it.
     """
 
-    def __init__(self, keep: float):
+    def __init__(self, keep: float, near_keep: float = 5.0):
         self.keep = keep
+        self.near_keep = near_keep
         self.by_key: dict[tuple[str, str], _Recent] = {}
-        self.order: collections.deque[tuple[float, tuple[tuple[str, str], ...]]] = \
-            collections.deque()
+        self.by_band: dict[int, list[_Recent]] = {}
+        self.order: collections.deque[_Recent] = collections.deque()
+        self.band_order: collections.deque[_Recent] = collections.deque()
 
     @staticmethod
     def _keys(fp: dedup.Fingerprint) -> tuple[tuple[str, str], ...]:
@@ -558,43 +600,86 @@ class _RecentIndex:
         return tuple(keys)
 
     def add(self, fp: dedup.Fingerprint, remember: Remember, now: float) -> _Recent:
-        keys = self._keys(fp)
-        entry = _Recent(time=now, message_id=fp.message_id, scope=fp.scope, remember=remember,
-                        keys=keys)
-        for key in keys:
+        entry = _Recent(time=now, fp=fp, remember=remember, keys=self._keys(fp),
+                        bands=tuple(dict.fromkeys(dedup.band_keys(fp))))
+        for key in entry.keys:
             current = self.by_key.get(key)
             # keep the copy that reached assistance: that is what later copies need
             if current is None or not _reached(current) or _reached(entry):
                 self.by_key[key] = entry
-        self.order.append((now, keys))
-        while self.order and self.order[0][0] < now - self.keep:
-            then, old = self.order.popleft()
-            for key in old:
-                if key in self.by_key and self.by_key[key].time <= then:
-                    del self.by_key[key]
+        for band in entry.bands:
+            self.by_band.setdefault(band, []).append(entry)
+        self.order.append(entry)
+        if entry.bands:
+            self.band_order.append(entry)
+        while self.order and self.order[0].time < now - self.keep:
+            self._forget_keys(self.order.popleft())
+        while self.band_order and self.band_order[0].time < now - self.near_keep:
+            self._forget_bands(self.band_order.popleft())
         return entry
 
-    def remove(self, entry: _Recent) -> None:
-        """Take back ``entry`` (its message was not accepted after all)."""
+    def _forget_keys(self, entry: _Recent) -> None:
         for key in entry.keys:
             if self.by_key.get(key) is entry:
                 del self.by_key[key]
 
-    def find(self, fp: dedup.Fingerprint, *, now: float, window: float) -> dedup.Match | None:
-        best: dedup.Match | None = None
+    def _forget_bands(self, entry: _Recent) -> None:
+        for band in entry.bands:
+            entries = self.by_band.get(band)
+            if entries is not None and entry in entries:
+                entries.remove(entry)
+                if not entries:
+                    del self.by_band[band]
+
+    def written(self, entry: _Recent) -> None:
+        """``entry``'s row is on disk: leave its near-duplicate lookups to the database."""
+        self._forget_bands(entry)
+
+    def remove(self, entry: _Recent) -> None:
+        """Take back ``entry`` (its message was not accepted after all)."""
+        self._forget_keys(entry)
+        self._forget_bands(entry)
+
+    def find(self, fp: dedup.Fingerprint, *, now: float, window: float,
+             threshold: float) -> dedup.Match | None:
+        """The best earlier copy held here, ranked as :func:`dedup.find_duplicate`
+        ranks: one that reached assistance, then the stronger rule, the higher
+        score, the more recent."""
+        best: tuple[tuple[int, int, float, float], dedup.Match] | None = None
+
+        def consider(entry: _Recent, kind: str, strength: int, score: float) -> None:
+            nonlocal best
+            match = dedup.Match(
+                kind=kind, of_message_id=entry.fp.message_id, earlier_time=entry.time,
+                earlier_rowid=0, earlier_assistance=entry.remember.assistance,
+                earlier_routed=entry.remember.routed, earlier_side=entry.remember.side,
+                score=score, same_scope=bool(fp.scope) and entry.fp.scope == fp.scope)
+            rank = (int(match.assistance_has_it), strength, score, entry.time)
+            if best is None or rank > best[0]:
+                best = (rank, match)
+
+        since = now - min(window, self.keep)
         for kind, key in self._keys(fp):
             entry = self.by_key.get((kind, key))
-            if entry is None or entry.time < now - min(window, self.keep):
+            if entry is not None and entry.time >= since:
+                consider(entry, "message-id" if kind == "id" else "text",
+                         3 if kind == "id" else 2, 1.0)
+        if best is not None and best[1].assistance_has_it:
+            return best[1]
+        hits: dict[int, tuple[int, _Recent]] = {}
+        for band in dict.fromkeys(dedup.band_keys(fp)):
+            for entry in self.by_band.get(band, ()):
+                count, _ = hits.get(id(entry), (0, entry))
+                hits[id(entry)] = (count + 1, entry)
+        since = now - min(window, self.near_keep)
+        ranked = sorted(hits.values(), key=lambda h: (h[0], h[1].time), reverse=True)
+        for _, entry in ranked[:dedup.MAX_CANDIDATES]:
+            if entry.time < since:
                 continue
-            match = dedup.Match(
-                kind="message-id" if kind == "id" else "text",
-                of_message_id=entry.message_id, earlier_time=entry.time, earlier_rowid=0,
-                earlier_assistance=entry.remember.assistance,
-                earlier_routed=entry.remember.routed, earlier_side=entry.remember.side,
-                score=1.0, same_scope=entry.scope == fp.scope)
-            if best is None or (match.assistance_has_it and not best.assistance_has_it):
-                best = match
-        return best
+            score = dedup.near_score(fp, entry.fp, threshold)
+            if score is not None:
+                consider(entry, "text", 1, score)
+        return best[1] if best else None
 
 
 def _reached(entry: _Recent) -> bool:
