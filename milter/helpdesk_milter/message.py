@@ -247,6 +247,33 @@ def iter_parts(msg: Message, *, max_depth: int = 50) -> Iterator[Message]:
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+# One header field: its name (printable ASCII but ":"), the rest of its first line and
+# its continuation lines, as the standard library's feedparser reads them.
+_FIELD = re.compile(r"([\041-\071\073-\176]+):([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)(?:\r?\n|\Z)")
+
+
+def parse_header_block(block: bytes) -> Message:
+    """The header fields of ``block`` in a compat32 ``Message``: the same fields and
+    values as ``BytesHeaderParser(policy=compat32)`` gives, several times faster.
+
+    A block of well-formed fields is read with one regular expression; anything else
+    (a line that is no field, a leading continuation line, an mbox "From " line)
+    goes to the standard parser, which knows what to make of it.
+    """
+    text = block.decode("ascii", "surrogateescape")
+    fields = []
+    pos = 0
+    for m in _FIELD.finditer(text):
+        if m.start() != pos:
+            break
+        fields.append((m.group(1), m.group(2).lstrip(" \t")))
+        pos = m.end()
+    if pos != len(text) and text[pos:] not in ("\r\n", "\n"):
+        return BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+    head = Message(policy=policy.compat32)
+    for name, value in fields:
+        head.set_raw(name, value)
+    return head
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _RFC822 = re.compile(rb"(?i)message/(?:rfc822|global)")
 
@@ -284,8 +311,8 @@ class ParsedMessage:
         if _BARE_CR.search(raw, 0, stop):
             self._view = _BARE_CR.sub(b" ", raw[:stop]) + raw[stop:]
         try:
-            self.head: Message = BytesHeaderParser(policy=policy.compat32).parsebytes(
-                self._view[:stop] + b"\r\n" if end else self._view)
+            block = self._view[:stop] + b"\r\n" if end else self._view
+            self.head: Message = parse_header_block(block)
         except Exception as exc:  # the parser is lenient; this is the last resort
             self.defects.append(f"unparseable headers: {type(exc).__name__}")
             self.head = Message()

@@ -30,6 +30,7 @@ from bench.throughput import BenchError, rotated
 from support.milterproc import MilterLauncher, MilterProcess
 
 MODES = ("noop", "helpdesk")
+PACED_MAX = 1000
 
 
 def milter_batch(messages: Sequence[MixMessage]) -> list[workers.MilterMessage]:
@@ -41,12 +42,20 @@ def milter_batch(messages: Sequence[MixMessage]) -> list[workers.MilterMessage]:
 
 
 def drive(pool: Pool, socket_path: Path, batch: Sequence[workers.MilterMessage],
-          concurrency: int, timeout: float) -> dict[str, Any]:
-    """Run ``batch`` over ``concurrency`` worker processes; latencies in seconds."""
+          concurrency: int, timeout: float, rate: float | None = None) -> dict[str, Any]:
+    """Run ``batch`` over ``concurrency`` worker processes; latencies in seconds.
+
+    Without ``rate`` each worker sends its next message as soon as the previous one
+    is answered (the milter's capacity, and the latency when it is saturated); with
+    ``rate`` (messages/s in all) the messages leave on a fixed schedule, worker k
+    offset by k/rate: the latency under a steady load below capacity."""
     slices = [list(batch[k::concurrency]) for k in range(concurrency)]
     start_at = time.time() + 0.3
-    pending = [pool.apply_async(workers.milter_job, (str(socket_path), s, start_at))
-               for s in slices if s]
+    interval = concurrency / rate if rate else 0.0
+    pending = [pool.apply_async(workers.milter_job,
+                                (str(socket_path), s, start_at + (k / rate if rate else 0.0),
+                                 120.0, interval))
+               for k, s in enumerate(slices) if s]
     results = [p.get(timeout) for p in pending]
     errors = sum(r["errors"] for r in results)
     replies: dict[str, int] = {}
@@ -88,50 +97,63 @@ class _Milters:
 
 def run(pool: Pool, workdir: Path, messages: Sequence[MixMessage],
         warmup: Sequence[MixMessage], *, sections: Mapping[str, Any], concurrency: int,
-        repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
+        repeats: int, log: Callable[[str], None], rate: float = 0.0) -> dict[str, Any]:
     batch = milter_batch(messages)
     warm = milter_batch(warmup[:20])
-    timeout = 120 + len(messages) / 10
-    levels = sorted({1, concurrency})
+    timeout = 120 + len(messages) / 10 + (len(messages) / rate if rate else 0)
+    # (connections, paced rate or None): saturated at 1 and C, then C at a steady rate
+    levels: list[tuple[int, float | None]] = [(c, None) for c in sorted({1, concurrency})]
+    if rate:
+        levels.append((concurrency, rate))
     runs: list[dict[str, Any]] = []
     with ExitStack() as stack:
         milters = _Milters(stack, workdir, sections)
         # A warm-up through each milter: imports, regex compilation, page cache.
         drive(pool, milters.noop.socket_path, warm, 1, timeout)
         for rep in range(repeats):
-            for conc in levels:
+            for conc, paced in levels:
                 for mode in rotated(MODES, rep):
                     milter = milters.noop if mode == "noop" else milters.fresh_helpdesk()
                     try:
                         drive(pool, milter.socket_path, warm, 1, timeout)   # warm-up
                         cpu0 = sysstat.process_cpu(milter.pid or 0)
-                        r = drive(pool, milter.socket_path, batch, conc, timeout)
+                        # paced runs take 1000 messages at most: 10 s at 100/s
+                        r = drive(pool, milter.socket_path, batch[:PACED_MAX] if paced else batch,
+                                  conc, timeout, paced)
                         cpu1 = sysstat.process_cpu(milter.pid or 0)
                     finally:
                         if mode == "helpdesk":
                             milter.stop()
-                    runs.append({"mode": mode, "concurrency": conc, "rep": rep,
+                    runs.append({"mode": mode, "concurrency": conc, "rate": paced, "rep": rep,
                                  "msgs_per_s": r["msgs_per_s"], **_pcts(r["latencies"]),
                                  "milter_cpu_us_per_msg": (cpu1 - cpu0) / r["messages"] * 1e6
                                  if cpu0 is not None and cpu1 is not None else None,
                                  "latencies": r["latencies"]})
                     log(f"  rep {rep + 1}/{repeats} {mode:8} c={conc:<3}"
-                        f" {r['msgs_per_s']:7.1f} msg/s  p50 {runs[-1]['p50_ms']:.2f} ms"
+                        + (f" at {paced:g}/s" if paced else "")
+                        + f" {r['msgs_per_s']:7.1f} msg/s  p50 {runs[-1]['p50_ms']:.2f} ms"
                         f"  p99 {runs[-1]['p99_ms']:.2f} ms")
     return summarize(runs, len(messages))
 
 
+def level_name(r: Mapping[str, Any]) -> str:
+    """``helpdesk@10`` (saturated) or ``helpdesk@10/100`` (paced at 100 msg/s)."""
+    return f"{r['mode']}@{r['concurrency']}" + (f"/{r['rate']:g}" if r.get("rate") else "")
+
+
 def summarize(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
     table = []
+    levels = sorted({(r["concurrency"], r.get("rate") or 0.0) for r in runs})
     for mode in MODES:
-        for conc in sorted({r["concurrency"] for r in runs}):
-            rs = [r for r in runs if r["mode"] == mode and r["concurrency"] == conc]
+        for conc, paced in levels:
+            rs = [r for r in runs if r["mode"] == mode and r["concurrency"] == conc
+                  and (r.get("rate") or 0.0) == paced]
             if not rs:
                 continue
             cpu = [r["milter_cpu_us_per_msg"] for r in rs
                    if r["milter_cpu_us_per_msg"] is not None]
             table.append({
-                "mode": mode, "concurrency": conc,
+                "mode": mode, "concurrency": conc, "rate": paced or None,
                 "runs": [round(r["msgs_per_s"], 1) for r in rs],
                 "msgs_per_s": statistics.median(r["msgs_per_s"] for r in rs),
                 **{k: statistics.median(r[k] for r in rs)
@@ -139,9 +161,9 @@ def summarize(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
                 "milter_cpu_us_per_msg": statistics.median(cpu) if cpu else None,
             })
     # Pooled latencies (all repetitions) for the chart.
-    pooled: dict[str, list[float]] = {f"{r['mode']}@{r['concurrency']}": [] for r in runs}
+    pooled: dict[str, list[float]] = {level_name(r): [] for r in runs}
     for r in runs:
-        pooled[f"{r['mode']}@{r['concurrency']}"].extend(r["latencies"])
+        pooled[level_name(r)].extend(r["latencies"])
     return {"messages": n, "table": table,
             "runs": [{k: v for k, v in r.items() if k != "latencies"} for r in runs],
             "latencies_ms": {k: sorted(x * 1e3 for x in v) for k, v in pooled.items()}}

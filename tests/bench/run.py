@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="messages per run (default 2000; --quick: 200)")
     ap.add_argument("--concurrency", "-c", type=int, default=10, metavar="C",
                     help="concurrent SMTP / milter connections (default 10)")
+    ap.add_argument("--paced-rate", type=float, default=100.0, metavar="R",
+                    help="the milter alone also at C connections sending R msg/s in all on "
+                         "a steady schedule: latency under load below capacity (default "
+                         "100; 0: not measured)")
     ap.add_argument("--repeats", "-r", type=int, default=3, metavar="R",
                     help="interleaved repetitions; figures are medians (default 3; --quick: 1)")
     ap.add_argument("--per-connection", type=int, default=1, metavar="K",
@@ -206,7 +210,8 @@ def run_sections(args: argparse.Namespace, workdir: Path,
                     result["milter"] = milteralone.run(pool, workdir, mix, warm,
                                                        sections=sections,
                                                        concurrency=args.concurrency,
-                                                       repeats=args.repeats, log=log)
+                                                       repeats=args.repeats, log=log,
+                                                       rate=args.paced_rate)
             if "sizes" in args.sections:
                 with section("size_latency", "4a. milter latency by message size"):
                     result["size_latency"] = milteralone.size_latency(

@@ -162,11 +162,15 @@ class MilterRun:
 
 
 def milter_job(socket_path: str, messages: Sequence[MilterMessage], start_at: float,
-               timeout: float = 60.0) -> dict[str, Any]:
-    """Run every message through the milter, one milter connection per message."""
+               timeout: float = 60.0, interval: float = 0.0) -> dict[str, Any]:
+    """Run every message through the milter, one milter connection per message: as
+    fast as replies come, or with ``interval``, message n at ``start_at + n * interval``
+    (at once when the previous one ended later: the schedule never runs ahead)."""
     _wait_until(start_at)
     run = MilterRun()
     for n, (mail_from, rcpts, headers, body) in enumerate(messages):
+        if interval:
+            _wait_until(start_at + n * interval)
         t0 = time.perf_counter()
         try:
             client = TimedClient(f"unix:{socket_path}", timeout=timeout)
