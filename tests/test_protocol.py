@@ -51,8 +51,10 @@ def test_negotiates_only_what_it_uses(milter):
     with MilterClient(milter.socket_path) as client:
         assert client.actions == (C.SMFIF_ADDHDRS | C.SMFIF_CHGHDRS | C.SMFIF_ADDRCPT
                                   | C.SMFIF_DELRCPT | C.SMFIF_CHGBODY)
-        for flag in (C.SMFIP_NR_CONN, C.SMFIP_NR_RCPT, C.SMFIP_NR_HDR, C.SMFIP_NR_EOH,
-                     C.SMFIP_NR_BODY):
+        for flag in (C.SMFIP_NR_RCPT, C.SMFIP_NR_HDR, C.SMFIP_NR_BODY):
+            assert client.protocol & flag, hex(flag)
+        # steps it does not use are not sent at all
+        for flag in (C.SMFIP_NOCONNECT, C.SMFIP_NOHELO, C.SMFIP_NOEOH):
             assert client.protocol & flag, hex(flag)
         # DATA is negotiated and answered: without it a TCP milter stalls on Nagle.
         assert not client.protocol & C.SMFIP_NODATA

@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import operator
 import re
 import struct
@@ -223,14 +222,19 @@ def similarity(a: Fingerprint, b: Fingerprint) -> float:
     a sentence added still scores high; otherwise J itself.  0.0 when either
     fingerprint has no signature.
     """
-    if not a.minhash or len(a.minhash) != len(b.minhash) or not a.shingles or not b.shingles:
+    return _resemblance(a.minhash, a.shingles, b.minhash, b.shingles)
+
+
+def _resemblance(a: Sequence[int], a_shingles: int, b: Sequence[int], b_shingles: int) -> float:
+    """:func:`similarity` from the signatures and shingle counts."""
+    if not a or len(a) != len(b) or not a_shingles or not b_shingles:
         return 0.0
-    equal = sum(map(operator.eq, a.minhash, b.minhash))
-    jaccard = equal / len(a.minhash)
-    small, large = sorted((a.shingles, b.shingles))
+    equal = sum(map(operator.eq, a, b))
+    jaccard = equal / len(a)
+    small, large = sorted((a_shingles, b_shingles))
     if 2 * small < large:
         return jaccard
-    shared = jaccard * (a.shingles + b.shingles) / (1.0 + jaccard)
+    shared = jaccard * (a_shingles + b_shingles) / (1.0 + jaccard)
     return min(1.0, shared / small)
 
 
@@ -892,7 +896,7 @@ def find_duplicate(db: sqlite_utils.Database, fp: Fingerprint, *, now: float, wi
         params += [k, ROWS_PER_KEY]
     strong: dict[int, int] = {}        # rowid -> strongest exact rule that found it
     band_hits: dict[int, int] = {}     # rowid -> bands shared (likelier similar first)
-    for key, rowid in db.execute(_keys_sql(len(strength_of)), params).fetchall():
+    for key, rowid in db.conn.execute(_keys_sql(len(strength_of)), params).fetchall():
         strength = strength_of.get(key, 0)
         if strength > 1:
             strong[rowid] = max(strength, strong.get(rowid, 0))
@@ -929,22 +933,32 @@ def _keys_sql(keys: int) -> str:
     return " UNION ALL ".join([select] * keys)
 
 
-_ROWS_SQL = (f"SELECT {', '.join(_COLUMNS)} FROM [{FINGERPRINTS}] "
-             "WHERE id IN (SELECT value FROM json_each(?)) AND time >= ?")
+@functools.lru_cache(maxsize=64)
+def _rows_sql(rows: int) -> str:
+    # one statement per row count (at most MAX_CANDIDATES + a few exact hits): they
+    # all stay in sqlite3's statement cache
+    return (f"SELECT {', '.join(_COLUMNS)} FROM [{FINGERPRINTS}] "
+            f"WHERE id IN ({', '.join('?' * rows)}) AND time >= ?")
 
 
 def _fingerprint_rows(db: sqlite_utils.Database, rowids: list[int],
                       since: float) -> list[dict[str, Any]]:
-    # One statement text whatever the number of rows: it stays in the statement cache.
-    cursor = db.execute(_ROWS_SQL, [json.dumps(rowids), since])
+    cursor = db.conn.execute(_rows_sql(len(rowids)), [*rowids, since])
     return [dict(zip(_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
 
 
 def _near_score(fp: Fingerprint, row: dict[str, Any], threshold: float) -> float | None:
-    earlier = Fingerprint(message_id="", text_hash="", minhash=_unpack(row["minhash"]),
+    """:func:`near_score` against a stored row, without building a Fingerprint for the
+    many candidates that fall short."""
+    score = _resemblance(fp.minhash, fp.shingles, _unpack(row["minhash"]), row["shingles"] or 0)
+    if score < threshold:
+        return None
+    earlier = Fingerprint(message_id="", text_hash="", minhash=(),
                           sender=row["sender"] or "", structure=row["structure"],
-                          shingles=row["shingles"] or 0, idents=_unpack(row["idents"]))
-    return near_score(fp, earlier, threshold)
+                          idents=_unpack(row["idents"]))
+    if not fp.scope or earlier.scope != fp.scope:
+        return None  # also a 64-bit key collision across scopes
+    return None if identifiers_conflict(fp.idents, earlier.idents) else score
 
 
 def _match(row: dict[str, Any], kind: str, score: float, scope: str) -> Match:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -725,7 +726,7 @@ class NullStore:
 
 def _file_id(path: str) -> tuple[int, int] | None:
     try:
-        st = Path(path).stat()
+        st = os.stat(path)
     except OSError:
         return None
     return st.st_dev, st.st_ino
