@@ -563,13 +563,17 @@ class SQLiteStore:
                 break
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False, slots=True)
 class _Recent:
     time: float
-    fp: dedup.Fingerprint
+    message_id: str
+    scope: str
     remember: Remember
     keys: tuple[tuple[str, str], ...] = ()
     bands: tuple[int, ...] = ()
+    # held only while the bands are (seconds): the index keeps thousands of entries
+    # for their exact keys, and a fingerprint weighs kilobytes
+    fp: dedup.Fingerprint | None = None
 
 
 class _RecentIndex:
@@ -601,8 +605,10 @@ class _RecentIndex:
         return tuple(keys)
 
     def add(self, fp: dedup.Fingerprint, remember: Remember, now: float) -> _Recent:
-        entry = _Recent(time=now, fp=fp, remember=remember, keys=self._keys(fp),
-                        bands=tuple(dict.fromkeys(dedup.band_keys(fp))))
+        bands = tuple(dict.fromkeys(dedup.band_keys(fp)))
+        entry = _Recent(time=now, message_id=fp.message_id, scope=fp.scope,
+                        remember=remember, keys=self._keys(fp), bands=bands,
+                        fp=fp if bands else None)
         for key in entry.keys:
             current = self.by_key.get(key)
             # keep the copy that reached assistance: that is what later copies need
@@ -631,6 +637,7 @@ class _RecentIndex:
                 entries.remove(entry)
                 if not entries:
                     del self.by_band[band]
+        entry.bands, entry.fp = (), None
 
     def written(self, entry: _Recent) -> None:
         """``entry``'s row is on disk: leave its near-duplicate lookups to the database."""
@@ -651,10 +658,10 @@ class _RecentIndex:
         def consider(entry: _Recent, kind: str, strength: int, score: float) -> None:
             nonlocal best
             match = dedup.Match(
-                kind=kind, of_message_id=entry.fp.message_id, earlier_time=entry.time,
+                kind=kind, of_message_id=entry.message_id, earlier_time=entry.time,
                 earlier_rowid=0, earlier_assistance=entry.remember.assistance,
                 earlier_routed=entry.remember.routed, earlier_side=entry.remember.side,
-                score=score, same_scope=bool(fp.scope) and entry.fp.scope == fp.scope)
+                score=score, same_scope=bool(fp.scope) and entry.scope == fp.scope)
             rank = (int(match.assistance_has_it), strength, score, entry.time)
             if best is None or rank > best[0]:
                 best = (rank, match)
@@ -675,7 +682,7 @@ class _RecentIndex:
         since = now - min(window, self.near_keep)
         ranked = sorted(hits.values(), key=lambda h: (h[0], h[1].time), reverse=True)
         for _, entry in ranked[:dedup.MAX_CANDIDATES]:
-            if entry.time < since:
+            if entry.time < since or entry.fp is None:
                 continue
             score = dedup.near_score(fp, entry.fp, threshold)
             if score is not None:

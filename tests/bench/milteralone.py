@@ -97,14 +97,14 @@ class _Milters:
 
 def run(pool: Pool, workdir: Path, messages: Sequence[MixMessage],
         warmup: Sequence[MixMessage], *, sections: Mapping[str, Any], concurrency: int,
-        repeats: int, log: Callable[[str], None], rate: float = 0.0) -> dict[str, Any]:
+        repeats: int, log: Callable[[str], None],
+        rates: Sequence[float] = ()) -> dict[str, Any]:
     batch = milter_batch(messages)
     warm = milter_batch(warmup[:20])
-    timeout = 120 + len(messages) / 10 + (len(messages) / rate if rate else 0)
-    # (connections, paced rate or None): saturated at 1 and C, then C at a steady rate
+    timeout = 120 + len(messages) / 10 + (PACED_MAX / min(rates) if rates else 0)
+    # (connections, paced rate or None): saturated at 1 and C, then C at steady rates
     levels: list[tuple[int, float | None]] = [(c, None) for c in sorted({1, concurrency})]
-    if rate:
-        levels.append((concurrency, rate))
+    levels += [(concurrency, r) for r in sorted(set(rates))]
     runs: list[dict[str, Any]] = []
     with ExitStack() as stack:
         milters = _Milters(stack, workdir, sections)

@@ -10,7 +10,8 @@ Sections (all by default; ``--sections stages,milter`` picks some):
            the no-op pymilter milter and helpdesk-milter (example config, unix socket);
            N messages over C SMTP connections; ratios helpdesk/noop and helpdesk/none
   milter   the milter alone over its socket (no Postfix): msg/s at 1 and C connections,
-           latency added per message (EOM sent -> final reply), p50/p95/p99
+           latency added per message (EOM sent -> final reply), p50/p95/p99; then the
+           latency at C connections under steady loads (--paced-rates)
   stages   CPU per message inside the decision, by stage (in-process)
   sizes    cost by message size, 1 KB to 10 MB (in-process CPU and milter latency)
   state    cost by state database size (10k, 100k, 1M decisions, pre-filled)
@@ -65,10 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="messages per run (default 2000; --quick: 200)")
     ap.add_argument("--concurrency", "-c", type=int, default=10, metavar="C",
                     help="concurrent SMTP / milter connections (default 10)")
-    ap.add_argument("--paced-rate", type=float, default=100.0, metavar="R",
+    ap.add_argument("--paced-rates", default="100,200,300", metavar="LIST",
                     help="the milter alone also at C connections sending R msg/s in all on "
-                         "a steady schedule: latency under load below capacity (default "
-                         "100; 0: not measured)")
+                         "a steady schedule, for each R: latency under a load below its "
+                         "capacity (default 100,200,300; empty: not measured)")
     ap.add_argument("--repeats", "-r", type=int, default=3, metavar="R",
                     help="interleaved repetitions; figures are medians (default 3; --quick: 1)")
     ap.add_argument("--per-connection", type=int, default=1, metavar="K",
@@ -102,6 +103,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.db_rows = [int(x) for x in args.db_rows.split(",") if x]
     if isinstance(args.sizes, str):
         args.sizes = [int(x) for x in args.sizes.split(",") if x]
+    if isinstance(args.paced_rates, str):
+        try:
+            args.paced_rates = [float(x) for x in args.paced_rates.split(",") if x]
+        except ValueError:
+            ap.error("--paced-rates: a comma-separated list of messages/s")
+        if any(r <= 0 for r in args.paced_rates):
+            ap.error("--paced-rates: rates must be positive")
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
@@ -211,7 +219,7 @@ def run_sections(args: argparse.Namespace, workdir: Path,
                                                        sections=sections,
                                                        concurrency=args.concurrency,
                                                        repeats=args.repeats, log=log,
-                                                       rate=args.paced_rate)
+                                                       rates=args.paced_rates)
             if "sizes" in args.sections:
                 with section("size_latency", "4a. milter latency by message size"):
                     result["size_latency"] = milteralone.size_latency(
