@@ -92,14 +92,18 @@ def _postfix(p: dict[str, Any], a: dict[str, Any]) -> list[str]:
     base = modes.get("none", {}).get("median")
     rows = []
     for mode, r in modes.items():
+        machine, milter = r.get("machine_cpu_us_per_msg"), r["milter_cpu_us_per_msg"]
         rows.append([mode, _f(r["median"]), " ".join(_f(x) for x in r["runs"]),
                      _f(r["median"] / base, ".2f") if base else "-",
-                     _f(r["cpu_busy_pct"], ".0f") + "%", _f(r["milter_cpu_us_per_msg"], ".0f")])
+                     _f(r["cpu_busy_pct"], ".0f") + "%", _f(machine, ".0f"),
+                     _f(milter, ".0f"),
+                     _f(machine - (milter or 0), ".0f") if machine is not None else "-"])
     out = [f"1. Through Postfix: {p['messages']} messages, {p['concurrency']} SMTP connections, "
            f"{p['per_connection']} message(s) per connection; median of {a['repeats']} "
-           "interleaved runs",
-           *_table(["mode", "msg/s", "runs", "vs none", "CPU busy", "milter CPU µs/msg"],
-                   rows)]
+           "interleaved runs; CPU µs per message: of the whole machine, of the milter, and "
+           "of everything else (Postfix, sink, load generator)",
+           *_table(["mode", "msg/s", "runs", "vs none", "CPU busy", "machine", "milter",
+                    "rest"], rows)]
     ratios = p["ratios"]
     if "helpdesk/noop" in ratios:
         r = ratios["helpdesk/noop"]
@@ -247,15 +251,19 @@ def markdown(result: dict[str, Any]) -> str:
     if p:
         base = p["modes"].get("none", {}).get("median")
         out += [f"| through Postfix ({p['messages']} messages, {p['concurrency']} connections)"
-                " | msg/s | vs no milter |", "| --- | ---: | ---: |"]
+                " | msg/s | vs no milter | CPU per message: milter | everything else |",
+                "| --- | ---: | ---: | ---: | ---: |"]
         names = {"none": "no milter", "noop": "no-op pymilter milter",
                  "helpdesk": "helpdesk-milter"}
         for mode, r in p["modes"].items():
+            machine, milter = r.get("machine_cpu_us_per_msg"), r["milter_cpu_us_per_msg"]
+            rest = f"{(machine - (milter or 0)) / 1e3:.2f} ms" if machine is not None else "-"
             out.append(f"| {names.get(mode, mode)} | {r['median']:.0f} | "
-                       f"{r['median'] / base:.2f} |" if base else "| - |")
+                       + (f"{r['median'] / base:.2f}" if base else "-")
+                       + f" | {f'{milter / 1e3:.2f} ms' if milter else '-'} | {rest} |")
         if "helpdesk/noop" in p["ratios"]:
             out.append(f"| **helpdesk / no-op** (goal ≥ {GOAL_RATIO_NOOP}) | | "
-                       f"**{p['ratios']['helpdesk/noop']:.2f}** |")
+                       f"**{p['ratios']['helpdesk/noop']:.2f}** | | |")
         out.append("")
     ma = result.get("milter")
     if ma:

@@ -176,6 +176,9 @@ def _one_run(pool: Pool, lab: PostfixLab, sink: Sink, mode: str,
         "msgs_per_s": len(messages) / elapsed,
         "smtp_accept_s": round(summary["send_end"] - start, 3),
         "cpu_busy_pct": sysstat.busy_pct(cpu0, cpu1),
+        # every process on the machine: Postfix, sink, load generator, milter
+        "machine_cpu_us_per_msg": (cpu1[0] - cpu0[0]) / sysstat.CLK_TCK / len(messages) * 1e6
+        if cpu0 is not None and cpu1 is not None else None,
         "milter_cpu_us_per_msg": (milter1 - milter0) / len(messages) * 1e6
         if milter0 is not None and milter1 is not None else None,
         "marks": _milter_marks(got),
@@ -195,11 +198,14 @@ def summarize(runs: list[dict[str, Any]], negotiation: dict[str, tuple[int, int]
         if not rs:
             continue
         cpu = [r["milter_cpu_us_per_msg"] for r in rs if r["milter_cpu_us_per_msg"] is not None]
+        machine = [r["machine_cpu_us_per_msg"] for r in rs
+                   if r.get("machine_cpu_us_per_msg") is not None]
         by_mode[mode] = {
             "runs": [round(r["msgs_per_s"], 1) for r in rs],
             "median": statistics.median(r["msgs_per_s"] for r in rs),
             "cpu_busy_pct": statistics.median(r["cpu_busy_pct"] for r in rs),
             "milter_cpu_us_per_msg": statistics.median(cpu) if cpu else None,
+            "machine_cpu_us_per_msg": statistics.median(machine) if machine else None,
             "marks": rs[-1]["marks"],
             "milter_internal_errors": sum(r.get("milter_internal_errors", 0) for r in rs),
         }
