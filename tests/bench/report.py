@@ -112,6 +112,10 @@ def _postfix(p: dict[str, Any], a: dict[str, Any]) -> list[str]:
     if "helpdesk/none" in ratios:
         out.append(f"helpdesk/none = {ratios['helpdesk/none']:.3f}   noop/none = "
                    f"{ratios.get('noop/none', float('nan')):.3f}")
+    if "replay/noop" in ratios:
+        out.append(f"replay/noop = {ratios['replay/noop']:.3f} (Postfix applying helpdesk's "
+                   f"changes, nothing decided)   helpdesk/replay = "
+                   f"{ratios.get('helpdesk/replay', float('nan')):.3f} (the deciding)")
     hd = modes.get("helpdesk")
     if hd:
         marks = hd["marks"]
@@ -266,6 +270,7 @@ def markdown(result: dict[str, Any]) -> str:
                 " | msg/s | vs no milter | CPU per message: milter | everything else |",
                 "| --- | ---: | ---: | ---: | ---: |"]
         names = {"none": "no milter", "noop": "no-op pymilter milter",
+                 "replay": "replay of helpdesk's actions, nothing decided",
                  "helpdesk": "helpdesk-milter"}
         for mode, r in p["modes"].items():
             machine, milter = r.get("machine_cpu_us_per_msg"), r["milter_cpu_us_per_msg"]

@@ -7,6 +7,9 @@ sink (``support.sink.Sink``, in memory). Three modes share them:
 - ``noop``: the no-op pymilter milter (``support/noop_milter.py --noreply``): the
   same callbacks and no-reply steps as helpdesk-milter, no work: the floor of any
   pymilter milter;
+- ``replay``: ``support/replay_milter.py``: decides nothing, applies to each message
+  the actions helpdesk-milter decided for it (computed in-process beforehand,
+  ``bench/effects.py``): what the changes themselves cost Postfix;
 - ``helpdesk``: ``helpdesk-milter run`` on the example configuration (plus the
   bench's local DNS resolver for DKIM keys), a unix socket,
   a fresh state database each repetition (the mix repeats from one repetition to
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -32,13 +36,14 @@ from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import Any
 
-from bench import sysstat, workers
+from bench import effects, inproc, sysstat, workers
 from bench.mix import MixMessage
 from support.milterproc import MilterLauncher, MilterProcess
 from support.postfix import PostfixLab
 from support.sink import Delivery, Sink, normalize_message_id
 
-MODES = ("none", "noop", "helpdesk")
+MODES = ("none", "noop", "replay", "helpdesk")
+REPLAY_MILTER = Path(__file__).parent.parent / "support" / "replay_milter.py"
 
 
 class BenchError(RuntimeError):
@@ -117,26 +122,34 @@ def run(pool: Pool, workdir: Path, messages: Sequence[MixMessage],
         launcher = stack.enter_context(MilterLauncher(workdir / "milters", lab))
         noop = launcher.noop(noreply=True, attach=False)
         negotiation = {"noop": workers.negotiated(str(noop.socket_path))}
+        actions = workdir / "replay-actions.json"
+        factory = inproc.EngineFactory(inproc.write_config_file(
+            workdir / "replay.toml", workdir / "replay.db", workdir / "replay.sock", sections))
+        counts = effects.write_actions(factory, messages, actions)
+        log(f"helpdesk's actions on the mix, for the replay milter: {counts}")
         log(f"postfix lab on 127.0.0.1:{lab.smtp_port}, sink on :{sink.port}")
         for rep in range(repeats):
             for mode in rotated(MODES, rep):
-                helpdesk: MilterProcess | None = None
+                fresh: MilterProcess | None = None      # helpdesk, replay: one per run
                 if mode == "helpdesk":
-                    helpdesk = launcher.helpdesk(sections, name=f"helpdesk-{rep}",
-                                                 attach=False)
+                    fresh = launcher.helpdesk(sections, name=f"helpdesk-{rep}",
+                                              attach=False)
                     negotiation.setdefault("helpdesk", workers.negotiated(
-                        str(helpdesk.socket_path)))
-                    launcher.attach(helpdesk)
+                        str(fresh.socket_path)))
+                    launcher.attach(fresh)
+                elif mode == "replay":
+                    fresh = _replay(launcher, actions, f"replay-{rep}")
+                    launcher.attach(fresh)
                 else:
                     launcher.attach(noop if mode == "noop" else None)
                 try:
                     result = _one_run(pool, lab, sink, mode, messages, batch, warmup,
                                       warm_batch, concurrency, per_connection, timeout,
-                                      helpdesk or (noop if mode == "noop" else None))
+                                      fresh or (noop if mode == "noop" else None))
                 finally:
-                    if helpdesk is not None:
+                    if fresh is not None:
                         launcher.attach(None)
-                        helpdesk.stop()
+                        fresh.stop()
                 result["rep"] = rep
                 runs.append(result)
                 log(f"  rep {rep + 1}/{repeats} {mode:8} {result['msgs_per_s']:7.1f} msg/s"
@@ -144,6 +157,17 @@ def run(pool: Pool, workdir: Path, messages: Sequence[MixMessage],
                     + (f"  milter {result['milter_cpu_us_per_msg']:.0f} µs/msg"
                        if result.get("milter_cpu_us_per_msg") is not None else ""))
     return summarize(runs, negotiation, len(messages), concurrency, per_connection)
+
+
+def _replay(launcher: MilterLauncher, actions: Path, name: str) -> MilterProcess:
+    """A fresh replay milter (each run replays the decisions from the first)."""
+    socket_path = launcher.socket_path(name)
+    milter = MilterProcess([sys.executable, str(REPLAY_MILTER), "--socket",
+                            f"unix:{socket_path}", "--actions", str(actions), "--quiet"],
+                           socket_path, launcher.workdir / f"{name}.log", name="replay-milter")
+    launcher.started.append(milter)
+    milter.start()
+    return milter
 
 
 def _one_run(pool: Pool, lab: PostfixLab, sink: Sink, mode: str,
@@ -216,6 +240,10 @@ def summarize(runs: list[dict[str, Any]], negotiation: dict[str, tuple[int, int]
         ratios["helpdesk/none"] = by_mode["helpdesk"]["median"] / by_mode["none"]["median"]
     if "noop" in by_mode and "none" in by_mode:
         ratios["noop/none"] = by_mode["noop"]["median"] / by_mode["none"]["median"]
+    if "replay" in by_mode and "noop" in by_mode:
+        ratios["replay/noop"] = by_mode["replay"]["median"] / by_mode["noop"]["median"]
+    if "helpdesk" in by_mode and "replay" in by_mode:
+        ratios["helpdesk/replay"] = by_mode["helpdesk"]["median"] / by_mode["replay"]["median"]
     return {"messages": n, "concurrency": concurrency, "per_connection": per_connection,
             "modes": by_mode, "ratios": ratios, "runs": runs,
             "negotiated": {k: {"actions": f"0x{a:x}", "protocol": f"0x{p:x}",
