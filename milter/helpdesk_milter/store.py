@@ -5,10 +5,13 @@ Contract:
 * no message body and no secret value is ever written: a decision row holds
   envelope addresses, the Message-ID, the verdict and the action;
 * milter callbacks never wait on the disk: ``record`` puts the row on a
-  bounded queue and a single writer thread commits rows in batches (a full
-  queue or a failing disk costs the row, never the mail);
-* readers open one ``Database`` per thread (sqlite3 connections must not cross
-  threads), in WAL mode so that reads never block on the writer;
+  bounded queue and a single writer thread commits rows in batches, gathering
+  for up to ``LINGER`` (0.1 s) before each commit (a full queue or a failing
+  disk costs the row, never the mail); an in-memory index answers for rows
+  not on disk yet;
+* duplicate lookups share one read connection under the store's lock (libmilter
+  moves a session between threads), in WAL mode so that reads never block on
+  the writer;
 * the schema is a sqlite-utils ``Migrations`` set, applied at open.
 
 ``Store`` is the interface the rest of the code sees, so that a shared
