@@ -130,16 +130,15 @@ class HelpdeskMilter(Milter.Base):
     def data(self) -> int:
         return Milter.CONTINUE
 
-    @Milter.noreply           # negotiates "no reply" for header fields
+    @Milter.noreply           # declares the step: header fields, no reply
     def header(self, name: str, value: bytes) -> int:
-        # Headers are kept in memory; Postfix caps them (header_size_limit,
-        # 100 KB by default) so their total is bounded by message_size_limit.
-        self.headers.append((name, value))
-        return Milter.CONTINUE
+        return self.header_bytes(name, value)
 
     def header_bytes(self, name: str, value: bytes) -> int:
-        # pymilter calls this with the raw value; overridden so that the value
-        # stays bytes (exact, for DKIM) and each field costs one Python call.
+        # What pymilter calls, with the raw value: overridden so that it stays
+        # bytes (exact, for DKIM) and each field costs one Python call.  Headers
+        # are kept in memory; Postfix caps them (header_size_limit, 100 KB by
+        # default) so their total is bounded by message_size_limit.
         self.headers.append((name, value))
         return Milter.CONTINUE
 
