@@ -274,6 +274,8 @@ def parse_header_block(block: bytes) -> Message:
     for name, value in fields:
         head.set_raw(name, value)
     return head
+
+
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _RFC822 = re.compile(rb"(?i)message/(?:rfc822|global)")
 
