@@ -28,7 +28,7 @@ from .config import Config
 from .dedup import Fingerprint, Match
 from .directory import domain_of, in_domains
 from .guidance import build_message, compose, detect_language
-from .message import Envelope, ParsedMessage, build_raw, decode_words, strip_brackets
+from .message import Envelope, ParsedMessage, build_raw, strip_brackets
 from .policy import Decision, Policy
 from .stages import stage
 from .store import DecisionRecord, GuidanceEvent, NullStore, OutboxRow, Pending, Plan, Store
@@ -194,14 +194,13 @@ class Engine:
     def _compose(self, env: Envelope, msg: ParsedMessage, d: Decision,
                  to_addr: str) -> OutboxRow:
         settings = self.config.autoreply
-        subject = next((decode_words(v) for n, _, v in d.change_headers if n == "Subject"),
-                       msg.subject)      # the redacted Subject, never the original
+        # msg.subject and msg.text have their secrets replaced (Policy.decide)
         lang = detect_language(msg.subject, msg.text)
         assistance = d.assistance or self.config.addresses.assistance_for(d.structure)
         # the whole tag ("[example #1234]"): that is what the client must keep
         tag = self.policy.ticket_re.search(msg.subject) if d.ticket else None
         guide = compose(cases=d.guidance_cases, lang=lang, assistance=assistance,
-                        original_subject=subject, hints=d.hints,
+                        original_subject=msg.subject, hints=d.hints,
                         paste_url=settings.paste_url, ticket=tag.group(0) if tag else None,
                         templates_dir=settings.templates_dir or None)
         for problem in guide.fallbacks:

@@ -409,15 +409,20 @@ class ParsedMessage:
             self.defects.append(f"walk: {type(exc).__name__}")
         return _readable(plain, markup)
 
-    def adopt_texts(self, texts: Iterable[tuple[str, bool, str]] | None) -> None:
+    def adopt_texts(self, texts: Iterable[tuple[str, bool, str]] | None,
+                    subject: str | None = None) -> None:
         """Take the text parts someone already decoded (the redaction walk) as the
-        source of ``text``, so the MIME tree need not be parsed again for it.
+        source of ``text``, so the MIME tree need not be parsed again for it; and,
+        when given, ``subject`` (the Subject with its secrets replaced) as
+        ``subject``, so that nothing downstream reads a secret.
 
         ``texts`` are (content type, is an attachment, decoded text) in message
         order; the rules are those of ``text``.  Bytes that did not decode were
         kept as surrogates; they become replacement characters here, as ``text``
         does.
         """
+        if subject is not None:
+            self.__dict__["subject"] = subject.strip()
         if texts is None or "text" in self.__dict__:
             return
         plain: list[str] = []

@@ -225,11 +225,12 @@ class Policy:
         copy of this request, found and remembered atomically; without it only
         same-transaction duplicates are recognised.
         """
-        # The secret scan walks and decodes every text part; the classifier then
-        # reads its text from that walk instead of parsing the MIME tree again.
+        # The secret scan walks and decodes every text part; the classifier and
+        # the fingerprint then read its text, secrets already replaced, from that
+        # walk instead of parsing the MIME tree again.
         found = self._scan(env, msg, too_large=too_large)
         if found is not None:
-            msg.adopt_texts(found.texts)
+            msg.adopt_texts(found.texts, subject=found.subject_text)
         decision = self._route(env, msg, too_large=too_large, state=state)
         decision = self._redact(decision, found, too_large=too_large)
         return self._guide(env, msg, decision)

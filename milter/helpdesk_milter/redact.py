@@ -56,7 +56,7 @@ from email.message import Message
 from functools import lru_cache
 from typing import NamedTuple
 
-from .secrets import DEFAULT_MARKER, SecretScanner
+from .secrets import DEFAULT_MARKER, SecretScanner, redact_spans
 
 MAX_DEPTH = 64
 
@@ -102,11 +102,15 @@ class Redaction:
     where: tuple[tuple[str, str], ...]
     defects: tuple[str, ...]
     # The decoded text/plain and text/html parts met on the way, in order, as
-    # (content type, marked as attachment, text): the classifier's input comes
-    # from here, so the message is walked and decoded once.  None when the walk
+    # (content type, marked as attachment, text), with their secrets replaced by
+    # markers whether or not the message is changed: the classifier's and the
+    # duplicate fingerprint's input comes from here, so the message is walked and
+    # decoded once, and no hash of a secret is ever stored.  None when the walk
     # did not finish (the caller parses the message itself then).
     texts: tuple[tuple[str, bool, str], ...] | None = field(default=None, compare=False,
                                                             repr=False)
+    # The Subject as read, its secrets replaced by markers; None when it holds none.
+    subject_text: str | None = field(default=None, compare=False, repr=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -130,11 +134,13 @@ def redact_message(raw: bytes, scanner: SecretScanner, *, marker: str = DEFAULT_
     body: bytes | None = None
     if change and walker.replacements:
         body = walker.new_body()
-    subject = walker.new_subject if change else None
+    subject = _encode_subject(walker.subject_text) \
+        if change and walker.subject_text is not None else None
     return Redaction(count=len(walker.where), kinds=walker.kinds(), body=body,
                      subject=subject, where=tuple(walker.where),
                      defects=tuple(walker.defects),
-                     texts=None if walker.defects else tuple(walker.texts))
+                     texts=None if walker.defects else tuple(walker.texts),
+                     subject_text=walker.subject_text)
 
 
 # --------------------------------------------------------------------------------------
@@ -737,7 +743,7 @@ class _Walker:
         self.where: list[tuple[str, str]] = []
         self.defects: list[str] = []
         self.replacements: list[tuple[int, int, bytes]] = []
-        self.new_subject: str | None = None
+        self.subject_text: str | None = None
         self.body_start = 0
         self.texts: list[tuple[str, bool, str]] = []
         self._delims: dict[bytes, list[int]] | None = None
@@ -765,7 +771,7 @@ class _Walker:
         fields = _fields(raw, 0, hend)
         subject = next((f for f in fields if f.name == "subject"), None)
         if subject is not None:
-            self.new_subject = self._scan_subject(subject, "subject")
+            self.subject_text = self._scan_subject(subject, "subject")
         top = _Entity(0, len(raw), "1", "", 0, self.is_bounce, "text/plain")
         stack = [top]
         while stack:
@@ -888,21 +894,13 @@ class _Walker:
     # ---------------------------------------------------------------- leaves
 
     def _scan_subject(self, field: _Field, location: str) -> str | None:
+        """The Subject's text with its secrets replaced by markers (None: none)."""
         text = _decode_subject(field.value)
         findings = self.scanner.scan(text)
         if not findings:
             return None
         self.where.extend((location, f.kind) for f in findings)
-        if not self.change:
-            return None
-        pieces = []
-        pos = 0
-        for f in findings:
-            pieces.append(text[pos:f.start])
-            pieces.append(self.marker.format(kind=f.kind))
-            pos = f.end
-        pieces.append(text[pos:])
-        return _encode_subject("".join(pieces))
+        return redact_spans(text, findings, self.marker)
 
     def _text_part(self, ent: _Entity, info: _PartInfo, bstart: int) -> None:
         raw = self.raw
@@ -931,8 +929,6 @@ class _Walker:
         except (UnicodeDecodeError, LookupError):
             self.defects.append(f"{location}: undecodable text, left unchanged")
             return
-        if info.ctype in ("text/plain", "text/html"):
-            self.texts.append((info.ctype, info.attachment, text))
         is_html = info.ctype in ("text/html", "application/xhtml+xml")
         if is_html:
             edits = self._html_edits(text, location, codec, cte)
@@ -941,6 +937,9 @@ class _Walker:
             self.where.extend((location, f.kind) for f in findings)
             marker = self._part_marker(codec, cte)
             edits = [(f.start, f.end, marker(f.kind)) for f in findings]
+        if info.ctype in ("text/plain", "text/html"):
+            self.texts.append((info.ctype, info.attachment,
+                               _apply_edits(text, edits) if edits else text))
         if not edits or not self.change:
             return
         new_body = _rewrite(body, "quoted-printable" if cte == "quoted-printable" else
