@@ -14,9 +14,11 @@ import subprocess
 import sys
 import time
 
+import Milter
 import pytest
 from miltertest import constants as C
 
+from helpdesk_milter.app import HelpdeskMilter
 from support.mail import as_bytes, make_message
 from support.milterclient import MilterClient
 from support.world import CLIENT, CLIENT_ASSISTANCE, example_sections
@@ -214,3 +216,14 @@ def test_socket_activation_fd3(tmp_path, protocol_milters):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_header_fields_get_no_reply_once_none_was_agreed():
+    """libmilter logs an error for each field answered CONTINUE after "no reply"
+    was negotiated; pymilter's @noreply wrapper is bypassed by header_bytes."""
+    agreed, plain = HelpdeskMilter(), HelpdeskMilter()
+    agreed.negotiate([0x1FF, Milter.P_NR_HDR, 0, 0])
+    plain.negotiate([0x1FF, 0, 0, 0])
+    assert agreed.header_bytes("Subject", b" Webmail") == Milter.NOREPLY
+    assert plain.header_bytes("Subject", b" Webmail") == Milter.CONTINUE
+    assert agreed.headers == plain.headers == [("Subject", b" Webmail")]

@@ -65,6 +65,7 @@ class HelpdeskMilter(Milter.Base):
     def __init__(self) -> None:
         self.engine = _engine
         self._spool: Any = None
+        self._header_rc = Milter.CONTINUE       # until negotiate() says otherwise
         self._reset()
 
     # --- per-message state ------------------------------------------------------
@@ -111,6 +112,11 @@ class HelpdeskMilter(Milter.Base):
     def negotiate(self, opts: list[int]) -> int:
         rc = Milter.Base.negotiate(self, opts)
         opts[0] = self._actions = opts[0] & ACTIONS
+        # What header_bytes answers: libmilter logs an error for every field
+        # answered CONTINUE once "no reply" was agreed (pymilter's @noreply
+        # wrapper, which header_bytes bypasses, would turn it into NOREPLY).
+        self._header_rc = Milter.NOREPLY if self._protocol & Milter.P_NR_HDR \
+            else Milter.CONTINUE
         return rc
 
     def envfrom(self, mailfrom: str, *params: str) -> int:
@@ -132,7 +138,8 @@ class HelpdeskMilter(Milter.Base):
 
     @Milter.noreply           # declares the step: header fields, no reply
     def header(self, name: str, value: bytes) -> int:
-        return self.header_bytes(name, value)
+        self.headers.append((name, value))
+        return Milter.CONTINUE
 
     def header_bytes(self, name: str, value: bytes) -> int:
         # What pymilter calls, with the raw value: overridden so that it stays
@@ -140,7 +147,7 @@ class HelpdeskMilter(Milter.Base):
         # are kept in memory; Postfix caps them (header_size_limit, 100 KB by
         # default) so their total is bounded by message_size_limit.
         self.headers.append((name, value))
-        return Milter.CONTINUE
+        return self._header_rc
 
     @Milter.noreply
     def body(self, chunk: bytes) -> int:
@@ -217,6 +224,10 @@ class HelpdeskMilter(Milter.Base):
         return " " + value if self._leading_space else value
 
     def _apply(self, d: Decision) -> None:
+        # Content first, recipients last: if a step fails, the recipients are as
+        # they came (the message is then passed unchanged or temp-failed).
+        if d.new_body is not None:
+            self.replacebody(d.new_body)
         for name, index in d.strip_headers:        # highest index first
             self.chgheader(name, index, "")
         for name, index, value in d.change_headers:
@@ -231,8 +242,6 @@ class HelpdeskMilter(Milter.Base):
         originals = {strip_brackets(r).lower(): r for r in self.rcpts}
         for rcpt in d.del_rcpts:
             self.delrcpt(originals.get(rcpt.lower(), f"<{rcpt}>"))
-        if d.new_body is not None:
-            self.replacebody(d.new_body)
 
 
 def serve(config: Config, engine: Engine) -> None:
