@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import binascii
+import email
 import re
 import time
 from email import policy
@@ -434,3 +436,51 @@ def test_base64_body_decoded_once() -> None:
     r = redact_message(raw, SCANNER)
     assert r.count == 10 and r.body is not None
     assert base64.b64decode(r.body).count(MARK.encode()) == 10
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "utf-16-le", "utf-8-sig"])
+@pytest.mark.parametrize("cte", ["quoted-printable", "8bit", "base64"])
+def test_stateful_charsets_are_rewritten_whole(charset, cte):
+    """UTF-16 and UTF-8 with a byte order mark: the new text is encoded in one
+    piece (per line, each line got its own byte order mark and an ASCII break)."""
+    text = "Bonjour,\nMon mot de passe : Tr0ub4dor2024 ne marche plus.\nMerci, Élodie\n"
+    data = text.encode(charset)
+    body = {"quoted-printable": binascii.b2a_qp(data, istext=False),
+            "base64": base64.encodebytes(data), "8bit": data}[cte]
+    raw = ("From: secretariat@mairie-exemple.fr\r\nSubject: Webmail\r\nMIME-Version: 1.0\r\n"
+           f"Content-Type: text/plain; charset={charset}\r\n"
+           f"Content-Transfer-Encoding: {cte}\r\n\r\n").encode() + body
+    r = redact_message(raw, SecretScanner())
+    assert r.body is not None and not r.defects
+    new = email.message_from_bytes(raw.split(b"\r\n\r\n")[0] + b"\r\n\r\n" + r.body)
+    assert new.get_payload(decode=True).decode(charset) == \
+        text.replace("Tr0ub4dor2024", "[secret removed: password]")
+
+
+def test_a_non_ascii_subject_of_an_attached_message_is_redacted_as_encoded_words():
+    raw = (b"From: direction@ecole-des-pins.fr\r\nSubject: TR: acc\xc3\xa8s\r\n"
+           b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+           b"--b\r\nContent-Type: text/plain\r\n\r\nVoir ci-joint.\r\n--b\r\n"
+           b"Content-Type: message/rfc822\r\n\r\nFrom: jean@ecole-des-pins.fr\r\n"
+           b"Subject: Acc\xc3\xa8s, mot de passe : Tr0ub4dor2024\r\n\r\nBonjour\r\n--b--\r\n")
+    r = redact_message(raw, SecretScanner())
+    assert not r.defects and r.body is not None and b"Tr0ub4dor2024" not in r.body
+    inner = email.message_from_bytes(r.body.split(b"Content-Type: message/rfc822\r\n\r\n")[1],
+                                     policy=policy.default)
+    assert str(inner["Subject"]) == "Accès, mot de passe : [secret removed: password]"
+
+
+def test_what_a_part_declares_is_shown_only_as_token_characters():
+    """Part labels go into X-Helpdesk-Inspected and the try command's output: a
+    Content-Type or transfer encoding as sent could carry a CR, 8-bit or a forged
+    header line."""
+    raw = (b"From: a@mairie-exemple.fr\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+           b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: soleil2024!x\xc3\xa9\r\n"
+           b"\r\nSubject: y\r\n\r\nhello\r\n--b\r\nContent-Type: text/x-\xc3\xa9\rinjected: "
+           + b"y" * 80 + b"\r\nContent-Transfer-Encoding: zz\r\n\r\nmot de passe : x\r\n--b--\r\n")
+    r = redact_message(raw, SecretScanner())
+    assert len(r.defects) == 2
+    for defect in r.defects:
+        assert defect.isascii() and "\r" not in defect and "injected:" not in defect
+        assert "y" * 41 not in defect

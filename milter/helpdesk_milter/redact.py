@@ -243,6 +243,15 @@ def _content_type(value: str | None, default_type: str) -> tuple[str, dict[str, 
     return ctype, params
 
 
+_NOT_SHOWN = re.compile(r"[^A-Za-z0-9!#$&^_.+/-]")
+
+
+def _shown(value: str) -> str:
+    """A content type or transfer encoding as the message gave it, fit for a
+    header value and a log line: MIME token characters only, at most 40."""
+    return _NOT_SHOWN.sub("?", value[:40])
+
+
 def _part_info(fields: list[_Field], default_type: str) -> _PartInfo:
     ctype_value = cte_value = disposition = None
     for f in fields:
@@ -280,7 +289,8 @@ def _codec(name: str | None) -> str | None:
 
 
 def _stateful(codec: str) -> bool:
-    return codec.startswith(_STATEFUL_CODECS)
+    # codecs.lookup() names them "utf-16", "utf-8-sig", "iso2022_jp"...
+    return codec.replace("-", "_").startswith(_STATEFUL_CODECS)
 
 
 def _decode_text(data: bytes, declared: str | None) -> tuple[str, str]:
@@ -327,6 +337,7 @@ _BLOCK_TAGS = frozenset({
 })
 _CELL_TAGS = frozenset({"td", "th"})
 _RAW_TEXT_TAGS = frozenset({"script", "style", "title", "textarea", "xmp"})
+_RAW_TEXT_END = {name: re.compile(rf"</{name}\s*>", re.I) for name in _RAW_TEXT_TAGS}
 
 
 class _Mapped:
@@ -463,7 +474,7 @@ def _html_streams(markup: str) -> tuple[_Mapped, _Mapped]:
             pre = max(0, pre + (-1 if closing else 1))
         i = gt + 1
         if name in _RAW_TEXT_TAGS and not closing:
-            end = re.compile(rf"</{name}\s*>", re.I).search(markup, i)
+            end = _RAW_TEXT_END[name].search(markup, i)
             if name in ("title", "textarea"):
                 stop = end.start() if end else n
                 vis.add_text(markup, i, stop, collapse=True)
@@ -573,7 +584,13 @@ def _units(body: bytes, cte: str) -> list[tuple[int, int]]:
 
 def _qp_encode(text: str, codec: str, eol: bytes) -> bytes:
     """Quoted-printable for ``text``: its "\\n" (or "\\r\\n") become ``eol`` hard breaks,
-    lines are wrapped at 76 characters with soft breaks, any other CR is "=0D"."""
+    lines are wrapped at 76 characters with soft breaks, any other CR is "=0D".
+    A stateful codec (UTF-16, a byte order mark...) is encoded in one piece, its
+    line breaks being bytes of the encoding like any other."""
+    if _stateful(codec):
+        data = text.encode(codec, "surrogateescape")
+        return binascii.b2a_qp(data, quotetabs=False, istext=False,
+                               header=False).replace(b"=\n", b"=" + eol)
     out = []
     lines = text.split("\n")
     for i, line in enumerate(lines):
@@ -807,8 +824,8 @@ class _Walker:
             return []
         if ctype in ("message/rfc822", "message/global"):
             if info.cte not in _IDENTITY_CTE:
-                self.defects.append(f"part {ent.leaf_path} {ctype}: encoded attached message "
-                                    f"({info.cte}), left unchanged")
+                self.defects.append(f"part {ent.leaf_path} {_shown(ctype)}: encoded attached "
+                                    f"message ({_shown(info.cte)}), left unchanged")
                 return []
             if ent.depth >= MAX_DEPTH:
                 self.defects.append(f"part {ent.leaf_path}: nesting deeper than {MAX_DEPTH} "
@@ -818,19 +835,21 @@ class _Walker:
             inner_subject = next((f for f in _fields(raw, bstart, inner_hend)
                                   if f.name == "subject"), None)
             if inner_subject is not None:
-                new = self._scan_subject(inner_subject, f"part {ent.leaf_path} {ctype} subject")
+                new = self._scan_subject(inner_subject,
+                                         f"part {ent.leaf_path} {_shown(ctype)} subject")
                 if new is not None and self.change:
                     eol = b"\r\n" if raw[inner_subject.start:inner_subject.end].endswith(
                         b"\r\n") else b"\n"
                     self.replacements.append((inner_subject.start, inner_subject.end,
-                                              b"Subject: " + new.encode("ascii") + eol))
+                                              b"Subject: " + _encode_subject(new).encode("ascii")
+                                              + eol))
             return [_Entity(bstart, ent.end, f"{ent.leaf_path}.1", ent.leaf_path,
                             ent.depth + 1, ent.bounce, "text/plain")]
         if ctype.startswith("text/") or ctype in _TEXTUAL_APPLICATION:
             try:
                 self._text_part(ent, info, bstart)
             except Exception as exc:
-                self.defects.append(f"part {ent.leaf_path} {ctype}: could not be processed "
+                self.defects.append(f"part {ent.leaf_path} {_shown(ctype)}: could not be processed "
                                     f"({type(exc).__name__}), left unchanged")
         return []
 
@@ -852,7 +871,7 @@ class _Walker:
 
     def _children(self, ent: _Entity, info: _PartInfo, bstart: int) -> list[_Entity]:
         if not info.boundary:
-            self.defects.append(f"part {ent.leaf_path} {info.ctype}: no boundary, "
+            self.defects.append(f"part {ent.leaf_path} {_shown(info.ctype)}: no boundary, "
                                 "left unchanged")
             return []
         if self._delims is None:
@@ -864,7 +883,7 @@ class _Walker:
         hi = bisect.bisect_left(positions, ent.end)
         delims = positions[lo:hi]
         if not delims:
-            self.defects.append(f"part {ent.leaf_path} {info.ctype}: boundary not found, "
+            self.defects.append(f"part {ent.leaf_path} {_shown(info.ctype)}: boundary not found, "
                                 "left unchanged")
             return []
         closes = self._closes.get(boundary, [])
@@ -904,7 +923,7 @@ class _Walker:
 
     def _text_part(self, ent: _Entity, info: _PartInfo, bstart: int) -> None:
         raw = self.raw
-        location = f"part {ent.leaf_path} {info.ctype}"
+        location = f"part {ent.leaf_path} {_shown(info.ctype)}"
         cte = info.cte
         if cte in ("7-bit", "8-bit"):
             cte = cte.replace("-", "")
