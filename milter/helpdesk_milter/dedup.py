@@ -788,11 +788,6 @@ def _band_keys(scope: str, minhash: Sequence[int]) -> list[int]:
             for band in range(BANDS)]
 
 
-def _keys(fp: Fingerprint) -> tuple[list[int], list[int], list[int]]:
-    """(Message-ID keys, text keys, band keys) of a fingerprint."""
-    return fp.keys
-
-
 def _compute_keys(fp: Fingerprint) -> tuple[list[int], list[int], list[int]]:
     ids = [_id_key(i) for i in dict.fromkeys((fp.message_id, fp.original_id)) if i]
     scope = fp.scope
@@ -804,7 +799,7 @@ def _compute_keys(fp: Fingerprint) -> tuple[list[int], list[int], list[int]]:
 def band_keys(fp: Fingerprint) -> list[int]:
     """The LSH band keys of ``fp`` (empty without a text signature): two
     fingerprints that share one are near-duplicate candidates."""
-    return _keys(fp)[2]
+    return fp.keys[2]
 
 
 def near_score(fp: Fingerprint, earlier: Fingerprint, threshold: float) -> float | None:
@@ -843,7 +838,7 @@ def insert(db: sqlite_utils.Database, fp: Fingerprint, *, time: float, side: str
     """
     if side not in SIDES:
         raise ValueError(f"dedup side must be one of {SIDES}, not {side!r}")
-    ids, texts, bands = _keys(fp)
+    ids, texts, bands = fp.keys
 
     def write() -> int:
         cursor = db.conn.execute(
@@ -884,7 +879,7 @@ def find_duplicate(db: sqlite_utils.Database, fp: Fingerprint, *, now: float, wi
     :data:`ROWS_PER_KEY` rows for each of the (at most 24) lookup keys, then at
     most :data:`MAX_CANDIDATES` fingerprints are read by rowid and compared.
     """
-    ids, texts, bands = _keys(fp)
+    ids, texts, bands = fp.keys
     strength_of: dict[int, int] = {}  # key -> 3 Message-ID, 2 text, 1 band
     for strength, keys in ((1, bands), (2, texts), (3, ids)):
         for k in keys:

@@ -328,11 +328,6 @@ class ParsedMessage:
             self.defects.append(f"unparseable: {type(exc).__name__}")
             return Message()
 
-    @classmethod
-    def from_milter(cls, headers: Iterable[tuple[str, bytes | str]],
-                    body: bytes) -> ParsedMessage:
-        return cls(build_raw(headers, body))
-
     def header(self, name: str) -> str:
         """First value of a header, decoded; "" when absent."""
         value = self._first.get(name.lower())

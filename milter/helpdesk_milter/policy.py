@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .auth import is_own_authentication_results
@@ -87,7 +87,6 @@ class Decision:
     guidance_cases: tuple[str, ...] = ()          # rerouted | followup | secret
     guidance_block: str | None = None             # why the sender gets no guidance (pure rules)
     guidance: str | None = None                   # outcome: queued, or suppressed:REASON
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def changes_envelope(self) -> bool:
@@ -270,8 +269,7 @@ class Policy:
             add_headers=(*decision.add_headers, ("X-Helpdesk-Redacted", header)),
             new_body=found.body,
             change_headers=(("Subject", 1, found.subject),) if found.subject else (),
-            secrets=found.count, secret_kinds=found.kinds, secret_where=found.where,
-            notes=(*decision.notes, *found.defects))
+            secrets=found.count, secret_kinds=found.kinds, secret_where=found.where)
 
     def _guide(self, env: Envelope, msg: ParsedMessage, d: Decision) -> Decision:
         """Hints for the helpdesk on routed requests; whether the sender may get guidance.

@@ -244,6 +244,7 @@ class SQLiteStore:
     LINGER = 0.1               # seconds the writer gathers rows into one commit
     QUEUE_MAX = 20_000
     RECENT = 900.0             # seconds the in-memory index covers
+    GUIDED_MAX = 10_000        # senders guided, kept in memory before a prune
     EXPIRE_EVERY = 60.0        # seconds between expiry runs on the writer thread
 
     def __init__(self, path: str | Path, *, window: float = 72 * 3600,
@@ -330,6 +331,9 @@ class SQLiteStore:
             if reason is None:
                 row = build()
                 previous = self._guided.get(key)
+                if len(self._guided) >= self.GUIDED_MAX:
+                    # older than ``every``: the outbox table answers for them
+                    self._guided = {k: t for k, t in self._guided.items() if t > now - every}
                 self._guided[key] = now
                 self._guided_times.append(now)
                 self._emit(row, pending)
@@ -572,7 +576,7 @@ class _Recent:
     message_id: str
     scope: str
     remember: Remember
-    keys: tuple[tuple[str, str], ...] = ()
+    keys: tuple[tuple[str, int], ...] = ()
     bands: tuple[int, ...] = ()
     # held only while the bands are (seconds): the index keeps thousands of entries
     # for their exact keys, and a fingerprint weighs kilobytes
@@ -595,20 +599,18 @@ class _RecentIndex:
     def __init__(self, keep: float, near_keep: float = 5.0):
         self.keep = keep
         self.near_keep = near_keep
-        self.by_key: dict[tuple[str, str], _Recent] = {}
+        self.by_key: dict[tuple[str, int], _Recent] = {}
         self.by_band: dict[int, list[_Recent]] = {}
         self.order: collections.deque[_Recent] = collections.deque()
         self.band_order: collections.deque[_Recent] = collections.deque()
 
     @staticmethod
-    def _keys(fp: dedup.Fingerprint) -> tuple[tuple[str, str], ...]:
-        keys = [("id", i) for i in dict.fromkeys((fp.message_id, fp.original_id)) if i]
-        if fp.text_hash and fp.scope:
-            keys.append(("text", f"{fp.scope}\0{fp.text_hash}"))
-        return tuple(keys)
+    def _keys(fp: dedup.Fingerprint) -> tuple[tuple[str, int], ...]:
+        ids, texts, _ = fp.keys          # the database's own lookup keys
+        return (*(("id", k) for k in ids), *(("text", k) for k in texts))
 
     def add(self, fp: dedup.Fingerprint, remember: Remember, now: float) -> _Recent:
-        bands = tuple(dict.fromkeys(dedup.band_keys(fp)))
+        bands = tuple(dedup.band_keys(fp))
         entry = _Recent(time=now, message_id=fp.message_id, scope=fp.scope,
                         remember=remember, keys=self._keys(fp), bands=bands,
                         fp=fp if bands else None)
@@ -678,7 +680,7 @@ class _RecentIndex:
         if best is not None and best[1].assistance_has_it:
             return best[1]
         hits: dict[int, tuple[int, _Recent]] = {}
-        for band in dict.fromkeys(dedup.band_keys(fp)):
+        for band in dedup.band_keys(fp):
             for entry in self.by_band.get(band, ()):
                 count, _ = hits.get(id(entry), (0, entry))
                 hits[id(entry)] = (count + 1, entry)
