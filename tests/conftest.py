@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from support.load import prepare_lab
 from support.milterproc import MilterLauncher
 from support.postfix import PostfixLab, PostfixLabError, check_requirements
 from support.sink import Sink
@@ -80,18 +81,7 @@ def lab(postfix_lab: PostfixLab, sink: Sink) -> PostfixLab:
     """``postfix_lab`` in a clean state: sink running and emptied, queue empty, no
     milter, milter_default_action = tempfail, main.cf as generated (a test may change
     it with ``lab.postconf({...})``; the next test that asks for ``lab`` undoes it)."""
-    if not sink.running:
-        sink.start()
-    postfix_lab.reset_config()      # no milter, tempfail, no postconf() leftovers
-    if postfix_lab.queue_count():
-        # Left behind by an earlier test (e.g. deferred while the sink was down).
-        postfix_lab.flush()
-        try:
-            postfix_lab.wait_queue_empty(timeout=10)
-        except AssertionError:
-            postfix_lab.purge_queue()
-            postfix_lab.wait_queue_empty(timeout=10)
-    sink.clear()
+    prepare_lab(postfix_lab, sink)
     return postfix_lab
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import email
-import re
 import time
 from email import policy
 from email.message import EmailMessage, Message
@@ -15,7 +14,7 @@ import pytest
 
 from helpdesk_milter.redact import MAX_DEPTH, Redaction, redact_message
 from helpdesk_milter.secrets import SecretScanner
-from support.mail import as_bytes, make_message
+from support.mail import apply_redaction, as_bytes, make_message
 
 SCANNER = SecretScanner()
 MARK = "[secret removed: password]"
@@ -26,14 +25,6 @@ def split(raw: bytes) -> tuple[bytes, bytes]:
     return raw[:end], raw[end:]
 
 
-def apply(raw: bytes, r: Redaction) -> bytes:
-    """What the milter does with a Redaction: chgheader Subject, replacebody."""
-    head, body = split(raw)
-    if r.subject is not None:
-        head = re.sub(rb"(?mi)^Subject:.*(?:\r\n[ \t].*)*\r\n",
-                      lambda _: b"Subject: " + r.subject.encode("ascii") + b"\r\n",  # type: ignore[union-attr]
-                      head, count=1)
-    return head + (r.body if r.body is not None else body)
 
 
 def parse(raw: bytes) -> EmailMessage:
@@ -47,7 +38,7 @@ def shape(msg: Message) -> list[tuple[str, str | None, str | None]]:
 
 def redact(raw: bytes, **kwargs: object) -> tuple[Redaction, bytes]:
     r = redact_message(raw, SCANNER, **kwargs)  # type: ignore[arg-type]
-    return r, apply(raw, r)
+    return r, apply_redaction(raw, r)
 
 
 def part_body(raw: bytes, marker: bytes) -> bytes:

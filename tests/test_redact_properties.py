@@ -14,7 +14,6 @@ inside secrets), and binary attachments.  For every message, with or without sec
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage, Message
@@ -23,8 +22,9 @@ from email.parser import BytesParser
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpdesk_milter.redact import Redaction, redact_message
+from helpdesk_milter.redact import redact_message
 from helpdesk_milter.secrets import SecretScanner
+from support.mail import apply_redaction
 
 SCANNER = SecretScanner()
 MARK = "[secret removed: "
@@ -161,14 +161,6 @@ def to_crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def apply(raw: bytes, r: Redaction) -> bytes:
-    end = raw.index(b"\r\n\r\n") + 4
-    head, body = raw[:end], raw[end:]
-    if r.subject is not None:
-        head = re.sub(rb"(?mi)^Subject:.*(?:\r\n[ \t].*)*\r\n",
-                      lambda _: b"Subject: " + r.subject.encode("ascii") + b"\r\n",  # type: ignore[union-attr]
-                      head, count=1)
-    return head + (r.body if r.body is not None else body)
 
 
 def shape(msg: Message) -> list[tuple[str, str | None, str]]:
@@ -190,7 +182,7 @@ def test_redaction_keeps_message_valid(tree: object, subject: tuple[str, str | N
 
     r = redact_message(raw, SCANNER)
     assert not r.defects
-    out = apply(raw, r)
+    out = apply_redaction(raw, r)
     old = BytesParser(policy=policy.default).parsebytes(raw)
     new = BytesParser(policy=policy.default).parsebytes(out)
     assert shape(new) == shape(old)

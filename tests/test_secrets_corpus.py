@@ -9,7 +9,6 @@ redacted message parses with its structure intact.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections import Counter
 from dataclasses import dataclass
@@ -20,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from helpdesk_milter.redact import Redaction, redact_message
+from helpdesk_milter.redact import redact_message
 from helpdesk_milter.secrets import KINDS, SecretScanner, redact_spans
+from support.mail import apply_redaction
 
 CORPUS = Path(__file__).parent / "secrets_corpus"
 SCANNER = SecretScanner()
@@ -93,14 +93,6 @@ def score_snippets(tally: Tally) -> list[str]:
     return problems
 
 
-def apply(raw: bytes, r: Redaction) -> bytes:
-    end = raw.index(b"\r\n\r\n") + 4
-    head, body = raw[:end], raw[end:]
-    if r.subject is not None:
-        head = re.sub(rb"(?mi)^Subject:.*(?:\r\n[ \t].*)*\r\n",
-                      lambda _: b"Subject: " + r.subject.encode("ascii") + b"\r\n",  # type: ignore[union-attr]
-                      head, count=1)
-    return head + (r.body if r.body is not None else body)
 
 
 def readable(msg: Message) -> str:
@@ -131,7 +123,7 @@ def score_message(entry: dict, tally: Tally) -> list[str]:
     problems = []
     raw = (CORPUS / "messages" / entry["file"]).read_bytes()
     r = redact_message(raw, SCANNER, is_bounce=entry.get("bounce", False))
-    out = apply(raw, r)
+    out = apply_redaction(raw, r)
     old = BytesParser(policy=policy.default).parsebytes(raw)
     new = BytesParser(policy=policy.default).parsebytes(out)
     name = entry["file"]

@@ -446,12 +446,13 @@ def account(sent: Iterable[Outgoing], report: LoadReport,
 # --- lab --------------------------------------------------------------------------------
 
 def prepare_lab(lab: Any, sink: Sink) -> None:
-    """What the ``lab`` fixture does, for module-scoped fixtures: sink up and empty, no
-    milter, default config, empty queue."""
+    """Sink up and empty, no milter, default config, empty queue: what the ``lab``
+    fixture (conftest.py) does, and module-scoped fixtures too."""
     if not sink.running:
         sink.start()
-    lab.reset_config()
+    lab.reset_config()      # no milter, tempfail, no postconf() leftovers
     if lab.queue_count():
+        # Left behind by an earlier test (e.g. deferred while the sink was down).
         lab.flush()
         try:
             lab.wait_queue_empty(timeout=10)

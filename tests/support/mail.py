@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+
+from helpdesk_milter.redact import Redaction
 
 _counter = itertools.count(1)
 
@@ -37,3 +40,17 @@ def make_message(*, sender: str = "Jérôme Martin <secretariat@mairie-exemple.f
 
 def as_bytes(msg: EmailMessage) -> bytes:
     return msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def apply_redaction(raw: bytes, r: Redaction) -> bytes:
+    """What the milter does with a Redaction: chgheader Subject, replacebody (CRLF or
+    LF line ends, as the message has them)."""
+    blank = re.search(rb"\r?\n\r?\n", raw)
+    end = blank.end() if blank else len(raw)
+    head, body = raw[:end], raw[end:]
+    if r.subject is not None:
+        eol = b"\r\n" if blank and blank.group(0).startswith(b"\r") else b"\n"
+        field = b"Subject: " + r.subject.encode("ascii") + eol
+        head = re.sub(rb"(?mi)^Subject:.*(?:\r?\n[ \t].*)*\r?\n", lambda _: field, head,
+                      count=1)
+    return head + (r.body if r.body is not None else body)
