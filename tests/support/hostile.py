@@ -418,6 +418,11 @@ def body_of(raw: bytes) -> bytes:
     return body if sep else b""
 
 
+def ended(data: bytes) -> bytes:
+    """``data`` with a final CRLF, as Postfix delivers a body that had none."""
+    return data if not data or data.endswith(b"\n") else data + b"\r\n"
+
+
 def check_expectation(case: Hostile, out: bytes, our_headers: list[str], log_line: str,
                       *, normalize: Callable[[bytes], bytes] = lambda raw: raw) -> None:
     """The redact | flag | none contract of support.hostile, on the delivered bytes.
@@ -434,7 +439,8 @@ def check_expectation(case: Hostile, out: bytes, our_headers: list[str], log_lin
     elif case.expect == "flag" and where is not None:
         # The milter could not read the part: then the part must be untouched and the
         # message must say it was not inspected (header and log line).
-        assert body_of(out) == body_of(normalize(case.raw)), \
+        # (the MTA ends a last line that has no line break: not a change of ours)
+        assert ended(body_of(out)) == ended(body_of(normalize(case.raw))), \
             f"{case.name}: body changed although the secret is still in {where}"
         assert says_not_inspected(our_headers), (
             f"{case.name}: secret still readable in {where} and no header says the "
