@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 from helpdesk_milter import dedup
-from helpdesk_milter.store import Remember, SQLiteStore
+from helpdesk_milter.store import OutboxRow, Remember, SQLiteStore
 
 REQUEST = ("Bonjour, depuis ce matin la messagerie de la mairie refuse tous les envois "
            "vers l'extérieur avec une erreur 550 relais refusé. Les agents de l'accueil "
@@ -84,5 +84,27 @@ def test_an_aborted_entry_takes_its_band_keys_back(tmp_path):
         assert store._recent.by_band
         store._recent.remove(entry)
         assert not store._recent.by_band and not store._recent.by_key
+    finally:
+        store.close()
+
+
+def test_guided_senders_kept_in_memory_are_pruned(tmp_path):
+    """One entry per guided sender lived as long as the process; past GUIDED_MAX the
+    ones older than ``every`` go (the outbox table still answers for them)."""
+    clock = Clock()
+    store = SQLiteStore(tmp_path / "state.db", clock=clock)
+    store.GUIDED_MAX = 5
+    try:
+        for n in range(12):
+            to = f"client{n}@mairie-exemple.fr"
+            assert store.queue_guidance(
+                to, lambda to=to: OutboxRow(created=clock.now, to_addr=to, queue_id="Q",
+                                            lang="fr", cases="rerouted", message=b"x"),
+                every=60.0, per_hour=1000) == "queued"
+            clock.now += 61.0
+        assert len(store._guided) <= store.GUIDED_MAX
+        # still one mail per sender per ``every``: the last one is remembered
+        assert store.guidance_allowed("client11@mairie-exemple.fr", every=3600.0,
+                                      per_hour=1000) == "rate-limited"
     finally:
         store.close()
