@@ -3,6 +3,7 @@
 #   make test   Debian packages + venv, then ruff and the whole test suite
 #   make lint   ruff (and mypy on the package)
 #   make bench  performance, side by side through a real Postfix (not part of test)
+#   make train  rebuild the request model from the labelled sets (models/request.json)
 #   make fuzz   long fuzzing of parse -> decide -> rewrite (FUZZ_SECONDS, default 600)
 #   make soak   20,000 messages through Postfix, kills, locks, 50 MB (not part of test)
 
@@ -11,7 +12,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 RUN_DIR ?= run
 
-.PHONY: all run test lint typecheck bench fuzz soak system-deps venv clean
+.PHONY: all run test lint typecheck bench fuzz soak train system-deps venv clean
 
 FUZZ_SECONDS ?= 600
 
@@ -34,7 +35,7 @@ run: venv
 	    --database $(RUN_DIR)/state.db
 
 lint: venv
-	$(VENV)/bin/ruff check milter tests
+	$(VENV)/bin/ruff check milter tests scripts
 	$(VENV)/bin/mypy
 
 typecheck: venv
@@ -46,6 +47,10 @@ test: venv lint
 bench: venv
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
 	$(PY) tests/bench/run.py
+
+train: venv
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[train]'
+	$(PY) scripts/train-model.py $(TRAIN_ARGS)
 
 fuzz: venv
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,fuzz]' || \

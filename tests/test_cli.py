@@ -171,3 +171,12 @@ def test_run_refuses_a_world_writable_socket_directory(tmp_path):
     assert f"{sockets} is world-writable (mode 0777)" in out.stderr
     check = run("check-config", "--config", str(config))
     assert check.returncode == 1 and "the milter refuses to start" in check.stderr
+
+
+def test_try_explain_shows_the_features_for_and_against(capsys):
+    code = main(["try", "--config", str(EXAMPLE_CONFIG), "--rcpt", "alice@example.org", "--explain",
+                 str(ROOT / "tests" / "corpus" / "messages" / "030-vpn-poste-accueil.eml")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "explain     score" in out and "for a request:" in out and "against:" in out
+    assert "(rule)" in out and "(model)" in out

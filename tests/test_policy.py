@@ -7,6 +7,7 @@ not the shipped classifier (tests/test_classify.py does that on the corpus).
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,10 @@ RULES = RuleSet(rules=(
     Rule(name="tool", weight=1.0, where="any", patterns=(re.compile(r"imprimante", re.I),)),
     Rule(name="quote", weight=-6.0, where="any", patterns=(re.compile(r"\bdevis\b", re.I),)),
 ))
-POLICY = Policy(load_config(ROOT / "config" / "helpdesk-milter.toml"), rules=RULES)
+# Rules only (no learned model), with the rules-only weight of a known client.
+_CONFIG = load_config(ROOT / "config" / "helpdesk-milter.toml")
+_CONFIG = replace(_CONFIG, classifier=replace(_CONFIG.classifier, known_client_weight=2.0))
+POLICY = Policy(_CONFIG, rules=RULES, model=None)
 CLIENT = "secretariat@mairie-exemple.fr"
 ASSIST = "mairie-exemple@assistance.example.org"
 
@@ -156,11 +160,29 @@ def test_same_transaction_with_assistance_is_a_duplicate_never_added_again():
     assert header(d, "X-Helpdesk-Routed") is None
 
 
+def test_assistance_in_the_envelope_makes_it_a_request_whatever_the_text():
+    """The sender wrote to assistance and a watched address: they said it is a
+    request, so the watched copy is a same-transaction duplicate even when the text
+    scores low (here, no rule fires at all)."""
+    body = "Bonjour, pouvez-vous regarder ceci quand vous aurez un moment ? Merci."
+    alone = decide(["alice@example.org"], body=body)
+    assert alone.verdict == "other" and alone.action == "none"
+    d = decide(["alice@example.org", ASSIST], body=body, message_id="<r2@mairie-exemple.fr>")
+    assert d.verdict == "support" and d.action == "duplicate"
+    assert "assistance-rcpt" in d.rules and d.add_rcpts == ()
+    assert header(d, "X-Helpdesk-Duplicate") == (
+        "of=<r2@mairie-exemple.fr>; match=same-transaction; action=tag")
+    assert header(d, "X-Helpdesk-Request").startswith("support; structure=mairie-exemple;")
+    # only to assistance: nothing to route, and the text decides the verdict as before
+    only = decide([ASSIST], body=body)
+    assert only.verdict == "other" and only.action == "none"
+
+
 def test_same_transaction_drop_removes_watched_but_keeps_assistance():
     text = re.sub(r'(\[dedup\][^\[]*?)action = "tag"', r'\1action = "drop"',
                   (ROOT / "config" / "helpdesk-milter.toml").read_text())
     assert 'action = "drop"' in text
-    policy = Policy(parse_config(text, base_dir=ROOT / "config"), rules=RULES)
+    policy = Policy(parse_config(text, base_dir=ROOT / "config"), rules=RULES, model=None)
     d = decide(["contact@example.org", "alice@example.org", ASSIST], policy=policy)
     assert d.del_rcpts == ("contact@example.org", "alice@example.org")
     assert d.add_rcpts == ()
@@ -170,7 +192,7 @@ def test_same_transaction_drop_removes_watched_but_keeps_assistance():
 def test_tag_mode_changes_no_recipient():
     policy = Policy(parse_config('[[watch]]\nname = "t"\naddresses = ["*@example.org"]\n'
                                  'mode = "tag"\n[clients]\n"mairie-exemple.fr" = "m"\n'),
-                    rules=RULES)
+                    rules=RULES, model=None)
     d = decide(["alice@example.org"], policy=policy)
     assert d.verdict == "support" and d.action == "tag"
     assert d.add_rcpts == () and d.del_rcpts == ()

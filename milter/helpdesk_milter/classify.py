@@ -47,6 +47,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .model import TextModel, feature_label, features
 from .text import own_text, strip_subject_prefixes
 
 # The parser behind re.compile (CPython 3.11+), used only to find anchors: if it
@@ -501,10 +502,19 @@ def _parse_rule(table: object, where: str) -> Rule:
 
 # --- scoring ---------------------------------------------------------------------
 
+# The score is the log-odds of "request" plus this, so that the default threshold,
+# 5.0, is even odds; each point up or down multiplies the odds by e (about 2.7).
+SCORE_OFFSET = 5.0
+# How many of the model's strongest features are named in ``rules=``.
+EXPLAIN_FEATURES = 3
+EXPLAIN_MIN = 0.1       # ... when each moves the log-odds by at least this much
+
+
 @dataclass(frozen=True)
 class Score:
     score: float
-    rules: tuple[str, ...]          # names of the rules that fired, in rule order
+    rules: tuple[str, ...]          # rules that fired, in rule order, then the model's
+                                    # strongest features (see model.feature_label)
 
 
 def is_forward_subject(subject: str) -> bool:
@@ -512,26 +522,105 @@ def is_forward_subject(subject: str) -> bool:
     return bool(_FORWARD_SUBJECT.match(subject or ""))
 
 
-def score_message(subject: str, text: str, rules: RuleSet, *, known_client: bool,
-                  known_client_weight: float = 2.0) -> Score:
-    """Score one message: ``subject`` is the decoded Subject, ``text`` the body's text.
-
-    The body is first reduced to the sender's own words (``own_text``; a forward,
-    told by its subject, keeps the forwarded content), then only its first
-    ``BODY_SCAN_LIMIT`` characters are looked at.
-    """
+def message_features(subject: str, text: str, rules: RuleSet, *, known_client: bool = False,
+                     text_scale: float = 1.0) -> tuple[dict[str, float], tuple[str, ...]]:
+    """What the classifier reads of one message: the model's feature values and the
+    names of the rules that fired.  ``subject`` is the decoded Subject, ``text`` the
+    body's text; the body is first reduced to the sender's own words (``own_text``; a
+    forward, told by its subject, keeps the forwarded content), then only its first
+    ``BODY_SCAN_LIMIT`` characters are looked at.  Training calls this too."""
     subject = subject or ""
     body = own_text((text or "")[:TEXT_SCAN_LIMIT], forwarded=is_forward_subject(subject))
-    fired = rules.fired(prepare(strip_subject_prefixes(subject)),
-                        prepare(body[:BODY_SCAN_LIMIT]))
-    total = 0.0
-    names: list[str] = []
-    for rule, hit in zip(rules.rules, fired, strict=True):
-        if hit:
-            total += rule.weight
-            names.append(rule.name)
-    if known_client and known_client_weight:
-        total += known_client_weight
-        names.append(KNOWN_CLIENT)
-    # rounding keeps 2.5 + 1.5 + 1.0 from landing a hair under a threshold of 5.0
-    return Score(score=round(total, 3), rules=tuple(names))
+    prepared_subject = prepare(strip_subject_prefixes(subject))
+    prepared_body = prepare(body[:BODY_SCAN_LIMIT])
+    fired = rules.fired(prepared_subject, prepared_body)
+    names = tuple(rule.name for rule, hit in zip(rules.rules, fired, strict=True) if hit)
+    return features(prepared_subject, prepared_body, names, known_client=known_client,
+                    text_scale=text_scale), names
+
+
+@dataclass(frozen=True)
+class Classifier:
+    """The rules, the learned model (or None: rules only) and how they combine.
+
+    With a model, a rule that fired is one of the model's features: its learned
+    weight counts, unless the site set ``classifier.weights.NAME`` or the model
+    never saw the rule (a site's own rules file), where the rule's own weight counts.
+    Without a model, the score is the sum of the weights of the rules that fired
+    (the behaviour before the model).
+    """
+
+    rules: RuleSet
+    model: TextModel | None = None
+    overridden: frozenset[str] = frozenset()
+    _rule_weights: dict[str, float] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        weights = {}
+        for rule in self.rules.rules:
+            key = "r:" + rule.name
+            if self.model is None or rule.name in self.overridden \
+                    or key not in self.model.weights:
+                weights[key] = rule.weight
+        object.__setattr__(self, "_rule_weights", weights)
+
+    def score(self, subject: str, text: str, *, known_client: bool,
+              known_client_weight: float = 0.0) -> Score:
+        values, fired = message_features(
+            subject, text, self.rules, known_client=known_client,
+            text_scale=self.model.text_scale if self.model is not None else 1.0)
+        names = list(fired)
+        if self.model is None:
+            total = sum(self._rule_weights["r:" + n] for n in fired)
+        else:
+            total = SCORE_OFFSET + self.model.logit(values, self._rule_weights)
+            names.extend(feature_label(key) for key, _ in
+                         self._strongest(values, EXPLAIN_FEATURES))
+        if known_client:
+            total += known_client_weight
+            if known_client_weight or self.model is not None:
+                names.append(KNOWN_CLIENT)
+        # rounding keeps 2.5 + 1.5 + 1.0 from landing a hair under a threshold of 5.0
+        return Score(score=round(total, 3), rules=tuple(names))
+
+    def _strongest(self, values: Mapping[str, float], count: int) -> list[tuple[str, float]]:
+        """The model's strongest text features (a stem only when no word shown has it)."""
+        if self.model is None:
+            return []
+        out: list[tuple[str, float]] = []
+        words: list[str] = []
+        for key, contribution in self.model.explain(values, self._rule_weights):
+            if len(out) == count or abs(contribution) < EXPLAIN_MIN:
+                break
+            kind, _, text = key.partition(":")
+            if kind in ("r", "k") or (kind == "p" and any(w.startswith(text) for w in words)):
+                continue
+            if kind in ("u", "s"):
+                words.append(text)
+            out.append((key, contribution))
+        return out
+
+    def explain(self, subject: str, text: str, *, known_client: bool = False
+                ) -> list[tuple[str, float]]:
+        """Every feature's contribution to the log-odds, strongest first (rules
+        included, as ``r:NAME``); for ``try --explain``."""
+        values, fired = message_features(
+            subject, text, self.rules, known_client=known_client,
+            text_scale=self.model.text_scale if self.model is not None else 1.0)
+        if self.model is None:
+            return [("r:" + n, self._rule_weights["r:" + n]) for n in fired]
+        return self.model.explain(values, self._rule_weights)
+
+    def rule_weight(self, name: str) -> float | None:
+        """The weight a fired rule counts with, whatever its source."""
+        key = "r:" + name
+        if key in self._rule_weights:
+            return self._rule_weights[key]
+        return self.model.weights.get(key) if self.model is not None else None
+
+
+def score_message(subject: str, text: str, rules: RuleSet, *, known_client: bool,
+                  known_client_weight: float = 2.0, model: TextModel | None = None) -> Score:
+    """Score one message with ``rules`` (and ``model``, when given); see Classifier."""
+    return Classifier(rules, model).score(subject, text, known_client=known_client,
+                                          known_client_weight=known_client_weight)

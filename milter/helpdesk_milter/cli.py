@@ -41,6 +41,11 @@ examples:
 def _load(path: str) -> tuple[Config, RuleSet]:
     config = load_config(path)
     rules = RuleSet.load(config.classifier.rules_file or None, config.classifier.weights)
+    from .model import ModelError, load_model
+    try:
+        load_model(config.classifier.model)
+    except ModelError as exc:
+        raise ConfigError([f"classifier.model: {exc}"]) from None
     if config.autoreply.templates_dir:
         from .guidance import TemplateError, check_templates
         try:
@@ -186,7 +191,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for group in config.watch:
         print(f"  watch         {group.name}: {group.mode}: {', '.join(group.addresses)}")
     print(f"  clients       {len(policy.directory)} entries")
-    print(f"  classifier    {len(rules.rules)} rules, threshold {config.classifier.threshold}")
+    model = policy.classifier.model
+    print(f"  classifier    {len(rules.rules)} rules, "
+          + (f"model {config.classifier.model} ({len(model.weights)} weights)"
+             if model is not None else "no model (rules only)")
+          + f", threshold {config.classifier.threshold}")
     print(f"  follow-ups    subject matches {config.ticket_pattern}")
     if config.autoreply.enabled:
         print(f"  guidance      on, via {config.autoreply.smtp}, trust {config.autoreply.trust}, "
@@ -236,7 +245,8 @@ def cmd_try(args: argparse.Namespace) -> int:
     store = SQLiteStore(config.milter.database, window=config.dedup.window,
                         similarity=config.dedup.similarity, readonly=True) \
         if Path(config.milter.database).is_file() else None
-    engine = Engine(config, policy=Policy(config, rules=rules), store=store)
+    policy = Policy(config, rules=rules)
+    engine = Engine(config, policy=policy, store=store)
     size = len(raw)
     too_large = size > config.milter.max_scan_size
     sender = args.sender
@@ -257,7 +267,8 @@ def cmd_try(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_decision_json(env, d, msg.message_id), indent=2))
         return 0
-    weights = {rule.name: rule.weight for rule in rules.rules}
+    weights = {rule.name: w for rule in rules.rules
+               if (w := policy.classifier.rule_weight(rule.name)) is not None}
     weights["known-client"] = config.classifier.known_client_weight
     print(f"message     {msg.message_id or '(no Message-ID)'} from <{env.mail_from}> "
           f"({size} bytes)")
@@ -272,6 +283,8 @@ def cmd_try(args: argparse.Namespace) -> int:
             f"{r} ({weights[r]:+.1f})" if r in weights else r for r in d.rules) or "(none)"))
         print(f"action      {d.action}" + (f" ({d.skip_reason})" if d.skip_reason else "")
               + (f", watch group {d.group}" if d.group else ""))
+        if args.explain:
+            _print_explanation(policy, msg, d, config)
     if d.secrets:
         print(f"secrets     {d.secrets} found, "
               f"{'redacted' if d.changes_content else 'tagged only'}: "
@@ -300,6 +313,34 @@ def cmd_try(args: argparse.Namespace) -> int:
     if args.output:
         print(f"written     {args.output}")
     return 0
+
+
+def _print_explanation(policy: Any, msg: Any, d: Any, config: Config) -> None:
+    """``try --explain``: how the score was made, feature by feature."""
+    from .classify import SCORE_OFFSET
+    from .model import feature_label
+    classifier = policy.classifier
+    if d.action == "skip" or d.ticket is not None:
+        print("explain     decided by structure, before the classifier: "
+              + ", ".join(d.rules))
+        return
+    contributions = classifier.explain(msg.subject, msg.text)
+    model = classifier.model
+    base = SCORE_OFFSET + (model.bias if model is not None else -SCORE_OFFSET)
+    print(f"explain     score {d.score:.2f} = {base:+.2f} (start"
+          + (", the model's bias + 5" if model is not None else "") + ")"
+          + (f" {config.classifier.known_client_weight:+.2f} (known-client)"
+             if "known-client" in d.rules else "")
+          + f" {sum(c for _, c in contributions):+.2f} (the features below, in all)")
+    for title, sign in (("for a request", 1), ("against", -1)):
+        side = [(k, c) for k, c in contributions if c * sign > 0][:10]
+        print(f"  {title}:" + ("" if side else " (none)"))
+        for key, contribution in side:
+            kind = "rule" if key.startswith("r:") else "model"
+            print(f"    {contribution:+6.2f}  {feature_label(key):<32} ({kind})")
+    if "assistance-rcpt" in d.rules:
+        print("  the envelope: an assistance address is among the recipients, so the "
+              "watched copy is a request whatever the text says")
 
 
 def _decision_json(env: Envelope, d: Any, message_id: str) -> dict[str, Any]:
@@ -436,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pretend the message came by authenticated submission")
     p.add_argument("--output", "-o", metavar="FILE", help="write the rewritten message here")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.add_argument("--explain", action="store_true",
+                   help="also print how the score was made: the model's strongest features "
+                        "for and against a request, and the rules that fired, with their "
+                        "weights")
     p.add_argument("message", metavar="MESSAGE.eml", help="the message file (- for stdin)")
     p.set_defaults(func=cmd_try)
 

@@ -215,8 +215,13 @@ KEYS: tuple[Key, ...] = (
         "subdomains; an exact address beats its domain)"),
     Key("classifier.threshold", "float", 5.0,
         "score at or above which a message is a support request"),
-    Key("classifier.known_client_weight", "float", 2.0,
-        "evidence added when the sender is in the client directory"),
+    Key("classifier.known_client_weight", "float", 0.0,
+        "evidence added when the sender is in the client directory, on top of what the "
+        "model learned of such senders (with model = none it is the only such evidence: "
+        "2.0 gives the rules-only behaviour of before the model)"),
+    Key("classifier.model", "str", "shipped",
+        "the learned text model: shipped (the one in the package), a path to a model "
+        "file made by make train, or none (rules only, each rule counting its own weight)"),
     Key("classifier.rules_file", "str", "",
         "a TOML rules file that replaces the shipped rules (empty: the shipped set)"),
     Key("classifier.weights.*", "float", None,
@@ -327,6 +332,7 @@ class ClassifierSettings:
     known_client_weight: float
     rules_file: str
     weights: Mapping[str, float]
+    model: str = "shipped"          # "shipped", "none" or a model file path
 
 
 @dataclass(frozen=True)
@@ -639,6 +645,11 @@ def parse_config(text: str, *, source: str = "<string>",
     rules_file = beside_config(classifier.get("rules_file"))
     if rules_file and not Path(rules_file).is_file():
         problems.add("classifier.rules_file", f"{rules_file}: no such file")
+    model = classifier.get("model") or "shipped"
+    if model not in ("shipped", "none"):
+        model = beside_config(model)
+        if not Path(model).is_file():
+            problems.add("classifier.model", f"{model}: no such file (or say shipped or none)")
 
     templates_dir = beside_config(autoreply.get("templates_dir"))
     if templates_dir and not Path(templates_dir).is_dir():
@@ -671,7 +682,7 @@ def parse_config(text: str, *, source: str = "<string>",
         classifier=ClassifierSettings(
             threshold=classifier["threshold"],
             known_client_weight=classifier["known_client_weight"],
-            rules_file=rules_file, weights=weights),
+            rules_file=rules_file, weights=weights, model=model),
         ticket_pattern=followup["ticket_pattern"],
         dedup=DedupSettings(window=dedup["window"], action=dedup["action"],
                             similarity=dedup["similarity"]),

@@ -24,12 +24,13 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .auth import is_own_authentication_results
-from .classify import RuleSet, score_message
+from .classify import Classifier, RuleSet
 from .config import Config, WatchGroup
 from .dedup import Match, fingerprint
 from .directory import ClientDirectory, domain_of, in_domains, split_address
 from .guidance import hints as guidance_hints
 from .message import Envelope, ParsedMessage, strip_brackets
+from .model import TextModel, load_model
 from .redact import Redaction, redact_message
 from .secrets import SecretScanner
 from .stages import stage
@@ -181,14 +182,23 @@ def request_header(verdict: str, structure: str | None, score: float,
     return value
 
 
+# The rule named in X-Helpdesk-Request when the envelope alone made it a request.
+ASSISTANCE_RCPT = "assistance-rcpt"
+
+
 class Policy:
     """Immutable, precomputed view of the config; ``decide`` is safe from any thread."""
 
-    def __init__(self, config: Config, *, rules: RuleSet | None = None):
+    def __init__(self, config: Config, *, rules: RuleSet | None = None,
+                 model: TextModel | str | None = "config"):
         self.config = config
         self.directory = ClientDirectory.from_mapping(config.clients)
         self.rules = rules if rules is not None else RuleSet.load(
             config.classifier.rules_file or None, config.classifier.weights)
+        if isinstance(model, str):
+            model = load_model(config.classifier.model)
+        self.classifier = Classifier(self.rules, model,
+                                     overridden=frozenset(config.classifier.weights))
         self.ticket_re = re.compile(config.ticket_pattern, re.IGNORECASE)
         local, _, domain = config.addresses.assistance.partition("@")
         self._assistance_re = re.compile(
@@ -350,11 +360,17 @@ class Policy:
             score, rules = 0.0, ("ticket-subject",)
         else:
             with stage("classify"):
-                result = score_message(
-                    msg.subject, msg.text, self.rules, known_client=structure is not None,
+                result = self.classifier.score(
+                    msg.subject, msg.text, known_client=structure is not None,
                     known_client_weight=self.config.classifier.known_client_weight)
             score, rules = result.score, result.rules
             verdict = "support" if score >= self.config.classifier.threshold else "other"
+            if verdict == "other" and assistance_rcpts and groups:
+                # The sender wrote to assistance *and* a watched address: they said
+                # it is a request, whatever the text says.  The watched copy is then
+                # a same-transaction duplicate (below).
+                verdict = "support"
+                rules = (*rules, ASSISTANCE_RCPT)
 
         headers: list[tuple[str, str]] = [
             ("X-Helpdesk-Request", request_header(verdict, structure, score, rules, ticket))]

@@ -1,0 +1,184 @@
+"""The learned text model: a linear model over words, word stems and rule firings.
+
+What this module promises:
+
+- ``features(subject, body, fired)`` turns the ``prepare``d Subject and sender's own
+  text (see ``classify.prepare``) and the names of the rules that fired into the
+  feature values the model reads.  Training (``scripts/train-model.py``, scikit-learn)
+  calls this very function, so what was learned is what is inferred.
+- ``TextModel.logit(features)`` is a dot product: a few dictionary look-ups per word,
+  pure Python, no NumPy or scikit-learn at run time.
+- ``TextModel.explain(features)`` gives each feature's contribution, so the strongest
+  ones can go into the ``X-Helpdesk-Request`` header and ``try --explain``.
+
+The features (all binary, text ones scaled by 1/sqrt(count) so a long mail does not
+outweigh a short one; rule firings count 1 each):
+
+- ``u:WORD``   a word of the body or subject;
+- ``p:STEM``   the first ``STEM`` characters of a longer word, so that ``fonctionne``,
+  ``fonctionnait`` and ``fonctionnement`` share evidence (French conjugates a lot);
+- ``b:S1 S2``  two consecutive stems ("ne march", "march plus", "can't log");
+- ``s:WORD``   a word of the Subject (a Subject says more per word than a body);
+- ``r:RULE``   a rule of the rules file fired (its learned weight replaces the file's
+  weight; a rule the model never saw keeps the file's weight);
+- ``k:known-client``  the sender is in the client directory.
+
+The shipped weights (``models/request.json``) are data with a card beside them
+(``models/request.md``); ``make train`` rebuilds both from the labelled sets with a
+fixed seed.  Only the start of the text is read (``MODEL_TEXT_LIMIT`` characters):
+a request is stated at the top, and this bounds the cost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+STEM = 5
+KNOWN_CLIENT_FEATURE = "k:known-client"
+MODEL_TEXT_LIMIT = 3000
+FORMAT = 1
+
+
+class ModelError(ValueError):
+    """A model file is unusable; the message says which file and why."""
+
+
+def features(subject: str, body: str, fired: Iterable[str] = (), *,
+             known_client: bool = False, text_scale: float = 1.0) -> dict[str, float]:
+    """Feature values of one message (``subject`` and ``body`` already ``prepare``d).
+
+    Text features are worth ``text_scale / sqrt(count)`` each; a rule firing, and
+    ``k:known-client`` (the sender is in the client directory), 1 each."""
+    out: dict[str, float] = {}
+    words = body[:MODEL_TEXT_LIMIT].split()
+    subject_words = subject.split()
+    previous = ""
+    for word in words:
+        stem = word[:STEM]
+        out["u:" + word] = 1.0
+        if len(word) > STEM:
+            out["p:" + stem] = 1.0
+        if previous:
+            out["b:" + previous + " " + stem] = 1.0
+        previous = stem
+    for word in subject_words:
+        out["s:" + word] = 1.0
+        if len(word) > STEM:
+            out["s:" + word[:STEM] + "*"] = 1.0
+    if out:
+        scale = text_scale / math.sqrt(len(out))
+        for key in out:
+            out[key] = scale
+    for name in fired:
+        out["r:" + name] = 1.0
+    if known_client:
+        out[KNOWN_CLIENT_FEATURE] = 1.0
+    return out
+
+
+@dataclass(frozen=True)
+class TextModel:
+    """A linear model: ``logit = bias + sum(weight[f] * value[f])``."""
+
+    weights: Mapping[str, float]
+    bias: float
+    text_scale: float = 1.0
+    source: str = "<model>"
+    card: Mapping[str, object] | None = None
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> TextModel:
+        """Read a model file (``None``: the shipped ``models/request.json``)."""
+        if path is None:
+            source = "helpdesk_milter/models/request.json"
+            try:
+                text = (resources.files("helpdesk_milter") / "models" / "request.json"
+                        ).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ModelError(f"{source}: cannot read the shipped model: {exc}") from None
+        else:
+            source = str(path)
+            try:
+                text = Path(path).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ModelError(f"{source}: cannot read the model file: "
+                                 f"{exc.strerror or exc}") from None
+            except UnicodeDecodeError:
+                raise ModelError(f"{source}: the model file is not UTF-8 text") from None
+        return cls.parse(text, source=source)
+
+    @classmethod
+    def parse(cls, text: str, *, source: str = "<model>") -> TextModel:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ModelError(f"{source}: not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ModelError(f"{source}: not a helpdesk-milter model of format {FORMAT}")
+        weights = data.get("weights")
+        bias = data.get("bias")
+        if not isinstance(weights, dict) or not isinstance(bias, int | float) \
+                or not all(isinstance(k, str) and isinstance(v, int | float)
+                           for k, v in weights.items()):
+            raise ModelError(f"{source}: expected 'bias' (a number) and 'weights' "
+                             "(feature name -> number)")
+        scale = data.get("text_scale", 1.0)
+        if not isinstance(scale, int | float) or scale <= 0:
+            raise ModelError(f"{source}: 'text_scale' must be a positive number")
+        card = data.get("card") if isinstance(data.get("card"), dict) else None
+        return cls(weights={k: float(v) for k, v in weights.items()}, bias=float(bias),
+                   text_scale=float(scale), source=source, card=card)
+
+    def logit(self, values: Mapping[str, float],
+              rule_weights: Mapping[str, float] | None = None) -> float:
+        """The model's log-odds that the message is a request.
+
+        ``rule_weights`` gives, for each ``r:RULE`` feature, the weight to use when
+        the model has none (a site's own rule) or when the site overrode it.
+        """
+        get = self.weights.get
+        total = self.bias
+        for key, value in values.items():
+            if rule_weights is not None and key in rule_weights:
+                total += rule_weights[key] * value
+            else:
+                weight = get(key)
+                if weight is not None:
+                    total += weight * value
+        return total
+
+    def explain(self, values: Mapping[str, float],
+                rule_weights: Mapping[str, float] | None = None) -> list[tuple[str, float]]:
+        """Every feature's contribution to the logit, strongest first."""
+        out = []
+        for key, value in values.items():
+            if rule_weights is not None and key in rule_weights:
+                weight: float | None = rule_weights[key]
+            else:
+                weight = self.weights.get(key)
+            if weight:
+                out.append((key, weight * value))
+        out.sort(key=lambda item: -abs(item[1]))
+        return out
+
+
+def feature_label(key: str) -> str:
+    """A feature as it can appear in a header's ``rules=`` list: ``text:WORD``,
+    ``stem:STEM``, ``pair:S1-S2``, ``subject:WORD``; rules by their own name."""
+    kind, _, name = key.partition(":")
+    name = name.replace(" ", "-").replace(",", "").replace(";", "")
+    return {"u": "text:", "p": "stem:", "b": "pair:", "s": "subject:", "r": "",
+            "k": ""}.get(
+        kind, kind + ":") + name
+
+
+def load_model(setting: str) -> TextModel | None:
+    """The model a ``classifier.model`` setting names: ``shipped``, ``none`` or a path."""
+    if setting == "none":
+        return None
+    return TextModel.load(None if setting in ("", "shipped") else setting)
