@@ -54,16 +54,7 @@ MARKER = r"\[secret removed: [a-z0-9-]+\]"
 # Known damage: file -> what the redaction changes that is no secret.  One place, so
 # the detector's developer removes an entry once the fix lands (the strict xfail then
 # passes, and fails the run, until the entry is gone).
-DAMAGED: dict[str, str] = {
-    "mime4j/mimetools-testmsgs__uu-junk.msg":
-        "uuencoded file inside a text/plain part (line 134): the letters PW in "
-        "'-PW_...:' read as a password label, the 27 encoded characters after the colon "
-        "replaced by a marker; the attachment no longer decodes",
-    "mime4j/mimetools-testmsgs__uu-zeegee.msg":
-        "uuencoded file inside a text/plain part (line 97, the same data as uu-junk): "
-        "the letters PW in '-PW_...:' read as a password label, the 27 encoded "
-        "characters after the colon replaced by a marker; the attachment no longer decodes",
-}
+DAMAGED: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------------------

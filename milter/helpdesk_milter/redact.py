@@ -207,6 +207,7 @@ class _PartInfo(NamedTuple):
     charset: str | None
     cte: str
     attachment: bool = False   # Content-Disposition: attachment
+    text_name: bool = False    # application/octet-stream named like a text file (.env)
 
 
 def _content_type(value: str | None, default_type: str) -> tuple[str, dict[str, str]]:
@@ -267,7 +268,18 @@ def _part_info(fields: list[_Field], default_type: str) -> _PartInfo:
     cte = (cte_value or "").strip().lower()
     attachment = disposition is not None and \
         disposition.split(b";", 1)[0].strip().lower() == b"attachment"
-    return _PartInfo(ctype, boundary or None, charset, cte, attachment)
+    text_name = False
+    if ctype == "application/octet-stream":
+        # a pasted config file sent as bytes: ".env", "notes.txt", "app.ini"...
+        names = (ctype_value or "") + ";" + (disposition or b"").decode("latin-1")
+        text_name = bool(_TEXT_FILE_NAME.search(names))
+    return _PartInfo(ctype, boundary or None, charset, cte, attachment, text_name)
+
+
+_TEXT_FILE_NAME = re.compile(
+    r"""(?i)name\*?=\s*["']?[^"';]*?(?:\.env(?:\.[a-z]{1,12})?|\.(?:txt|text|conf|cfg|ini|"""
+    r"""toml|ya?ml|json|properties|sh|ps1|sql|log|csv|tsv|md|netrc|pgpass|npmrc|pypirc))"""
+    r"""["']?\s*(?:;|$)""")
 
 
 # --------------------------------------------------------------------------------------
@@ -845,7 +857,7 @@ class _Walker:
                                               + eol))
             return [_Entity(bstart, ent.end, f"{ent.leaf_path}.1", ent.leaf_path,
                             ent.depth + 1, ent.bounce, "text/plain")]
-        if ctype.startswith("text/") or ctype in _TEXTUAL_APPLICATION:
+        if ctype.startswith("text/") or ctype in _TEXTUAL_APPLICATION or info.text_name:
             try:
                 self._text_part(ent, info, bstart)
             except Exception as exc:
@@ -915,7 +927,7 @@ class _Walker:
     def _scan_subject(self, field: _Field, location: str) -> str | None:
         """The Subject's text with its secrets replaced by markers (None: none)."""
         text = _decode_subject(field.value)
-        findings = self.scanner.scan(text)
+        findings = self.scanner.scan_subject(text)
         if not findings:
             return None
         self.where.extend((location, f.kind) for f in findings)

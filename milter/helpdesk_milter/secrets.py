@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 KINDS: tuple[str, ...] = (
-    "password", "private-key", "aws-access-key", "aws-secret-key", "github-token",
+    "password", "api-token", "private-key", "aws-access-key", "aws-secret-key", "github-token",
     "gitlab-token", "slack-token", "stripe-key", "google-api-key", "jwt", "openai-key",
     "url-credentials", "connection-string",
 )
@@ -41,7 +41,7 @@ _PRIORITY: dict[str, int] = {
     "private-key": 100,
     "aws-access-key": 90, "aws-secret-key": 90, "github-token": 90, "gitlab-token": 90,
     "slack-token": 90, "stripe-key": 90, "google-api-key": 90, "openai-key": 85, "jwt": 80,
-    "connection-string": 70, "url-credentials": 60,
+    "connection-string": 70, "url-credentials": 60, "api-token": 50,
     "password": 10,
 }
 
@@ -368,8 +368,11 @@ _BAD_IDENT_SUFFIX = frozenset({
 })
 
 _TABLE_HEADER_CELL = re.compile(
-    rf"(?i)[\W_]*(?:{_MDP}|mdp|password|passwd|pwd|pass|pw|passphrase|secret|pin|"
+    rf"(?i)[\W_]*(?:(?:temp(?:orary)?|new|initial|current|default|nouveau|admin|wifi)\s+)?"
+    rf"(?:{_MDP}|mdp|password|passwd|pwd|pass|pw|passphrase|secret|pin|totp|otp|2fa|"
+    rf"token|jeton|api\s+key|cl[ée]f?\s+api|"
     rf"(?:code|cl[ée]f?|key)\s+(?:{_WIFI})|(?:{_WIFI})\s+(?:key|password|code))"
+    r"(?:\s*/\s*(?:jeton|token|cl[ée]f?|key|code|pin))?"
     r"(?:\s+(?:provisoire|temporaire|initial|initiale|actuel|wifi|admin|\(.*\)))?[\W_]*")
 _HEADER_WORDS = _words("""
 login identifiant identifiants utilisateur user username nom name prénom prenom compte
@@ -416,6 +419,8 @@ class SecretScanner:
         if not text:
             return False
         hay = _Haystack(text)
+        if _generic_triggered(hay):
+            return True
         if hay.quiet():
             return False
         # The tests are or-ed: the one that says yes most often (prose that mentions a
@@ -441,7 +446,7 @@ class SecretScanner:
             return []
         hay = _Haystack(text)
         if hay.quiet():
-            return []
+            return _resolve([f for f in self._generic(hay, text) if f.kind in self.enabled])
         found: list[Finding] = []
         enabled = self.enabled
         for kind, patterns, triggers in self._tokens:
@@ -460,7 +465,18 @@ class SecretScanner:
             windows = _keyword_windows(text, lower, anchors)
             if windows:
                 found.extend(f for f in _passwords(text, lower, windows) if f.kind in enabled)
+        found.extend(f for f in self._generic(hay, text) if f.kind in enabled)
         return _resolve(found)
+
+    @staticmethod
+    def _generic(hay: _Haystack, text: str) -> list[Finding]:
+        if not _generic_triggered(hay):
+            return []
+        return _generic_findings(hay, text)
+
+    def scan_subject(self, text: str) -> list[Finding]:
+        """Secrets in a Subject line (decoded, unfolded): as :meth:`scan`."""
+        return self.scan(text)
 
     @staticmethod
     def _token_findings(kind: str, pattern: re.Pattern[str], text: str) -> list[Finding]:
@@ -704,6 +720,9 @@ def _cells_with(line: str, sep: str) -> list[tuple[int, int]]:
     for piece in line.split(sep):
         spans.append((pos, pos + len(piece)))
         pos += len(piece) + 1
+    if sep == "\t":
+        # aligned with several tabs: a run of tabs is one separator
+        return [sp for sp in spans if sp[1] > sp[0]]
     if sep == "|":
         # markdown-style "| a | b |": drop the empty outer cells
         if spans and not line[spans[0][0]:spans[0][1]].strip():
@@ -762,7 +781,8 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
             break
         a, b = _strip_span(row, *cells[col])
         value = row[a:b]
-        if len(value) >= 3 and not _is_placeholder(value) \
+        if len(value) >= 3 and not _is_placeholder(value) and not any(
+                c.isspace() for c in value) and value[0] not in "(-" \
                 and value.lower().strip(".,;") not in _STOP_VALUES:
             findings.append(Finding("password", pos + a, pos + b))
         rows += 1
@@ -795,6 +815,10 @@ _TOKEN = re.compile(r"[^\s]{1,200}")
 _TOKEN_IDENT = re.compile(r"[^\s;&]{1,200}")
 
 
+# "os.environ[...]", "getenv(...)", "config.get(...)": code that reads a secret elsewhere.
+_CODE_EXPRESSION = re.compile(r"[A-Za-z_][\w.]*(?:\[[\"']|\()")
+
+
 def _value_ok(value: str, *, clause_end: bool, strict: bool) -> bool:
     """Whether ``value`` is plausibly a password (not a stop word, form label, placeholder)."""
     if len(value) < 3 or len(value) > 128:
@@ -804,7 +828,7 @@ def _value_ok(value: str, *, clause_end: bool, strict: bool) -> bool:
     if (low in _STOP_VALUES or core in _STOP_VALUES or core in _NEGATIVE_QUALIFIERS
             or _is_placeholder(value)):
         return False
-    if _URLISH.match(value) or _EMAIL.fullmatch(value):
+    if _URLISH.match(value) or _EMAIL.fullmatch(value) or _CODE_EXPRESSION.match(value):
         return False
     if strict:
         return _strong(value)
@@ -947,6 +971,7 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
     out: list[Finding] = []
     header_lines: list[tuple[int, int]] = []
     table_until = -1
+    window_until = -1
     n = len(text)
     lowered = len(lower) == n
     for m in _keyword_matches(lower if lowered else text, windows, lowered=lowered):
@@ -955,6 +980,8 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
             continue
         if header_lines and header_lines[-1][0] <= start < header_lines[-1][1]:
             continue
+        if _binary_line(text, start):
+            continue                    # "-PW_...:" inside uuencoded data is no label
         group = m.lastgroup or "kw"
         keyword = m.group(0).lower()
         if group in ("kw", "wifi", "pair"):
@@ -969,12 +996,20 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
         finding = _password_after(text, m, group, keyword, n)
         if finding is not None:
             out.append(finding)
+        elif group in ("kw", "wifi", "pair") and m.end() >= window_until:
+            # each character is read by one window at most: linear on keyword floods
+            window_until = min(n, m.end() + _WINDOW_REACH)
+            out.extend(_window_values(text, m.end(),
+                                      first_only=group == "kw" and keyword in _WEAK_KEYWORDS))
     return out
 
 
 def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
                     n: int) -> Finding | None:
     start, pos = m.start(), m.end()
+    opened = text.rfind("${", max(0, start - 64), start)
+    if opened >= 0 and text.rfind("}", opened, start) < 0:
+        return None                         # inside "${NAME:-default}": a reference
     limit = min(n, pos + _WINDOW)
     nl = text.find("\n", pos, limit)
     line_end = nl if nl >= 0 else limit
@@ -1151,3 +1186,524 @@ def _pair_value(text: str, a: int, b: int, line_end: int, group: str,
     if _value_ok(value, clause_end=_clause_end(text, vb, line_end), strict=strict):
         return Finding("password", va, vb)
     return None
+
+
+# --------------------------------------------------------------------------------------
+# Generic detectors: what does not depend on one provider's format or one phrasing.
+#
+# Provider tokens whose prefix says what they are.  The prefixes and shapes are carried
+# over from gitleaks' rule set (config/gitleaks.toml: sendgrid, sendinblue, huggingface,
+# npm, pypi, grafana, vault, 1password, docker, digitalocean, shopify, mailgun, telegram,
+# discord, twilio, age, doppler, dynatrace, postman, pulumi, planetscale, prefect, ...),
+# widened a little where people paste shortened or test values.
+_PROVIDER_TOKEN = re.compile(r"""
+(?<![A-Za-z0-9_\-.])
+(?:
+   SG\.[A-Za-z0-9_\-]{16,32}\.[A-Za-z0-9_\-]{20,64}              # sendgrid
+ | xkeysib-[a-f0-9]{64}-[A-Za-z0-9]{16}                           # brevo / sendinblue
+ | xsmtpsib-[a-f0-9]{64}-[A-Za-z0-9]{16}
+ | hf_[A-Za-z0-9]{30,40}                                          # huggingface
+ | api_org_[A-Za-z0-9]{30,40}
+ | npm_[A-Za-z0-9]{36}                                            # npm
+ | pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{40,1000}                    # pypi
+ | gl(?:sa|c)_[A-Za-z0-9_+/]{32,400}={0,3}                        # grafana
+ | eyJrIjoi[A-Za-z0-9_=\-]{20,400}(?:\.[A-Za-z0-9_=\-]{16,400})?  # grafana (old)
+ | hv[sb]\.[A-Za-z0-9_\-]{24,300}                                 # vault
+ | ops_eyJ[A-Za-z0-9+/_\-]{60,2000}={0,3}                         # 1password
+ | A3-[A-Z0-9]{6}-[A-Z0-9]{6,11}(?:-[A-Z0-9]{5}){3,4}
+ | dckr_pat_[A-Za-z0-9_\-]{20,60}                                 # docker hub
+ | do[opr]_v1_[a-f0-9]{64}                                        # digitalocean
+ | shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}                             # shopify
+ | key-[a-f0-9]{32}                                               # mailgun
+ | SK[0-9a-f]{32}                                                 # twilio api key
+ | AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}
+ | dp\.pt\.[A-Za-z0-9]{43}                                        # doppler
+ | dt0c01\.[A-Za-z0-9]{24}\.[A-Za-z0-9]{64}                       # dynatrace
+ | PMAK-[a-f0-9]{24}-[a-f0-9]{34}                                 # postman
+ | pul-[a-f0-9]{40}                                               # pulumi
+ | pscale_(?:tkn|oauth|pw)_[A-Za-z0-9_=.\-]{32,64}                # planetscale
+ | pnu_[A-Za-z0-9]{36}                                            # prefect
+ | rubygems_[a-f0-9]{48}
+ | sntry[us]_[A-Za-z0-9+/_=]{40,400}                              # sentry
+ | pplx-[A-Za-z0-9]{48}
+ | glrt-[A-Za-z0-9_\-]{20,300}
+ | sq0(?:atp|csp)-[A-Za-z0-9_\-]{22,60}                           # square
+ | EAA[MC][A-Za-z0-9]{100,400}                                    # facebook
+ | AKCp[A-Za-z0-9]{69}                                            # artifactory
+ | fo1_[A-Za-z0-9_\-]{43}                                         # fly.io
+ | ntn_[0-9]{11}[A-Za-z0-9]{35}                                   # notion
+ | \d{8,10}:AA[A-Za-z0-9_\-]{31,34}                               # telegram bot
+)
+(?![A-Za-z0-9_\-])
+""", re.X)
+_PROVIDER_TRIGGER = re.compile(
+    rb"SG\.|sib-|hf_|api_org_|npm_|pypi-|gl(?:sa|c)_|eyJrIjoi|hv[sb]\.|ops_|A3-|dckr_|_v1_|"
+    rb"shp|key-|SK|AGE-|dp\.pt|dt0c01|PMAK|pul-|pscale|pnu_|rubygems_|sntry|pplx|glrt|"
+    rb"sq0|EAA|AKCp|fo1_|ntn_|:AA")
+
+# The secret part of webhook and push URLs (the path is the credential).
+_WEBHOOK_PATH = re.compile(r"""(?x)
+   /api/webhooks/\d{6,25}/(?P<a>[A-Za-z0-9_\-]{40,100})               # discord
+ | /hooks/(?P<b>[a-z0-9]{26})(?![A-Za-z0-9])                          # mattermost
+ | /api/push/(?P<c>[A-Za-z0-9]{8,40})(?![A-Za-z0-9])                  # uptime kuma
+ | \.webhook\.office\.com/webhookb2/(?P<d>[A-Za-z0-9@\-]{40,200}/IncomingWebhook/
+   [A-Za-z0-9]{32})
+ | /bot(?P<e>\d{6,12}:[A-Za-z0-9_\-]{30,40})                           # telegram, in a URL
+""")
+_WEBHOOK_TRIGGER = re.compile(rb"/api/webhooks/|/hooks/|/api/push/|webhookb2/|/bot\d")
+
+# A name that says its value is a secret ("DB_PASSWORD", "AccountKey", "_authToken",
+# "roundcube_sessid", "psk"), as gitleaks' generic rule does: found from these stems,
+# then widened to the whole identifier.
+_SECRET_STEM = re.compile(
+    r"(?i)pass|pwd|psk|secret|token|key|auth|cred|salt|sess|sig(?![a-z])")
+_SECRET_STEM_BYTES = re.compile(rb"pass|pwd|psk|secret|token|key|auth|cred|salt|sess|sig")
+_IDENT_CHARS = re.compile(r"[A-Za-z0-9_.\-]{0,48}")
+_IDENT_SET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+_IDENT_PART = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+# Parts of a name meaning its value is *not* the secret (a key's id, a token's URL...).
+_NOT_SECRET_PART = frozenset({
+    "id", "ids", "name", "names", "user", "username", "login", "file", "path", "dir", "url",
+    "uri", "type", "types", "mode", "length", "len", "size", "host", "hostname", "port",
+    "public", "pub", "fingerprint", "version", "format", "enabled", "disabled", "required",
+    "hash", "hashed", "checksum", "sha", "sha1", "sha256", "md5", "mgmt", "management",
+    "license", "licence", "serial", "product", "expires", "expiry", "expire", "ttl",
+    "timeout", "lifetime", "policy", "reset", "min", "max", "hint", "field", "label",
+    "prompt", "rules", "strength", "pattern", "regex", "algorithm", "algo", "cmd",
+    "command", "store", "storage", "location", "env", "header", "endpoint", "issuer",
+    "scope", "scopes", "method", "methods", "provider", "backend", "realm", "count",
+    "author", "authors", "authority", "authorship", "keyboard", "keys", "keyring", "keyid",
+    "keyserver", "passage", "bypass", "compass", "session", "sessions", "signal", "signed",
+    "signature", "sigma", "saltstack", "tokenizer", "cache", "level", "protocol", "class",
+    "manager", "agent", "option", "options", "default", "example", "placeholder", "changed",
+    "autocomplete", "keygen", "keytab", "keystore", "strategy", "handler", "service",
+    "fingerprints", "map", "index", "limit", "rate", "secure", "publishable", "site",
+})
+_ASSIGN_SEP = re.compile(
+    r"""["'\]]{0,2}[^\S\r\n]{0,12}(?:=>|:=|\?=|=|:(?!//)|,(?=[^\S\r\n]*["']))[^\S\r\n]{0,12}""")
+_AUTH_SCHEME = re.compile(r"(?i)(?:Bearer|Basic|Token|Digest|Bot|apikey|key)[^\S\r\n]+")
+_VALUE_TOKEN = re.compile(r"""[^\s"'`<>,;&)\]}]{1,400}""")
+
+
+def _secret_name(name: str) -> bool:
+    """Whether an identifier names a secret (and not, say, a key's id or a token's URL)."""
+    parts = [p.lower() for p in _IDENT_PART.findall(name)]
+    if not parts or any(p in _NOT_SECRET_PART for p in parts):
+        return False
+    low = name.lower()
+    return low.startswith("authoriz") or not low.startswith(
+        ("author", "session", "signal", "signature", "keyboard"))
+
+
+def _entropic(value: str, *, min_len: int) -> bool:
+    """A generated token: long enough, letters and digits, not a word, date or path."""
+    n = len(value)
+    if n < min_len or n > 400:
+        return False
+    if _is_placeholder(value) or value[0] in "$%{<" or value.startswith(
+            ("http", "www.", "pk_live_", "pk_test_", "ssh-", "sha256:", "sha1:", "md5:")):
+        return False
+    if _DECOY_SHAPE.fullmatch(value):
+        return False
+    letters = sum(c.isalpha() for c in value)
+    digits = sum(c.isdigit() for c in value)
+    if not letters or not digits:
+        return n >= 24 and _classes(value) >= 3 and letters > 0
+    return value.count("/") < 2 or value.endswith("=")     # else a path
+
+
+# Shapes that are never secrets however they are named: dates, versions, IP and MAC
+# addresses, UUIDs, host names, phone numbers, references such as "F2025-0917".
+_DECOY_SHAPE = re.compile(r"""(?x)
+  \d{1,4}(?:[-/.:]\d{1,4}){1,3}(?:[T\s]\d\d:\d\d(?::\d\d)?(?:\.\d+)?Z?)?   # dates, IPs, times
+| v?\d+(?:\.\d+){1,4}(?:[-+][A-Za-z0-9.]+)?                               # versions
+| [0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){5}                                    # MAC
+| [0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}  # UUID
+| [a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.[a-z]{2,12}                              # host names
+| \+?\d[\d\s.\-]{7,16}\d                                                  # phone numbers
+| [A-Z]{1,6}\d{0,3}(?:[-_/][A-Z0-9]{1,10}){1,4}                           # references
+| \#\d+
+""")
+
+
+def _stem_positions(lower: str, stems: tuple[str, ...]) -> list[tuple[int, int]]:
+    """(start, end) of every occurrence of the stems in ``lower``, sorted."""
+    out = []
+    for stem in stems:
+        i = lower.find(stem)
+        while i >= 0:
+            out.append((i, i + len(stem)))
+            i = lower.find(stem, i + 1)
+    out.sort()
+    return out
+
+
+def _named_assignments(text: str, lower: str) -> list[Finding]:
+    """``NAME = value`` (``:``, ``=>``, ``,`` in PHP's define) where NAME names a secret and
+    the value looks generated; ``Authorization: Bearer value``."""
+    out: list[Finding] = []
+    n = len(text)
+    last = -1
+    for m_start, m_end in _stem_positions(lower, _STEMS):
+        if m_start < last:
+            continue
+        if lower.startswith("sig", m_start) and lower[m_end:m_end + 1].isalpha():
+            continue
+        if _binary_line(text, m_start):
+            continue
+        # the identifier around the stem: a separator must follow it soon
+        after = _IDENT_CHARS.match(text, m_end)
+        end = after.end() if after else m_end
+        if not _ASSIGN_SEP.match(text, end) or end - m_end > 40:
+            last = end
+            continue
+        start = m_start
+        while start > 0 and m_start - start < 48 and text[start - 1] in _IDENT_SET:
+            start -= 1
+        last = end
+        name = text[start:end].rstrip(".-")
+        end = start + len(name)
+        if not _secret_name(name):
+            continue
+        sep = _ASSIGN_SEP.match(text, end)
+        if sep is None or sep.end() == end:
+            continue
+        pos = sep.end()
+        lowname = name.lower()
+        wordy = lowname in ("pass", "key", "token", "secret", "auth", "password", "sig")
+        scheme = _AUTH_SCHEME.match(text, pos)
+        if scheme and ("auth" in lowname or "header" in lowname or wordy):
+            pos = scheme.end()
+        quote = text[pos] if pos < n and text[pos] in "\"'`" else ""
+        if quote:
+            close = text.find(quote, pos + 1, min(n, pos + 402))
+            if close < 0 or "\n" in text[pos + 1:close]:
+                continue
+            a, b = pos + 1, close
+        else:
+            vm = _VALUE_TOKEN.match(text, pos)
+            if vm is None:
+                continue
+            a, b = _trim_value(text, vm.start(), vm.end())
+        last = max(last, b)
+        value = text[a:b]
+        if value.lower().startswith("base64:"):
+            a += 7
+            value = value[7:]
+        pw_name = any(w in lowname for w in ("pass", "pwd", "psk"))
+        min_len = 8 if pw_name else (16 if wordy else 10)
+        if _entropic(value, min_len=min_len) or (
+                pw_name and quote and _strong(value) and " " not in value):
+            out.append(Finding("api-token" if not pw_name else
+                               _kind_for_assignment(text, start), a, b))
+            last = b
+    return out
+
+
+# Credentials given to well-known commands: ``curl -u user:pass``, ``sshpass -p pass``,
+# ``lftp -u user,pass``, ``mysql -ppass``, ``net use ... /user:NAME pass``,
+# ``ConvertTo-SecureString 'pass'``, ``snmpwalk -c community``.
+_COMMAND_CREDENTIAL = re.compile(r"""(?x)
+  (?:\s|^)(?:-u|--user)(?:[^\S\r\n]+|=)["']?[^\s:"']{1,64}:(?P<a>[^\s"']{3,200})
+| \bsshpass[^\S\r\n]+-p[^\S\r\n]*["']?(?P<b>[^\s"']{3,200})
+| \blftp\b[^\r\n]{0,80}?[^\S\r\n]-u[^\S\r\n]+[^\s,]{1,64},["']?(?P<c>[^\s"']{3,200})
+| \bmysql(?:dump|admin)?\b[^\r\n]{0,80}?[^\S\r\n]-p(?P<d>[^\s"'-][^\s"']{2,200})
+| \bnet[^\S\r\n]+use\b[^\r\n]{0,120}?/user:[^\s]{1,64}[^\S\r\n]+(?P<e>[^\s/"'][^\s"']{2,200})
+| ConvertTo-SecureString[^\S\r\n]+(?:-String[^\S\r\n]+)?["'](?P<f>[^"'\r\n]{3,200})["']
+| \bsnmp(?:walk|get|bulkwalk|set)\b[^\r\n]{0,40}?[^\S\r\n]-c[^\S\r\n]+(?P<g>[^\s"']{3,100})
+""")
+_COMMAND_TRIGGER = re.compile(
+    rb"-u|--user|sshpass|lftp|mysql|net use|securestring|snmp")
+
+
+def _command_credentials(text: str, folded: bytes) -> list[Finding]:
+    out = []
+    for m in _COMMAND_CREDENTIAL.finditer(text):
+        group = m.lastgroup
+        if group is None:
+            continue
+        a, b = _trim_value(text, m.start(group), m.end(group))
+        value = text[a:b]
+        if b > a and not _is_placeholder(value) and value[0] not in "$%" and (
+                _strong(value) or _entropic(value, min_len=8)):
+            out.append(Finding("password", a, b))
+    return out
+
+
+# URLs written JSON-escaped ("https:\/\/user:pw@host") or URL-encoded inside another URL
+# or a log line ("https%3A%2F%2Fuser%3Apw%40host").
+_ESCAPED_USERINFO = re.compile(r"""(?x)
+  :\\/\\/[^\s:/\\"'@]{0,128}:(?P<a>[^\s/\\"'<>@]{1,256})@(?=[A-Za-z0-9\[_\-])
+| %3[Aa]%2[Ff]%2[Ff][^\s:/%@&?"']{0,128}(?:%3[Aa]|:)(?P<b>[^\s/"'<>@&?]{1,256}?)(?:%40|@)
+  (?=[A-Za-z0-9\[_\-])
+""")
+_ESCAPED_TRIGGER = re.compile(rb":\\/\\/|%3a%2f%2f")
+
+
+def _escaped_url_credentials(text: str) -> list[Finding]:
+    out = []
+    for m in _ESCAPED_USERINFO.finditer(text):
+        group = m.lastgroup
+        if group is None:
+            continue
+        value = m.group(group)
+        if _is_placeholder(value) or _PORT_QUERY.fullmatch(value):
+            continue
+        out.append(Finding("url-credentials", m.start(group), m.end(group)))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Prose: a value that looks like a password within a bounded window after a password
+# label, whatever the words between them ("le mot de passe provisoire qu'on lui a donné
+# est X", "the password will be\nX"), across a line wrap and quoting ("> ").
+
+_WINDOW_REACH = 170
+_WINDOW_TOKEN = re.compile(r"[^\s>]+")
+_WINDOW_STOP = re.compile(r"\n[ \t>]*\n")
+# A token right after one of these words is what that word names, not a password.
+_NAMING_WORDS = _words("""
+identifiant identifiants login logins user username utilisateur compte account ssid réseau
+reseau network serial série serie n° no ref réf référence reference facture invoice ticket
+commande order numéro numero number tel tél téléphone phone adresse address email e-mail
+mail courriel nom name id asset tag dossier folder fichier file version modèle modele model
+salle room bureau poste extension ext lien link url site domaine domain serveur server host
+sur on at from de chez boîte boite box session appareil device imprimante printer groupe
+group projet project utilisateur: login: user: ssid: réseau: network: compte: account:
+""")
+
+
+_NAMED_BEFORE = _words("""
+série serie serial numéro numero number n° no ref réf référence reference facture invoice
+ticket commande order tel tél téléphone telephone phone version modèle modele model asset
+tag ssid réseau reseau network imei siret siren iban
+""")
+
+
+def _looks_secret(value: str) -> bool:
+    """A password-like token: strong, and not an address, date, version or reference."""
+    return (_strong(value) and not _DECOY_SHAPE.fullmatch(value)
+            and not _URLISH.match(value) and not _EMAIL.fullmatch(value)
+            and "@" not in value and "/" not in value and "\\" not in value
+            and value.lower() not in _STOP_VALUES and not _is_placeholder(value))
+
+
+def _window_values(text: str, pos: int, *, first_only: bool) -> list[Finding]:
+    """Password-like tokens in the window after a label ending at ``pos``: letters and
+    digits both (a word or a name is never taken from prose), not named by the words
+    just before it ("numéro de série est X", "compte X")."""
+    n = len(text)
+    if pos < n and text[pos] in "_.-=[]{}()\"'$%":
+        return []                         # part of an identifier or an expression
+    limit = min(n, pos + _WINDOW_REACH)
+    stop = _WINDOW_STOP.search(text, pos, limit)
+    if stop is not None:
+        limit = stop.start()
+    out: list[Finding] = []
+    recent: list[str] = []
+    for tm in _WINDOW_TOKEN.finditer(text, pos, limit):
+        word = tm.group(0)
+        low = word.lower().strip("().,;:!?\"'«»“”")
+        if low in _NEGATIVE_QUALIFIERS or low.split("'")[0] in ("n", "ne") or \
+                low.split("’")[0] in ("n", "ne"):
+            break
+        a, b = _trim_value(text, tm.start(), tm.end())
+        a, b = _strip_quotes(text, a, b)
+        value = text[a:b]
+        wrapped = word.startswith(("(", "[", "{")) or word.count(":") >= 2
+        named = bool(recent and recent[-1] in _NAMING_WORDS) or any(
+            w in _NAMED_BEFORE for w in recent[-3:])
+        if not wrapped and not named and _mixed(value) and _looks_secret(value) \
+                and not any(c in value for c in "()[]{}=$\"<>"):
+            out.append(Finding("password", a, b))
+        elif first_only:
+            break
+        if first_only and out:
+            break
+        recent.append(word.lower().rstrip(":,"))
+    return out
+
+
+def _strip_quotes(text: str, a: int, b: int) -> tuple[int, int]:
+    while a < b and text[a] in "\"'«“‘`(":
+        a += 1
+    while b > a and text[b - 1] in "\"'»”’`),.;:!?":
+        b -= 1
+    return a, b
+
+
+# Access codes: door, alarm, padlock, SIM (PIN, PUK), keypad, lockbox; digits with an
+# optional letter or # / *, also spaced or dashed ("8 3 5 1", "7-3-9-1").
+_CODE_LABEL = re.compile(
+    r"(?i)(?<![^\W_])(?:digicode|codes?|pin|puk|passcode|combinaison|combination|"
+    r"keypad|lockbox|cadenas)(?![^\W_])")
+_CODE_VALUE = re.compile(
+    r"(?<![\w/+\-.,:#])(?:[A-Z]?\d{4,8}[A-Z#*]?|\d(?:[ \-]\d){3,7}[#*]?|\d{3}[ \-]\d{3})"
+    r"(?![\w/+\-]|[.,:]\d|[ \-]\d)")
+_NOT_ACCESS_CODE = re.compile(
+    r"(?i)(?<![^\W_])(?:postal|postaux|erreur|error|ape|naf|insee|siret|siren|barres?|promo|"
+    r"source|produit|product|article|suivi|tracking|client|customer|comptable|couleur|color|"
+    r"status|statut|http|exit|retour|zip|pays|country|langue|tva|iban|bic|swift|"
+    r"d[ée]partement|commune|r[ée]duction|remise|discount|coupon|parrainage|r[ée]f[ée]rence|"
+    r"ref|projet|analytique|budget|chantier|html|python|qr|barcode|cpv|nace|rome|douane|"
+    r"customs|hs|sku|ean|isbn|article|item|order|commande|facture|invoice|tarif|"
+    r"cotisation|adh[ée]rent|member|membre|dossier|ticket|colis|parcel|série|serial|bank|"
+    r"banque|bancaire|guichet|sort|routing|swift|agence|branch|account\s+number)"
+    r"(?![^\W_])")
+_CODE_TRIGGER = re.compile(rb"code|pin|puk|combin|keypad|lockbox|cadenas")
+# Literal searches (bytes.find is a memchr loop; an alternation in a regex is not).
+_GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth", b"cred",
+                  b"salt", b"sess", b"sig", b"code", b"pin", b"puk", b"combin", b"lockbox",
+                  b"cadenas", b"compte", b"account", b"identifiant", b"login", b"user",
+                  b"mdp", b"pw", b"sshpass", b"lftp", b"mysql", b"net use", b"snmp",
+                  b"securestring", b"-u", b":\\/\\/", b"%3a%2f%2f", b"/hooks/", b"/api/",
+                  b"webhookb2/", b"/bot")
+_STEMS = ("pass", "pwd", "psk", "secret", "token", "key", "auth", "cred", "salt", "sess",
+          "sig")
+_CODE_WORDS = ("code", "pin", "puk", "combin", "keypad", "lockbox", "cadenas")
+_PAIR_WORDS = (b"compte", b"account", b"identifiant", b"login", b"acc", b"user",
+               b"utilisateur", b"credential", b"mdp", b"password", b"mot de passe", b"pw",
+               b"connexion")
+_COMMAND_WORDS = (b"-u", b"--user", b"sshpass", b"lftp", b"mysql", b"net use",
+                  b"securestring", b"snmp")
+_YEAR = re.compile(r"(?:19[5-9]\d|20[0-4]\d)")
+
+
+def _access_codes(text: str, lower: str) -> list[Finding]:
+    out: list[Finding] = []
+    n = len(text)
+    last = -1
+    for s0, _ in _stem_positions(lower, _CODE_WORDS):
+        w0 = s0
+        while w0 > 0 and s0 - w0 < 8 and lower[w0 - 1].isalpha():
+            w0 -= 1
+        m = _CODE_LABEL.match(text, w0)
+        if m is None or m.start() < last:
+            continue
+        last = m.end()
+        lo, hi = max(0, m.start() - 30), min(n, m.end() + 30)
+        if _NOT_ACCESS_CODE.search(text, lo, hi):
+            continue
+        limit = min(n, m.end() + 90)
+        stop = _WINDOW_STOP.search(text, m.end(), limit)
+        if stop is not None:
+            limit = stop.start()
+        plural = m.group(0).lower() in ("codes",)
+        for v in _CODE_VALUE.finditer(text, m.end(), limit):
+            value = v.group(0)
+            if _YEAR.fullmatch(value):
+                continue
+            out.append(Finding("password", v.start(), v.end()))
+            last = v.end()
+            if not plural:
+                break
+    return out
+
+
+# "k.benali / Soleil.Bleu48", "leroy.marie, Pivoine*1964": a login, a slash or a comma,
+# then a password-like value, where the text speaks of accounts.
+_LOGIN_PAIR = re.compile(
+    r"(?<![^\s(:«\"'])(?P<login>[A-Za-z][\w.\-]{1,40}(?:@[\w\-]+(?:\.[\w\-]+)+)?)"
+    r"(?:[^\S\r\n]+/[^\S\r\n]*|[^\S\r\n]*/[^\S\r\n]+|[^\S\r\n]*,[^\S\r\n]+)"
+    r"(?P<v>[^\s,;/?&=]{6,64})(?![^\s,;])")
+_PAIR_CONTEXT = re.compile(
+    r"(?i)compte|account|identifiant|login|acc[eè]s|user|utilisateur|credential|mdp|"
+    r"password|mot de passe|\bpw\b|\bpwd\b|connexion")
+_COMMON_LOGINS = frozenset({"admin", "root", "administrateur", "administrator", "user",
+                            "guest", "invite", "invité", "support", "operator"})
+
+
+_PAIR_VALUE = re.compile(r"(?=[^\s,;/?&=]{0,63}\d)[^\s,;/?&=]{6,64}(?![^\s,;])")
+_LOGIN_BEFORE = re.compile(
+    r"(?<![^\s(:«\"'])(?P<login>[A-Za-z][\w.\-]{1,40}(?:@[\w\-]+(?:\.[\w\-]+)+)?)"
+    r"[^\S\r\n]*\Z")
+
+
+def _login_pairs(text: str) -> list[Finding]:
+    out = []
+    seen: set[int] = set()
+    for sep in (" /", "/ ", ", ", ",\t", "/\t"):
+        i = text.find(sep)
+        while i >= 0:
+            j = i + len(sep)
+            while j < len(text) and text[j] in " \t":
+                j += 1
+            vm = _PAIR_VALUE.match(text, j)
+            i_next = text.find(sep, i + 1)
+            if vm is None or j in seen:
+                i = i_next
+                continue
+            k = i
+            while k > 0 and text[k - 1] in " \t" and i - k < 4:
+                k -= 1
+            lm = _LOGIN_BEFORE.search(text, max(0, k - 100), k)
+            i = i_next
+            if lm is None:
+                continue
+            login = lm.group("login")
+            if not (any(c in login for c in "._@-") or any(c.isdigit() for c in login)
+                    or login.lower() in _COMMON_LOGINS) or login[-1] in ".-":
+                continue
+            a, b = _trim_value(text, vm.start(), vm.end())
+            a, b = _strip_quotes(text, a, b)
+            if not _looks_secret(text[a:b]):
+                continue
+            if not _PAIR_CONTEXT.search(text, max(0, lm.start() - 400), lm.start()):
+                continue
+            seen.add(j)
+            out.append(Finding("password", a, b))
+    return out
+
+
+# Lines that are binary data in disguise: uuencode ("M" + 60 characters from " " to "`"),
+# base64, or quoted-printable-looking runs with no space.
+_UU_LINE = re.compile(r"M[ -`]{60}")
+_B64_RUN = re.compile(r"[A-Za-z0-9+/=]{40,}")
+_QP_RUN = re.compile(r"(?:[^\s=]{0,8}=[0-9A-F]{2}){6,}")
+
+
+def _binary_line(text: str, pos: int) -> bool:
+    """Whether the line holding ``pos`` is encoded binary data, never prose."""
+    if " " in text[max(0, pos - 20):pos + 20]:
+        return False                    # encoded lines have no spaces: the common case
+    lo = text.rfind("\n", max(0, pos - 200), pos) + 1
+    if lo == 0 and pos > 200:
+        return False
+    hi = text.find("\n", pos, pos + 200)
+    if hi < 0:
+        hi = min(len(text), pos + 200)
+    line = text[lo:hi].rstrip("\r")
+    if len(line) < 40 or " " in line.strip():
+        return False
+    return bool(_UU_LINE.fullmatch(line) or _B64_RUN.fullmatch(line)
+                or _QP_RUN.match(line))
+
+
+def _generic_triggered(hay: _Haystack) -> bool:
+    """Whether any generic detector may find something (literal searches only)."""
+    cased, folded = hay.cased, hay.folded
+    return any(w in folded for w in _GENERIC_WORDS) or bool(_PROVIDER_TRIGGER.search(cased))
+
+
+def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
+    """The detectors that do not depend on one provider or one phrasing."""
+    found: list[Finding] = []
+    cased, folded = hay.cased, hay.folded
+    lower = text.lower()
+    if len(lower) != len(text):
+        lower = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    if _PROVIDER_TRIGGER.search(cased):
+        found.extend(Finding("api-token", m.start(), m.end())
+                     for m in _PROVIDER_TOKEN.finditer(text))
+    if any(w in folded for w in (b"/hooks/", b"/api/", b"webhookb2/", b"/bot")):
+        found.extend(Finding("api-token", m.start(g), m.end(g))
+                     for m in _WEBHOOK_PATH.finditer(text) if (g := m.lastgroup))
+    found.extend(_named_assignments(text, lower))
+    if any(w in folded for w in _COMMAND_WORDS):
+        found.extend(_command_credentials(text, folded))
+    if b":\\/\\/" in folded or b"%3a%2f%2f" in folded:
+        found.extend(_escaped_url_credentials(text))
+    found.extend(_access_codes(text, lower))
+    if any(w in folded for w in _PAIR_WORDS):
+        found.extend(_login_pairs(text))
+    return found

@@ -1,0 +1,31 @@
+"""Secret redaction on the blind tuning sets (tests/blind/secrets-tune-*).
+
+The sets were written by people who never saw the detectors (see
+tests/blind/briefs/secrets-world.md); scoring is in :mod:`support.blind_secrets`.  The
+bars are what the detectors reach today, rounded down, so that a change that loses
+recall or damages a decoy fails here.  The held-out set is not asserted here: it is
+measured by the lead, never tuned on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from support.blind_secrets import ROOT, measure_secrets
+
+TUNE = ROOT / "tests" / "blind"
+# recall reached on each tuning set (rounded down); no decoy may be damaged
+BARS = {"secrets-tune-a": 0.73, "secrets-tune-b": 0.93}
+
+
+@pytest.mark.parametrize("name", sorted(BARS))
+def test_tuning_set(name: str) -> None:
+    folder: Path = TUNE / name
+    if not (folder / "snippets.toml").is_file():
+        pytest.skip(f"{name} is not there")
+    figures = measure_secrets(folder)
+    details = "\n".join([figures.row(), *figures.misses, *figures.damage])
+    assert figures.recall >= BARS[name], details
+    assert figures.damaged == 0, details
