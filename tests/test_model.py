@@ -179,3 +179,19 @@ def test_model_card_sits_beside_the_weights():
     assert f"{len(data['weights'])} non-zero weights" in card
     for line in data["card"]["trained_on"]:
         assert line in card
+
+
+def test_the_fast_path_scores_as_the_plain_model_does():
+    """``Classifier.score`` adds the text weights in one pass; it must agree with
+    ``features`` + ``TextModel.logit`` (the training-time definition) everywhere."""
+    from helpdesk_milter.message import ParsedMessage
+    rules = RuleSet.load()
+    model = load_model("shipped")
+    classifier = Classifier(rules, model)
+    for path in sorted((ROOT / "tests" / "corpus" / "messages").glob("*.eml")):
+        msg = ParsedMessage(path.read_bytes())
+        for known in (False, True):
+            got = classifier.score(msg.subject, msg.text, known_client=known)
+            values, _ = message_features(msg.subject, msg.text, rules, known_client=known,
+                                         text_scale=model.text_scale)
+            assert got.score == pytest.approx(SCORE_OFFSET + model.logit(values), abs=2e-3)

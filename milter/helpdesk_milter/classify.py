@@ -47,7 +47,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .model import TextModel, feature_label, features
+from .model import KNOWN_CLIENT_FEATURE, TextModel, feature_label, features, text_keys, text_value
 from .text import own_text, strip_subject_prefixes
 
 # The parser behind re.compile (CPython 3.11+), used only to find anchors: if it
@@ -522,6 +522,30 @@ def is_forward_subject(subject: str) -> bool:
     return bool(_FORWARD_SUBJECT.match(subject or ""))
 
 
+def _prepared(subject: str, text: str) -> tuple[str, str]:
+    """The ``prepare``d Subject and sender's own text the rules and the model read."""
+    subject = subject or ""
+    body = own_text((text or "")[:TEXT_SCAN_LIMIT], forwarded=is_forward_subject(subject))
+    return prepare(strip_subject_prefixes(subject)), prepare(body[:BODY_SCAN_LIMIT])
+
+
+def _shown(strongest: list[tuple[str, float]], count: int = 3) -> list[str]:
+    """Which of the strongest text features go into ``rules=``: at least
+    ``EXPLAIN_MIN`` each, a stem only when no word shown already has it."""
+    out: list[str] = []
+    words: list[str] = []
+    for key, contribution in strongest:
+        if len(out) == count or abs(contribution) < EXPLAIN_MIN:
+            break
+        kind, _, text = key.partition(":")
+        if kind == "p" and any(w.startswith(text) for w in words):
+            continue
+        if kind in ("u", "s"):
+            words.append(text)
+        out.append(key)
+    return out
+
+
 def message_features(subject: str, text: str, rules: RuleSet, *, known_client: bool = False,
                      text_scale: float = 1.0) -> tuple[dict[str, float], tuple[str, ...]]:
     """What the classifier reads of one message: the model's feature values and the
@@ -529,10 +553,7 @@ def message_features(subject: str, text: str, rules: RuleSet, *, known_client: b
     body's text; the body is first reduced to the sender's own words (``own_text``; a
     forward, told by its subject, keeps the forwarded content), then only its first
     ``BODY_SCAN_LIMIT`` characters are looked at.  Training calls this too."""
-    subject = subject or ""
-    body = own_text((text or "")[:TEXT_SCAN_LIMIT], forwarded=is_forward_subject(subject))
-    prepared_subject = prepare(strip_subject_prefixes(subject))
-    prepared_body = prepare(body[:BODY_SCAN_LIMIT])
+    prepared_subject, prepared_body = _prepared(subject, text)
     fired = rules.fired(prepared_subject, prepared_body)
     names = tuple(rule.name for rule, hit in zip(rules.rules, fired, strict=True) if hit)
     return features(prepared_subject, prepared_body, names, known_client=known_client,
@@ -566,39 +587,33 @@ class Classifier:
 
     def score(self, subject: str, text: str, *, known_client: bool,
               known_client_weight: float = 0.0) -> Score:
-        values, fired = message_features(
-            subject, text, self.rules, known_client=known_client,
-            text_scale=self.model.text_scale if self.model is not None else 1.0)
+        prepared_subject, prepared_body = _prepared(subject, text)
+        fired_flags = self.rules.fired(prepared_subject, prepared_body)
+        fired = [rule.name for rule, hit in zip(self.rules.rules, fired_flags, strict=True)
+                 if hit]
         names = list(fired)
-        if self.model is None:
-            total = sum(self._rule_weights["r:" + n] for n in fired)
+        model = self.model
+        if model is None:
+            total = 0.0 + sum(self._rule_weights["r:" + n] for n in fired)
         else:
-            total = SCORE_OFFSET + self.model.logit(values, self._rule_weights)
-            names.extend(feature_label(key) for key, _ in
-                         self._strongest(values, EXPLAIN_FEATURES))
+            # features() and logit() in one pass: every text feature is worth the same
+            keys = text_keys(prepared_subject, prepared_body)
+            text_part, strongest = model.score_text(
+                keys, text_value(keys, model.text_scale), EXPLAIN_FEATURES * 2)
+            total = SCORE_OFFSET + model.bias + text_part
+            for name in fired:
+                key = "r:" + name
+                weight = self._rule_weights.get(key)
+                total += model.weights.get(key, 0.0) if weight is None else weight
+            if known_client:
+                total += model.weights.get(KNOWN_CLIENT_FEATURE, 0.0)
+            names.extend(feature_label(key) for key in _shown(strongest))
         if known_client:
             total += known_client_weight
-            if known_client_weight or self.model is not None:
+            if known_client_weight or model is not None:
                 names.append(KNOWN_CLIENT)
         # rounding keeps 2.5 + 1.5 + 1.0 from landing a hair under a threshold of 5.0
         return Score(score=round(total, 3), rules=tuple(names))
-
-    def _strongest(self, values: Mapping[str, float], count: int) -> list[tuple[str, float]]:
-        """The model's strongest text features (a stem only when no word shown has it)."""
-        if self.model is None:
-            return []
-        out: list[tuple[str, float]] = []
-        words: list[str] = []
-        for key, contribution in self.model.explain(values, self._rule_weights):
-            if len(out) == count or abs(contribution) < EXPLAIN_MIN:
-                break
-            kind, _, text = key.partition(":")
-            if kind in ("r", "k") or (kind == "p" and any(w.startswith(text) for w in words)):
-                continue
-            if kind in ("u", "s"):
-                words.append(text)
-            out.append((key, contribution))
-        return out
 
     def explain(self, subject: str, text: str, *, known_client: bool = False
                 ) -> list[tuple[str, float]]:
