@@ -17,7 +17,7 @@ from support.blind_secrets import ROOT, measure_secrets
 
 TUNE = ROOT / "tests" / "blind"
 # recall reached on each tuning set (rounded down); no decoy may be damaged
-BARS = {"secrets-tune-a": 0.73, "secrets-tune-b": 0.93}
+BARS = {"secrets-tune-a": 0.98, "secrets-tune-b": 1.0, "secrets-tune-c": 0.95}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))

@@ -348,6 +348,7 @@ _BLOCK_TAGS = frozenset({
     "tbody", "thead", "tfoot", "title", "body", "html", "center", "address", "form",
 })
 _CELL_TAGS = frozenset({"td", "th"})
+_ROW_TAGS = frozenset({"tr", "table", "tbody", "thead", "tfoot"})
 _RAW_TEXT_TAGS = frozenset({"script", "style", "title", "textarea", "xmp"})
 _RAW_TEXT_END = {name: re.compile(rf"</{name}\s*>", re.I) for name in _RAW_TEXT_TAGS}
 
@@ -441,6 +442,7 @@ def _html_streams(markup: str) -> tuple[_Mapped, _Mapped]:
     n = len(markup)
     i = 0
     pre = 0
+    in_cell = False     # inside <td>/<th>: a <p> or <div> there is not a new row
     while i < n:
         lt = markup.find("<", i)
         if lt < 0:
@@ -478,10 +480,16 @@ def _html_streams(markup: str) -> tuple[_Mapped, _Mapped]:
             name_end = nm.end() if nm else None
         if name_end is not None and not closing and name_end < gt:  # <p>: no attributes
             _tag_attributes(markup, name_end, gt, attrs)
-        if name in _CELL_TAGS and not closing:
-            vis.virtual("\t", lt)
+        if name in _CELL_TAGS:
+            if not closing:
+                vis.virtual("\t", lt)
+            in_cell = not closing
         elif name in _BLOCK_TAGS:
-            vis.virtual("\n", lt)
+            if in_cell and name not in _ROW_TAGS:
+                vis.virtual(" ", lt)      # Outlook wraps every cell's text in a <p>
+            else:
+                vis.virtual("\n", lt)
+                in_cell = False
         if name == "pre":
             pre = max(0, pre + (-1 if closing else 1))
         i = gt + 1

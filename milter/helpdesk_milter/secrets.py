@@ -10,8 +10,10 @@ What this module promises:
   pattern starts at a run boundary (look-behind) and has bounded repetitions, and
   every context look-up reads a bounded window, so a 100,000-character line of
   hostile input costs about as much as ordinary prose of the same size.
-- Clean text is cheap: a few literal searches on the text's bytes (see ``_TRIGGERS``)
-  decide which detectors run at all, about 100 µs for 10 KB of prose.
+- Clean text is cheap: one gate (``_GATE``: the trigger words at word starts, and their
+  camelCase forms) says whether any detector may find anything, about 200 µs for 10 KB
+  of prose with none of them; then a few literal searches on the text's bytes (see
+  ``_TRIGGERS``) decide which detectors run.
 - It never logs, and never puts a secret value in an exception message.
 
 Passwords are the hard part: people write them in prose ("le mdp c'est Soleil2024!"),
@@ -21,6 +23,18 @@ The value is the token that follows the keyword (after optional qualifiers such 
 value follows ("oublié", "expired", "ne fonctionne pas", "reset link") stop the
 detector.  Letters-only values are accepted only where they end a clause
 ("Mot de passe : soleil") so that "the password is too short" stays untouched.
+
+Beyond the value right after the label, a bounded window after it (to the end of the
+paragraph, or the next line after a paragraph that ends with a colon) takes a value that
+looks generated (letters and digits, not a reference, date, hash, file or host name, not
+named by the words just before it: "numéro de série X"); a quoted passphrase after a
+separator (« chat noir 1975 »); alternatives ("soit « A » soit « B »").  Ambiguous labels
+(clé, key, code) need a value that looks generated on its own (both cases and a digit
+or a symbol) and a label that is not a public key's, a licence's or an error's; token
+labels (jeton, token) a long generated value.  Access codes, lists announced by a line
+ending with a colon ("here are the backup codes:"), table columns (text, and HTML source
+in a text part), application-password and recovery-key shapes, Bearer tokens, .pgpass
+lines and connect() arguments are found by shape and context.
 """
 
 from __future__ import annotations
@@ -144,7 +158,11 @@ _ANCHOR_TRIGGERS: tuple[tuple[_Trigger, tuple[tuple[str, bool], ...]], ...] = (
     (_trigger(None, rb"identifiant"), (("identifiant", False),)),
     (_trigger(None, rb"curit"), (("curit", False),)),          # sécurité, security
     (_trigger(None, rb"pin"), (("pin", True),)),
-    (_trigger(None, rb"code d"), (("code d", True),)),
+    (_trigger(None, rb"code"), (("code", True),)),
+    (_trigger(None, rb"cl(?:\xc3\xa9|ef)"), (("cl\u00e9", True), ("clef", True))),
+    (_trigger(b"k", rb"key"), (("key", True),)),
+    (_trigger(b"t", rb"(?:jet|tok)ens?\b"), (("jeton", True), ("token", True))),
+    (_trigger(None, rb"s(?:\xc3\xa9|e)same"), (("s\u00e9same", True), ("sesame", True))),
     (_trigger(None, rb"cred"), (("credential", False), ("creds", True))),
     (_trigger(None, rb"acc(?:e|\xc3[\xa8\x88])s"), (("acc\u00e8s", True), ("acces", True))),
     (_trigger(b"w", rb"w(?:pa|lan|ep|ifi|i-fi)"),
@@ -162,6 +180,68 @@ _ANY_TRIGGER = re.compile(b"|".join(sorted({
                         *[t for t, _ in _ANCHOR_TRIGGERS])})))
 
 
+# The gate in front of everything: one pass of two searches over the text's bytes that
+# says whether any detector may find anything at all.  Every trigger below is a word
+# start (after a byte that is not a letter or a digit, so "DB_PASSWORD", "x-api-key" and
+# "https://" count), looked for in one regex whose first step is that separator byte:
+# the regex engine then skips from separator to separator in C and tries the words only
+# there, instead of trying some fifty alternatives at every byte.  Words that start in
+# the middle of an identifier are found in their camelCase or upper-case forms
+# ("clientSecret", "SMTPPASS") by a second search that starts on capital letters, which
+# are rare in prose.  ``tests/test_secrets.py`` checks that every detector's trigger
+# word is covered here.
+_GATE_WORDS = (
+    # passwords in prose, tables, pairs and lists
+    "pass", "pw", "psw", "psk", "mdp", "motdepasse", "phrase", "secret", "secur",
+    "s\u00e9cur", "token", "jeton", "key", "cl\u00e9", "clef", "s\u00e9same", "sesame",
+    "code", "digicode", "pin", "puk", "combin", "lockbox", "cadenas", "auth", "cred",
+    "salt", "sess", "sig", "compte", "account", "identifiant", "login", "user",
+    "utilisateur", "admin", "acc\u00e8s", "acces", "wifi", "wi-fi", "wpa", "wlan", "wep",
+    "recovery", "backup", "secours", "r\u00e9cup", "recup",
+    # commands, calls, encoded URLs, webhooks, key blocks
+    "bearer", "connect", "pdo", "mysql", "lftp", "snmp", "net use", "sshpass", "pgpass",
+    "-u", "--user", "//", "\\/\\/", "3a%2f%2f", "----begin", "putty", "hooks", "api/",
+    "webhookb2", "bot", "convertto",
+    # provider prefixes (gitleaks' list, see _PROVIDER_TOKEN and _TOKEN_PATTERNS)
+    "github_pat", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat", "glptt", "gldt", "glrt",
+    "glcbt", "glft", "glimt", "glagent", "glsoat", "gloas", "glsa_", "glc_", "gr1348941",
+    "xox", "xapp", "sk", "rk_", "aiza", "akia", "asia", "abia", "acca", "akcp", "gocspx",
+    "eyj", "sg.", "xkeysib", "xsmtpsib", "hf_", "api_org", "npm_", "pypi", "hvs.", "hvb.",
+    "ops_", "a3-", "dckr_", "doo_", "dop_", "dor_", "shp", "age-", "dp.pt", "dt0c01",
+    "pmak", "pul-", "pscale", "pnu_", "rubygems", "sntry", "pplx", "sq0", "eaa", "fo1_",
+    "ntn_", "aa",
+)
+_CAMEL_WORDS = ("Pass", "PASS", "Pwd", "PWD", "Psk", "PSK", "Secret", "SECRET", "Token",
+                "TOKEN", "Key", "KEY", "Auth", "AUTH", "Cred", "CRED", "Salt", "SALT",
+                "Sess", "SESS", "Sig", "SIG")
+
+
+def _alternation(words: Iterable[bytes]) -> bytes:
+    """A regex alternation of literal words, factored by first byte (a trie)."""
+    heads: dict[bytes, list[bytes]] = {}
+    for w in sorted(set(words)):
+        heads.setdefault(w[:1], []).append(w[1:])
+    parts = []
+    for head, tails in heads.items():
+        if b"" in tails:
+            parts.append(re.escape(head))
+        elif len(tails) == 1:
+            parts.append(re.escape(head + tails[0]))
+        else:
+            parts.append(re.escape(head) + b"(?:" + _alternation(tails) + b")")
+    return b"|".join(parts)
+
+
+_GATE = re.compile(rb"[\x00-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f](?:"
+                   + _alternation(w.encode() for w in _GATE_WORDS) + b")")
+# one search per capital letter: a pattern that starts with one literal byte is searched
+# for with a memchr-like loop, several times faster than one that starts with a class
+_CAMEL_GATES = tuple(
+    re.compile(re.escape(head.encode()) + b"(?:" + _alternation(
+        w[1:].encode() for w in _CAMEL_WORDS if w[0] == head) + b")")
+    for head in sorted({w[0] for w in _CAMEL_WORDS}))
+
+
 class _Haystack:
     """The text as UTF-8 bytes, as is and with ASCII letters lower-cased (no Unicode case
     mapping: fast), for the trigger tests."""
@@ -172,6 +252,11 @@ class _Haystack:
         self.cased = text.encode("utf-8", "surrogatepass")
         self.folded = self.cased.lower()
         self._seen: dict[object, bool] = {}      # memo: gate byte or pattern -> found
+
+    def gated(self) -> bool:
+        """False when no detector can find anything in the text (see _GATE)."""
+        return (_GATE.search(b" " + self.folded) is not None
+                or any(g.search(self.cased) is not None for g in _CAMEL_GATES))
 
     def quiet(self) -> bool:
         """True when a short text holds no trigger at all (then nothing can be found)."""
@@ -206,7 +291,8 @@ _ANCHOR_REACH = 45      # how far before/after an anchor a keyword may extend
 # Private keys: PEM / OpenSSH / PGP blocks, and PuTTY key files.
 
 _PEM_BEGIN = re.compile(
-    r"-----BEGIN (?P<label>(?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?)-----")
+    r"-----BEGIN (?P<label>(?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?|"
+    r"OpenVPN Static key V\d)-----")
 _PUTTY_BEGIN = re.compile(r"(?m)^PuTTY-User-Key-File-\d: ")
 _PUTTY_END = re.compile(r"Private-MAC: [0-9a-fA-F]{20,128}")
 _B64_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=:\-, ]{0,200}\r?\n")
@@ -259,7 +345,9 @@ _PW_KEYWORD = re.compile(rf"""
  | (?P<kw>{_MDP}|mdp|(?:pg|db|my)?pass(?:word|wd|wort|phrase|code)?s?|pwd|pw|psw
          |secret|code\s+(?:d['’]acc[èe]s|secret|pin|de\s+connexion|d['’]activation|
                         de\s+d[ée]verrouillage)
-         |pin(?:\s+code)?)
+         |pin(?:\s+code)?|s[ée]same|phrase\s+(?:de\s+passe|secr[èe]te))
+ | (?P<key>cl[ée]f?|key|code)
+ | (?P<tok>jetons?|tokens?)
 )
 (?![^\W_])
 """, re.X)                     # matched against lower-cased text
@@ -269,8 +357,8 @@ _PW_KEYWORD_ANYCASE = re.compile(_PW_KEYWORD.pattern, re.I | re.X)
 # for these first lets _keyword_matches skip most word starts ("de", "le", "un", "the")
 # without trying the whole alternation there, which is most of the keyword search's cost.
 _KEYWORD_START = re.compile(
-    r"(?<![^\W_])(?:ac|cl|co|cr|db|e-|em|id|ke|lo|md|mo|my|ne|no|pa|pg|pi|ps|pw|se|us|ut"
-    r"|we|wi|wl|wp)")
+    r"(?<![^\W_])(?:ac|cl|co|cr|db|e-|em|id|je|ke|lo|md|mo|my|ne|no|pa|pg|ph|pi|ps|pw|se|sé"
+    r"|to|us|ut|we|wi|wl|wp)")
 
 # Keywords that need a strong value or a login context: common words in other senses.
 _WEAK_KEYWORDS = frozenset({"pass", "passe", "pw", "psw", "secret", "passes"})
@@ -283,7 +371,8 @@ _SEP = re.compile(r"""
  | (?P<changed>(?:a\s+[ée]t[ée]|has\s+been|was|is|est)\s+
       (?:chang[ée]e?|modifi[ée]e?|r[ée]initialis[ée]e?|remis|mis|d[ée]fini|reset|changed|
          set|updated|fix[ée]e?)\s+(?:en|à|a|sur|to|as|par)(?![^\W_])\s*:?)
- | (?P<verb>(?:est|c['’\s]?est|ce\s+sera|sera|reste|devient|vaut|is|was|will\s+be|remains|
+ | (?P<verb>(?:est|c['’\s]?est|ce\s+sera|sera|reste|devient|vaut|sont|soit|is|are|was|
+             will\s+be|remains|
              'll\s+be|'s)(?![^\W_])
       (?:[^\S\r\n]+(?:le\s+suivant|la\s+suivante|celui-ci|celui\s+ci|toujours|maintenant|
           d[ée]sormais|bien|actuellement|tout\s+simplement|simplement|now|still|the\s+following|
@@ -395,6 +484,19 @@ _AWS_SECRET_CONTEXT = re.compile(
 _AWS_SECRET_BARE = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 
 
+_CELL_TAG = re.compile(rb"<t[dh][\s>]")
+_MARKUP_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9]{0,20})(?:\s[^<>]{0,500})?/?>")
+
+
+def _mask_markup(text: str) -> str:
+    """``text`` with its HTML tags blanked out, same length (positions still map): a cell
+    opener becomes a tab, so that an HTML table reads as a tab-separated one."""
+    def blank(m: re.Match[str]) -> str:
+        cell = not m.group(1) and m.group(2).lower() in ("td", "th")
+        return ("\t" if cell else " ") + " " * (m.end() - m.start() - 1)
+    return _MARKUP_TAG.sub(blank, text)
+
+
 class SecretScanner:
     """Finds secrets in text.  Build once (from the config) and share between threads."""
 
@@ -419,6 +521,8 @@ class SecretScanner:
         if not text:
             return False
         hay = _Haystack(text)
+        if not hay.gated():
+            return False
         if _generic_triggered(hay):
             return True
         if hay.quiet():
@@ -445,6 +549,8 @@ class SecretScanner:
         if not text:
             return []
         hay = _Haystack(text)
+        if not hay.gated():
+            return []
         if hay.quiet():
             return _resolve([f for f in self._generic(hay, text) if f.kind in self.enabled])
         found: list[Finding] = []
@@ -465,6 +571,13 @@ class SecretScanner:
             windows = _keyword_windows(text, lower, anchors)
             if windows:
                 found.extend(f for f in _passwords(text, lower, windows) if f.kind in enabled)
+            if "password" in enabled and _CELL_TAG.search(hay.folded):
+                # HTML source in a text part: read its table cells as a table
+                masked = _mask_markup(text)
+                lower = masked.lower()
+                windows = _keyword_windows(masked, lower, anchors)
+                if windows:
+                    found.extend(_passwords(masked, lower, windows))
         found.extend(f for f in self._generic(hay, text) if f.kind in enabled)
         return _resolve(found)
 
@@ -758,6 +871,9 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
             break
     if col < 0:
         return None
+    # every secret column of the header ("password" and "totp" in an export)
+    cols = [i for i, (a, b) in enumerate(spans)
+            if i == col or _TABLE_HEADER_CELL.fullmatch(line[a:b].strip())]
     if col == 0 and len(spans) == 2:
         other = line[spans[1][0]:spans[1][1]].strip().lower().strip("*:# ")
         if other not in _HEADER_WORDS:
@@ -779,12 +895,15 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
         cells = _cells_with(row, sep)
         if len(cells) < 2 or len(cells) <= col or abs(len(cells) - len(spans)) > 1:
             break
-        a, b = _strip_span(row, *cells[col])
-        value = row[a:b]
-        if len(value) >= 3 and not _is_placeholder(value) and not any(
-                c.isspace() for c in value) and value[0] not in "(-" \
-                and value.lower().strip(".,;") not in _STOP_VALUES:
-            findings.append(Finding("password", pos + a, pos + b))
+        for c in cols:
+            if c >= len(cells):
+                continue
+            a, b = _strip_span(row, *cells[c])
+            value = row[a:b]
+            if len(value) >= 3 and not _is_placeholder(value) and not any(
+                    ch.isspace() for ch in value) and value[0] not in "(-" \
+                    and value.lower().strip(".,;") not in _STOP_VALUES:
+                findings.append(Finding("password", pos + a, pos + b))
         rows += 1
         pos = end + 1
     if rows == 0:
@@ -810,6 +929,8 @@ def _trim_value(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 _CLAUSE_END = re.compile(r"[^\S\r\n]*(?:$|[\r\n.,;!?)\]»\"'/|(]|[-–—][^\S\r\n]|"
+                         r"(?:mais|but|or|ou|so|donc|car|because|parce|sinon|otherwise)"
+                         r"(?![^\W_])|"
                          r"(?:et|and|&|puis|then)(?![^\W_]))", re.I)
 _TOKEN = re.compile(r"[^\s]{1,200}")
 _TOKEN_IDENT = re.compile(r"[^\s;&]{1,200}")
@@ -933,6 +1054,14 @@ _ANCHOR_TAILS: dict[str, frozenset[str]] = {
     "wpa": frozenset({"", "2", "3"}),
     "wep": frozenset({""}),
     "wlan": frozenset({""}),
+    "code": frozenset({""}),
+    "cl\u00e9": frozenset({""}),
+    "clef": frozenset({""}),
+    "key": frozenset({""}),
+    "jeton": frozenset({"", "s"}),
+    "token": frozenset({"", "s"}),
+    "s\u00e9same": frozenset({""}),
+    "sesame": frozenset({""}),
 }
 _ALPHA_RUN = re.compile(r"[^\W_]{0,12}")
 
@@ -993,14 +1122,27 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
                 out.extend(rows)
                 table_until = rows[-1].end if rows else he
                 continue
+        if group == "tok":
+            # "le jeton que j'ai créé c'est X": a generated value, hex included
+            if m.end() >= window_until:
+                values = _window_values(text, m.end(), first_only=False, token=True)
+                out.extend(values)
+                window_until = values[-1].end if values else min(n, m.end() + _WINDOW_REACH)
+            continue
         finding = _password_after(text, m, group, keyword, n)
         if finding is not None:
             out.append(finding)
-        elif group in ("kw", "wifi", "pair") and m.end() >= window_until:
+            out.extend(_alternatives(text, finding.end))
+            window_until = max(window_until, out[-1].end)
+        elif group in ("kw", "wifi", "pair", "key") and m.end() >= window_until and (
+                group != "key" or _key_label_ok(text, start, m.end())):
             # each character is read by one window at most: linear on keyword floods
-            window_until = min(n, m.end() + _WINDOW_REACH)
-            out.extend(_window_values(text, m.end(),
-                                      first_only=group == "kw" and keyword in _WEAK_KEYWORDS))
+            first_only = group == "kw" and keyword in _WEAK_KEYWORDS
+            values = _window_values(text, m.end(), first_only=first_only,
+                                    strict=group == "key")
+            out.extend(values)
+            window_until = values[-1].end if first_only and values else \
+                min(n, m.end() + _WINDOW_REACH)
     return out
 
 
@@ -1013,8 +1155,10 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     limit = min(n, pos + _WINDOW)
     nl = text.find("\n", pos, limit)
     line_end = nl if nl >= 0 else limit
-    weak = group == "kw" and keyword in _WEAK_KEYWORDS
+    weak = (group == "kw" and keyword in _WEAK_KEYWORDS) or group == "key"
     pin = group == "kw" and keyword.startswith("pin")
+    if group == "key" and not _key_label_ok(text, start, pos):
+        return None
     if group == "creds" and keyword.startswith("acc") and not _COLON.match(text, pos, limit):
         return None                         # "accès" alone is ordinary prose
 
@@ -1064,6 +1208,9 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
             if _value_ok(text[a:b], clause_end=False, strict=True):
                 return Finding("password", a, b)    # "mdp wifi Soleil2024!"
             return None
+        if group == "key" and qualifiers == 0:
+            a, b = _trim_value(text, wm.start("w"), wm.end("w"))
+            return Finding("password", a, b) if _keylike(text[a:b]) else None
         if word[-1:] in ".,;!?" or qualifiers >= 6 or wm.end() - m.end() > 80:
             return None
         if group in ("pair", "creds") and qualifiers >= 3:
@@ -1106,7 +1253,7 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
 
     if group in ("pair", "creds"):
         return _pair_value(text, a, b, line_end, group, keyword)
-    if keyword.startswith("passphrase") and not quoted:
+    if keyword.startswith(("passphrase", "phrase")) and not quoted:
         # a pass *phrase* has spaces: take the rest of the clause
         stop = _PHRASE_END.search(text, a, line_end)
         b2 = stop.start() if stop else line_end
@@ -1117,6 +1264,12 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         return None
 
     value = text[a:b]
+    if group == "key":
+        # "la clé c'est tournesol2025": a verb makes the label explicit enough
+        ok = _keylike(value) or (sep.group("verb") is not None and _mixed(value)
+                                 and _looks_secret(value)
+                                 and not _WORD_NUMBER.fullmatch(value))
+        return Finding("password", a, b) if ok else None
     if pin:
         return Finding("password", a, b) if re.fullmatch(r"\d{4,8}", value) else None
     if ident_assign:
@@ -1132,6 +1285,36 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         kind = _kind_for_assignment(text, start) if sep.group("punct") == "=" else "password"
         return Finding(kind, a, b)
     return None
+
+
+# "soit « A » soit « B »", "A, or maybe B", "A et aussi B": more values of the same label.
+_ALTERNATIVE = re.compile(
+    r"[^\S\r\n]*[»”\"'’]?[^\S\r\n]*,?[^\S\r\n]*(?:soit|ou(?:\s+bien)?|or|et(?:\s+aussi)?|and(?:\s+also)?|"
+    r"puis|then|voire)[^\S\r\n]+(?:(?:peut-être|peut-etre|maybe|perhaps|aussi|also|sinon|"
+    r"encore)[^\S\r\n]+)?", re.I)
+
+
+def _alternatives(text: str, pos: int) -> list[Finding]:
+    out: list[Finding] = []
+    n = len(text)
+    for _ in range(3):
+        am = _ALTERNATIVE.match(text, pos, min(n, pos + 40))
+        if am is None:
+            break
+        line_end = text.find("\n", am.end(), am.end() + 200)
+        line_end = line_end if line_end >= 0 else min(n, am.end() + 200)
+        span = _take_value(text, am.end(), line_end, ident=False)
+        if span is None:
+            break
+        a, b = span
+        value = text[a:b]
+        quoted = text[am.end()] in _QUOTES
+        if not (_value_ok(value, clause_end=True, strict=False) if quoted
+                else _strong(value) and _looks_secret(value)):
+            break
+        out.append(Finding("password", a, b))
+        pos = b
+    return out
 
 
 def _clause_end(text: str, pos: int, line_end: int) -> bool:
@@ -1212,7 +1395,7 @@ _PROVIDER_TOKEN = re.compile(r"""
  | ops_eyJ[A-Za-z0-9+/_\-]{60,2000}={0,3}                         # 1password
  | A3-[A-Z0-9]{6}-[A-Z0-9]{6,11}(?:-[A-Z0-9]{5}){3,4}
  | dckr_pat_[A-Za-z0-9_\-]{20,60}                                 # docker hub
- | do[opr]_v1_[a-f0-9]{64}                                        # digitalocean
+ | do[opr]_v1_[a-f0-9]{64,72}                                      # digitalocean
  | shp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}                             # shopify
  | key-[a-f0-9]{32}                                               # mailgun
  | SK[0-9a-f]{32}                                                 # twilio api key
@@ -1273,14 +1456,15 @@ _NOT_SECRET_PART = frozenset({
     "command", "store", "storage", "location", "env", "header", "endpoint", "issuer",
     "scope", "scopes", "method", "methods", "provider", "backend", "realm", "count",
     "author", "authors", "authority", "authorship", "keyboard", "keys", "keyring", "keyid",
-    "keyserver", "passage", "bypass", "compass", "session", "sessions", "signal", "signed",
+    "keyserver", "passage", "bypass", "compass", "signal", "signed",
     "signature", "sigma", "saltstack", "tokenizer", "cache", "level", "protocol", "class",
     "manager", "agent", "option", "options", "default", "example", "placeholder", "changed",
     "autocomplete", "keygen", "keytab", "keystore", "strategy", "handler", "service",
-    "fingerprints", "map", "index", "limit", "rate", "secure", "publishable", "site",
+    "fingerprints", "map", "index", "limit", "rate", "publishable", "site",
 })
 _ASSIGN_SEP = re.compile(
-    r"""["'\]]{0,2}[^\S\r\n]{0,12}(?:=>|:=|\?=|=|:(?!//)|,(?=[^\S\r\n]*["']))[^\S\r\n]{0,12}""")
+    r"""["'\]]{0,2}[^\S\r\n]{0,12}(?:=>|:=|\?=|=|:(?!//)|,(?=[^\S\r\n]*["']))[^\S\r\n]{0,12}"""
+    r"""|[^\S\r\n]{1,20}(?=["'])""")     # nginx: proxy_set_header X-Token "value"
 _AUTH_SCHEME = re.compile(r"(?i)(?:Bearer|Basic|Token|Digest|Bot|apikey|key)[^\S\r\n]+")
 _VALUE_TOKEN = re.compile(r"""[^\s"'`<>,;&)\]}]{1,400}""")
 
@@ -1321,7 +1505,8 @@ _DECOY_SHAPE = re.compile(r"""(?x)
 | [0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}  # UUID
 | [a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.[a-z]{2,12}                              # host names
 | \+?\d[\d\s.\-]{7,16}\d                                                  # phone numbers
-| [A-Z]{1,6}\d{0,3}(?:[-_/][A-Z0-9]{1,10}){1,4}                           # references
+| [A-Z]{1,12}\d{0,3}(?:[-_/][A-Z0-9]{1,10}){1,4}                          # references
+| 0[xX][0-9A-Fa-f]{2,16}                                                  # error codes
 | \#\d+
 """)
 
@@ -1470,13 +1655,16 @@ mail courriel nom name id asset tag dossier folder fichier file version modèle 
 salle room bureau poste extension ext lien link url site domaine domain serveur server host
 sur on at from de chez boîte boite box session appareil device imprimante printer groupe
 group projet project utilisateur: login: user: ssid: réseau: network: compte: account:
+appelle s'appelle s’appelle nommé nommée called named commit hash sha sha1 sha256 md5
+empreinte fingerprint checksum erreur error
 """)
 
 
 _NAMED_BEFORE = _words("""
 série serie serial numéro numero number n° no ref réf référence reference facture invoice
 ticket commande order tel tél téléphone telephone phone version modèle modele model asset
-tag ssid réseau reseau network imei siret siren iban
+tag ssid réseau reseau network imei siret siren iban fingerprint empreinte hash commit
+checksum sha1 sha256 md5
 """)
 
 
@@ -1485,43 +1673,136 @@ def _looks_secret(value: str) -> bool:
     return (_strong(value) and not _DECOY_SHAPE.fullmatch(value)
             and not _URLISH.match(value) and not _EMAIL.fullmatch(value)
             and "@" not in value and "/" not in value and "\\" not in value
-            and value.lower() not in _STOP_VALUES and not _is_placeholder(value))
+            and value.lower() not in _STOP_VALUES and not _is_placeholder(value)
+            and not _FINGERPRINT_PREFIX.match(value) and not _FILE_NAME.fullmatch(value))
 
 
-def _window_values(text: str, pos: int, *, first_only: bool) -> list[Finding]:
+_FILE_NAME = re.compile(
+    r"(?i).+\.(?:exe|msi|zip|pdf|docx?|xlsx?|odt|ods|png|jpe?g|gif|txt|csv|tar|gz|tgz|dmg|"
+    r"pkg|deb|rpm|iso|apk|kdbx|ovpn|conf|log|sql|bak|eml|html?|php|js|py|sh)")
+_FINGERPRINT_PREFIX = re.compile(r"(?i)(?:sha\d{0,3}|md5|blake2\w*)[:=]")
+
+
+_HEX_RUN = re.compile(r"[0-9a-fA-F]{12,}")     # a hash or a commit id, in prose
+
+
+def _window_limit(text: str, pos: int, reach: int) -> int:
+    """Where a window opened at ``pos`` ends: ``reach`` characters on, or at the end of
+    the paragraph, unless the paragraph ends with a colon ("It's:" then an empty line
+    and the value), in which case the first line of the next paragraph is included."""
+    n = len(text)
+    limit = min(n, pos + reach)
+    stop = _WINDOW_STOP.search(text, pos, limit)
+    if stop is None:
+        return limit
+    if text[pos:stop.start()].rstrip(" \t>").endswith(":"):
+        nxt = stop.end()
+        while nxt < limit and text[nxt] in " \t>\n":
+            nxt += 1
+        eol = text.find("\n", nxt, limit)
+        return eol if eol >= 0 else limit
+    return stop.start()
+
+
+# A quoted passphrase right after a separator: « chat noir 1975 », "correct horse 7".
+_QUOTED_PHRASE = re.compile(
+    r"(?P<q>[«“\"'])[^\S\r\n]*(?P<v>[^\s«»“”\"']{1,30}(?:[^\S\r\n][^\s«»“”\"']{1,30}){1,5})"
+    r"[^\S\r\n]*[»”\"']")
+_SEP_BEFORE = re.compile(
+    r"(?:[:=]|(?<![^\W_])(?:est|c['’]est|is|it['’]s|soit))[^\S\r\n]*\Z", re.I)
+
+
+def _window_values(text: str, pos: int, *, first_only: bool,
+                   strict: bool = False, token: bool = False) -> list[Finding]:
     """Password-like tokens in the window after a label ending at ``pos``: letters and
     digits both (a word or a name is never taken from prose), not named by the words
-    just before it ("numéro de série est X", "compte X")."""
+    just before it ("numéro de série est X", "compte X").  Words that say no value
+    follows ("oublié", "ne marche plus") do not close the window: people go on ("...
+    ne marche plus, j'ai essayé X"), and the value must look generated anyway."""
     n = len(text)
-    if pos < n and text[pos] in "_.-=[]{}()\"'$%":
+    if pos < n and (text[pos] in "_-=[]{}()\"'$%" or (
+            text[pos] == "." and text[pos + 1:pos + 2].isalnum())):
         return []                         # part of an identifier or an expression
-    limit = min(n, pos + _WINDOW_REACH)
-    stop = _WINDOW_STOP.search(text, pos, limit)
-    if stop is not None:
-        limit = stop.start()
+    limit = _window_limit(text, pos, _WINDOW_REACH)
     out: list[Finding] = []
     recent: list[str] = []
     for tm in _WINDOW_TOKEN.finditer(text, pos, limit):
         word = tm.group(0)
-        low = word.lower().strip("().,;:!?\"'«»“”")
-        if low in _NEGATIVE_QUALIFIERS or low.split("'")[0] in ("n", "ne") or \
-                low.split("’")[0] in ("n", "ne"):
-            break
         a, b = _trim_value(text, tm.start(), tm.end())
         a, b = _strip_quotes(text, a, b)
         value = text[a:b]
         wrapped = word.startswith(("(", "[", "{")) or word.count(":") >= 2
         named = bool(recent and recent[-1] in _NAMING_WORDS) or any(
             w in _NAMED_BEFORE for w in recent[-3:])
-        if not wrapped and not named and _mixed(value) and _looks_secret(value) \
-                and not any(c in value for c in "()[]{}=$\"<>"):
+        if word[:1] in "«“\"'" and not named and _SEP_BEFORE.search(
+                text, max(pos, tm.start() - 12), tm.start()):
+            qm = _QUOTED_PHRASE.match(text, tm.start(), limit)
+            if qm is not None and _passphrase(qm.group("v")):
+                out.append(Finding("password", qm.start("v"), qm.end("v")))
+                if first_only:
+                    break
+                recent.append(word.lower())
+                continue
+        if token:
+            if not wrapped and not named and _entropic(value, min_len=16) \
+                    and "/" not in value and "@" not in value and "." not in value.strip("."):
+                out.append(Finding("api-token", a, b))
+                break
+        elif not wrapped and not named and _mixed(value) and _looks_secret(value) \
+                and not _HEX_RUN.fullmatch(value) \
+                and not any(c in value for c in "()[]{}=\"<>") \
+                and value[0] != "$" and "${" not in value and "$(" not in value \
+                and (not strict or _keylike(value)):
             out.append(Finding("password", a, b))
-        elif first_only:
+        elif first_only and not _skippable(value):
             break
         if first_only and out:
             break
         recent.append(word.lower().rstrip(":,"))
     return out
+
+
+# "clé", "key" and "code" name many things besides secrets: a value after them must look
+# generated on its own (both cases, and a digit or a symbol), and the label must not be
+# a public key's, a licence's, a USB stick's or an error's.
+_KEY_NOT_SECRET = re.compile(
+    r"(?i)(?<![^\W_])(?:public|publique|pub|publishable|ssh|gpg|pgp|licen[cs]e|product|produit|usb|"
+    r"fingerprint|empreinte|primary|foreign|host|h[ôo]te|id|n°|no|num[ée]ro|de\s+voiture|"
+    r"r[ée]servation|booking|confirmation|commande|order|suivi|tracking|"
+    r"erreur|error|postal|source|promo|couleur|color|status|statut|exit|retour|html|"
+    r"python|qr|barres?|barcode|client|customer|article|produit|naf|ape|iban|bic|swift|"
+    r"ticket|dossier|facture|invoice|colis|parcel|s[ée]rie|serial|activation)(?![^\W_])")
+_WORD_NUMBER = re.compile(r"[A-Z]?[a-z]{2,}[-_ .]?\d{1,3}|0[xX][0-9A-Fa-f]+")
+
+
+def _key_label_ok(text: str, start: int, end: int) -> bool:
+    """Whether the words around a "clé"/"key"/"code" label (on its line) allow a secret."""
+    lo = max(0, start - 25, text.rfind("\n", 0, start) + 1)
+    hi = text.find("\n", end, end + 25)
+    return _KEY_NOT_SECRET.search(text, lo, hi if hi >= 0 else min(len(text), end + 25)) \
+        is None
+
+
+def _keylike(value: str) -> bool:
+    """A value that looks generated with no help from its label: "8Marionnettes&Cie"."""
+    return (6 <= len(value) <= 64 and any(c.islower() for c in value)
+            and any(c.isupper() for c in value) and not value.isalpha()
+            and not _WORD_NUMBER.fullmatch(value) and _looks_secret(value)
+            and not value.startswith(("pk_", "ssh-")))
+
+
+def _passphrase(value: str) -> bool:
+    """Several words with a digit or a symbol in them: "chat noir 1975"."""
+    words = value.split()
+    return (len(value) >= 8 and len(words) >= 2
+            and any(not c.isalpha() and not c.isspace() for c in value)
+            and not _DECOY_SHAPE.fullmatch(value.replace(" ", ""))
+            and sum(w.lower() in _STOP_VALUES for w in words) < len(words) - 1)
+
+
+def _skippable(value: str) -> bool:
+    """A word a weak label may be followed by before its value ("pw is X")."""
+    return value.lower() in ("is", "est", "c'est", "c’est", ":", "=", "-", "was", "it's")
 
 
 def _strip_quotes(text: str, a: int, b: int) -> tuple[int, int]:
@@ -1538,8 +1819,36 @@ _CODE_LABEL = re.compile(
     r"(?i)(?<![^\W_])(?:digicode|codes?|pin|puk|passcode|combinaison|combination|"
     r"keypad|lockbox|cadenas)(?![^\W_])")
 _CODE_VALUE = re.compile(
-    r"(?<![\w/+\-.,:#])(?:[A-Z]?\d{4,8}[A-Z#*]?|\d(?:[ \-]\d){3,7}[#*]?|\d{3}[ \-]\d{3})"
-    r"(?![\w/+\-]|[.,:]\d|[ \-]\d)")
+    r"(?<![\w/+\-.,:#°])(?:"
+    r"[A-Z]?\d{4,8}[A-Z#*]?"                            # 4096#, 0312A
+    r"|\d(?:[ \-]\d){3,7}[#*]?"                          # 8 3 5 1
+    r"|\d{3}[ \-]\d{3}"                                 # 482 917
+    r"|\d{2,6}(?:-\d{2,6}){1,7}[#*]?"                    # 7734-2291, 28-14-61
+    r"|(?=[A-Z]{0,7}\d)(?=\d{0,7}[A-Z])[0-9A-Z]{5,8}"    # 4B1793
+    r"|(?=[A-Z]{0,5}\d)[0-9A-Z]{3,6}(?:-[0-9A-Z]{3,6}){1,3}"   # 4F7K-Q2WX (backup codes)
+    r")(?![\w/+\-]|[.,:]\d|[ \-]\d)")
+_CODE_NAMING_FIRST = _words("""
+extension extension: poste poste: ext ext. badge badge: n° no no. numéro numero number tel
+tél téléphone phone fax room room: salle
+""")
+_CODE_NAMING = _NAMING_WORDS | {"badge", "badge:", "extension:", "poste:", "ext.", "room:"}
+_DIGIT_CODE = re.compile(r"[A-Z]?\d{4,8}[A-Z#*]?|\d(?:[ \-]\d){3,7}[#*]?|\d{3}[ \-]\d{3}|"
+                         r"\d{2,6}(?:-\d{2,6}){1,7}[#*]?")
+_DATE_LIKE = re.compile(r"(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})")
+_PHONE_LIKE = re.compile(r"0\d(?:[ .\-]?\d\d){4}|\+.*")
+
+
+def _code_decoy(value: str) -> bool:
+    """A date, a year or a phone number in the shape of a code."""
+    if _YEAR.fullmatch(value) or _PHONE_LIKE.fullmatch(value):
+        return True
+    dm = _DATE_LIKE.fullmatch(value)
+    if dm is None:
+        return False
+    a, b, c = (int(g) for g in dm.groups())
+    if len(dm.group(1)) == 4:
+        return 1 <= b <= 12 and 1 <= c <= 31
+    return (1 <= a <= 31 and 1 <= b <= 12) or (1 <= a <= 12 and 1 <= b <= 31)
 _NOT_ACCESS_CODE = re.compile(
     r"(?i)(?<![^\W_])(?:postal|postaux|erreur|error|ape|naf|insee|siret|siren|barres?|promo|"
     r"source|produit|product|article|suivi|tracking|client|customer|comptable|couleur|color|"
@@ -1557,15 +1866,18 @@ _GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth",
                   b"cadenas", b"compte", b"account", b"identifiant", b"login", b"user",
                   b"mdp", b"pw", b"sshpass", b"lftp", b"mysql", b"net use", b"snmp",
                   b"securestring", b"-u", b":\\/\\/", b"%3a%2f%2f", b"/hooks/", b"/api/",
-                  b"webhookb2/", b"/bot")
+                  b"webhookb2/", b"/bot", b"bearer", b"pgpass", b"connect", b"new pdo")
 _STEMS = ("pass", "pwd", "psk", "secret", "token", "key", "auth", "cred", "salt", "sess",
           "sig")
 _CODE_WORDS = ("code", "pin", "puk", "combin", "keypad", "lockbox", "cadenas")
-_PAIR_WORDS = (b"compte", b"account", b"identifiant", b"login", b"acc", b"user",
+_PAIR_WORDS = (b"compte", b"account", b"identifiant", b"login", b"acc", b"user", b"admin",
                b"utilisateur", b"credential", b"mdp", b"password", b"mot de passe", b"pw",
                b"connexion")
 _COMMAND_WORDS = (b"-u", b"--user", b"sshpass", b"lftp", b"mysql", b"net use",
                   b"securestring", b"snmp")
+_LIST_WORDS = (b"code", b"pin", b"mots de passe", b"passwords", b"cl\xc3\xa9s", b"keys",
+               b"recovery", b"backup", b"secours", b"cup\xc3\xa9ration", b"recuperation",
+               b"acc\xc3\xa8s", b"acces", b"logins", b"identifiants", b"credentials")
 _YEAR = re.compile(r"(?:19[5-9]\d|20[0-4]\d)")
 
 
@@ -1581,22 +1893,95 @@ def _access_codes(text: str, lower: str) -> list[Finding]:
         if m is None or m.start() < last:
             continue
         last = m.end()
-        lo, hi = max(0, m.start() - 30), min(n, m.end() + 30)
+        lo, hi = max(0, m.start() - 14), min(n, m.end() + 20)
         if _NOT_ACCESS_CODE.search(text, lo, hi):
             continue
-        limit = min(n, m.end() + 90)
-        stop = _WINDOW_STOP.search(text, m.end(), limit)
-        if stop is not None:
-            limit = stop.start()
-        plural = m.group(0).lower() in ("codes",)
+        limit = _window_limit(text, m.end(), 130)
+        plural = True       # "le digicode c'est X et l'alarme Y": every code
+        first = True
         for v in _CODE_VALUE.finditer(text, m.end(), limit):
             value = v.group(0)
-            if _YEAR.fullmatch(value):
+            if _code_decoy(value) or _NOT_ACCESS_CODE.search(
+                    text, max(m.end(), v.start() - 20), v.start()):
                 continue
+            if not _DIGIT_CODE.fullmatch(value) and (
+                    v.start() - m.end() > 30 or "\n" in text[m.end():v.start()]):
+                continue        # letters in a code: only right after its label
+            words = text[max(m.end(), v.start() - 30):v.start()].lower().split()
+            if set(words[-1:]) & _CODE_NAMING_FIRST or (
+                    not first and set(words[-2:]) & _CODE_NAMING):
+                continue        # "extension 2204", "badge 0457"
             out.append(Finding("password", v.start(), v.end()))
+            first = False
             last = v.end()
             if not plural:
                 break
+    return out
+
+
+# Lists announced by a line that names secrets and ends with a colon ("here are the backup
+# codes:", "Voici les codes des salles :"): one value per line, alone or after a label and
+# a separator (dot leaders, a colon, a tab, spaces).
+_LIST_STEMS = ("code", "pin", "mots de passe", "password", "cl\u00e9", "keys", "recovery",
+               "backup", "secours", "cup\u00e9ration", "recuperation", "acc\u00e8s", "acces",
+               "login", "identifiant", "credential")
+_LIST_INTRO = re.compile(
+    r"(?i)[^\n]{0,400}?(?<![^\W_])(?:codes|digicodes|pins|mots\s+de\s+passe|passwords|"
+    r"passcodes|cl[ée]s|keys|recovery|backup|secours|r[ée]cup[ée]ration|acc[eè]s|logins|"
+    r"identifiants|credentials)(?![^\W_])[^\n]{0,400}:[ \t]*\r?$")
+_LIST_ITEM = re.compile(
+    r"[ \t>]*(?:[-*•·][ \t]+)?(?:(?P<label>[^\n:\t]{1,60}?)"
+    r"(?:[ \t]*\.{3,}[ \t]*|[ \t]*:[ \t]+|\t+|[ \t]{2,}))?"
+    r"(?P<v>[^\s]{3,64})[ \t]*$")
+
+
+def _list_intros(text: str, lower: str) -> list[int]:
+    """Ends of the lines that name secrets and end with a colon (see _LIST_INTRO)."""
+    ends: list[int] = []
+    if len(lower) != len(text):
+        return [m.end() for m in _LIST_INTRO.finditer(text)]
+    for i, _ in _stem_positions(lower, _LIST_STEMS):
+        if ends and i < ends[-1]:
+            continue
+        eol = text.find("\n", i, i + 400)
+        eol = eol if eol >= 0 else min(len(text), i + 400)
+        if not text[i:eol].rstrip(" \t\r").endswith(":"):
+            continue
+        bol = text.rfind("\n", max(0, i - 400), i) + 1
+        im = _LIST_INTRO.match(text, bol, eol)
+        if im is not None and not _NOT_ACCESS_CODE.search(im.group(0)):
+            ends.append(im.end())
+    return ends
+
+
+def _listed_values(text: str, lower: str) -> list[Finding]:
+    out: list[Finding] = []
+    n = len(text)
+    for intro_end in _list_intros(text, lower):
+        pos = intro_end + 1
+        blank = 0
+        items = 0
+        while pos < n and items < 30:
+            eol = text.find("\n", pos, pos + 300)
+            eol = eol if eol >= 0 else min(n, pos + 300)
+            line = text[pos:eol]
+            if not line.strip(" \t>\r"):
+                if items or blank:
+                    break
+                blank += 1
+                pos = eol + 1
+                continue
+            im = _LIST_ITEM.fullmatch(text, pos, len(line.rstrip("\r")) + pos)
+            if im is None:
+                break
+            value = im.group("v")
+            code = _CODE_VALUE.fullmatch(value) is not None and not _code_decoy(value)
+            if code or (_strong(value) and _looks_secret(value) and not _HEX_RUN.fullmatch(value)):
+                out.append(Finding("password", im.start("v"), im.end("v")))
+            elif im.group("label") is None:
+                break
+            items += 1
+            pos = eol + 1
     return out
 
 
@@ -1608,7 +1993,7 @@ _LOGIN_PAIR = re.compile(
     r"(?P<v>[^\s,;/?&=]{6,64})(?![^\s,;])")
 _PAIR_CONTEXT = re.compile(
     r"(?i)compte|account|identifiant|login|acc[eè]s|user|utilisateur|credential|mdp|"
-    r"password|mot de passe|\bpw\b|\bpwd\b|connexion")
+    r"password|mot de passe|\bpw\b|\bpwd\b|connexion|\badmin\b")
 _COMMON_LOGINS = frozenset({"admin", "root", "administrateur", "administrator", "user",
                             "guest", "invite", "invité", "support", "operator"})
 
@@ -1619,34 +2004,53 @@ _LOGIN_BEFORE = re.compile(
     r"[^\S\r\n]*\Z")
 
 
+_LOGIN_LABEL_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:login|logins|identifiants?|credentials|creds|user(?:name)?|"
+    r"utilisateur|compte|account|acc[eè]s)(?![^\W_])[^\n\w]{0,12}"
+    r"(?:(?:sont|are|is|est|:)[^\n\w]{0,4})?\Z")
+
+
+_COLON_PAIR = re.compile(r":(?<=[A-Za-z]:)(?=[A-Za-z])(?!//)")
+
+
+def _find_all(text: str, sep: str) -> Iterable[int]:
+    i = text.find(sep)
+    while i >= 0:
+        yield i
+        i = text.find(sep, i + 1)
+
+
 def _login_pairs(text: str) -> list[Finding]:
     out = []
     seen: set[int] = set()
-    for sep in (" /", "/ ", ", ", ",\t", "/\t"):
-        i = text.find(sep)
-        while i >= 0:
+    for sep in (" /", "/ ", ", ", ",\t", "/\t", ":"):
+        # "login:password" is written in one piece, between letters
+        positions = (m.start() for m in _COLON_PAIR.finditer(text)) if sep == ":" \
+            else _find_all(text, sep)
+        for i in positions:
             j = i + len(sep)
             while j < len(text) and text[j] in " \t":
                 j += 1
             vm = _PAIR_VALUE.match(text, j)
-            i_next = text.find(sep, i + 1)
             if vm is None or j in seen:
-                i = i_next
                 continue
             k = i
             while k > 0 and text[k - 1] in " \t" and i - k < 4:
                 k -= 1
             lm = _LOGIN_BEFORE.search(text, max(0, k - 100), k)
-            i = i_next
             if lm is None:
                 continue
             login = lm.group("login")
+            # a plain name ("jwalsh") is a login only right after a word that says so
+            named = _LOGIN_LABEL_BEFORE.search(text, max(0, lm.start() - 40), lm.start())
             if not (any(c in login for c in "._@-") or any(c.isdigit() for c in login)
-                    or login.lower() in _COMMON_LOGINS) or login[-1] in ".-":
+                    or login.lower() in _COMMON_LOGINS or named) or login[-1] in ".-":
+                continue
+            if sep == ":" and not any(c in login for c in "._@"):
                 continue
             a, b = _trim_value(text, vm.start(), vm.end())
             a, b = _strip_quotes(text, a, b)
-            if not _looks_secret(text[a:b]):
+            if not _looks_secret(text[a:b]) or (sep == ":" and _classes(text[a:b]) < 3):
                 continue
             if not _PAIR_CONTEXT.search(text, max(0, lm.start() - 400), lm.start()):
                 continue
@@ -1679,6 +2083,56 @@ def _binary_line(text: str, pos: int) -> bool:
                 or _QP_RUN.match(line))
 
 
+# "Authorization: Bearer X" anywhere (curl -H, nginx, a pasted request).
+_BEARER = re.compile(r"[^\S\r\n]+([A-Za-z0-9._~+/\-]{16,2000}=*)")      # after "bearer"
+# A ~/.pgpass line: host:port:database:user:password.
+_PGPASS_LINE = re.compile(
+    r"(?m)^[ \t]*[A-Za-z0-9*][\w.\-*]{0,100}:(?:\d{1,5}|\*):[^\s:]{1,100}:[^\s:]{1,100}:"
+    r"(?P<v>\S{3,128})[ \t]*\r?$")
+# mysqli_connect('host', 'user', 'password', 'db'), new PDO($dsn, 'user', 'password'): the
+# third string argument (also in a PHP stack trace).
+_CONNECT_CALL = re.compile(
+    r"(?i)(?:mysqli?_(?:real_)?connect|new\s+mysqli|new\s+PDO|pg_pconnect|PDO->__construct|"
+    r"mysqli->__construct)\s*\(")
+_STRING_ARG = re.compile(r"'((?:[^'\\\n]|\\.){0,200})'|" + r'"((?:[^"\\\n]|\\.){0,200})"')
+# Application passwords: WordPress "abcd EFGH 1234 ..." (six groups of four), Nextcloud
+# "xxxxx-xxxxx-xxxxx-xxxxx-xxxxx"; mixed case and digits (product keys are upper-case).
+_APP_PASSWORD = re.compile(
+    r"(?<![\w\-])(?:[A-Za-z0-9]{4}(?: [A-Za-z0-9]{4}){5}|[A-Za-z0-9]{5}(?:-[A-Za-z0-9]{5}){4})"
+    r"(?![\w\-])")
+# A BitLocker recovery key: eight groups of six digits.
+_BITLOCKER_KEY = re.compile(r"(?<![\w\-])\d{6}(?:-\d{6}){7}(?![\w\-])")
+
+
+def _app_password(value: str) -> bool:
+    groups = value.replace("-", " ").split()
+    return (any(c.isupper() for c in value) and any(c.islower() for c in value)
+            and sum(_mixed(g) for g in groups) >= len(groups) // 2)
+
+
+def _connect_arguments(text: str, lower: str) -> list[Finding]:
+    out = []
+    calls = []
+    last = -1
+    for i, _ in _stem_positions(lower, ("connect", "pdo", "mysqli->")):
+        if i < last:
+            continue
+        cm = _CONNECT_CALL.search(text, max(0, i - 16), min(len(text), i + 30))
+        if cm is not None and cm.end() > last:
+            calls.append(cm)
+            last = cm.end()
+    for m in calls:
+        eol = text.find("\n", m.end(), m.end() + 400)
+        args = list(_STRING_ARG.finditer(text, m.end(), eol if eol >= 0 else m.end() + 400))
+        if len(args) < 3:
+            continue
+        g = 1 if args[2].group(1) is not None else 2
+        a, b = args[2].start(g), args[2].end(g)
+        if _value_ok(text[a:b], clause_end=True, strict=False):
+            out.append(Finding("password", a, b))
+    return out
+
+
 def _generic_triggered(hay: _Haystack) -> bool:
     """Whether any generic detector may find something (literal searches only)."""
     cased, folded = hay.cased, hay.folded
@@ -1704,6 +2158,27 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
     if b":\\/\\/" in folded or b"%3a%2f%2f" in folded:
         found.extend(_escaped_url_credentials(text))
     found.extend(_access_codes(text, lower))
+    if b"bearer" in folded:
+        for i, _ in _stem_positions(lower, ("bearer",)):
+            bm = _BEARER.match(text, i + 6)
+            if bm is not None and (i == 0 or not lower[i - 1].isalnum()) \
+                    and _entropic(bm.group(1), min_len=16):
+                found.append(Finding("api-token", bm.start(1), bm.end(1)))
+    if b"pgpass" in folded:
+        found.extend(Finding("password", m.start("v"), m.end("v"))
+                     for m in _PGPASS_LINE.finditer(text)
+                     if not _is_placeholder(m.group("v")))
+    if b"connect" in folded or b"pdo" in folded or b"__construct" in folded:
+        found.extend(_connect_arguments(text, lower))
+    if any(w in folded for w in (b"appli", b"app pass", b"app-pass", b"app_pass")):
+        found.extend(Finding("api-token", m.start(), m.end())
+                     for m in _APP_PASSWORD.finditer(text) if _app_password(m.group(0)))
+    if any(w in folded for w in (b"bitlocker", b"recovery", b"cup\xc3\xa9ration",
+                                 b"recuperation")):
+        found.extend(Finding("password", m.start(), m.end())
+                     for m in _BITLOCKER_KEY.finditer(text))
+    if any(w in folded for w in _LIST_WORDS):
+        found.extend(_listed_values(text, lower))
     if any(w in folded for w in _PAIR_WORDS):
         found.extend(_login_pairs(text))
     return found
