@@ -369,3 +369,171 @@ def test_scan_contract_on_arbitrary_text(pieces: list[str]) -> None:
     if not SCANNER.could_match(text):
         assert findings == []
     redact_spans(text, findings)
+
+
+# ---------------------------------------------------------------------------- families
+# One block per detector family: short realistic cases, then look-alikes it must leave.
+
+FAMILIES: dict[str, tuple[list[tuple[str, list[str]]], list[str]]] = {
+    "lists": ([
+        ("Voici les codes de secours :\n4F7K-Q2WX\n9HJ3-MN8P\n", ["4F7K-Q2WX", "9HJ3-MN8P"]),
+        ("Here are the passwords:\n- Printer ...... Kx7!mPq2\n- Scanner: Lz9#aB4c\n",
+         ["Kx7!mPq2", "Lz9#aB4c"]),
+    ], [
+        "Voici les codes postaux :\n69003\n69007\n",
+        "Here are the passwords rules:\n- 12 characters\n- one digit\n",
+    ]),
+    "passphrases": ([
+        ("passphrase: correct horse battery staple", ["correct horse battery staple"]),
+        ("La phrase de passe est « chat noir 1975 ».", ["chat noir 1975"]),
+    ], [
+        "the passphrase is the one from the paper envelope in the safe",
+        "La phrase de passe est celle du coffre, demandez à Paul.",
+    ]),
+    "alternatives": ([
+        ("Le mot de passe est soit « Lavande42 » soit « Lavande43 ».",
+         ["Lavande42", "Lavande43"]),
+        ("password: Hunter22!, or maybe Hunter23!", ["Hunter22!", "Hunter23!"]),
+        ("Le mot de passe est Lavande42, ou alors demandez à Paul.", ["Lavande42"]),
+    ], [
+        "Le mot de passe est celui de l'an dernier, ou alors demandez à Paul.",
+    ]),
+    "app passwords": ([
+        ("Mot de passe d'application WordPress : xK3p 9LmQ 2rTz W8vN c4Ys Hq7e",
+         ["xK3p 9LmQ 2rTz W8vN c4Ys Hq7e"]),
+        ("Nextcloud app password: Xk2Pq-9LmWz-R4tYb-7NcVs-Q8hJe",
+         ["Xk2Pq-9LmWz-R4tYb-7NcVs-Q8hJe"]),
+    ], [
+        "Clé de licence de l'application : VK7JG-NPHTM-C97JM-9MPGT-3V66T",
+    ]),
+    "BitLocker keys": ([
+        ("Clé de récupération BitLocker : 123456-234567-345678-456789-567890-678901-789012-"
+         "890123", ["123456-234567-345678-456789-567890-678901-789012-890123"]),
+    ], [
+        "BitLocker key ID: 4F3A2B1C-9D8E-4F7A-B6C5-D4E3F2A1B0C9",
+    ]),
+    ".pgpass": ([
+        ("mon ~/.pgpass :\ndb.example.org:5432:compta:compta_app:Pg-Compta!2024\n",
+         ["Pg-Compta!2024"]),
+    ], [
+        "mon ~/.pgpass contient localhost:5432:*:postgres:*",
+    ]),
+    "connect calls": ([
+        ("$db = mysqli_connect('localhost', 'wp_user', 'Wp!Conn3ct', 'wordpress');",
+         ["Wp!Conn3ct"]),
+        ("new PDO('mysql:host=localhost;dbname=app', 'app', 'PdoS3cret!');", ["PdoS3cret!"]),
+    ], [
+        "mysqli_connect('localhost', 'wp_user', getenv('DB_PASSWORD'))",
+    ]),
+    "values before their label": ([
+        ("Biscotte38, c'est le nouveau mot de passe de la session de Claire.", ["Biscotte38"]),
+        ("Tulipe-77 <- ça c'est le code de la session élève.", ["Tulipe-77"]),
+        ("Lighthouse42 is the password for the shared mailbox.", ["Lighthouse42"]),
+    ], [
+        "Utilisateur jdupont42 : le mot de passe a expiré ce matin.",
+        "Poste PC-ACC-03 : le mot de passe Windows ne marche plus.",
+        "Ticket 45872 : mot de passe oublié pour le compte compta.",
+    ]),
+    "device codes": ([
+        ("l'alarme : 7391 puis la touche OFF", ["7391"]),
+    ], [
+        "l'alarme a sonné trois fois, le technicien passe le 12/03.",
+        "digicode: ask the caretaker (ext. 2204)",
+    ]),
+    "login pairs": ([
+        ("Voici les accès pour Marc :\n- messagerie : marc.dubois / Epicea-77", ["Epicea-77"]),
+        ("identifiants du site (admin WordPress) : mairie_admin / Cl0cher&Eglise",
+         ["Cl0cher&Eglise"]),
+    ], [
+        "Voici les accès pour Marc : marc.dubois / bureau 2.14",
+    ]),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_detector_family(family: str) -> None:
+    positives, look_alikes = FAMILIES[family]
+    for text, values in positives:
+        got = [v for _, v in found(text)]
+        assert got == values, text
+    for text in look_alikes:
+        assert found(text) == [], text
+
+
+@pytest.mark.parametrize("text", [
+    # what the words before a value say it is: a login, an id, a reference
+    "password: the usual one. My login is jsmith42.",
+    "my password stopped working after the upgrade, the error id is 7f3a9c2e",
+    "La phrase de passe de BitLocker a été demandée, ID de clé 4F3A2B1C",
+    "Clé WPA : voir l'autocollant sous la box (modèle Livebox 6, S/N LK2239AB1178)",
+    # an example in a policy or a how-to
+    "Votre mot de passe doit contenir 12 caractères dont 1 chiffre (ex. Exemple1!)",
+    "Le mot de passe doit être long, par exemple Cheval-Batterie-Agrafe-9 n'est pas accepté ?",
+    # a digest named as such
+    "Voici le hash du mot de passe dans la base : 5f4dcc3b5aa765d61d8327deb882cf99",
+    # shapes of references and names, not values
+    "J'ai oublié mon mot de passe depuis la mise à jour KB5034441 de Windows 11.",
+    "WARN [auth] token validation failed for kid=2024-07-rotation-a",
+    "secret_key_ref:\n  name: app-secrets\n  key: DB_PASSWORD",
+    "RADIUS: Access-Reject for user j.martin, reason: bad password (EAP-PEAP/MSCHAPv2)",
+    "Facture n° FA2025-1187 : paiement par carte, code de transaction 8F3K2L.",
+])
+def test_context_says_no_live_secret(text: str) -> None:
+    assert found(text) == []
+
+
+@pytest.mark.parametrize(("text", "values"), [
+    ("LE CODE DU PORTAIL A CHANGE. L'ANCIEN (1966A) NE MARCHE PLUS.\nLE NOUVEAU C'EST 7302C.",
+     ["7302C"]),
+    ("le code de l'alarme est désormais 5263 (l'ancien 7781 a été supprimé)", ["5263"]),
+    ("the old alarm code you have on file (2207) was deleted. The new code is 9158.",
+     ["9158"]),
+    # an old value that still works, or that was put back, is still a secret
+    ("L'ancien code 5509 reste actif jusqu'au 31 mars.", ["5509"]),
+    ("Mot de passe du webmail : on lui a remis l'ancien, qui était MaireDuVal#58.",
+     ["MaireDuVal#58"]),
+])
+def test_old_values_are_not_live(text: str, values: list[str]) -> None:
+    assert [v for _, v in found(text)] == values
+
+
+@pytest.mark.parametrize("text", [
+    "the dashboard shows the live secret key: sk_live_...9kQa (rolled last week)",
+    "webhook: https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+    "SENDGRID_API_KEY=SG.xxxxxxxx.yyyyyyyy",
+    'the sample file ships with password = "changeme"',
+    "DB_PASSWORD=changeme",
+])
+def test_masked_and_filler_values(text: str) -> None:
+    assert found(text) == []
+
+
+def test_example_cue_is_a_word_not_a_domain() -> None:
+    text = "user\tpassword\nn.okafor@greenhouse.example.com\tKite-Marble-3841\n"
+    assert found(text) == [("password", "Kite-Marble-3841")]
+
+
+@pytest.mark.parametrize("text", [
+    "CLÉ WIFI : MAIRIE-Invites-2024", "ACCÈS : jdupont / Soleil2024!",
+    "SÉSAME DU PORTAIL : Ouvre-Toi-77",
+])
+def test_upper_case_accented_labels(text: str) -> None:
+    assert len(found(text)) == 1
+
+
+def test_literal_gate_covers_every_label() -> None:
+    """The gate (``_GATE`` and its camelCase searches) must let through every word that a
+    detector starts from, in lower, upper and title case: a word it misses is a detector
+    that never runs."""
+    s = secrets_module
+    words = [*s._CODE_WORDS, *s._STEMS, *(a for _, an in s._ANCHOR_TRIGGERS for a, _ in an),
+             *(w.decode() for w in (*s._COMMAND_WORDS, *s._PAIR_ONLY)),
+             *(w for w in s._LIST_STEMS if w.isascii() and " " not in w)]
+    # stems that only occur inside words ("récupération", "sécurité")
+    words = [w for w in words if w not in ("curit", "cup\u00e9ration")]
+    missed = [form for w in words for form in (w, w.upper(), w.title())
+              if not s._Haystack("x " + form + " y").gated()]
+    assert missed == []
+    for camel in ("clientSecret", "SMTPPASS", "apiToken", "X-Api-Key"):
+        assert s._Haystack(camel).gated(), camel
+    assert not s._Haystack("Bonjour, le serveur ne répond plus depuis ce matin.").gated()

@@ -34,7 +34,15 @@ or a symbol) and a label that is not a public key's, a licence's or an error's; 
 labels (jeton, token) a long generated value.  Access codes, lists announced by a line
 ending with a colon ("here are the backup codes:"), table columns (text, and HTML source
 in a text part), application-password and recovery-key shapes, Bearer tokens, .pgpass
-lines and connect() arguments are found by shape and context.
+lines and connect() arguments are found by shape and context; so is a value written
+before its label ("Biscotte38, c'est le mot de passe").
+
+Precision comes last, from the words around a value whatever detector found it
+(``_live``): masked, elided and filler values ("sk_live_...9kQa", "changeme", "XXXXXX")
+are never secrets; nor is a password-like value right after an example cue ("ex.",
+"par exemple"), after "l'ancien"/"the old" (a changed value; unless a verb gives it or
+the text says it still works), a hex digest named as such, or a value named by an
+identity word across a verb ("my login is jsmith42", "l'ID de clé 4F3A2B1C").
 """
 
 from __future__ import annotations
@@ -159,10 +167,10 @@ _ANCHOR_TRIGGERS: tuple[tuple[_Trigger, tuple[tuple[str, bool], ...]], ...] = (
     (_trigger(None, rb"curit"), (("curit", False),)),          # sécurité, security
     (_trigger(None, rb"pin"), (("pin", True),)),
     (_trigger(None, rb"code"), (("code", True),)),
-    (_trigger(None, rb"cl(?:\xc3\xa9|ef)"), (("cl\u00e9", True), ("clef", True))),
+    (_trigger(None, rb"cl(?:\xc3[\xa9\x89]|ef)"), (("cl\u00e9", True), ("clef", True))),
     (_trigger(b"k", rb"key"), (("key", True),)),
     (_trigger(b"t", rb"(?:jet|tok)ens?\b"), (("jeton", True), ("token", True))),
-    (_trigger(None, rb"s(?:\xc3\xa9|e)same"), (("s\u00e9same", True), ("sesame", True))),
+    (_trigger(None, rb"s(?:\xc3[\xa9\x89]|e)same"), (("s\u00e9same", True), ("sesame", True))),
     (_trigger(None, rb"cred"), (("credential", False), ("creds", True))),
     (_trigger(None, rb"acc(?:e|\xc3[\xa8\x88])s"), (("acc\u00e8s", True), ("acces", True))),
     (_trigger(b"w", rb"w(?:pa|lan|ep|ifi|i-fi)"),
@@ -194,10 +202,12 @@ _GATE_WORDS = (
     # passwords in prose, tables, pairs and lists
     "pass", "pw", "psw", "psk", "mdp", "motdepasse", "phrase", "secret", "secur",
     "s\u00e9cur", "token", "jeton", "key", "cl\u00e9", "clef", "s\u00e9same", "sesame",
-    "code", "digicode", "pin", "puk", "combin", "lockbox", "cadenas", "auth", "cred",
+    "code", "digicode", "pin", "puk", "combin", "lockbox", "cadenas", "alarm", "auth", "cred",
     "salt", "sess", "sig", "compte", "account", "identifiant", "login", "user",
     "utilisateur", "admin", "acc\u00e8s", "acces", "wifi", "wi-fi", "wpa", "wlan", "wep",
     "recovery", "backup", "secours", "r\u00e9cup", "recup",
+    # upper-case accented forms (the gate lower-cases ASCII only): "CLÉ WIFI", "ACCÈS"
+    "cl\u00c9", "acc\u00c8s", "s\u00c9same", "s\u00c9cur", "r\u00c9cup",
     # commands, calls, encoded URLs, webhooks, key blocks
     "bearer", "connect", "pdo", "mysql", "lftp", "snmp", "net use", "sshpass", "pgpass",
     "-u", "--user", "//", "\\/\\/", "3a%2f%2f", "----begin", "putty", "hooks", "api/",
@@ -454,6 +464,7 @@ _BAD_IDENT_SUFFIX = frozenset({
     "rounds", "iterations", "cost", "timeout", "ttl", "name", "id", "format", "manager",
     "store", "storage", "dir", "location", "env", "variable", "var", "lifetime",
     "history", "complexity", "minlength", "maxlength", "sent", "updated", "validation",
+    "ref", "refs", "from", "source", "selector", "secretref", "template",
 })
 
 _TABLE_HEADER_CELL = re.compile(
@@ -552,7 +563,8 @@ class SecretScanner:
         if not hay.gated():
             return []
         if hay.quiet():
-            return _resolve([f for f in self._generic(hay, text) if f.kind in self.enabled])
+            return _resolve(_live(text, [f for f in self._generic(hay, text)
+                                         if f.kind in self.enabled]))
         found: list[Finding] = []
         enabled = self.enabled
         for kind, patterns, triggers in self._tokens:
@@ -579,11 +591,15 @@ class SecretScanner:
                 if windows:
                     found.extend(_passwords(masked, lower, windows))
         found.extend(f for f in self._generic(hay, text) if f.kind in enabled)
-        return _resolve(found)
+        return _resolve(_live(text, found))
 
     @staticmethod
     def _generic(hay: _Haystack, text: str) -> list[Finding]:
         if not _generic_triggered(hay):
+            # "les accès : marc.dubois / Epicea-77": only the login pairs may be there
+            if _PAIR_ONLY_RE.search(hay.folded) and any(
+                    sep in text for sep in _PAIR_SEPARATORS):
+                return _login_pairs(text)
             return []
         return _generic_findings(hay, text)
 
@@ -1129,6 +1145,13 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
                 out.extend(values)
                 window_until = values[-1].end if values else min(n, m.end() + _WINDOW_REACH)
             continue
+        if group in ("kw", "wifi", "key") and not (
+                header_lines and header_lines[-1][1] > start) and (
+                group != "key" or _key_label_ok(text, start, m.end())):
+            # "Biscotte38, c'est le nouveau mot de passe": the value before its label
+            before = _value_before(text, start)
+            if before is not None:
+                out.append(before)
         finding = _password_after(text, m, group, keyword, n)
         if finding is not None:
             out.append(finding)
@@ -1144,6 +1167,31 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
             window_until = values[-1].end if first_only and values else \
                 min(n, m.end() + _WINDOW_REACH)
     return out
+
+
+# "X, c'est le mot de passe", "X is the new password", "X = mdp du wifi": a copula then a
+# determiner (and an adjective) between the value and its label.
+_VALUE_BEFORE = re.compile(r"""(?ix)
+(?<![^\s(«"'“])(?P<v>[^\s,;:()«»"'“”<]{4,64})["'»”]?[^\S\r\n]*,?[^\S\r\n]*
+(?:(?:<-|<=|←|<)[^\S\r\n]*)?(?:(?:ça|ca|ce|this|that|it)[^\S\r\n]*)?
+(?:c['’]\s?est|est|is|['’]s|was|will\s+be|sera|ce\s+sera|[:=]|->|→)[^\S\r\n]+
+(?:(?:le|la|l['’]|the|my|mon|ma|notre|our|votre|your|son|sa|his|her|their|leur|ton|ta)
+   [^\S\r\n]*)?
+(?:(?:nouveau|nouvelle|new|actuel|actuelle|current|bon|bonne|vrai|right|temporary|
+   temporaire|provisoire|fameux|fameuse)[^\S\r\n]+)?\Z""")
+
+
+def _value_before(text: str, kw_start: int) -> Finding | None:
+    lo = max(0, kw_start - 100, text.rfind("\n", max(0, kw_start - 100), kw_start) + 1)
+    vm = _VALUE_BEFORE.search(text, lo, kw_start)
+    if vm is None:
+        return None
+    a, b = _trim_value(text, vm.start("v"), vm.end("v"))
+    value = text[a:b]
+    if not (_mixed(value) and _looks_secret(value)) or _HEX_RUN.fullmatch(value):
+        return None
+    words = [_recent_word(w) for w in text[lo:a].split()[-4:]]
+    return None if _named_by(words) else Finding("password", a, b)
 
 
 def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
@@ -1203,7 +1251,8 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         if low in _NEGATIVE_QUALIFIERS or low.split("'")[0] in ("n", "ne"):
             return None
         if (group != "creds" and qualifiers <= 3 and not weak and not pin
-                and _strong(word.rstrip(".,;")) and not _URLISH.match(word)):
+                and _strong(word.rstrip(".,;")) and not _URLISH.match(word)
+                and word[0] not in "([{" and _looks_secret(word.rstrip(".,;!?"))):
             a, b = _trim_value(text, wm.start("w"), wm.end("w"))
             if _value_ok(text[a:b], clause_end=False, strict=True):
                 return Finding("password", a, b)    # "mdp wifi Soleil2024!"
@@ -1236,8 +1285,8 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         nl2 = text.find("\n", nxt, nxt + 200)
         nxt_end = nl2 if nl2 >= 0 else min(n, nxt + 200)
         line = text[nxt:nxt_end]
-        if not line.strip() or len(line.split()) != 1:
-            return None
+        if not line.strip() or len(line.split()) != 1 or line.count(":") >= 2:
+            return None                 # (two colons: a record, "host:port:db:user:pw")
         a, b = _strip_span(text, nxt, nxt_end)
         a, b = _trim_value(text, a, b)
         value = text[a:b]
@@ -1249,7 +1298,11 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     if span is None:
         return None
     a, b = span
-    quoted = a > vpos and text[a - 1] in _QUOTES and b < n and text[b] in _QUOTES.values()
+    # "« chat noir 1975 »": the quotes may stand apart from the value
+    qa, qb = len(text[:a].rstrip(" \xa0")), b
+    while qb < n and text[qb] in " \xa0":
+        qb += 1
+    quoted = qa > vpos and text[qa - 1] in _QUOTES and qb < n and text[qb] in _QUOTES.values()
 
     if group in ("pair", "creds"):
         return _pair_value(text, a, b, line_end, group, keyword)
@@ -1259,7 +1312,8 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         b2 = stop.start() if stop else line_end
         a, b = _strip_span(text, a, b2)
         words = text[a:b].lower().split()
-        if b - a >= 8 and any(w not in _STOP_VALUES for w in words):
+        if b - a >= 8 and any(w not in _STOP_VALUES for w in words) and (
+                quoted or not _REFERENCE_PHRASE.match(text, a, b)):
             return Finding("password", a, b)
         return None
 
@@ -1273,6 +1327,8 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     if pin:
         return Finding("password", a, b) if re.fullmatch(r"\d{4,8}", value) else None
     if ident_assign:
+        if text.startswith(":", b) and (b + 1 == n or text[b + 1] in " \t\r\n"):
+            return None                     # "secret_key_ref:\n  name: x": a YAML key
         kind = _kind_for_assignment(text, start)
         if _value_ok(value, clause_end=True, strict=False):
             return Finding(kind, a, b)
@@ -1285,6 +1341,15 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         kind = _kind_for_assignment(text, start) if sep.group("punct") == "=" else "password"
         return Finding(kind, a, b)
     return None
+
+
+# A phrase that points elsewhere ("the one from the envelope", "celle du coffre", "le même
+# que l'an dernier", "written on the box"): no value is given.
+_REFERENCE_PHRASE = re.compile(
+    r"(?i)(?:the\s+(?:one|same|usual|old|new)|same|that|this|those|it|celui|celle|ceux|"
+    r"le\s+m[êe]me|la\s+m[êe]me|les\s+m[êe]mes|identique|idem|comme|like|as|in|on|at|"
+    r"dans|sur|sous|chez|[ée]crite?s?|not[ée]e?s?|written|noted|sent|envoy[ée]e?s?|ask|"
+    r"demande[rz]?|see|voir|cf|stored|kept|rang[ée]e?|gard[ée]e?|in\s+the|from)(?![^\W_])")
 
 
 # "soit « A » soit « B »", "A, or maybe B", "A et aussi B": more values of the same label.
@@ -1506,6 +1571,7 @@ _DECOY_SHAPE = re.compile(r"""(?x)
 | [a-z0-9\-]+(?:\.[a-z0-9\-]+)*\.[a-z]{2,12}                              # host names
 | \+?\d[\d\s.\-]{7,16}\d                                                  # phone numbers
 | [A-Z]{1,12}\d{0,3}(?:[-_/][A-Z0-9]{1,10}){1,4}                          # references
+| [A-Z]{1,4}\d{5,12}                                                      # KB5034441, INC0012345
 | 0[xX][0-9A-Fa-f]{2,16}                                                  # error codes
 | \#\d+
 """)
@@ -1666,6 +1732,106 @@ ticket commande order tel tél téléphone telephone phone version modèle model
 tag ssid réseau reseau network imei siret siren iban fingerprint empreinte hash commit
 checksum sha1 sha256 md5
 """)
+# Words that say what the value after them *is*, even across a verb or a preposition
+# ("my login is jsmith42", "l'ID de clé 4F3A2B1C", "the error id was 7f3a9c2e"): an
+# identity, a number or a reference, never the password the label before announced.
+_IDENTITY_WORDS = _words("""
+identifiant login logins username id ssid nom name serial série serie s/n sn numéro numero
+number n° no ref réf référence reference version modèle modele model erreur error ticket
+commit hash checksum empreinte fingerprint iban siret siren imei matricule
+""")
+_LINKING_WORDS = _words("""
+is est c'est c’est was sera will be :  = - → de du des d' d’ of the le la l' l’ it's it’s
+sont are était mon ma my his her son sa
+""")
+
+
+def _named_by(recent: list[str]) -> bool:
+    """Whether the words before a value (``recent``, lower-cased, newest last) name it."""
+    if recent and recent[-1] in _NAMING_WORDS:
+        return True
+    if any(w in _NAMED_BEFORE for w in recent[-3:]):
+        return True
+    # "my login is", "l'ID de clé", "error id:": an identity word, then only linking
+    # words or one complement after a linking word
+    tail = recent[-4:]
+    for k, w in enumerate(tail):
+        if w.split("'")[-1].split("’")[-1] not in _IDENTITY_WORDS:
+            continue
+        after = tail[k + 1:]
+        if all(x in _LINKING_WORDS or (i > 0 and after[i - 1] in _LINKING_WORDS)
+               for i, x in enumerate(after)):
+            return True
+    return False
+
+
+# A value right after these is an example (a password policy, a how-to), not a secret.
+_EXAMPLE_BEFORE = re.compile(
+    r"(?i)(?<![\w\-.@/])(?:ex\.|ex\s*:|e\.g\.?|par\s+ex|exemples?|examples?|such\s+as|"
+    r"comme\s+par\s+exemple|format)(?![\w\-@/]|\.\w)[^\n\w]{0,4}(?:\w+[^\n\w]{1,3}){0,1}\Z")
+# ... and a hex value after these is a digest (a hash of the password, a file checksum).
+_HASH_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:hash|hashes|hashé|hashed|haché|hachage|digest|checksum|empreinte|"
+    r"fingerprint|md5|sha-?(?:1|224|256|384|512)?|bcrypt|ntlm|sha256sum|md5sum)(?![^\W_])")
+_HEX_VALUE = re.compile(r"[0-9a-fA-F]{8,128}|(?:[0-9a-fA-F]{2}[: ]){7,63}[0-9a-fA-F]{2}")
+
+
+# "l'ancien (1966A) ne marche plus", "the old code 7781": a value named old right before
+# it is one that was changed (a value after "l'ancien c'était" is still told as a secret:
+# people say so when the old one is put back or still works somewhere).
+_OLD_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:ancien(?:ne)?s?|old|previous|former|pr[ée]c[ée]dente?)"
+    r"(?P<between>(?:[^\S\r\n]+[^\s(«\"“]{1,20}){0,6}?)"
+    r"[^\S\r\n]*[,(:«\"“]?[^\S\r\n]*\Z")
+# ... unless a verb gives it: "l'ancien c'était X", "the old one was X"
+_OLD_VERB = re.compile(r"(?i)(?<![^\W_])(?:c['’]?[ée]tait|[ée]tait|est|c['’]est|was|is|"
+                       r"remis|remettre|restored|back)(?![^\W_])")
+# ... or the words after it say it still works: "l'ancien code 5509 reste actif jusqu'au 31"
+_STILL_AFTER = re.compile(
+    r"(?i)[^\n]{0,20}?(?<![^\W_])(?:reste|restera|encore|still|toujours|jusqu['’]|until)"
+    r"(?![^\W_])")
+
+
+def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
+    """Whether the words just before ``text[a:b]`` (on its line) say it is no live
+    secret: an example, an old value, or (for a password) a hex digest named as such."""
+    lo = max(0, a - 60, text.rfind("\n", max(0, a - 60), a) + 1)
+    if _EXAMPLE_BEFORE.search(text, max(lo, a - 30), a):
+        return True
+    if kind != "password":
+        return False
+    om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
+    if om is not None and not _OLD_VERB.search(om.group("between")) \
+            and not _STILL_AFTER.match(text, b, min(len(text), b + 40)):
+        return True
+    return bool(_HEX_VALUE.fullmatch(text, a, b) and _HASH_BEFORE.search(text, lo, a))
+
+
+# Masked, elided and filler values: "sk_live_...9kQa", "T00000000/B00000000/XXXXXXXX",
+# "SG.xxxxxxxx.yyyyyyyy", "changeme" — documentation and dashboards, never a secret.
+_MASKED = re.compile(r"(?i)\.\.\.|…|([xyz*•])\1{5}|0{8}")
+# A provider-shaped token is filler when elided or made of several filler runs
+# ("T00000000/B00000000/XXXXXXXX"); one run may be a test value ("ghp_000...0").
+_FILLER_RUN = re.compile(r"([xX0*•])\1{5,}")
+_FILLER_VALUES = frozenset({"changeme", "change-me", "change_me", "changeit", "replaceme",
+                            "replace-me", "replace_me", "redacted", "todo", "tbd"})
+
+
+def _provider_filler(text: str, f: Finding) -> bool:
+    value = text[f.start:f.end]
+    return "..." in value or "…" in value or len(_FILLER_RUN.findall(value)) >= 2
+
+
+def _live(text: str, found: list[Finding]) -> list[Finding]:
+    """``found`` without the values that are masked or filler (any kind but a key block),
+    or that their context says are no live secret (the detectors that read prose and
+    names: password and generic api-token findings)."""
+    return [f for f in found if f.kind == "private-key" or (
+        not (_provider_filler(text, f) if _PRIORITY[f.kind] >= 80
+             else _MASKED.search(text, f.start, f.end))
+        and text[f.start:f.end].lower() not in _FILLER_VALUES
+        and (f.kind not in ("password", "api-token")
+             or not _context_veto(text, f.start, f.end, f.kind)))]
 
 
 def _looks_secret(value: str) -> bool:
@@ -1732,8 +1898,7 @@ def _window_values(text: str, pos: int, *, first_only: bool,
         a, b = _strip_quotes(text, a, b)
         value = text[a:b]
         wrapped = word.startswith(("(", "[", "{")) or word.count(":") >= 2
-        named = bool(recent and recent[-1] in _NAMING_WORDS) or any(
-            w in _NAMED_BEFORE for w in recent[-3:])
+        named = _named_by(recent)
         if word[:1] in "«“\"'" and not named and _SEP_BEFORE.search(
                 text, max(pos, tm.start() - 12), tm.start()):
             qm = _QUOTED_PHRASE.match(text, tm.start(), limit)
@@ -1741,11 +1906,11 @@ def _window_values(text: str, pos: int, *, first_only: bool,
                 out.append(Finding("password", qm.start("v"), qm.end("v")))
                 if first_only:
                     break
-                recent.append(word.lower())
+                recent.append(_recent_word(word))
                 continue
         if token:
             if not wrapped and not named and _entropic(value, min_len=16) \
-                    and "/" not in value and "@" not in value and "." not in value.strip("."):
+                    and not any(c in value for c in "/@=") and "." not in value.strip("."):
                 out.append(Finding("api-token", a, b))
                 break
         elif not wrapped and not named and _mixed(value) and _looks_secret(value) \
@@ -1758,8 +1923,14 @@ def _window_values(text: str, pos: int, *, first_only: bool,
             break
         if first_only and out:
             break
-        recent.append(word.lower().rstrip(":,"))
+        recent.append(_recent_word(word))
     return out
+
+
+def _recent_word(word: str) -> str:
+    """A window token as _named_by compares it: lower-cased, without brackets and
+    trailing punctuation ("(S/N" -> "s/n", "login:" -> "login")."""
+    return word.lower().strip("()[]«»\"“”").rstrip(":,;.") or word
 
 
 # "clé", "key" and "code" name many things besides secrets: a value after them must look
@@ -1817,9 +1988,11 @@ def _strip_quotes(text: str, a: int, b: int) -> tuple[int, int]:
 # optional letter or # / *, also spaced or dashed ("8 3 5 1", "7-3-9-1").
 _CODE_LABEL = re.compile(
     r"(?i)(?<![^\W_])(?:digicode|codes?|pin|puk|passcode|combinaison|combination|"
-    r"keypad|lockbox|cadenas)(?![^\W_])")
+    r"keypad|lockbox|cadenas|alarme|alarm)(?![^\W_])")
+# Labels that name a device, not its code: the value must follow closely ("alarme : 7391").
+_DEVICE_CODE_LABELS = frozenset({"alarme", "alarm"})
 _CODE_VALUE = re.compile(
-    r"(?<![\w/+\-.,:#°])(?:"
+    r"(?<![\w/+\-.,:#°])(?<!\d[ .\-])(?:"
     r"[A-Z]?\d{4,8}[A-Z#*]?"                            # 4096#, 0312A
     r"|\d(?:[ \-]\d){3,7}[#*]?"                          # 8 3 5 1
     r"|\d{3}[ \-]\d{3}"                                 # 482 917
@@ -1857,22 +2030,25 @@ _NOT_ACCESS_CODE = re.compile(
     r"ref|projet|analytique|budget|chantier|html|python|qr|barcode|cpv|nace|rome|douane|"
     r"customs|hs|sku|ean|isbn|article|item|order|commande|facture|invoice|tarif|"
     r"cotisation|adh[ée]rent|member|membre|dossier|ticket|colis|parcel|série|serial|bank|"
-    r"banque|bancaire|guichet|sort|routing|swift|agence|branch|account\s+number)"
+    r"banque|bancaire|guichet|sort|routing|swift|agence|branch|account\s+number|transaction|"
+    r"licen[cs]e)"
     r"(?![^\W_])")
-_CODE_TRIGGER = re.compile(rb"code|pin|puk|combin|keypad|lockbox|cadenas")
+_CODE_TRIGGER = re.compile(rb"code|pin|puk|combin|keypad|lockbox|cadenas|alarm")
 # Literal searches (bytes.find is a memchr loop; an alternation in a regex is not).
 _GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth", b"cred",
                   b"salt", b"sess", b"sig", b"code", b"pin", b"puk", b"combin", b"lockbox",
-                  b"cadenas", b"compte", b"account", b"identifiant", b"login", b"user",
+                  b"cadenas", b"alarm", b"compte", b"account", b"identifiant", b"login", b"user",
                   b"mdp", b"pw", b"sshpass", b"lftp", b"mysql", b"net use", b"snmp",
                   b"securestring", b"-u", b":\\/\\/", b"%3a%2f%2f", b"/hooks/", b"/api/",
                   b"webhookb2/", b"/bot", b"bearer", b"pgpass", b"connect", b"new pdo")
 _STEMS = ("pass", "pwd", "psk", "secret", "token", "key", "auth", "cred", "salt", "sess",
           "sig")
-_CODE_WORDS = ("code", "pin", "puk", "combin", "keypad", "lockbox", "cadenas")
+_CODE_WORDS = ("code", "pin", "puk", "combin", "keypad", "lockbox", "cadenas", "alarm")
 _PAIR_WORDS = (b"compte", b"account", b"identifiant", b"login", b"acc", b"user", b"admin",
                b"utilisateur", b"credential", b"mdp", b"password", b"mot de passe", b"pw",
                b"connexion")
+# pair words that _GENERIC_WORDS does not already cover ("pass", "user", "compte"...)
+_PAIR_ONLY = (b"acc\xc3\xa8s", b"acc\xc3\x88s", b"acces", b"admin")
 _COMMAND_WORDS = (b"-u", b"--user", b"sshpass", b"lftp", b"mysql", b"net use",
                   b"securestring", b"snmp")
 _LIST_WORDS = (b"code", b"pin", b"mots de passe", b"passwords", b"cl\xc3\xa9s", b"keys",
@@ -1896,7 +2072,8 @@ def _access_codes(text: str, lower: str) -> list[Finding]:
         lo, hi = max(0, m.start() - 14), min(n, m.end() + 20)
         if _NOT_ACCESS_CODE.search(text, lo, hi):
             continue
-        limit = _window_limit(text, m.end(), 130)
+        limit = _window_limit(
+            text, m.end(), 25 if m.group(0).lower() in _DEVICE_CODE_LABELS else 130)
         plural = True       # "le digicode c'est X et l'alarme Y": every code
         first = True
         for v in _CODE_VALUE.finditer(text, m.end(), limit):
@@ -1907,7 +2084,8 @@ def _access_codes(text: str, lower: str) -> list[Finding]:
             if not _DIGIT_CODE.fullmatch(value) and (
                     v.start() - m.end() > 30 or "\n" in text[m.end():v.start()]):
                 continue        # letters in a code: only right after its label
-            words = text[max(m.end(), v.start() - 30):v.start()].lower().split()
+            words = [w.strip("()[]«»\"'") for w in
+                     text[max(m.end(), v.start() - 30):v.start()].lower().split()]
             if set(words[-1:]) & _CODE_NAMING_FIRST or (
                     not first and set(words[-2:]) & _CODE_NAMING):
                 continue        # "extension 2204", "badge 0457"
@@ -1998,7 +2176,9 @@ _COMMON_LOGINS = frozenset({"admin", "root", "administrateur", "administrator", 
                             "guest", "invite", "invité", "support", "operator"})
 
 
-_PAIR_VALUE = re.compile(r"(?=[^\s,;/?&=]{0,63}\d)[^\s,;/?&=]{6,64}(?![^\s,;])")
+# ("&" is a password character unless a query parameter follows: "&page=2")
+_PAIR_VALUE = re.compile(r"(?=(?:[^\s,;/?&=]|&(?!\w{1,20}=)){0,63}\d)"
+                         r"(?:[^\s,;/?&=]|&(?!\w{1,20}=)){6,64}(?![^\s,;])")
 _LOGIN_BEFORE = re.compile(
     r"(?<![^\s(:«\"'])(?P<login>[A-Za-z][\w.\-]{1,40}(?:@[\w\-]+(?:\.[\w\-]+)+)?)"
     r"[^\S\r\n]*\Z")
@@ -2020,10 +2200,13 @@ def _find_all(text: str, sep: str) -> Iterable[int]:
         i = text.find(sep, i + 1)
 
 
+_PAIR_SEPARATORS = (" /", "/ ", ", ", ",\t", "/\t", ":")
+
+
 def _login_pairs(text: str) -> list[Finding]:
     out = []
     seen: set[int] = set()
-    for sep in (" /", "/ ", ", ", ",\t", "/\t", ":"):
+    for sep in _PAIR_SEPARATORS:
         # "login:password" is written in one piece, between letters
         positions = (m.start() for m in _COLON_PAIR.finditer(text)) if sep == ":" \
             else _find_all(text, sep)
@@ -2126,6 +2309,8 @@ def _connect_arguments(text: str, lower: str) -> list[Finding]:
         args = list(_STRING_ARG.finditer(text, m.end(), eol if eol >= 0 else m.end() + 400))
         if len(args) < 3:
             continue
+        if not text[m.end():args[2].start()].rstrip().endswith(","):
+            continue                # "getenv('DB_PASSWORD')": not the call's own argument
         g = 1 if args[2].group(1) is not None else 2
         a, b = args[2].start(g), args[2].end(g)
         if _value_ok(text[a:b], clause_end=True, strict=False):
@@ -2133,10 +2318,29 @@ def _connect_arguments(text: str, lower: str) -> list[Finding]:
     return out
 
 
+# The literal lists above as one search each: a regex alternation of literals (factored
+# by first byte) costs less than a Python loop of ``bytes.find`` on texts of any size.
+def _literals(words: Iterable[bytes]) -> re.Pattern[bytes]:
+    return re.compile(_alternation(words))
+
+
+# (with the words of the app-password and BitLocker detectors, which start from them)
+_GENERIC_RE = _literals((*_GENERIC_WORDS, b"bitlocker", b"recovery", b"cup\xc3\xa9ration",
+                         b"recuperation", b"appli", b"app pass", b"app-pass", b"app_pass"))
+_PAIR_ONLY_RE = _literals(_PAIR_ONLY)
+_PAIR_RE = _literals(_PAIR_WORDS)
+_COMMAND_RE = _literals(_COMMAND_WORDS)
+_LIST_RE = _literals(_LIST_WORDS)
+_WEBHOOK_WORDS_RE = _literals((b"/hooks/", b"/api/", b"webhookb2/", b"/bot"))
+_APP_WORDS_RE = _literals((b"appli", b"app pass", b"app-pass", b"app_pass"))
+_RECOVERY_WORDS_RE = _literals((b"bitlocker", b"recovery", b"cup\xc3\xa9ration",
+                                b"recuperation"))
+
+
 def _generic_triggered(hay: _Haystack) -> bool:
     """Whether any generic detector may find something (literal searches only)."""
     cased, folded = hay.cased, hay.folded
-    return any(w in folded for w in _GENERIC_WORDS) or bool(_PROVIDER_TRIGGER.search(cased))
+    return bool(_GENERIC_RE.search(folded) or _PROVIDER_TRIGGER.search(cased))
 
 
 def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
@@ -2149,11 +2353,11 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
     if _PROVIDER_TRIGGER.search(cased):
         found.extend(Finding("api-token", m.start(), m.end())
                      for m in _PROVIDER_TOKEN.finditer(text))
-    if any(w in folded for w in (b"/hooks/", b"/api/", b"webhookb2/", b"/bot")):
+    if _WEBHOOK_WORDS_RE.search(folded):
         found.extend(Finding("api-token", m.start(g), m.end(g))
                      for m in _WEBHOOK_PATH.finditer(text) if (g := m.lastgroup))
     found.extend(_named_assignments(text, lower))
-    if any(w in folded for w in _COMMAND_WORDS):
+    if _COMMAND_RE.search(folded):
         found.extend(_command_credentials(text, folded))
     if b":\\/\\/" in folded or b"%3a%2f%2f" in folded:
         found.extend(_escaped_url_credentials(text))
@@ -2170,15 +2374,14 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
                      if not _is_placeholder(m.group("v")))
     if b"connect" in folded or b"pdo" in folded or b"__construct" in folded:
         found.extend(_connect_arguments(text, lower))
-    if any(w in folded for w in (b"appli", b"app pass", b"app-pass", b"app_pass")):
+    if _APP_WORDS_RE.search(folded):
         found.extend(Finding("api-token", m.start(), m.end())
                      for m in _APP_PASSWORD.finditer(text) if _app_password(m.group(0)))
-    if any(w in folded for w in (b"bitlocker", b"recovery", b"cup\xc3\xa9ration",
-                                 b"recuperation")):
+    if _RECOVERY_WORDS_RE.search(folded):
         found.extend(Finding("password", m.start(), m.end())
                      for m in _BITLOCKER_KEY.finditer(text))
-    if any(w in folded for w in _LIST_WORDS):
+    if _LIST_RE.search(folded):
         found.extend(_listed_values(text, lower))
-    if any(w in folded for w in _PAIR_WORDS):
+    if _PAIR_RE.search(folded):
         found.extend(_login_pairs(text))
     return found
