@@ -18,11 +18,9 @@ from support.blind_secrets import ROOT, measure_secrets
 TUNE = ROOT / "tests" / "blind"
 # recall reached on each tuning set (rounded down); no decoy may be damaged
 BARS = {"secrets-tune-a": 0.98, "secrets-tune-b": 1.0, "secrets-tune-c": 0.96,
-        "secrets-tune-d": 0.79, "secrets-tune-e": 0.87}
-# decoys still damaged on a set (a ceiling, to be brought to 0): tune-d's printer model
-# after "LaserJet", a forwarded password said to be changed further up, a login in a
-# "code / code" pair; tune-e's container image tag under a compose "environment:"
-DAMAGED = {"secrets-tune-d": 3, "secrets-tune-e": 1}
+        "secrets-tune-d": 0.86, "secrets-tune-e": 0.97}
+# decoys still damaged on a set (a ceiling, to be kept at 0)
+DAMAGED: dict[str, int] = {}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))

@@ -447,6 +447,125 @@ FAMILIES: dict[str, tuple[list[tuple[str, list[str]]], list[str]]] = {
     ], [
         "Voici les accès pour Marc : marc.dubois / bureau 2.14",
     ]),
+    # pairs joined by "et", a comma after a numeric login, list items under a login intro
+    "login pairs, other separators": ([
+        ("Pour sa session : sophie.l et Marmotte!7 merci", ["Marmotte!7"]),
+        ("Mes identifiants pour l'espace client banque : 40213877, Cl3m@tite. Merci",
+         ["Cl3m@tite"]),
+        ("Logins:\n- Dolibarr : jdupont / Soleil2024x, Nextcloud : jdupont2 / Lune-2025x",
+         ["Soleil2024x", "Lune-2025x"]),
+        ("code de connexion du rectorat : 0452871T / DIRPINS45. merci", ["DIRPINS45"]),
+    ], [
+        "Réunion lundi et mardi : salle B2 et Bureau-12 pour la session de formation.",
+        "Appelez le 40213877, Cl3m@tite est le nom du modèle.",
+        "- Dolibarr : jdupont / bureau 2.14",
+    ]),
+    "command-line password options": ([
+        ("$ redis-cli -h 10.42.0.9 -p 6380 --tls -a 'Orchid-Basalt-3391' info stats",
+         ["Orchid-Basalt-3391"]),
+        ('ldapsearch -x -H ldaps://ldap.example.fr -D "cn=svc" -w \'Annu@ire-Sv7c!\' -b x',
+         ["Annu@ire-Sv7c!"]),
+        ("mosquitto_pub -h mqtt.example.com -p 8883 \\\n  -u gw-07 -P 'fern3-Moss-Relay' -t t",
+         ["fern3-Moss-Relay"]),
+        ("mysqldump -u bkp -p'Compt@ble-2026!x' --single-transaction db > x.sql",
+         ["Compt@ble-2026!x"]),
+        ("wget --password=Gh7-Tulip-Run https://example.org/file", ["Gh7-Tulip-Run"]),
+        ("docker login -u ci -p Dk9-Harbor-Key registry.example.org", ["Dk9-Harbor-Key"]),
+    ], [
+        "redis-cli -a $REDIS_PASSWORD ping",
+        "mysql -u root -p ma_base",
+        "ldapsearch -x -w '<password>' -b dc=example",
+        "docker run -p 8080:80 nginx",
+        "zip -r archive.zip dossier/",
+    ]),
+    "SQL credential clauses": ([
+        ("CREATE USER 'stats_ro'@'10.8.0.%' IDENTIFIED BY 'Gu1chet-Aide-Sociale';",
+         ["Gu1chet-Aide-Sociale"]),
+        ("ALTER USER app IDENTIFIED WITH mysql_native_password BY 'Np4-Forest!'",
+         ["Np4-Forest!"]),
+        ("SET PASSWORD FOR 'bob'@'%' = PASSWORD('Old-Stone-77');", ["Old-Stone-77"]),
+        ("CREATE LOGIN compta WITH PASSWORD = 'Ledger#2026x';", ["Ledger#2026x"]),
+    ], [
+        "RADIUS: Access-Reject for user j.martin, reason: bad password (EAP-PEAP/MSCHAPv2)",
+        "The user is identified by his badge number B-2231.",
+        "CREATE USER 'app'@'%' IDENTIFIED BY '${DB_PASS}';",
+    ]),
+    "login calls": ([
+        ('$m = imap_open("{imap.example.org:993/imap/ssl}INBOX", "ec@mairie.fr", '
+         '"Naiss@nce-Acte-903")', ["Naiss@nce-Acte-903"]),
+        ('ldap_bind($ds, "cn=admin,dc=ex", "Ldap-Bind-44x");', ["Ldap-Bind-44x"]),
+    ], [
+        'imap_open($mailbox, $user, getenv("IMAP_PASSWORD"))',
+    ]),
+    "delimited tables": ([
+        ("name,email,temp_password,start_date\nRavi Patel,ravi@ex.com,Welcome-Ravi-0326,"
+         "2026-03-02\n", ["Welcome-Ravi-0326"]),
+        ("identifiant;nom;mot_de_passe_provisoire;date\nc.petit;Petit;Craie-Tableau-71;"
+         "2026-02-02\n", ["Craie-Tableau-71"]),
+        ("lieu;ssid;cle;remarque\nsalle;TDP-SCENE;Projecteur-Lumiere-12;regie\n",
+         ["Projecteur-Lumiere-12"]),
+        ("| Name | Laptop login | Laptop password | Badge |\n|---|---|---|---|\n"
+         "| Sara | slind | Greenhouse#Sara1 | B-2231 |\n", ["Greenhouse#Sara1"]),
+    ], [
+        "user;password_changed;last_login\njdupont;yes;2026-01-02\n",
+        "| Name | Password expiry |\n|---|---|\n| Sara | 2026-03-02 |\n",
+        "article;cle;prix\nvis;M6-20;0,12\n",
+    ]),
+    "values cut by a line wrap": ([
+        ("le mdp c est Mimosa\n_Jaune_58 tout attaché. Merci", ["Mimosa\n_Jaune_58"]),
+        ("Voici le mot de passe de la boîte partagée pour le portable de Jean :\nVeloClub#\n"
+         "Printemps9\n\n(en deux morceaux)", ["VeloClub#\nPrintemps9"]),
+        # a setting on the next line is no second half
+        ("mot de passe : Aaaa00%\nDB_PASSWORD=Aaaa00", ["Aaaa00%", "Aaaa00"]),
+    ], [
+        "mot de passe : je vous le donne demain.\n#2 Merci",
+    ]),
+    "session cookies": ([
+        ("Cookie: nc_sameSiteCookielax=true; ocm3k8q2v7zp=d2f8k1lq9v7c3n0r5m4x6b8t2a; "
+         "nc_username=m.leroy", ["d2f8k1lq9v7c3n0r5m4x6b8t2a"]),
+        ("wordpress_logged_in_5d41402abc=admin%7C1739404800%7CqX7kR2vLm9TzW4pNc8YbH3jD6f",
+         ["admin%7C1739404800%7CqX7kR2vLm9TzW4pNc8YbH3jD6f"]),
+        ("PHPSESSID=9k2j4h5g6f7d8s9a0q1w2e3r4t", ["9k2j4h5g6f7d8s9a0q1w2e3r4t"]),
+    ], [
+        "Cookie: lang=fr; theme=dark; _ga=GA1.2.1234567890.1700000000",
+        "the session will end at 12:00, see session-2026-03-02",
+    ]),
+    "UUID keys named as keys": ([
+        ("HEROKU_API_KEY:     6f2d9b41-8e3c-4a70-b5d1-c9e82f4a7b03",
+         ["6f2d9b41-8e3c-4a70-b5d1-c9e82f4a7b03"]),
+    ], [
+        "HEROKU_APP_ID:      1a7c3e95-2d8b-4f61-9e04-b7a5c3d2e810",
+        "entryUUID: 9d4b2e71-3c8f-4a06-b5e1-f7c2a9d03e58",
+        "api_key_id = 9d4b2e71-3c8f-4a06-b5e1-f7c2a9d03e58",
+    ]),
+    "name/value pairs": ([
+        ('{ "key": "token", "value": "gh_api_live_Wk8Zq3RvLx7Nm2Tb9Pc4YhJ6", "type": "s" }',
+         ["gh_api_live_Wk8Zq3RvLx7Nm2Tb9Pc4YhJ6"]),
+        ("env:\n  - name: DB_PASSWORD\n    value: Kube-Pass-2026x\n", ["Kube-Pass-2026x"]),
+    ], [
+        '{ "key": "api_key", "value": "{{api_key}}" }',
+        "  - name: DB_HOST\n    value: db.internal.example.org",
+    ]),
+    "encoded credentials": ([
+        ("  .dockerconfigjson: eyJhdXRocyI6eyJyZWdpc3RyeS5leGFtcGxlLm9yZyI6eyJhdXRoIjoiWjNKbFpX"
+         "NW9iM1Z6WlRwTGNtVnRjMEp2ZDJ3dE56a3lJUT09In19fQ==",
+         ["eyJhdXRocyI6eyJyZWdpc3RyeS5leGFtcGxlLm9yZyI6eyJhdXRoIjoiWjNKbFpXNW9iM1Z6WlRwTGNt"
+          "VnRjMEp2ZDJ3dE56a3lJUT09In19fQ=="]),
+        ("MAPBOX_TOKEN sk.eyJ1IjoiZ3JlZW5ob3VzZSIsImEiOiJjbHg3cTJ4YjkwMWtxMmtzZjR5ZGxuM3JsIn0"
+         ".Wq4mZ8vKr2LpT9xBn7Yc3H",
+         ["sk.eyJ1IjoiZ3JlZW5ob3VzZSIsImEiOiJjbHg3cTJ4YjkwMWtxMmtzZjR5ZGxuM3JsIn0"
+          ".Wq4mZ8vKr2LpT9xBn7Yc3H"]),
+    ], [
+        # base64 JSON with no credential in it (a Grafana panel, a JWT header alone)
+        "state=eyJwYW5lbCI6IjEyIiwidGltZSI6Im5vdyJ9",
+    ]),
+    "word passphrases": ([
+        ("The folder is protected; the password is: lighthouse harbour seven gulls\n",
+         ["lighthouse harbour seven gulls"]),
+    ], [
+        "Le mot de passe : je vous le donnerai par téléphone\n",
+        "the password is: the same as the old one\n",
+    ]),
 }
 
 
@@ -461,6 +580,16 @@ def test_detector_family(family: str) -> None:
 
 
 @pytest.mark.parametrize("text", [
+    # a brand and model on the line after an ambiguous label's sentence
+    "I'll give you the door code in person when you get here.\n"
+    "Printer is an HP LaserJet M404dn, serial PHBBK31920.",
+    # a container image tag after a setting that names a password
+    "    environment:\n      MYSQL_PASSWORD: ${NC_DB_PASSWORD}\n  app:\n"
+    "    image: nextcloud:29.0.4-apache\n",
+    # forwarded history below a note saying the password in it was changed
+    "le mot de passe qu'il donne plus bas a été changé depuis par Emma.\n\n"
+    "---------- Forwarded message ---------\nDe : x\n\n"
+    "Voici les accès FTP : utilisateur mairie_web, mot de passe Ftp-Loiret-2019.",
     # what the words before a value say it is: a login, an id, a reference
     "password: the usual one. My login is jsmith42.",
     "my password stopped working after the upgrade, the error id is 7f3a9c2e",
@@ -534,6 +663,12 @@ def test_literal_gate_covers_every_label() -> None:
     missed = [form for w in words for form in (w, w.upper(), w.title())
               if not s._Haystack("x " + form + " y").gated()]
     assert missed == []
+    # a command's password options open the gate on their own
+    options = [f.split()[0].rstrip("+") for flags in s._CLI_PASSWORD_FLAGS.values()
+               for f in flags]
+    cli = [o for o in options if not s._Haystack("$ tool " + o + " x").gated()]
+    assert cli == []
+    assert not s._Haystack("Jean-Pierre et Marie-Anne, peut-être jeudi").gated()
     for camel in ("clientSecret", "SMTPPASS", "apiToken", "X-Api-Key"):
         assert s._Haystack(camel).gated(), camel
     assert not s._Haystack("Bonjour, le serveur ne répond plus depuis ce matin.").gated()

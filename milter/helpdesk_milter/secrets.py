@@ -37,16 +37,31 @@ in a text part), application-password and recovery-key shapes, Bearer tokens, .p
 lines and connect() arguments are found by shape and context; so is a value written
 before its label ("Biscotte38, c'est le mot de passe").
 
+Tools and formats that carry a password in a known place are read by families, not
+phrasings: the password options of common command-line tools (one table,
+``_CLI_PASSWORD_FLAGS``: ``redis-cli -a``, ``ldapsearch -w``, ``mysqldump -p'…'``…), SQL
+credential clauses (``IDENTIFIED BY``, ``PASSWORD('…')``, ``WITH PASSWORD =``), login
+calls (``imap_open``, ``ldap_bind``), delimited tables whose column title names a
+password (CSV with ``,`` or ``;``, Markdown, aligned columns; a bare "clé" beside an SSID
+column), login/password pairs joined by ``/ , ; et and –`` after a login label or under a
+list introduced by one, values cut by a line wrap (two pieces glued by a symbol), session
+cookies, name/value pairs whose name names a secret (Postman, Kubernetes ``env``), and
+base64 JSON that holds credentials (``.dockerconfigjson``).
+
 Precision comes last, from the words around a value whatever detector found it
 (``_live``): masked, elided and filler values ("sk_live_...9kQa", "changeme", "XXXXXX")
 are never secrets; nor is a password-like value right after an example cue ("ex.",
 "par exemple"), after "l'ancien"/"the old" (a changed value; unless a verb gives it or
 the text says it still works), a hex digest named as such, or a value named by an
-identity word across a verb ("my login is jsmith42", "l'ID de clé 4F3A2B1C").
+identity word across a verb ("my login is jsmith42", "l'ID de clé 4F3A2B1C"); nor a value
+in forwarded or quoted history that a note above says was changed; nor the login of a
+"login / password" pair; an ambiguous label ("code", "clé") reads no further than the end
+of its sentence's line, and a setting's name ("MYSQL_PASSWORD:") opens no prose window.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import re
 from collections.abc import Iterable, Sequence
@@ -167,7 +182,8 @@ _ANCHOR_TRIGGERS: tuple[tuple[_Trigger, tuple[tuple[str, bool], ...]], ...] = (
     (_trigger(None, rb"curit"), (("curit", False),)),          # sécurité, security
     (_trigger(None, rb"pin"), (("pin", True),)),
     (_trigger(None, rb"code"), (("code", True),)),
-    (_trigger(None, rb"cl(?:\xc3[\xa9\x89]|ef)"), (("cl\u00e9", True), ("clef", True))),
+    (_trigger(None, rb"cl(?:\xc3[\xa9\x89]|ef|e[\t ;,|:])"),
+     (("cl\u00e9", True), ("clef", True), ("cle", True))),
     (_trigger(b"k", rb"key"), (("key", True),)),
     (_trigger(b"t", rb"(?:jet|tok)ens?\b"), (("jeton", True), ("token", True))),
     (_trigger(None, rb"s(?:\xc3[\xa9\x89]|e)same"), (("s\u00e9same", True), ("sesame", True))),
@@ -202,6 +218,8 @@ _GATE_WORDS = (
     # passwords in prose, tables, pairs and lists
     "pass", "pw", "psw", "psk", "mdp", "motdepasse", "phrase", "secret", "secur",
     "s\u00e9cur", "token", "jeton", "key", "cl\u00e9", "clef", "s\u00e9same", "sesame",
+    # "cle" unaccented as a word only (a CSV title): "client", "clear" are not triggers
+    "cle ", "cle\t", "cle;", "cle,", "cle|", "cle:",
     "code", "digicode", "pin", "puk", "combin", "lockbox", "cadenas", "alarm", "auth", "cred",
     "salt", "sess", "sig", "compte", "account", "identifiant", "login", "user",
     "utilisateur", "admin", "acc\u00e8s", "acces", "wifi", "wi-fi", "wpa", "wlan", "wep",
@@ -212,6 +230,11 @@ _GATE_WORDS = (
     "bearer", "connect", "pdo", "mysql", "lftp", "snmp", "net use", "sshpass", "pgpass",
     "-u", "--user", "//", "\\/\\/", "3a%2f%2f", "----begin", "putty", "hooks", "api/",
     "webhookb2", "bot", "convertto",
+    # the password options of _CLI_PASSWORD_FLAGS (after a space: "Jean-Pierre" is not
+    # "-p"; cheaper for prose than the tools' names), SQL credentials, login calls
+    "-p", "--p", "-a", "-w", "-k", "--http", "--ftp", "--admin", "-storepass", "-keypass",
+    "-srcstorepass", "-deststorepass", "add_user", "/p:",
+    "identified", "imap_open", "ldap_bind", "ftp_login", "ssh2_auth",
     # provider prefixes (gitleaks' list, see _PROVIDER_TOKEN and _TOKEN_PATTERNS)
     "github_pat", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat", "glptt", "gldt", "glrt",
     "glcbt", "glft", "glimt", "glagent", "glsoat", "gloas", "glsa_", "glc_", "gr1348941",
@@ -219,7 +242,9 @@ _GATE_WORDS = (
     "eyj", "sg.", "xkeysib", "xsmtpsib", "hf_", "api_org", "npm_", "pypi", "hvs.", "hvb.",
     "ops_", "a3-", "dckr_", "doo_", "dop_", "dor_", "shp", "age-", "dp.pt", "dt0c01",
     "pmak", "pul-", "pscale", "pnu_", "rubygems", "sntry", "pplx", "sq0", "eaa", "fo1_",
-    "ntn_", "aa",
+    "ntn_", "aa", "sk.",
+    # cookies and session ids, name/value pairs (Postman, Kubernetes env)
+    "cookie", "set-cookie", "logged_in", "value",
 )
 _CAMEL_WORDS = ("Pass", "PASS", "Pwd", "PWD", "Psk", "PSK", "Secret", "SECRET", "Token",
                 "TOKEN", "Key", "KEY", "Auth", "AUTH", "Cred", "CRED", "Salt", "SALT",
@@ -468,12 +493,35 @@ _BAD_IDENT_SUFFIX = frozenset({
 })
 
 _TABLE_HEADER_CELL = re.compile(
-    rf"(?i)[\W_]*(?:(?:temp(?:orary)?|new|initial|current|default|nouveau|admin|wifi)\s+)?"
+    rf"(?i)[\W_]*(?:[^\W\d_]{{2,15}}[\s_\-]+){{0,2}}"
     rf"(?:{_MDP}|mdp|password|passwd|pwd|pass|pw|passphrase|secret|pin|totp|otp|2fa|"
-    rf"token|jeton|api\s+key|cl[ée]f?\s+api|"
-    rf"(?:code|cl[ée]f?|key)\s+(?:{_WIFI})|(?:{_WIFI})\s+(?:key|password|code))"
+    rf"token|jeton|api[\s_\-]+key|cl[ée]f?[\s_\-]+api|"
+    rf"(?:code|cl[ée]f?|key)[\s_\-]+(?:{_WIFI})|(?:{_WIFI})[\s_\-]+(?:key|password|code))"
     r"(?:\s*/\s*(?:jeton|token|cl[ée]f?|key|code|pin))?"
-    r"(?:\s+(?:provisoire|temporaire|initial|initiale|actuel|wifi|admin|\(.*\)))?[\W_]*")
+    r"(?:[\s_\-]+[^\W\d_]{2,15}){0,2}(?:\s*\(.{0,40}\))?[\W_]*")
+# Words in a column title that say its cells are not the secret ("Password changed",
+# "date mdp", "mot de passe oublié ?", "PIN length").
+_HEADER_NOT_SECRET = _words("""
+date changed change changé modifié reset oublié forgot forgotten expiry expires expire
+expiré expiration last dernier dernière policy politique hint indice length longueur
+status statut état etat set défini ok valid valide strength force age âge hash hashed
+manager gestionnaire required requis via type
+""")
+# Bare "clé"/"key"/"code" titles a secret column only beside a network column
+_KEY_HEADER = re.compile(r"(?i)[\W_]*(?:cl[ée]f?|key|code|psk)[\W_]*")
+_NETWORK_HEADER = re.compile(r"(?i)[\W_]*(?:ssid|r[ée]seau|network|wi-?fi|wlan)[\W_]*")
+
+
+def _header_cell(cell: str, *, network: bool = False) -> bool:
+    """Whether a table cell titles a column of secrets."""
+    if network and _KEY_HEADER.fullmatch(cell):
+        return True
+    if not _TABLE_HEADER_CELL.fullmatch(cell):
+        return False
+    return not any(w in _HEADER_NOT_SECRET
+                   for w in re.split(r"[\W_]+", cell.lower()) if w)
+
+
 _HEADER_WORDS = _words("""
 login identifiant identifiants utilisateur user username nom name prénom prenom compte
 account email e-mail mail courriel url site service application serveur server host
@@ -591,7 +639,8 @@ class SecretScanner:
                 if windows:
                     found.extend(_passwords(masked, lower, windows))
         found.extend(f for f in self._generic(hay, text) if f.kind in enabled)
-        return _resolve(_live(text, found))
+        return _resolve(_live(text, _join_wrapped(text, _drop_stale_history(
+            text, _drop_pair_logins(text, found)))))
 
     @staticmethod
     def _generic(hay: _Haystack, text: str) -> list[Finding]:
@@ -880,16 +929,17 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
     if split is None:
         return None
     sep, spans = split
+    network = any(_NETWORK_HEADER.fullmatch(line[a:b].strip()) for a, b in spans)
     col = -1
     for i, (a, b) in enumerate(spans):
-        if ls + a <= kw_start < ls + b and _TABLE_HEADER_CELL.fullmatch(line[a:b].strip()):
+        if ls + a <= kw_start < ls + b and _header_cell(line[a:b].strip(), network=network):
             col = i
             break
     if col < 0:
         return None
     # every secret column of the header ("password" and "totp" in an export)
     cols = [i for i, (a, b) in enumerate(spans)
-            if i == col or _TABLE_HEADER_CELL.fullmatch(line[a:b].strip())]
+            if i == col or _header_cell(line[a:b].strip(), network=network)]
     if col == 0 and len(spans) == 2:
         other = line[spans[1][0]:spans[1][1]].strip().lower().strip("*:# ")
         if other not in _HEADER_WORDS:
@@ -1072,6 +1122,7 @@ _ANCHOR_TAILS: dict[str, frozenset[str]] = {
     "wlan": frozenset({""}),
     "code": frozenset({""}),
     "cl\u00e9": frozenset({""}),
+    "cle": frozenset({""}),
     "clef": frozenset({""}),
     "key": frozenset({""}),
     "jeton": frozenset({"", "s"}),
@@ -1129,7 +1180,7 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
             continue                    # "-PW_...:" inside uuencoded data is no label
         group = m.lastgroup or "kw"
         keyword = m.group(0).lower()
-        if group in ("kw", "wifi", "pair"):
+        if group in ("kw", "wifi", "pair", "key"):
             # in "login,mot de passe" (a pair) the column title is the last word
             table = _table(text, m.end() - 1 if group == "pair" else start)
             if table is not None:
@@ -1158,7 +1209,8 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
             out.extend(_alternatives(text, finding.end))
             window_until = max(window_until, out[-1].end)
         elif group in ("kw", "wifi", "pair", "key") and m.end() >= window_until and (
-                group != "key" or _key_label_ok(text, start, m.end())):
+                group != "key" or _key_label_ok(text, start, m.end())) and not (
+                _config_key(text, start, m.end())):
             # each character is read by one window at most: linear on keyword floods
             first_only = group == "kw" and keyword in _WEAK_KEYWORDS
             values = _window_values(text, m.end(), first_only=first_only,
@@ -1167,6 +1219,59 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
             window_until = values[-1].end if first_only and values else \
                 min(n, m.end() + _WINDOW_REACH)
     return out
+
+
+_GLUE = "_-#!@$%&*+.=~^"
+_NEXT_TOKEN = re.compile(r"\r?\n[ \t>]*(?P<t>[^\s]{2,64})")
+
+
+def _wrapped_value(text: str, a: int, b: int, line_end: int) -> tuple[int, int]:
+    """A value the mail program cut at the end of a line ("le mdp c est Mimosa\n_Jaune_58
+    tout attaché", "VeloClub#\nPrintemps9"): when the value ends its line and the two
+    pieces are glued by a symbol (the first ends with one, the next starts with one), the
+    value goes on to the end of the next line's first token."""
+    if b != line_end and text[b:line_end].strip():
+        return a, b
+    nm = _NEXT_TOKEN.match(text, line_end)
+    if nm is None or b <= a:
+        return a, b
+    token = nm.group("t")
+    if token[0] in "-.>" or _URLISH.match(token) or not _mixed(token) or any(
+            c in token for c in "@=:/"):        # an address, a setting, a path
+        return a, b
+    if token[0] not in _GLUE:
+        # "VeloClub#" then "Printemps9": the first piece ends with a symbol and the
+        # second stands alone on its line
+        eol = text.find("\n", nm.end(), nm.end() + 200)
+        if text[b - 1] not in _GLUE or text[nm.end():eol if eol >= 0 else len(text)].strip():
+            return a, b
+    ta, tb = _trim_value(text, nm.start("t"), nm.end("t"))
+    return (a, tb) if tb > ta else (a, b)
+
+
+def _join_wrapped(text: str, found: list[Finding]) -> list[Finding]:
+    """A password found at the start of a line whose previous line is one token glued to
+    it by a symbol ("VeloClub#" then "Printemps9"), under a line ending with a colon: the
+    token is the first half of the same value."""
+    out = []
+    for f in found:
+        if f.kind == "password" and f.start > 2 and text[f.start - 1] == "\n":
+            ps = text.rfind("\n", max(0, f.start - 66), f.start - 1)
+            prev = text[ps + 1:f.start - 1].rstrip("\r")
+            if ps > 0 and prev and " " not in prev.strip() and prev[-1] in _GLUE \
+                    and any(c.isalpha() for c in prev) and \
+                    text[:ps].rstrip(" \t\r").endswith(":"):
+                f = Finding(f.kind, ps + 1 + len(prev) - len(prev.lstrip()), f.end)
+        out.append(f)
+    return out
+
+
+def _config_key(text: str, start: int, end: int) -> bool:
+    """Whether the label is (part of) a setting's name ("MYSQL_PASSWORD:", "db.pass="):
+    its value is right after it or nowhere; a prose window would read the next settings."""
+    if start > 0 and text[start - 1] in "_.-" and text[start - 2:start - 1].isalnum():
+        return True
+    return bool(end < len(text) and text[end] in "_.-" and text[end + 1:end + 2].isalnum())
 
 
 # "X, c'est le mot de passe", "X is the new password", "X = mdp du wifi": a copula then a
@@ -1181,8 +1286,20 @@ _VALUE_BEFORE = re.compile(r"""(?ix)
    temporaire|provisoire|fameux|fameuse)[^\S\r\n]+)?\Z""")
 
 
+# the last word _VALUE_BEFORE lets stand right before a label (checked first: cheap)
+_BEFORE_LABEL_WORDS = _words("""
+le la l' l’ the my mon ma notre our votre your son sa his her their leur ton ta nouveau
+nouvelle new actuel actuelle current bon bonne vrai right temporary temporaire provisoire
+fameux fameuse c'est c’est est is was be sera : = -> →
+""")
+
+
 def _value_before(text: str, kw_start: int) -> Finding | None:
     lo = max(0, kw_start - 100, text.rfind("\n", max(0, kw_start - 100), kw_start) + 1)
+    last = text[max(lo, kw_start - 24):kw_start].split()
+    word = last[-1].lower() if last else ""
+    if not (word in _BEFORE_LABEL_WORDS or word.endswith(("'s", "’s", ":", "=", "'", "’"))):
+        return None
     vm = _VALUE_BEFORE.search(text, lo, kw_start)
     if vm is None:
         return None
@@ -1297,7 +1414,7 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     span = _take_value(text, vpos, line_end, ident=ident_assign)
     if span is None:
         return None
-    a, b = span
+    a, b = _wrapped_value(text, *span, line_end)
     # "« chat noir 1975 »": the quotes may stand apart from the value
     qa, qb = len(text[:a].rstrip(" \xa0")), b
     while qb < n and text[qb] in " \xa0":
@@ -1306,6 +1423,12 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
 
     if group in ("pair", "creds"):
         return _pair_value(text, a, b, line_end, group, keyword)
+    if group in ("kw", "wifi") and not weak and (sep.group("punct") == ":" or (
+            sep.group("verb") and sep.group(0).rstrip().endswith(":"))):
+        # "the password is: lighthouse harbour seven gulls": words to the end of the line
+        pa, pb = _strip_span(text, a, line_end)
+        if _word_passphrase(text[pa:pb]):
+            return Finding("password", pa, pb)
     if keyword.startswith(("passphrase", "phrase")) and not quoted:
         # a pass *phrase* has spaces: take the rest of the clause
         stop = _PHRASE_END.search(text, a, line_end)
@@ -1481,13 +1604,14 @@ _PROVIDER_TOKEN = re.compile(r"""
  | fo1_[A-Za-z0-9_\-]{43}                                         # fly.io
  | ntn_[0-9]{11}[A-Za-z0-9]{35}                                   # notion
  | \d{8,10}:AA[A-Za-z0-9_\-]{31,34}                               # telegram bot
+ | sk\.eyJ[A-Za-z0-9_\-]{20,400}\.[A-Za-z0-9_\-]{16,100}           # mapbox (secret)
 )
 (?![A-Za-z0-9_\-])
 """, re.X)
 _PROVIDER_TRIGGER = re.compile(
     rb"SG\.|sib-|hf_|api_org_|npm_|pypi-|gl(?:sa|c)_|eyJrIjoi|hv[sb]\.|ops_|A3-|dckr_|_v1_|"
     rb"shp|key-|SK|AGE-|dp\.pt|dt0c01|PMAK|pul-|pscale|pnu_|rubygems_|sntry|pplx|glrt|"
-    rb"sq0|EAA|AKCp|fo1_|ntn_|:AA")
+    rb"sq0|EAA|AKCp|fo1_|ntn_|:AA|sk\.eyJ")
 
 # The secret part of webhook and push URLs (the path is the credential).
 _WEBHOOK_PATH = re.compile(r"""(?x)
@@ -1573,8 +1697,12 @@ _DECOY_SHAPE = re.compile(r"""(?x)
 | [A-Z]{1,12}\d{0,3}(?:[-_/][A-Z0-9]{1,10}){1,4}                          # references
 | [A-Z]{1,4}\d{5,12}                                                      # KB5034441, INC0012345
 | 0[xX][0-9A-Fa-f]{2,16}                                                  # error codes
+| [a-z0-9][a-z0-9._/\-]{0,60}:v?\d+(?:\.\d+){1,3}(?:-[a-z0-9.]{1,20})?     # image:tag
 | \#\d+
 """)
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def _stem_positions(lower: str, stems: tuple[str, ...]) -> list[tuple[int, int]]:
@@ -1643,7 +1771,11 @@ def _named_assignments(text: str, lower: str) -> list[Finding]:
             value = value[7:]
         pw_name = any(w in lowname for w in ("pass", "pwd", "psk"))
         min_len = 8 if pw_name else (16 if wordy else 10)
-        if _entropic(value, min_len=min_len) or (
+        # a UUID is a reference, unless the name says it is the key ("HEROKU_API_KEY:
+        # 6f2d9b41-…": Heroku's API keys are UUIDs; "HEROKU_APP_ID" is not a secret name)
+        uuid_key = bool(_UUID.fullmatch(value)) and any(
+            w in lowname for w in ("api_key", "apikey", "api-key", "token", "secret"))
+        if _entropic(value, min_len=min_len) or uuid_key or (
                 pw_name and quote and _strong(value) and " " not in value):
             out.append(Finding("api-token" if not pw_name else
                                _kind_for_assignment(text, start), a, b))
@@ -1665,6 +1797,100 @@ _COMMAND_CREDENTIAL = re.compile(r"""(?x)
 """)
 _COMMAND_TRIGGER = re.compile(
     rb"-u|--user|sshpass|lftp|mysql|net use|securestring|snmp")
+
+# The password options of common command-line tools, one row per tool family: the
+# command's name, then the options whose argument is a password.  An option written
+# "-pVALUE" (attached) is listed with a trailing "+"; "--opt=VALUE" and "--opt VALUE"
+# are both read.  (From the tools' manuals: mysql(1), redis-cli, ldapsearch(1),
+# mosquitto_pub(1), smbclient(1), wget(1), openssl(1), zip(1), 7z, docker login,
+# ipmitool(1), keytool, mongosh, xfreerdp, htpasswd(1), nmcli(1), wp-cli.)
+_CLI_PASSWORD_FLAGS: dict[str, tuple[str, ...]] = {
+    "mysql mysqldump mysqladmin mysqlcheck mysqlimport mysqlshow mysqlpump mariadb "
+    "mariadb-dump mariadb-admin": ("-p+", "--password"),
+    "redis-cli valkey-cli keydb-cli": ("-a", "--pass", "--user-pass"),
+    "ldapsearch ldapmodify ldapadd ldapdelete ldapwhoami ldappasswd ldapcompare "
+    "ldapmodrdn ldapexop": ("-w",),
+    "mosquitto_pub mosquitto_sub mosquitto_rr": ("-P", "--pw"),
+    "wget": ("--password", "--http-password", "--ftp-password", "--proxy-password"),
+    "zip unzip": ("-P",),
+    "7z 7za": ("-p+",),
+    "docker podman nerdctl": ("-p", "--password"),
+    "ipmitool": ("-P",),
+    "keytool": ("-storepass", "-keypass", "-srcstorepass", "-deststorepass"),
+    "mongo mongosh mongodump mongorestore mongoexport mongoimport": ("-p", "--password"),
+    "rabbitmqctl": ("add_user",),
+    "sshpass": ("-p+",),
+    "xfreerdp wlfreerdp": ("/p:+",),
+    "rdesktop": ("-p",),
+    "influx": ("-password", "--password"),
+    "psql pg_dump": ("--password=+",),
+    "sqlcmd bcp": ("-P",),
+    "wp": ("--user_pass", "--admin_password"),
+    "openssl": ("-passin pass:+", "-passout pass:+", "-k", "-pass pass:+"),
+}
+_CLI_TABLE = {cmd: flags for cmds, flags in _CLI_PASSWORD_FLAGS.items()
+              for cmd in cmds.split()}
+_CLI_COMMAND = re.compile(
+    r"(?<![\w./\-])(?:[\w./\-]{0,60}/)?(?P<cmd>"
+    + "|".join(sorted((re.escape(c) for c in _CLI_TABLE), key=len, reverse=True))
+    + r")(?:\.exe)?(?=[^\S\r\n])")
+_CLI_VALUE = re.compile(r"""'([^'\r\n]{1,200})'|"([^"\r\n]{1,200})"|([^\s'"`;|&)]{1,200})""")
+
+
+def _cli_flag_pattern(flags: tuple[str, ...]) -> re.Pattern[str]:
+    parts = []
+    for flag in flags:
+        if flag.endswith("+"):              # value attached: -pSECRET, /p:SECRET
+            parts.append(re.escape(flag[:-1]) + r"(?=[^\s-])")
+        elif flag.startswith("--") or (flag.startswith("-") and len(flag) > 2):
+            parts.append(re.escape(flag) + r"(?:=|[^\S\r\n]+)")
+        elif flag.startswith("-"):
+            parts.append(re.escape(flag) + r"(?:[^\S\r\n]+|(?=['\"]))")
+        else:                               # a sub-command: "add_user NAME PASSWORD"
+            parts.append(re.escape(flag) + r"[^\S\r\n]+[^\s]{1,64}[^\S\r\n]+")
+    return re.compile(r"(?<![^\s])(?:" + "|".join(parts) + ")")
+
+
+_CLI_FLAG_PATTERNS = {flags: _cli_flag_pattern(flags) for flags in _CLI_PASSWORD_FLAGS.values()}
+_CLI_WORDS = tuple(c.encode() for c in _CLI_TABLE)
+
+
+def _command_line_end(text: str, pos: int) -> int:
+    """End of the command line starting at ``pos``: its first newline not escaped by a
+    backslash continuation (at most 3 continuations, 600 characters)."""
+    limit = min(len(text), pos + 600)
+    end = pos
+    for _ in range(4):
+        nl = text.find("\n", end, limit)
+        if nl < 0:
+            return limit
+        if text[max(pos, nl - 2):nl].rstrip("\r").endswith(("\\", "`", "^")):
+            end = nl + 1
+            continue
+        return nl
+    return end
+
+
+def _cli_passwords(text: str) -> list[Finding]:
+    """The argument of a password option of a known command ("redis-cli -a X",
+    "ldapsearch ... -w 'X'", "mysqldump -p'X'", "mosquitto_pub ... -P X")."""
+    out = []
+    for m in _CLI_COMMAND.finditer(text):
+        flags = _CLI_TABLE[m.group("cmd")]
+        end = _command_line_end(text, m.end())
+        for fm in _CLI_FLAG_PATTERNS[flags].finditer(text, m.end(), end):
+            vm = _CLI_VALUE.match(text, fm.end(), end)
+            if vm is None:
+                continue
+            g = next(i for i in (1, 2, 3) if vm.group(i) is not None)
+            a, b = vm.start(g), vm.end(g)
+            if g == 3:
+                a, b = _trim_value(text, a, b)
+            value = text[a:b]
+            if b > a and not _is_placeholder(value) and value[0] not in "$%<{[" and (
+                    _strong(value) or _entropic(value, min_len=8)):
+                out.append(Finding("password", a, b))
+    return out
 
 
 def _command_credentials(text: str, folded: bytes) -> list[Finding]:
@@ -1819,7 +2045,80 @@ _FILLER_VALUES = frozenset({"changeme", "change-me", "change_me", "changeit", "r
 
 def _provider_filler(text: str, f: Finding) -> bool:
     value = text[f.start:f.end]
-    return "..." in value or "…" in value or len(_FILLER_RUN.findall(value)) >= 2
+    # filler runs in two parts of the token ("T00000000/B00000000/XXXXXXXX"); two runs in
+    # one generated part ("ghp_0000…1000000") are a test value, still redacted
+    return "..." in value or "…" in value or sum(
+        1 for part in _TOKEN_PARTS.split(value) if _FILLER_RUN.search(part)) >= 2
+
+
+_TOKEN_PARTS = re.compile(r"[/.:]")
+
+
+_SLASH = re.compile(r"[^\S\r\n]+/[^\S\r\n]+")
+
+
+def _drop_pair_logins(text: str, found: list[Finding]) -> list[Finding]:
+    """"code de connexion : 0452871T / DIRPINS45": of two values joined by a spaced
+    slash, the first is the login of a pair when it has no symbol and the second has
+    letters; only the second is the secret."""
+    if not found:
+        return found
+    starts = {f.start: f for f in found if f.kind == "password"}
+    drop = set()
+    add = []
+    for f in found:
+        if f.kind != "password":
+            continue
+        sm = _SLASH.match(text, f.end, f.end + 8)
+        if sm is None:
+            continue
+        first = text[f.start:f.end]
+        if sm.end() in starts:
+            second_end = starts[sm.end()].end
+        else:
+            # the second value was not taken on its own: take it if it looks secret
+            eol = text.find("\n", sm.end(), sm.end() + 200)
+            span = _take_value(text, sm.end(), eol if eol >= 0 else
+                               min(len(text), sm.end() + 200), ident=False)
+            if span is None:
+                continue
+            a, second_end = _strip_quotes(text, *span)
+            value = text[a:second_end]
+            if a != sm.end() or not (_looks_secret(value) or _at_password(value)):
+                continue
+        second = text[sm.end():second_end]
+        if all(c.isalnum() or c in "._-" for c in first) and any(
+                c.isalpha() for c in second) and not second.isdigit():
+            drop.add(f)
+            if sm.end() not in starts:
+                add.append(Finding("password", sm.end(), second_end))
+    return [f for f in found if f not in drop] + add if drop else found
+
+
+# Forwarded or quoted history, and a note above it saying the password it holds was
+# changed since ("le mot de passe qu'il donne plus bas a été changé depuis", "the
+# password in the mail below has been reset"): the values down there are dead.
+_HISTORY_MARK = re.compile(
+    r"(?im)^[^\S\n]*(?:-{2,}[^\S\n]*(?:forwarded|original|message\s+(?:transf[ée]r[ée]|"
+    r"d['’]origine))|begin\s+forwarded|d[ée]but\s+du\s+message|de\s*:|from:|>)")
+_STALE_NOTE = re.compile(
+    r"(?is)(?<![^\W_])(?:mot\s+de\s+passe|mdp|password|code|identifiants?|credentials)"
+    r"(?:(?![.!?\n]).){0,80}?(?<![^\W_])(?:a\s+[ée]t[ée]|ont\s+[ée]t[ée]|has\s+been|"
+    r"have\s+been|was|were)\s+(?:chang[ée]e?s?|modifi[ée]e?s?|r[ée]initialis[ée]e?s?|"
+    r"changed|reset|updated|revoked|r[ée]voqu[ée]e?s?)")
+
+
+def _drop_stale_history(text: str, found: list[Finding]) -> list[Finding]:
+    """Password findings in forwarded/quoted history below a note that says the password
+    given there was changed."""
+    if not found:
+        return found
+    hm = _HISTORY_MARK.search(text, 0, min(len(text), 20_000))
+    if hm is None or not any(f.kind == "password" and f.start > hm.start() for f in found):
+        return found
+    if not _STALE_NOTE.search(text, max(0, hm.start() - 2000), hm.start()):
+        return found
+    return [f for f in found if f.kind != "password" or f.start < hm.start()]
 
 
 def _live(text: str, found: list[Finding]) -> list[Finding]:
@@ -1841,6 +2140,12 @@ def _looks_secret(value: str) -> bool:
             and "@" not in value and "/" not in value and "\\" not in value
             and value.lower() not in _STOP_VALUES and not _is_placeholder(value)
             and not _FINGERPRINT_PREFIX.match(value) and not _FILE_NAME.fullmatch(value))
+
+
+def _at_password(value: str) -> bool:
+    """"Cl3m@tite", "Recre@Soleil44": an "@" inside a password, not an address."""
+    return ("@" in value and not _EMAIL.fullmatch(value) and "." not in value
+            and _looks_secret(value.replace("@", "a")))
 
 
 _FILE_NAME = re.compile(
@@ -1870,6 +2175,9 @@ def _window_limit(text: str, pos: int, reach: int) -> int:
     return stop.start()
 
 
+_SENTENCE_END = re.compile(r"[.!?][^\S\n]*\n")
+
+
 # A quoted passphrase right after a separator: « chat noir 1975 », "correct horse 7".
 _QUOTED_PHRASE = re.compile(
     r"(?P<q>[«“\"'])[^\S\r\n]*(?P<v>[^\s«»“”\"']{1,30}(?:[^\S\r\n][^\s«»“”\"']{1,30}){1,5})"
@@ -1890,6 +2198,12 @@ def _window_values(text: str, pos: int, *, first_only: bool,
             text[pos] == "." and text[pos + 1:pos + 2].isalnum())):
         return []                         # part of an identifier or an expression
     limit = _window_limit(text, pos, _WINDOW_REACH)
+    if strict:
+        # an ambiguous label ("code", "clé", "key") names a value in its own sentence:
+        # "the door code in person. ... Printer is an HP LaserJet M404dn" gives none
+        end = _SENTENCE_END.search(text, pos, limit)
+        if end is not None:
+            limit = end.start()
     out: list[Finding] = []
     recent: list[str] = []
     for tm in _WINDOW_TOKEN.finditer(text, pos, limit):
@@ -1971,6 +2285,30 @@ def _passphrase(value: str) -> bool:
             and sum(w.lower() in _STOP_VALUES for w in words) < len(words) - 1)
 
 
+# Words that make a line after a password label a sentence, not a passphrase ("je vous le
+# donnerai par téléphone", "the same as before", "see with Paul").
+_NOT_PASSPHRASE = _words("""
+je j' tu il elle nous vous ils elles on me te se lui leur i you he she we they it him us
+them my your our his her their mon ton son ma ta sa mes tes ses notre votre nos vos not
+ne pas no none aucun aucune same même usual habituel habituelle voir see ask demande
+demander demandez envoie envoyer envoyé envoyée sent send give donne donner donnerai given
+phone téléphone sms call appel appelle later tard soon bientôt in dans on sur by par
+is est was été will sera have has avez avons ai a be être please merci svp thanks with
+avec for pour to à au aux that this ce cette ces que qui what which where when how
+""")
+
+
+def _word_passphrase(value: str) -> bool:
+    """Three to eight lower-case words, none of which makes the line a sentence:
+    "lighthouse harbour seven gulls", "la roue tourne toujours deux fois"."""
+    words = value.split()
+    if not 3 <= len(words) <= 8 or len(value) > 80:
+        return False
+    return all(w.isalpha() and w.islower() and w not in _NOT_PASSPHRASE
+               and w not in _NEGATIVE_QUALIFIERS for w in words) and \
+        _REFERENCE_PHRASE.match(value) is None
+
+
 def _skippable(value: str) -> bool:
     """A word a weak label may be followed by before its value ("pw is X")."""
     return value.lower() in ("is", "est", "c'est", "c’est", ":", "=", "-", "was", "it's")
@@ -2040,13 +2378,15 @@ _GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth",
                   b"cadenas", b"alarm", b"compte", b"account", b"identifiant", b"login", b"user",
                   b"mdp", b"pw", b"sshpass", b"lftp", b"mysql", b"net use", b"snmp",
                   b"securestring", b"-u", b":\\/\\/", b"%3a%2f%2f", b"/hooks/", b"/api/",
-                  b"webhookb2/", b"/bot", b"bearer", b"pgpass", b"connect", b"new pdo")
+                  b"webhookb2/", b"/bot", b"bearer", b"pgpass", b"connect", b"new pdo",
+                  b"identified", b"imap_open", b"ldap_bind", b"ftp_login", b"ssh2_auth",
+                  b"cookie", b"logged_in", b"value", b"sid=", b"remember")
 _STEMS = ("pass", "pwd", "psk", "secret", "token", "key", "auth", "cred", "salt", "sess",
           "sig")
 _CODE_WORDS = ("code", "pin", "puk", "combin", "keypad", "lockbox", "cadenas", "alarm")
 _PAIR_WORDS = (b"compte", b"account", b"identifiant", b"login", b"acc", b"user", b"admin",
                b"utilisateur", b"credential", b"mdp", b"password", b"mot de passe", b"pw",
-               b"connexion")
+               b"connexion", b"session")
 # pair words that _GENERIC_WORDS does not already cover ("pass", "user", "compte"...)
 _PAIR_ONLY = (b"acc\xc3\xa8s", b"acc\xc3\x88s", b"acces", b"admin")
 _COMMAND_WORDS = (b"-u", b"--user", b"sshpass", b"lftp", b"mysql", b"net use",
@@ -2171,7 +2511,7 @@ _LOGIN_PAIR = re.compile(
     r"(?P<v>[^\s,;/?&=]{6,64})(?![^\s,;])")
 _PAIR_CONTEXT = re.compile(
     r"(?i)compte|account|identifiant|login|acc[eè]s|user|utilisateur|credential|mdp|"
-    r"password|mot de passe|\bpw\b|\bpwd\b|connexion|\badmin\b")
+    r"password|mot de passe|\bpw\b|\bpwd\b|connexion|\badmin\b|\bsession\b")
 _COMMON_LOGINS = frozenset({"admin", "root", "administrateur", "administrator", "user",
                             "guest", "invite", "invité", "support", "operator"})
 
@@ -2180,17 +2520,42 @@ _COMMON_LOGINS = frozenset({"admin", "root", "administrateur", "administrator", 
 _PAIR_VALUE = re.compile(r"(?=(?:[^\s,;/?&=]|&(?!\w{1,20}=)){0,63}\d)"
                          r"(?:[^\s,;/?&=]|&(?!\w{1,20}=)){6,64}(?![^\s,;])")
 _LOGIN_BEFORE = re.compile(
-    r"(?<![^\s(:«\"'])(?P<login>[A-Za-z][\w.\-]{1,40}(?:@[\w\-]+(?:\.[\w\-]+)+)?)"
+    r"(?<![^\s(:«\"'])(?P<login>[A-Za-z][\w.\-]{1,40}(?:@[\w\-]+(?:\.[\w\-]+)+)?|\d{5,12})"
     r"[^\S\r\n]*\Z")
 
 
 _LOGIN_LABEL_BEFORE = re.compile(
     r"(?i)(?<![^\W_])(?:login|logins|identifiants?|credentials|creds|user(?:name)?|"
-    r"utilisateur|compte|account|acc[eè]s)(?![^\W_])[^\n\w]{0,12}"
+    r"utilisateur|compte|account|acc[eè]s|session)(?![^\W_])"
+    r"(?:[^\n:;.!?]{0,60}(?=:))?[^\n\w]{0,12}"
     r"(?:(?:sont|are|is|est|:)[^\n\w]{0,4})?\Z")
 
 
 _COLON_PAIR = re.compile(r":(?<=[A-Za-z]:)(?=[A-Za-z])(?!//)")
+
+
+_LIST_MARKER = re.compile(r"[ \t]*(?:[-*•→>·]|\d{1,2}[.)])[ \t]")
+_LOGIN_INTRO = re.compile(
+    r"(?i)(?<![^\W_])(?:logins?|identifiants?|credentials|creds|comptes?|accounts?|"
+    r"acc[eè]s|sessions?)(?![^\W_])[^\n]{0,80}:[ \t]*\r?\n")
+
+
+def _listed_under_login_intro(text: str, pos: int) -> bool:
+    """Whether ``pos`` is on a list item ("- Dolibarr : jdupont / X") of a list that a
+    line naming logins introduces ("Les accès :", "Logins:"), up to 8 items above."""
+    ls = text.rfind("\n", max(0, pos - 300), pos) + 1
+    if not _LIST_MARKER.match(text, ls, pos):
+        return False
+    for _ in range(8):
+        if ls <= 1:
+            return False
+        prev = text.rfind("\n", max(0, ls - 300), ls - 1) + 1
+        if _LOGIN_INTRO.search(text, prev, ls):
+            return True
+        if not _LIST_MARKER.match(text, prev, ls):
+            return False
+        ls = prev
+    return False
 
 
 def _find_all(text: str, sep: str) -> Iterable[int]:
@@ -2200,7 +2565,7 @@ def _find_all(text: str, sep: str) -> Iterable[int]:
         i = text.find(sep, i + 1)
 
 
-_PAIR_SEPARATORS = (" /", "/ ", ", ", ",\t", "/\t", ":")
+_PAIR_SEPARATORS = (" /", "/ ", ", ", ",\t", "/\t", ":", " et ", " and ", " – ", " - ", "; ")
 
 
 def _login_pairs(text: str) -> list[Finding]:
@@ -2225,15 +2590,20 @@ def _login_pairs(text: str) -> list[Finding]:
                 continue
             login = lm.group("login")
             # a plain name ("jwalsh") is a login only right after a word that says so
-            named = _LOGIN_LABEL_BEFORE.search(text, max(0, lm.start() - 40), lm.start())
+            named = _LOGIN_LABEL_BEFORE.search(text, max(0, lm.start() - 100), lm.start()) \
+                or _listed_under_login_intro(text, lm.start())
             if not (any(c in login for c in "._@-") or any(c.isdigit() for c in login)
                     or login.lower() in _COMMON_LOGINS or named) or login[-1] in ".-":
                 continue
+            if (login.isdigit() or sep.strip() in ("et", "and", "–", "-", ";")) and not named:
+                continue            # "12345, Abc123" or "x et Y7!": only after a login label
             if sep == ":" and not any(c in login for c in "._@"):
                 continue
             a, b = _trim_value(text, vm.start(), vm.end())
             a, b = _strip_quotes(text, a, b)
-            if not _looks_secret(text[a:b]) or (sep == ":" and _classes(text[a:b]) < 3):
+            value = text[a:b]
+            if not (_looks_secret(value) or _at_password(value)) or (
+                    sep == ":" and _classes(value) < 3):
                 continue
             if not _PAIR_CONTEXT.search(text, max(0, lm.start() - 400), lm.start()):
                 continue
@@ -2276,7 +2646,35 @@ _PGPASS_LINE = re.compile(
 # third string argument (also in a PHP stack trace).
 _CONNECT_CALL = re.compile(
     r"(?i)(?:mysqli?_(?:real_)?connect|new\s+mysqli|new\s+PDO|pg_pconnect|PDO->__construct|"
-    r"mysqli->__construct)\s*\(")
+    r"mysqli->__construct|(?P<login>imap_open|ldap_bind|ftp_login|ssh2_auth_password))\s*\(")
+# for these calls the password is the last string argument of (mailbox,) user, password
+_LOGIN_CALL_ARG = {"imap_open": 2, "ldap_bind": 1, "ftp_login": 1, "ssh2_auth_password": 1}
+
+# SQL: CREATE/ALTER USER ... IDENTIFIED [WITH plugin] BY 'x', SET PASSWORD ... =
+# PASSWORD('x'), CREATE LOGIN ... WITH PASSWORD = 'x' (MySQL, MariaDB, Oracle, SQL Server;
+# PostgreSQL's "PASSWORD 'x'" is read by the password label).
+_SQL_CREDENTIAL = re.compile(r"""(?ix)
+(?<![\w])(?:identified(?:[^\S\r\n]+with[^\S\r\n]+['"`]?\w{1,40}['"`]?)?[^\S\r\n]+by
+           (?:[^\S\r\n]+password)?
+         | password[^\S\r\n]*(?:=[^\S\r\n]*)?(?:password[^\S\r\n]*)?\(
+         | with[^\S\r\n]+password[^\S\r\n]*=)
+[^\S\r\n]*(?:'(?P<a>[^'\r\n]{1,128})'|"(?P<b>[^"\r\n]{1,128})"|(?P<c>[^\s'";)]{3,128}))
+""")
+
+
+def _sql_credentials(text: str) -> list[Finding]:
+    out = []
+    for m in _SQL_CREDENTIAL.finditer(text):
+        g = m.lastgroup
+        if g is None:
+            continue
+        value = m.group(g)
+        if _is_placeholder(value) or value[0] in "$%:@?{<" or len(value) < 3 or (
+                g == "c" and not (_strong(value)
+                                  and m.group(0).lower().startswith("identified"))):
+            continue                # "bad password (EAP-PEAP)": SQL quotes its strings
+        out.append(Finding("password", m.start(g), m.end(g)))
+    return out
 _STRING_ARG = re.compile(r"'((?:[^'\\\n]|\\.){0,200})'|" + r'"((?:[^"\\\n]|\\.){0,200})"')
 # Application passwords: WordPress "abcd EFGH 1234 ..." (six groups of four), Nextcloud
 # "xxxxx-xxxxx-xxxxx-xxxxx-xxxxx"; mixed case and digits (product keys are upper-case).
@@ -2297,7 +2695,8 @@ def _connect_arguments(text: str, lower: str) -> list[Finding]:
     out = []
     calls = []
     last = -1
-    for i, _ in _stem_positions(lower, ("connect", "pdo", "mysqli->")):
+    for i, _ in _stem_positions(lower, ("connect", "pdo", "mysqli->", "imap_open", "ldap_bind",
+                                         "ftp_login", "ssh2_auth")):
         if i < last:
             continue
         cm = _CONNECT_CALL.search(text, max(0, i - 16), min(len(text), i + 30))
@@ -2307,12 +2706,14 @@ def _connect_arguments(text: str, lower: str) -> list[Finding]:
     for m in calls:
         eol = text.find("\n", m.end(), m.end() + 400)
         args = list(_STRING_ARG.finditer(text, m.end(), eol if eol >= 0 else m.end() + 400))
-        if len(args) < 3:
+        login = m.group("login")
+        k = _LOGIN_CALL_ARG[login.lower()] if login else 2
+        if len(args) <= k:
             continue
-        if not text[m.end():args[2].start()].rstrip().endswith(","):
+        if not text[m.end():args[k].start()].rstrip().endswith(","):
             continue                # "getenv('DB_PASSWORD')": not the call's own argument
-        g = 1 if args[2].group(1) is not None else 2
-        a, b = args[2].start(g), args[2].end(g)
+        g = 1 if args[k].group(1) is not None else 2
+        a, b = args[k].start(g), args[k].end(g)
         if _value_ok(text[a:b], clause_end=True, strict=False):
             out.append(Finding("password", a, b))
     return out
@@ -2325,8 +2726,10 @@ def _literals(words: Iterable[bytes]) -> re.Pattern[bytes]:
 
 
 # (with the words of the app-password and BitLocker detectors, which start from them)
-_GENERIC_RE = _literals((*_GENERIC_WORDS, b"bitlocker", b"recovery", b"cup\xc3\xa9ration",
-                         b"recuperation", b"appli", b"app pass", b"app-pass", b"app_pass"))
+_GENERIC_RE = _literals((*_GENERIC_WORDS, *(w.lower() for w in _CLI_WORDS), b"bitlocker",
+                         b"recovery", b"cup\xc3\xa9ration", b"recuperation", b"appli",
+                         b"app pass", b"app-pass", b"app_pass"))
+_CLI_RE = _literals(w.lower() for w in _CLI_WORDS)
 _PAIR_ONLY_RE = _literals(_PAIR_ONLY)
 _PAIR_RE = _literals(_PAIR_WORDS)
 _COMMAND_RE = _literals(_COMMAND_WORDS)
@@ -2335,6 +2738,88 @@ _WEBHOOK_WORDS_RE = _literals((b"/hooks/", b"/api/", b"webhookb2/", b"/bot"))
 _APP_WORDS_RE = _literals((b"appli", b"app pass", b"app-pass", b"app_pass"))
 _RECOVERY_WORDS_RE = _literals((b"bitlocker", b"recovery", b"cup\xc3\xa9ration",
                                 b"recuperation"))
+
+
+# Session cookies: the value of a cookie whose name says it is a session or a login
+# (PHPSESSID, JSESSIONID, laravel_session, wordpress_logged_in_*, remember_web_*), and in
+# a "Cookie:"/"Set-Cookie:" header line any generated-looking value (Nextcloud names its
+# session cookie after the instance id: "oc1a2b3c4d=...").
+_SESSION_COOKIE = re.compile(r"""(?ix)
+(?<![\w.\-])(?P<name>[a-z0-9_.\-]{0,40}(?:sess(?:ion)?(?:[_\-]?id)?|sid|logged_in[a-z0-9_]{0,40}|
+   remember[a-z0-9_\-]{0,60}|auth[_\-]?token|wordpress_sec[a-z0-9_]{0,40}))
+=(?P<v>[^\s;,"'<>]{16,800})""")
+_COOKIE_HEADER = re.compile(r"(?im)^[ \t>]*(?:set-)?cookie[ \t]*:[ \t]*(?P<line>[^\r\n]{1,4000})")
+_COOKIE_PAIR = re.compile(r"(?:^|;)[ \t]*(?P<name>[^=;\s]{1,80})=(?P<v>[^;\s]{1,800})")
+_COOKIE_NOT_SECRET = re.compile(r"(?i)lang|locale|theme|consent|sametime|samesite|_ga|_gid|"
+                                r"utm|tz|timezone|username|user_?name|login_?name|email")
+
+
+def _cookies(text: str) -> list[Finding]:
+    out = []
+    for m in _SESSION_COOKIE.finditer(text):
+        value = m.group("v")
+        if _COOKIE_NOT_SECRET.search(m.group("name")):
+            continue
+        if len(value) >= 16 and _classes(value) >= 2 and not _is_placeholder(value) \
+                and not _DECOY_SHAPE.fullmatch(value) and any(c.isdigit() for c in value):
+            out.append(Finding("api-token", m.start("v"), m.end("v")))
+    for hm in _COOKIE_HEADER.finditer(text):
+        base = hm.start("line")
+        for cm in _COOKIE_PAIR.finditer(hm.group("line")):
+            if _COOKIE_NOT_SECRET.search(cm.group("name")):
+                continue
+            value = cm.group("v")
+            if _entropic(value, min_len=20) and value.isascii() and (
+                    sum(c.isalpha() for c in value) * 3 >= len(value)):
+                out.append(Finding("api-token", base + cm.start("v"), base + cm.end("v")))
+    return out
+
+
+# Name/value pairs: {"key": "token", "value": "X"} (Postman, Insomnia), Kubernetes
+# "- name: DB_PASSWORD\n  value: X", AWS "Name=...,Value=...": the value is the secret
+# when the name names one.
+_NAME_VALUE = re.compile(r"""(?ix)
+(?<![\w\-])["']?(?:key|name)["']?[^\S\r\n]*[:=][^\S\r\n]*["']?(?P<name>[A-Za-z_][\w.\-]{1,60})["']?
+[^\S\r\n]*,?[^\S\r\n]*(?:\r?\n[ \t\-]{0,40})?
+["']?value["']?[^\S\r\n]*[:=][^\S\r\n]*(?:"(?P<a>[^"\r\n]{1,400})"|'(?P<b>[^'\r\n]{1,400})'|
+(?P<c>[^\s"',}]{1,400}))""")
+
+
+def _name_values(text: str) -> list[Finding]:
+    out = []
+    for m in _NAME_VALUE.finditer(text):
+        g = m.lastgroup
+        if g is None or not _secret_name(m.group("name")):
+            continue
+        name = m.group("name").lower()
+        value = m.group(g)
+        if value.startswith(("{{", "${", "$(", "<")) or _is_placeholder(value):
+            continue
+        pw = any(w in name for w in ("pass", "pwd", "psk"))
+        if _entropic(value, min_len=8 if pw else 12) or (pw and _strong(value)):
+            out.append(Finding("password" if pw else "api-token", m.start(g), m.end(g)))
+    return out
+
+
+# Base64 of JSON holding credentials (a Kubernetes .dockerconfigjson, a registry auth):
+# "eyJ" is '{"' encoded; a JWT has dots and is found elsewhere.
+_B64_JSON = re.compile(r"(?<![A-Za-z0-9+/=_\-.])eyJ[A-Za-z0-9+/]{16,8000}={0,2}"
+                       r"(?![A-Za-z0-9+/=_\-.])")
+_B64_JSON_KEYS = re.compile(r'"(?:auths?|password|passwd|secret|token|identitytoken|'
+                            r'client_secret|private_key)"\s*:')
+
+
+def _encoded_credentials(text: str) -> list[Finding]:
+    out = []
+    for m in _B64_JSON.finditer(text):
+        blob = m.group(0)
+        try:
+            decoded = base64.b64decode(blob + "=" * (-len(blob) % 4)).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if _B64_JSON_KEYS.search(decoded):
+            out.append(Finding("api-token", m.start(), m.end()))
+    return out
 
 
 def _generic_triggered(hay: _Haystack) -> bool:
@@ -2359,6 +2844,8 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
     found.extend(_named_assignments(text, lower))
     if _COMMAND_RE.search(folded):
         found.extend(_command_credentials(text, folded))
+    if _CLI_RE.search(folded):
+        found.extend(_cli_passwords(text))
     if b":\\/\\/" in folded or b"%3a%2f%2f" in folded:
         found.extend(_escaped_url_credentials(text))
     found.extend(_access_codes(text, lower))
@@ -2372,7 +2859,11 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
         found.extend(Finding("password", m.start("v"), m.end("v"))
                      for m in _PGPASS_LINE.finditer(text)
                      if not _is_placeholder(m.group("v")))
-    if b"connect" in folded or b"pdo" in folded or b"__construct" in folded:
+    if b"identified" in folded or b"password" in folded:
+        found.extend(_sql_credentials(text))
+    if b"connect" in folded or b"pdo" in folded or b"__construct" in folded or (
+            b"imap_open" in folded or b"ldap_bind" in folded or b"ftp_login" in folded
+            or b"ssh2_auth" in folded):
         found.extend(_connect_arguments(text, lower))
     if _APP_WORDS_RE.search(folded):
         found.extend(Finding("api-token", m.start(), m.end())
@@ -2382,6 +2873,13 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
                      for m in _BITLOCKER_KEY.finditer(text))
     if _LIST_RE.search(folded):
         found.extend(_listed_values(text, lower))
+    if b"cookie" in folded or b"sess" in folded or b"sid=" in folded or (
+            b"logged_in" in folded or b"remember" in folded or b"auth" in folded):
+        found.extend(_cookies(text))
+    if b"value" in folded:
+        found.extend(_name_values(text))
+    if b"eyJ" in cased:
+        found.extend(_encoded_credentials(text))
     if _PAIR_RE.search(folded):
         found.extend(_login_pairs(text))
     return found
