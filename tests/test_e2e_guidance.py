@@ -116,7 +116,9 @@ def test_english_request_gets_english_guidance(lab, sink, milters, dns_server, d
 
 
 def test_redacted_secret_guidance_says_change_it(lab, sink, milters, dns_server, dkim_key):
-    milters.helpdesk(sections(dns_server, f"127.0.0.1:{lab.smtp_port}"))
+    # mail for a partner outside the helpdesk: its secrets are redacted with scope "all"
+    milters.helpdesk({**sections(dns_server, f"127.0.0.1:{lab.smtp_port}"),
+                      "secrets": {"scope": "all"}})
     raw = signed(dkim_key, dns_server, "g3", from_addr=f"Jean Dupont <{CLIENT}>",
                  to="partenaire@ailleurs.example", subject="Accès au portail",
                  body="Bonjour,\r\nvoici les accès : identifiant jdupont, mot de passe "

@@ -149,7 +149,10 @@ def test_forged_helpdesk_headers_are_removed(lab, sink, helpdesk):
     assert got.message["X-Helpdesk-Request"].startswith("other; structure=mairie-exemple")
 
 
-def test_forged_headers_are_removed_even_when_not_watched(lab, sink, helpdesk):
+def test_forged_headers_are_removed_even_when_not_watched_with_scope_all(lab, sink, milters):
+    # With secrets.scope = "helpdesk" the milter never reads such mail (it steps out at
+    # the end of the envelope, test_e2e_step_out.py): nobody at the helpdesk reads it.
+    milters.helpdesk(example_sections(secrets={"scope": "all"}))
     msg = make_message(to="someone@elsewhere.example",
                        headers={"X-Helpdesk-Routed": "to=pirate@evil.example; mode=copy"})
     got = send(lab, sink, msg, ["someone@elsewhere.example"])

@@ -135,8 +135,10 @@ def test_tag_action_reports_without_changing_the_body(lab, sink, milters, dns_se
     assert got.message["Authentication-Results"] is None   # nothing changed, nothing to record
 
 
-def test_secrets_in_unwatched_mail_and_subject_are_redacted(lab, sink, milters, dns_server):
-    milters.helpdesk(dkim_sections(dns_server))
+def test_secrets_in_unwatched_mail_and_subject_are_redacted_with_scope_all(
+        lab, sink, milters, dns_server):
+    # secrets.scope = "helpdesk" (the default) leaves this mail alone: test_e2e_step_out.py
+    milters.helpdesk(dkim_sections(dns_server, secrets={"scope": "all"}))
     msg = make_message(to="partenaire@ailleurs.example",
                        subject="Accès wifi : mdp Tournesol-88",
                        body="Pour info le code wifi est Tournesol-88\n",

@@ -70,8 +70,13 @@ def flow(lab, sink, tag: str, count: int = 12):
     assert summary["latency_max"] < PROMPT, summary
     watched = [d for d in sink.deliveries if any(r.endswith("example.org") for r in d.rcpt_tos)]
     assert watched and all(b"\r\nX-Helpdesk-Request:" in d.raw for d in watched)
-    assert not any(b"Marmotte" in d.raw for d in sink.deliveries), "a secret was not redacted"
-    return {a.queue_id for a in report.attempts.values() if a.queue_id}, summary
+    # secrets.scope = "helpdesk": the helpdesk's mail is redacted, other mail untouched
+    assert not any(b"Marmotte" in d.raw for d in watched), "a secret was not redacted"
+    # the helpdesk's mail leaves a decision row; mail stepped out of leaves none
+    helpdesk = {m.message_id for m in messages
+                if any(r.endswith("example.org") for r in m.rcpts)}
+    return {a.queue_id for a in report.attempts.values()
+            if a.queue_id and a.message_id in helpdesk}, summary
 
 
 def recorded(database: Path, queue_ids: set[str], what: str) -> None:

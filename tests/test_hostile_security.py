@@ -42,6 +42,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "tests" / "secrets_corpus"
 
 
+def _sender_part(raw: bytes) -> bytes:
+    """The delivered message without the trace headers the MTAs added on the way."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.split(b"\r\n"):
+        if not line[:1].isspace():      # a new field (else: a folded continuation)
+            dropping = bool(re.match(
+                rb"(?i)(received|return-path|x-original-to|delivered-to):", line))
+        if not dropping:
+            kept.append(line)
+    return b"\r\n".join(kept) + sep + body
+
+
 def fragments(value: str) -> list[str]:
     """What to look for: the value, or each long-enough line of a multi-line value."""
     lines = [line.strip() for line in value.splitlines() if len(line.strip()) >= 8]
@@ -126,8 +140,11 @@ def test_secrets_corpus_through_postfix_leaves_no_trace(lab, sink, milters):
             if bounce:
                 continue                # a bounce's original is delivered untouched
             if core_removes(engine, msg, value):
+                # a short value ("0000") matches the "+0000" of the headers Postfix
+                # adds: look for it in what the sender wrote (Subject and body) only
+                seen = got.raw if len(value) >= 6 else _sender_part(got.raw)
                 where = next((w for f in fragments(value)
-                              if (w := secret_visible(got.raw, f))), None)
+                              if (w := secret_visible(seen, f))), None)
                 if where:
                     leaks.append(f"{msg.message_id}: removed in-process but delivered "
                                  f"in {where}")

@@ -136,10 +136,29 @@ def test_mail_only_to_assistance_is_tagged_not_rerouted():
 
 
 def test_mail_to_nobody_watched_is_not_inspected():
+    # secrets.scope = "helpdesk" (the default): untouched, the milter steps out early
+    assert POLICY.steps_out(["someone@elsewhere.example"])
     d = decide(["someone@elsewhere.example"],
+               headers={"X-Helpdesk-Routed": "to=evil@example.net; mode=copy"})
+    assert not d.inspected and d.add_headers == () and d.strip_headers == ()
+
+
+def test_mail_to_nobody_watched_loses_forged_headers_with_scope_all():
+    config = replace(_CONFIG, secrets=replace(_CONFIG.secrets, scope="all"))
+    policy = Policy(config, rules=RULES, model=None)
+    assert not policy.steps_out(["someone@elsewhere.example"])
+    d = decide(["someone@elsewhere.example"], policy=policy,
                headers={"X-Helpdesk-Routed": "to=evil@example.net; mode=copy"})
     assert not d.inspected and d.add_headers == ()
     assert d.strip_headers == (("X-Helpdesk-Routed", 1),)
+
+
+@pytest.mark.parametrize("rcpts", [["alice@example.org"], ["<contact@example.org>"],
+                                   ["someone@elsewhere.example", "mairie-exemple@"
+                                    "assistance.example.org"],
+                                   ["accueil@assistance.example.org"]])
+def test_the_helpdesks_mail_never_steps_out(rcpts):
+    assert POLICY.is_helpdesk_mail(rcpts) and not POLICY.steps_out(rcpts)
 
 
 def test_forged_helpdesk_headers_are_removed_highest_index_first():

@@ -1,12 +1,14 @@
 """The writer thread gathers rows for a moment before a commit; in that moment the
-in-memory index must answer for them, near duplicates included."""
+rows held in memory must answer for them, near duplicates included.  A lookup that
+cannot match costs no SQLite trip (the filter of the window's keys)."""
 
 from __future__ import annotations
 
+import random
 import sqlite3
 
 from helpdesk_milter import dedup
-from helpdesk_milter.store import OutboxRow, Remember, SQLiteStore
+from helpdesk_milter.store import KeyFilter, OutboxRow, Pending, Remember, SQLiteStore
 
 REQUEST = ("Bonjour, depuis ce matin la messagerie de la mairie refuse tous les envois "
            "vers l'extérieur avec une erreur 550 relais refusé. Les agents de l'accueil "
@@ -65,27 +67,77 @@ def test_once_written_the_database_answers_for_near_duplicates(tmp_path):
     try:
         store.check_and_remember(fp(REQUEST, "<a@mairie>"), remember_watched)
         store.flush()
-        assert not store._recent.by_band       # on disk: the bands are left to the file
-        # ... and the fingerprint is let go: the exact keys of thousands of entries
-        # stay for minutes, their signatures must not (the soak test's RSS caught it)
-        assert [e.fp for e in store._recent.order] == [None]
+        # on disk: memory lets the row go (the soak test's RSS caught a leak of
+        # fingerprints held for minutes)
+        assert len(store._unwritten) == 0 and not store._unwritten.by_key
         clock.now += 3600
         match = store.check_and_remember(fp(RESEND, "<b@mairie>"), remember_watched)
-        assert match is not None and match.kind == "text" and match.earlier_rowid > 0
-        assert len(store._recent.band_order) == 1     # the old entry's bands are gone
+        assert match is not None and match.kind == "text" and match.earlier_rowid == 1
     finally:
         store.close()
 
 
-def test_an_aborted_entry_takes_its_band_keys_back(tmp_path):
+def test_an_aborted_entry_takes_its_keys_back(tmp_path):
     store = SQLiteStore(tmp_path / "state.db")
+    pending = Pending()
     try:
-        entry = store._recent.add(fp(REQUEST, "<a@mairie>"), remember_watched(None), 1.0)
-        assert store._recent.by_band
-        store._recent.remove(entry)
-        assert not store._recent.by_band and not store._recent.by_key
+        store.check_and_remember(fp(REQUEST, "<a@mairie>"), remember_watched, pending=pending)
+        assert store._unwritten.by_key
+        store.abort(pending)
+        assert not store._unwritten.by_key and len(store._unwritten) == 0
+        assert store.check_and_remember(fp(REQUEST, "<b@mairie>"), remember_watched) is None
     finally:
         store.close()
+
+
+def test_a_miss_costs_no_sqlite_trip(tmp_path, monkeypatch):
+    """The filter of the window's keys answers "no" before the file is asked."""
+    store = SQLiteStore(tmp_path / "state.db")
+    asked = []
+    real = dedup.find_duplicate
+    monkeypatch.setattr(dedup, "find_duplicate", lambda *a, **k: asked.append(1) or real(*a, **k))
+    try:
+        assert store.check_and_remember(fp(REQUEST, "<a@mairie>"), remember_watched) is None
+        assert store.check_and_remember(fp(OTHER, "<c@mairie>"), remember_watched) is None
+        assert asked == []
+        store.flush()
+        assert store.check_and_remember(fp(RESEND, "<a@mairie>"), remember_watched)
+        assert asked == [1]
+    finally:
+        store.close()
+
+
+def test_the_filter_is_rebuilt_from_the_file_and_forgets_with_the_window(tmp_path):
+    clock = Clock()
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path, clock=clock, window=3600.0)
+    store.check_and_remember(fp(REQUEST, "<a@mairie>"), remember_watched)
+    store.close()
+    clock.now += 60
+    store = SQLiteStore(path, clock=clock, window=3600.0)      # a restart
+    try:
+        keys = dedup.lookup_keys(fp(REQUEST, "<a@mairie>"))
+        assert store._filter is not None and store._filter.may_hold(keys, clock.now)
+        match = store.check_and_remember(fp(REQUEST, "<b@mairie>"), remember_watched)
+        assert match is not None and match.kind == "text"
+        assert store._next_id == 3                  # numbering goes on from the file
+        clock.now += 3 * 3600                        # past the window: all forgotten
+        store._filter.add([12345], clock.now)
+        assert not store._filter.may_hold(keys, clock.now)
+    finally:
+        store.close()
+
+
+def test_the_key_filter_never_says_no_to_a_key_it_holds():
+    rng = random.Random(5)
+    held = [rng.getrandbits(64) - (1 << 63) for _ in range(200_000)]
+    f = KeyFilter(3600.0, capacity=1000)            # grows by generations
+    for n in range(0, len(held), 20):
+        f.add(held[n:n + 20], 100.0 + n / 1000)
+    assert all(f.may_hold([k], 400.0) for k in held[::97])
+    others = [rng.getrandbits(64) - (1 << 63) for _ in range(20_000)]
+    false = sum(f.may_hold([k], 400.0) for k in others)
+    assert false < 20_000 * 0.01, false             # well under 1 % per key
 
 
 def test_guided_senders_kept_in_memory_are_pruned(tmp_path):

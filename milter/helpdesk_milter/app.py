@@ -16,12 +16,18 @@ translates the decision back into milter actions.  Its promises:
   past ``max_scan_size`` it is not kept at all and the message passes
   through tagged ``skip-too-large``.
 
+Mail with no watched or assistance recipient is accepted in ``data`` (the
+end of the envelope) when ``secrets.scope`` is ``helpdesk``: on a real MX most
+mail is for mailboxes nobody watches, and Postfix then streams none of its
+headers and body to the milter.
+
 Negotiation: pymilter's ``set_flags`` is ignored when Postfix negotiates, so
 ``negotiate`` masks the actions to the ones we use.  ``data`` is implemented
 (with a reply) because without it a TCP milter stalls ~40 ms per message on
-Nagle's algorithm.  The steps that never need an answer are ``@noreply``; the
-ones we do not use (connect, helo, end of headers) are not asked for at all:
-each callback costs a trip through libmilter and the GIL.
+Nagle's algorithm; it is also where we step out.  The steps that never need
+an answer are ``@noreply``; the ones we do not use (connect, helo, end of
+headers) are not asked for at all: each callback costs a trip through
+libmilter and the GIL.
 """
 
 from __future__ import annotations
@@ -134,6 +140,20 @@ class HelpdeskMilter(Milter.Base):
         return Milter.CONTINUE
 
     def data(self) -> int:
+        # The end of the envelope: mail with no watched or assistance recipient
+        # is accepted here, untouched (secrets.scope = "helpdesk"), so Postfix
+        # streams none of its headers and body to us.  Replying here at all is
+        # what keeps a TCP milter off Nagle's 40 ms stall.
+        try:
+            assert self.engine is not None
+            # as eom() reads them (a client may send "<<a@b>>")
+            if self.failed is None and self.engine.steps_out(
+                    [strip_brackets(r) for r in self.rcpts]):
+                self.engine.stepped_out(self._qid(), self.mail_from, len(self.rcpts))
+                self._reset()
+                return Milter.ACCEPT
+        except Exception as exc:
+            self._fail(exc, "data")
         return Milter.CONTINUE
 
     @Milter.noreply           # declares the step: header fields, no reply

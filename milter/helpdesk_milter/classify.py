@@ -41,11 +41,11 @@ import importlib
 import re
 import tomllib
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .model import KNOWN_CLIENT_FEATURE, TextModel, feature_label, features, text_keys, text_value
 from .text import own_text, strip_subject_prefixes
@@ -508,6 +508,7 @@ SCORE_OFFSET = 5.0
 # How many of the model's strongest features are named in ``rules=``.
 EXPLAIN_FEATURES = 3
 EXPLAIN_MIN = 0.1       # ... when each moves the log-odds by at least this much
+EXPLAIN_MIN_CHARS = 4   # ... and is a word (or stem) of at least this many letters
 
 
 @dataclass(frozen=True)
@@ -522,7 +523,7 @@ def is_forward_subject(subject: str) -> bool:
     return bool(_FORWARD_SUBJECT.match(subject or ""))
 
 
-def _prepared(subject: str, text: str) -> tuple[str, str]:
+def prepared_texts(subject: str, text: str) -> tuple[str, str]:
     """The ``prepare``d Subject and sender's own text the rules and the model read."""
     subject = subject or ""
     body = own_text((text or "")[:TEXT_SCAN_LIMIT], forwarded=is_forward_subject(subject))
@@ -538,8 +539,9 @@ def _shown(strongest: list[tuple[str, float]], count: int = 3) -> list[str]:
         if len(out) == count or abs(contribution) < EXPLAIN_MIN:
             break
         kind, _, text = key.partition(":")
-        if kind == "p" and any(w.startswith(text) for w in words):
-            continue
+        if (kind == "p" and any(w.startswith(text) for w in words)) \
+                or len(text.strip("*")) < EXPLAIN_MIN_CHARS:
+            continue   # short function words weigh (style) but explain nothing
         if kind in ("u", "s"):
             words.append(text)
         out.append(key)
@@ -553,11 +555,23 @@ def message_features(subject: str, text: str, rules: RuleSet, *, known_client: b
     body's text; the body is first reduced to the sender's own words (``own_text``; a
     forward, told by its subject, keeps the forwarded content), then only its first
     ``BODY_SCAN_LIMIT`` characters are looked at.  Training calls this too."""
-    prepared_subject, prepared_body = _prepared(subject, text)
+    prepared_subject, prepared_body = prepared_texts(subject, text)
     fired = rules.fired(prepared_subject, prepared_body)
     names = tuple(rule.name for rule, hit in zip(rules.rules, fired, strict=True) if hit)
     return features(prepared_subject, prepared_body, names, known_client=known_client,
                     text_scale=text_scale), names
+
+
+class SiteDeltas(Protocol):
+    """What a site's learned state offers the classifier (see ``learn.SiteModel``)."""
+
+    def __bool__(self) -> bool: ...
+    def contribution(self, keys: Sequence[str], value: float,
+                     other: Iterable[str]) -> float: ...
+
+
+# Named in rules= when the site's learned deltas moved the score (see learn.py).
+SITE_RULE = "site-learned"
 
 
 @dataclass(frozen=True)
@@ -574,6 +588,8 @@ class Classifier:
     rules: RuleSet
     model: TextModel | None = None
     overridden: frozenset[str] = frozenset()
+    # the site's learned deltas (learn.Learning.site), asked for at each message
+    site: Callable[[], SiteDeltas] | None = None
     _rule_weights: dict[str, float] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -587,7 +603,7 @@ class Classifier:
 
     def score(self, subject: str, text: str, *, known_client: bool,
               known_client_weight: float = 0.0) -> Score:
-        prepared_subject, prepared_body = _prepared(subject, text)
+        prepared_subject, prepared_body = prepared_texts(subject, text)
         fired_flags = self.rules.fired(prepared_subject, prepared_body)
         fired = [rule.name for rule, hit in zip(self.rules.rules, fired_flags, strict=True)
                  if hit]
@@ -599,7 +615,7 @@ class Classifier:
             # features() and logit() in one pass: every text feature is worth the same
             keys = text_keys(prepared_subject, prepared_body)
             text_part, strongest = model.score_text(
-                keys, text_value(keys, model.text_scale), EXPLAIN_FEATURES * 2)
+                keys, text_value(keys, model.text_scale), EXPLAIN_FEATURES * 4)
             total = SCORE_OFFSET + model.bias + text_part
             for name in fired:
                 key = "r:" + name
@@ -608,6 +624,15 @@ class Classifier:
             if known_client:
                 total += model.weights.get(KNOWN_CLIENT_FEATURE, 0.0)
             names.extend(feature_label(key) for key in _shown(strongest))
+            site = self.site() if self.site is not None else None
+            if site:
+                others = ["r:" + n for n in fired]
+                if known_client:
+                    others.append(KNOWN_CLIENT_FEATURE)
+                learned = site.contribution(keys, text_value(keys, model.text_scale), others)
+                total += learned
+                if abs(learned) >= EXPLAIN_MIN:
+                    names.append(SITE_RULE)
         if known_client:
             total += known_client_weight
             if known_client_weight or model is not None:

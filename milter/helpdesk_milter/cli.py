@@ -56,6 +56,22 @@ def _load(path: str) -> tuple[Config, RuleSet]:
     return config, rules
 
 
+def _policy_and_learning(config: Config, rules: RuleSet, *, readonly: bool = False
+                         ) -> tuple[Any, Any]:
+    """The policy, reading the site's learned deltas from the state database, and the
+    learned state itself (None without a model, or read-only with no database)."""
+    from .learn import Learning
+    from .model import load_model
+    from .policy import Policy
+    model = load_model(config.classifier.model)
+    if model is None or (readonly and not Path(config.milter.database).is_file()):
+        return Policy(config, rules=rules, model=model), None
+    learning = Learning(config.milter.database, model, rules,
+                        threshold=config.classifier.threshold,
+                        max_examples=config.learning.max_examples, readonly=readonly)
+    return Policy(config, rules=rules, model=model, site=learning.site), learning
+
+
 def _fail(message: str) -> int:
     print(f"helpdesk-milter: {message}", file=sys.stderr)
     return 1
@@ -103,7 +119,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.milter.log_level)
     from .app import serve  # imports pymilter; the other commands don't need it
     from .engine import Engine
-    from .policy import Policy
     from .store import SQLiteStore
     sealer = None
     if config.arc.enabled:
@@ -118,7 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                             similarity=config.dedup.similarity)
     except Exception as exc:
         return _fail(f"cannot open the state database {config.milter.database}: {exc}")
-    engine = Engine(config, store=store, policy=Policy(config, rules=rules), sealer=sealer)
+    policy, learning = _policy_and_learning(config, rules)
+    engine = Engine(config, store=store, policy=policy, sealer=sealer, learning=learning)
     sender = None
     if config.autoreply.enabled:
         from .outbox import OutboxSender
@@ -238,14 +254,14 @@ def cmd_try(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot read {args.message}: {exc.strerror}")
     from .engine import Engine, rewrite_raw
-    from .policy import Policy
     from .store import SQLiteStore
     # Duplicates are looked up in the state database when there is one; `try`
     # never writes to it.
     store = SQLiteStore(config.milter.database, window=config.dedup.window,
                         similarity=config.dedup.similarity, readonly=True) \
         if Path(config.milter.database).is_file() else None
-    policy = Policy(config, rules=rules)
+    # the site's learned model counts in `try` too; `try` never learns
+    policy, _learning = _policy_and_learning(config, rules, readonly=True)
     engine = Engine(config, policy=policy, store=store)
     size = len(raw)
     too_large = size > config.milter.max_scan_size
@@ -269,7 +285,9 @@ def cmd_try(args: argparse.Namespace) -> int:
         return 0
     weights = {rule.name: w for rule in rules.rules
                if (w := policy.classifier.rule_weight(rule.name)) is not None}
-    weights["known-client"] = config.classifier.known_client_weight
+    model = policy.classifier.model
+    weights["known-client"] = config.classifier.known_client_weight + (
+        model.weights.get("k:known-client", 0.0) if model is not None else 0.0)
     print(f"message     {msg.message_id or '(no Message-ID)'} from <{env.mail_from}> "
           f"({size} bytes)")
     print(f"recipients  {', '.join(env.rcpts)}")
@@ -280,7 +298,7 @@ def cmd_try(args: argparse.Namespace) -> int:
         print(f"verdict     {d.verdict} (score {d.score:.1f}, threshold {threshold:.1f})")
         print(f"structure   {d.structure or 'unknown'}")
         print("rules       " + (", ".join(
-            f"{r} ({weights[r]:+.1f})" if r in weights else r for r in d.rules) or "(none)"))
+            f"{r} ({weights[r]:+.2f})" if r in weights else r for r in d.rules) or "(none)"))
         print(f"action      {d.action}" + (f" ({d.skip_reason})" if d.skip_reason else "")
               + (f", watch group {d.group}" if d.group else ""))
         if args.explain:
@@ -376,10 +394,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         since_seconds = parse_duration(args.since)
     except ValueError as exc:
         return _fail(f"--since: {exc}")
+    from .learn import learning_report
     from .store import open_database, report
     try:
         db = open_database(database, readonly=True)
         data = report(db, since=time.time() - since_seconds, limit=args.limit)
+        data["learning"] = learning_report(db, since=time.time() - since_seconds)
     except Exception as exc:
         return _fail(f"cannot read {database}: {exc}")
     if args.json:
@@ -408,11 +428,99 @@ def cmd_report(args: argparse.Namespace) -> int:
                   for reason, n in guidance.get("suppressed", {}).items()])
     _table("messages with secrets, by kind (values are never stored)",
            ["kind", "messages"], [(k, v["messages"]) for k, v in data["secrets"].items()])
+    learning = data["learning"]
+    _table(f"learning from the site ({learning['examples']} label(s) kept): production "
+           "recall, per week",
+           ["week", "staff forwarded", "had routed", "missed", "not seen",
+            "routed by learning", "routed, then labelled not a request"],
+           [(w, n["forwarded"], n["routed"], n["missed"], n["unseen"],
+             n["routed_by_learning"], n["not_request_after_routing"])
+            for w, n in learning["weeks"].items()])
     _table(f"last {args.limit} decisions",
            ["time", "queue id", "from", "verdict", "action", "added", "removed"],
            [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])), r["queue_id"],
              r["mail_from"], r["verdict"], r["action"], r["added"], r["removed"])
             for r in data["last"]])
+    return 0
+
+
+# --- learn ---------------------------------------------------------------------------
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    try:
+        config, rules = _load(args.config)
+    except (ConfigError, RulesError) as exc:
+        return _config_problem(exc)
+    labelling = args.support or args.not_support
+    if labelling and not args.paths:
+        return _fail("learn: give the .eml files, Maildir folders or mbox files to learn from")
+    if not labelling and args.paths:
+        return _fail("learn: files are only read with --support or --not-support")
+    policy, learning = _policy_and_learning(config, rules)
+    if learning is None:
+        return _fail("learn: the site learns on top of the model, and classifier.model "
+                     "is none")
+    try:
+        if args.list:
+            rows = learning.examples(limit=50)
+            _table(f"learned labels (newest first; {learning.size()['examples']} in all)",
+                   ["id", "time", "label", "source", "original", "message-id"],
+                   [(r["id"], time.strftime("%Y-%m-%d %H:%M", time.localtime(r["time"])),
+                     r["label"], r["source"],
+                     {1: "routed", 0: "missed"}.get(r["routed"], "-"), r["message_id"] or "-")
+                    for r in rows])
+            return 0
+        if args.forget is not None:
+            if not learning.forget(args.forget):
+                return _fail(f"learn: no label with id {args.forget} (see learn --list)")
+            print(f"forgot label {args.forget}; relearned from the others")
+            return 0
+        if args.reset:
+            print(f"forgot {learning.reset()} label(s): the shipped model decides alone again")
+            return 0
+        return _learn_files(args, config, policy, learning)
+    finally:
+        learning.close()
+
+
+def _learn_files(args: argparse.Namespace, config: Config, policy: Any, learning: Any) -> int:
+    from .learn import Example, carried_forward, read_messages
+    from .message import ParsedMessage
+    from .secrets import redact_spans
+    label = "support" if args.support else "other"
+    marker = config.secrets.marker
+
+    def clean(text: str) -> str:
+        return redact_spans(text, policy.scanner.scan(text), marker=marker)
+
+    learned = 0
+    for path in args.paths:
+        try:
+            messages = list(read_messages(path))
+        except (OSError, ValueError) as exc:
+            return _fail(f"learn: {path}: {getattr(exc, 'strerror', None) or exc}")
+        for name, raw in messages:
+            try:
+                msg = ParsedMessage(raw)
+                forward = carried_forward(msg)
+                if forward is not None and forward.original_from:
+                    subject, text, sender = forward.subject, forward.text, forward.original_from
+                else:
+                    subject, text, sender = msg.subject, msg.text, msg.from_addr
+                example = Example.of(clean(subject), clean(text), policy.rules,
+                                     policy.classifier.model, label=label,
+                                     known_client=policy.directory.lookup(sender) is not None)
+            except Exception as exc:
+                print(f"helpdesk-milter: learn: {name}: cannot read it ({type(exc).__name__});"
+                      " skipped", file=sys.stderr)
+                continue
+            message_id = msg.message_id
+            routed = learning.routed(message_id) if message_id else None
+            learning.learn(example, source="learn", message_id=message_id, routed=routed)
+            learned += 1
+    kind = "support requests" if args.support else "not support requests"
+    print(f"learned {learned} message(s) as {kind} "
+          f"({learning.size()['examples']} label(s) in all)")
     return 0
 
 
@@ -496,6 +604,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows in the top and last lists (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("learn", help="teach the classifier with this site's mail",
+                       description="Label mail as a support request or not, from .eml files, "
+                                   "Maildir folders or mbox files; list, forget or reset what "
+                                   "was learned.  Staff forwards to an assistance address are "
+                                   "learned by the running milter on their own "
+                                   "(learning.forwards).  Only hashed features are kept, "
+                                   "never text.  A running milter picks the change up within "
+                                   "seconds, without a restart.")
+    add_config(p)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--support", action="store_true",
+                      help="the messages given are support requests")
+    what.add_argument("--not-support", action="store_true",
+                      help="the messages given are not support requests (e.g. closed as "
+                           "'not a request' by the helpdesk)")
+    what.add_argument("--list", action="store_true", help="list the newest labels")
+    what.add_argument("--forget", type=int, metavar="ID",
+                      help="remove one label (its id from --list) and relearn from the rest")
+    what.add_argument("--reset", action="store_true",
+                      help="forget every label: back to the shipped model")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help=".eml file, Maildir folder or mbox file (with --support/--not-support)")
+    p.set_defaults(func=cmd_learn)
     return parser
 
 

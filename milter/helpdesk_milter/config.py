@@ -245,6 +245,11 @@ KEYS: tuple[Key, ...] = (
         _check_marker),
     Key("secrets.disabled_kinds", "list[str]", [],
         "detector kinds to turn off, e.g. [\"jwt\"]"),
+    Key("secrets.scope", "str", "helpdesk",
+        "which mail is scanned for secrets: helpdesk (mail with a watched or assistance "
+        "recipient; any other mail is accepted at the end of the envelope, untouched) or "
+        "all (every message: its headers and body are then read by the milter)",
+        _check_choice("helpdesk", "all")),
     Key("dns.resolver", "str", "",
         "DNS server for DKIM key lookups as HOST or HOST:PORT (empty: the system's "
         "resolvers)", _check_resolver),
@@ -257,6 +262,11 @@ KEYS: tuple[Key, ...] = (
     Key("arc.selector", "str", "", "selector (s=) of the ARC seal's key"),
     Key("arc.private_key", "str", "",
         "PEM private key file for the ARC seal (relative paths: next to the config)"),
+    Key("learning.forwards", "bool", True,
+        "learn from staff forwards: a mail an internal sender forwards to an assistance "
+        "address was a support request (features only, as hashes; see README)"),
+    Key("learning.max_examples", "int", 20000,
+        "at most this many learned labels are kept (the oldest go first)"),
     Key("autoreply.enabled", "bool", False, "send guidance mail to senders"),
     Key("autoreply.smtp", "str", "127.0.0.1:25", "relay used to send guidance mail",
         _check_hostport),
@@ -347,6 +357,7 @@ class SecretsSettings:
     action: str
     marker: str
     disabled_kinds: tuple[str, ...]
+    scope: str = "helpdesk"                 # helpdesk | all
 
 
 @dataclass(frozen=True)
@@ -354,6 +365,12 @@ class DnsSettings:
     resolver: str
     timeout: float
     cache_ttl: float
+
+
+@dataclass(frozen=True)
+class LearningSettings:
+    forwards: bool = True
+    max_examples: int = 20000
 
 
 @dataclass(frozen=True)
@@ -393,6 +410,7 @@ class Config:
     client_files: tuple[str, ...] = ()      # the CSV files the directory was read from
     dns: DnsSettings = DnsSettings(resolver="", timeout=2.0, cache_ttl=3600.0)
     arc: ArcSettings = ArcSettings(enabled=False, domain="", selector="", private_key="")
+    learning: LearningSettings = LearningSettings()
     source: str = "<defaults>"
 
 
@@ -545,7 +563,7 @@ def _did_you_mean(name: str, known: Mapping[str, Key]) -> str:
 
 
 TOP_LEVEL = ("milter", "addresses", "watch", "directory", "clients", "classifier", "followup",
-             "dedup", "secrets", "autoreply", "dns", "arc")
+             "dedup", "secrets", "learning", "autoreply", "dns", "arc")
 
 
 def load_config(path: str | Path) -> Config:
@@ -585,6 +603,7 @@ def parse_config(text: str, *, source: str = "<string>",
     autoreply = _read_table("autoreply", _section(data, "autoreply", problems), problems)
     dns = _read_table("dns", _section(data, "dns", problems), problems)
     arc = _read_table("arc", _section(data, "arc", problems), problems)
+    learning = _read_table("learning", _section(data, "learning", problems), problems)
 
     weights: dict[str, float] = {}
     raw_weights = classifier_table.get("weights", {})
@@ -687,11 +706,14 @@ def parse_config(text: str, *, source: str = "<string>",
         dedup=DedupSettings(window=dedup["window"], action=dedup["action"],
                             similarity=dedup["similarity"]),
         secrets=SecretsSettings(action=secrets["action"], marker=secrets["marker"],
-                                disabled_kinds=tuple(secrets["disabled_kinds"])),
+                                disabled_kinds=tuple(secrets["disabled_kinds"]),
+                                scope=secrets["scope"]),
         dns=DnsSettings(resolver=dns["resolver"], timeout=dns["timeout"],
                         cache_ttl=dns["cache_ttl"]),
         arc=ArcSettings(enabled=arc["enabled"], domain=arc["domain"],
                         selector=arc["selector"], private_key=arc_key),
+        learning=LearningSettings(forwards=learning["forwards"],
+                                  max_examples=learning["max_examples"]),
         autoreply=AutoreplySettings(
             enabled=autoreply["enabled"], smtp=autoreply["smtp"], sender=autoreply["from"],
             every=autoreply["every"], trust=autoreply["trust"],

@@ -45,7 +45,7 @@ import re
 import struct
 import unicodedata
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -272,6 +272,14 @@ def _request(msg: ParsedMessage) -> _Request:
     if attached is None:
         return _request_in_text(subject, msg.text[:TEXT_CAP], depth=0)
     return _request_with_attachment(msg.msg, subject, attached, depth=0)
+
+
+def carried_request(msg: ParsedMessage) -> tuple[str, str, str, bool]:
+    """(Subject, text, the forwarded original's Message-ID or "", is it a forward) of
+    the request ``msg`` carries: its own, or the original it forwards, attached or
+    inline.  What learning from staff forwards reads (see learn.py)."""
+    request = _request(msg)
+    return request.subject, request.body, request.original_id, request.forward
 
 
 def _request_with_attachment(root: Message, subject: str, attached: Message,
@@ -825,12 +833,14 @@ def _unpack(blob: bytes | None) -> tuple[int, ...]:
 
 
 def insert(db: sqlite_utils.Database, fp: Fingerprint, *, time: float, side: str,
-           assistance: str | None, routed: bool, queue_id: str) -> int:
+           assistance: str | None, routed: bool, queue_id: str,
+           rowid: int | None = None) -> int:
     """Remember ``fp``, seen at ``time`` on ``side`` ("watched" or "assistance").
 
     ``assistance`` is the assistance address the message went to (already a
     recipient, or added by routing: then ``routed`` is true).  Returns the new
-    row id.
+    row id: ``rowid`` when given (the store numbers its rows itself, so that a
+    row has its identity before it reaches the disk), else SQLite's next one.
 
     Runs in the caller's transaction when one is open (``db.conn.in_transaction``:
     after an explicit ``BEGIN`` or any earlier write not yet committed), so a
@@ -842,15 +852,16 @@ def insert(db: sqlite_utils.Database, fp: Fingerprint, *, time: float, side: str
 
     def write() -> int:
         cursor = db.conn.execute(
-            f"INSERT INTO [{FINGERPRINTS}] (time, message_id, original_id, sender, structure,"
-            " side, assistance, routed, queue_id, shingles, minhash, idents)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [time, fp.message_id, fp.original_id, fp.sender, fp.structure, side, assistance,
-             int(bool(routed)), queue_id, fp.shingles, _pack(fp.minhash), _pack(fp.idents)])
-        rowid = int(cursor.lastrowid or 0)
+            f"INSERT INTO [{FINGERPRINTS}] (id, time, message_id, original_id, sender,"
+            " structure, side, assistance, routed, queue_id, shingles, minhash, idents)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [rowid, time, fp.message_id, fp.original_id, fp.sender, fp.structure, side,
+             assistance, int(bool(routed)), queue_id, fp.shingles, _pack(fp.minhash),
+             _pack(fp.idents)])
+        new = int(cursor.lastrowid or 0)
         db.conn.executemany(f"INSERT OR IGNORE INTO [{KEYS}] (key, fp) VALUES (?, ?)",
-                            [(k, rowid) for k in dict.fromkeys(ids + texts + bands)])
-        return rowid
+                            [(k, new) for k in dict.fromkeys(ids + texts + bands)])
+        return new
 
     if db.conn.in_transaction:
         return write()
@@ -861,9 +872,28 @@ def insert(db: sqlite_utils.Database, fp: Fingerprint, *, time: float, side: str
 _COLUMNS = ("id", "time", "message_id", "sender", "structure", "side", "assistance",
             "routed", "shingles", "minhash", "idents")
 
+#: A fingerprint row as :func:`find_duplicate` reads it (the keys of ``_COLUMNS``).
+Row = dict[str, Any]
 
-def find_duplicate(db: sqlite_utils.Database, fp: Fingerprint, *, now: float, window: float,
-                   threshold: float) -> Match | None:
+
+def row_of(fp: Fingerprint, *, rowid: int, time: float, side: str, assistance: str | None,
+           routed: bool) -> Row:
+    """The row :func:`insert` will write for ``fp``, as :func:`find_duplicate` reads it."""
+    return {"id": rowid, "time": time, "message_id": fp.message_id, "sender": fp.sender,
+            "structure": fp.structure, "side": side, "assistance": assistance,
+            "routed": int(bool(routed)), "shingles": fp.shingles,
+            "minhash": _pack(fp.minhash), "idents": _pack(fp.idents)}
+
+
+def lookup_keys(fp: Fingerprint) -> list[int]:
+    """Every key :func:`insert` files ``fp`` under (Message-IDs, text, LSH bands)."""
+    ids, texts, bands = fp.keys
+    return list(dict.fromkeys(ids + texts + bands))
+
+
+def find_duplicate(db: sqlite_utils.Database | None, fp: Fingerprint, *, now: float,
+                   window: float, threshold: float,
+                   unwritten: Mapping[int, Sequence[Row]] | None = None) -> Match | None:
     """The earlier message (seen at or after ``now - window``) that ``fp`` duplicates,
     or None.
 
@@ -878,6 +908,12 @@ def find_duplicate(db: sqlite_utils.Database, fp: Fingerprint, *, now: float, wi
     Cost is bounded whatever the table size: one index-only query reads at most
     :data:`ROWS_PER_KEY` rows for each of the (at most 24) lookup keys, then at
     most :data:`MAX_CANDIDATES` fingerprints are read by rowid and compared.
+
+    ``unwritten`` holds, by lookup key, the rows handed to a writer and maybe not
+    on disk yet (their ``id`` the rowid they will have); they count exactly as if
+    they were on disk (the :data:`ROWS_PER_KEY` newest rowids of the union per
+    key), so the answer does not depend on how far the writer has got.  ``db``
+    None: only ``unwritten`` is searched (the file cannot be read).
     """
     ids, texts, bands = fp.keys
     strength_of: dict[int, int] = {}  # key -> 3 Message-ID, 2 text, 1 band
@@ -886,21 +922,35 @@ def find_duplicate(db: sqlite_utils.Database, fp: Fingerprint, *, now: float, wi
             strength_of[k] = strength
     if not strength_of:
         return None
-    params: list[Any] = []
-    for k in strength_of:
-        params += [k, ROWS_PER_KEY]
+    per_key: dict[int, list[int]] = {}
+    if db is not None:
+        params: list[Any] = []
+        for k in strength_of:
+            params += [k, ROWS_PER_KEY]
+        for key, rowid in db.conn.execute(_keys_sql(len(strength_of)), params).fetchall():
+            per_key.setdefault(key, []).append(rowid)
+    held: dict[int, Row] = {}
+    if unwritten:
+        for key in strength_of:
+            rows = unwritten.get(key)
+            if rows:
+                for row in rows:
+                    held[row["id"]] = row
+                per_key[key] = sorted({*per_key.get(key, ()), *(r["id"] for r in rows)},
+                                      reverse=True)[:ROWS_PER_KEY]
     strong: dict[int, int] = {}        # rowid -> strongest exact rule that found it
     band_hits: dict[int, int] = {}     # rowid -> bands shared (likelier similar first)
-    for key, rowid in db.conn.execute(_keys_sql(len(strength_of)), params).fetchall():
+    for key, rowids in per_key.items():
         strength = strength_of.get(key, 0)
-        if strength > 1:
-            strong[rowid] = max(strength, strong.get(rowid, 0))
-        elif strength == 1:
-            band_hits[rowid] = band_hits.get(rowid, 0) + 1
+        for rowid in rowids:
+            if strength > 1:
+                strong[rowid] = max(strength, strong.get(rowid, 0))
+            elif strength == 1:
+                band_hits[rowid] = band_hits.get(rowid, 0) + 1
     since = now - window
     scope = fp.scope
     best: tuple[tuple[int, int, float, float], Match] | None = None
-    for row in _fingerprint_rows(db, list(strong), since) if strong else ():
+    for row in _rows(db, held, list(strong), since) if strong else ():
         strength = strong[row["id"]]
         match = _match(row, "message-id" if strength == 3 else "text", 1.0, scope)
         rank = (int(match.assistance_has_it), strength, 1.0, match.earlier_time)
@@ -909,7 +959,7 @@ def find_duplicate(db: sqlite_utils.Database, fp: Fingerprint, *, now: float, wi
     if (best is not None and best[1].assistance_has_it) or not band_hits:
         return best[1] if best else None  # a near match could not beat it
     candidates = sorted(band_hits, key=lambda r: (band_hits[r], r), reverse=True)
-    for row in _fingerprint_rows(db, candidates[:MAX_CANDIDATES], since):
+    for row in _rows(db, held, candidates[:MAX_CANDIDATES], since):
         score = _near_score(fp, row, threshold)
         if score is None:
             continue
@@ -940,6 +990,17 @@ def _fingerprint_rows(db: sqlite_utils.Database, rowids: list[int],
                       since: float) -> list[dict[str, Any]]:
     cursor = db.conn.execute(_rows_sql(len(rowids)), [*rowids, since])
     return [dict(zip(_COLUMNS, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _rows(db: sqlite_utils.Database | None, held: Mapping[int, Row], rowids: list[int],
+          since: float) -> list[Row]:
+    """The rows of ``rowids`` seen at or after ``since``, from ``held`` or the file, in
+    rowid order (the order ties are ranked in, wherever the rows are)."""
+    found = [held[r] for r in rowids if r in held and held[r]["time"] >= since]
+    rest = [r for r in rowids if r not in held]
+    if rest and db is not None:
+        found += _fingerprint_rows(db, rest, since)
+    return sorted(found, key=lambda row: row["id"])
 
 
 def _near_score(fp: Fingerprint, row: dict[str, Any], threshold: float) -> float | None:

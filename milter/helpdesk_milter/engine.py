@@ -25,15 +25,24 @@ from .auth import (
     verify_dkim,
 )
 from .config import Config
-from .dedup import Fingerprint, Match
+from .dedup import Fingerprint, Match, fingerprint
 from .directory import domain_of, in_domains
 from .guidance import build_message, compose, detect_language
+from .learn import Example, Forward, Learning, carried_forward
 from .message import Envelope, ParsedMessage, build_raw, strip_brackets
 from .policy import Decision, Policy
+from .secrets import redact_spans
 from .stages import stage
 from .store import DecisionRecord, GuidanceEvent, NullStore, OutboxRow, Pending, Plan, Store
 
 log = logging.getLogger("helpdesk_milter")
+
+
+def log_info(line: str) -> None:
+    """Log one INFO line the short way: no caller lookup (``findCaller`` walks the
+    stack on every ``log.info``), no %-formatting: the line is built once."""
+    if log.isEnabledFor(logging.INFO):
+        log.handle(log.makeRecord(log.name, logging.INFO, "", 0, line, (), None))
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,8 @@ class Outcome:
     message: ParsedMessage
     # the state this message leaves, until the milter says it went through
     pending: Pending = field(default_factory=Pending, compare=False, repr=False)
+    # a staff forward to assistance: the label it teaches, learned once it went through
+    lesson: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -65,14 +76,26 @@ class Engine:
 
     def __init__(self, config: Config, *, store: Store | None = None,
                  clock: Callable[[], float] = time.time, policy: Policy | None = None,
-                 dnsfunc: DnsFunc | None = None, sealer: ArcSealer | None = None):
+                 dnsfunc: DnsFunc | None = None, sealer: ArcSealer | None = None,
+                 learning: Learning | None = None):
         self.config = config
+        self.learning = learning
         self.policy = policy or Policy(config)
         self.store: Store = store or NullStore()
         self.clock = clock
         self.dnsfunc = dnsfunc or make_dnsfunc(config.dns.resolver, config.dns.timeout,
                                                config.dns.cache_ttl)
         self.sealer = sealer
+
+    def steps_out(self, rcpts: Sequence[str]) -> bool:
+        """True when a message for ``rcpts`` is accepted untouched at the end of the
+        envelope, its content unread (``Policy.steps_out``); then ``stepped_out`` logs it."""
+        return self.policy.steps_out(rcpts)
+
+    @staticmethod
+    def stepped_out(queue_id: str | None, mail_from: str, nrcpt: int) -> None:
+        log_info(f"{queue_id or 'NOQUEUE'}: not watched: from=<{mail_from}> nrcpt={nrcpt} "
+                 "accepted at end of envelope")
 
     def process(self, env: Envelope, headers: Sequence[tuple[str, bytes | str]], body: bytes,
                 *, size: int | None = None, too_large: bool = False,
@@ -106,14 +129,70 @@ class Engine:
         except BaseException:
             self.store.abort(pending)
             raise
-        outcome = Outcome(decision, msg, pending)
+        outcome = Outcome(decision, msg, pending, lesson=self._lesson(env, msg, decision))
         if not defer:
             self.commit(outcome)
         return outcome
 
     def commit(self, outcome: Outcome) -> None:
-        """The message went through as decided: keep its state."""
+        """The message went through as decided: keep its state (and learn from it)."""
         self.store.commit(outcome.pending)
+        if outcome.lesson is not None:
+            outcome.lesson()
+
+    def _lesson(self, env: Envelope, msg: ParsedMessage,
+                decision: Decision) -> Callable[[], None] | None:
+        """For a staff member's forward of an outside mail to an assistance address:
+        the label it teaches (``learning.forwards``), to learn once it went through.
+        Cheap checks first: most mail stops at the first line."""
+        learning = self.learning
+        if learning is None or not self.config.learning.forwards \
+                or decision.skip_reason not in ("internal", "authenticated") \
+                or not any(self.policy.is_assistance(strip_brackets(r)) for r in env.rcpts):
+            return None
+        try:
+            forward = carried_forward(msg)
+        except Exception:
+            log.exception("%s: cannot read a forward; not learned from", env.queue_id or "-")
+            return None
+        if forward is None or not forward.original_from \
+                or self.policy.is_internal(forward.original_from):
+            return None  # a staff member's own text is not a client request
+
+        def learn() -> None:
+            try:
+                self._learn_forward(env, msg, forward, learning)
+            except Exception:
+                log.exception("%s: learning from a forward failed (the mail went through)",
+                              env.queue_id or "-")
+
+        return learn
+
+    def _learn_forward(self, env: Envelope, msg: ParsedMessage, forward: Forward,
+                       learning: Learning) -> None:
+        policy = self.policy
+        structure = policy.directory.lookup(forward.original_from)
+        fp = fingerprint(msg, sender=forward.original_from, structure=structure)
+        original = learning.find_original(forward, fp, now=self.clock(),
+                                          window=self.config.dedup.window,
+                                          threshold=self.config.dedup.similarity)
+        marker = self.config.secrets.marker
+
+        def clean(text: str) -> str:
+            return redact_spans(text, policy.scanner.scan(text), marker=marker)
+
+        example = Example.of(clean(forward.subject), clean(forward.text), policy.rules,
+                             policy.classifier.model, label="support",
+                             known_client=structure is not None)
+        routed = None if original is None else (
+            True if original.routed else False if original.watched else None)
+        learning.learn(example, source="forward",
+                       message_id=original.message_id if original else forward.original_id,
+                       routed=routed, original_time=original.time if original else None)
+        log.info("%s: learned a request from a staff forward (original %s)",
+                 env.queue_id or "-", "not seen" if routed is None
+                 else "routed" if routed else "missed: it reached a watched address and "
+                 "was not routed")
 
     def abort(self, outcome: Outcome) -> None:
         """The decision was not applied: forget it, so a retry starts afresh."""
@@ -240,10 +319,10 @@ class Engine:
         if not d.inspected:
             if d.guidance:
                 secrets += f" guidance={d.guidance}"
-            log.info("%s: not watched: from=<%s> nrcpt=%d size=%d%s%s", qid, env.mail_from,
-                     len(env.rcpts), size, secrets,
-                     f" removed-forged-headers={len(d.strip_headers)}"
-                     if d.strip_headers else "")
+            log_info(f"{qid}: not watched: from=<{env.mail_from}> nrcpt={len(env.rcpts)} "
+                     f"size={size}{secrets}"
+                     + (f" removed-forged-headers={len(d.strip_headers)}"
+                        if d.strip_headers else ""))
             return
         parts = [f"{qid}:", f"verdict={d.verdict}", f"action={d.action}",
                  f"structure={d.structure or 'unknown'}", f"score={d.score:.1f}",
@@ -271,7 +350,7 @@ class Engine:
         parts.append(f"rules={','.join(d.rules) or '-'}")
         if msg.message_id:
             parts.append(f"message-id={msg.message_id}")
-        log.info(" ".join(parts))
+        log_info(" ".join(parts))
 
 
 def rewrite_raw(raw: bytes, decision: Decision) -> bytes:

@@ -12,19 +12,20 @@ The safety rules kept here, and tested in ``tests/test_policy.py``:
   the same transaction (it provably gets a copy);
 * a recipient already present is never added again (Postfix would deliver it
   twice);
-* ``X-Helpdesk-*`` headers that arrived with the message are always removed,
-  so a sender cannot forge our verdict.
+* ``X-Helpdesk-*`` headers that arrived with the message are always removed
+  from the mail the milter reads (the helpdesk's mail, or every message with
+  ``secrets.scope = "all"``), so a sender cannot forge our verdict.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .auth import is_own_authentication_results
-from .classify import Classifier, RuleSet
+from .classify import Classifier, RuleSet, SiteDeltas
 from .config import Config, WatchGroup
 from .dedup import Match, fingerprint
 from .directory import ClientDirectory, domain_of, in_domains, split_address
@@ -102,6 +103,11 @@ class Decision:
     def recorded(self) -> bool:
         """Whether the state database keeps a row for this decision."""
         return self.inspected or self.secrets > 0 or bool(self.not_inspected)
+
+
+# Mail that is not the helpdesk's, out of secrets.scope: nothing read, nothing changed.
+UNTOUCHED = Decision(verdict="other", structure=None, score=0.0, rules=(), action="none",
+                     inspected=False)
 
 
 def incoming_helpdesk_headers(fields: Sequence[str] | Sequence[tuple[str, str]],
@@ -190,7 +196,8 @@ class Policy:
     """Immutable, precomputed view of the config; ``decide`` is safe from any thread."""
 
     def __init__(self, config: Config, *, rules: RuleSet | None = None,
-                 model: TextModel | str | None = "config"):
+                 model: TextModel | str | None = "config",
+                 site: Callable[[], SiteDeltas] | None = None):
         self.config = config
         self.directory = ClientDirectory.from_mapping(config.clients)
         self.rules = rules if rules is not None else RuleSet.load(
@@ -198,7 +205,8 @@ class Policy:
         if isinstance(model, str):
             model = load_model(config.classifier.model)
         self.classifier = Classifier(self.rules, model,
-                                     overridden=frozenset(config.classifier.weights))
+                                     overridden=frozenset(config.classifier.weights),
+                                     site=site)
         self.ticket_re = re.compile(config.ticket_pattern, re.IGNORECASE)
         local, _, domain = config.addresses.assistance.partition("@")
         self._assistance_re = re.compile(
@@ -206,6 +214,10 @@ class Policy:
             + "@" + re.escape(domain) + "$", re.IGNORECASE)
         self._internal = tuple(config.addresses.internal_domains)
         self.scanner = SecretScanner(disabled_kinds=config.secrets.disabled_kinds)
+
+    def is_internal(self, address: str) -> bool:
+        """True for an address of an internal domain (``addresses.internal_domains``)."""
+        return in_domains(split_address(address)[1], self._internal)
 
     # --- recipients -----------------------------------------------------------
 
@@ -224,16 +236,32 @@ class Policy:
                 return group
         return None
 
+    def is_helpdesk_mail(self, rcpts: Sequence[str]) -> bool:
+        """True when a recipient is watched or an assistance address: the helpdesk's mail.
+
+        Decided from the envelope alone, so that the milter can step out at the
+        end of the envelope for every other message (``secrets.scope = "helpdesk"``).
+        """
+        return any(self.is_assistance(r) or self.watch_group(r) is not None for r in rcpts)
+
+    def steps_out(self, rcpts: Sequence[str]) -> bool:
+        """True when the message is left alone, untouched, whatever its content: not the
+        helpdesk's mail, and secrets are only redacted in the helpdesk's mail."""
+        return self.config.secrets.scope == "helpdesk" and not self.is_helpdesk_mail(rcpts)
+
     # --- the decision ---------------------------------------------------------
 
     def decide(self, env: Envelope, msg: ParsedMessage, *, too_large: bool = False,
                state: DedupState | None = None) -> Decision:
-        """Route the message, then redact its secrets (every message, watched or not).
+        """Route the message, then redact its secrets (within ``secrets.scope``).
 
         ``state`` gives duplicate detection across transactions: the earlier
         copy of this request, found and remembered atomically; without it only
-        same-transaction duplicates are recognised.
+        same-transaction duplicates are recognised.  Mail that ``steps_out`` gets
+        an empty decision: the milter accepts it before its content arrives.
         """
+        if self.steps_out(env.rcpts):
+            return UNTOUCHED
         # The secret scan walks and decodes every text part; the classifier and
         # the fingerprint then read its text, secrets already replaced, from that
         # walk instead of parsing the MIME tree again.

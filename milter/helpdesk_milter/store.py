@@ -7,8 +7,13 @@ Contract:
 * milter callbacks never wait on the disk: ``record`` puts the row on a
   bounded queue and a single writer thread commits rows in batches, gathering
   for up to ``LINGER`` (0.1 s) before each commit (a full queue or a failing
-  disk costs the row, never the mail); an in-memory index answers for rows
-  not on disk yet;
+  disk costs the row, never the mail);
+* a duplicate lookup that cannot match costs no SQLite trip: an in-memory
+  filter of every lookup key of the window (rebuilt from the file at start,
+  aged out with the window) answers "no" for most mail;
+* decisions do not depend on the writer's timing: fingerprint rows are
+  numbered when they are decided, and until the file has them a lookup reads
+  them from memory exactly as it would from the file;
 * duplicate lookups share one read connection under the store's lock (libmilter
   moves a session between threads), in WAL mode so that reads never block on
   the writer;
@@ -29,7 +34,8 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -234,17 +240,20 @@ def _row_values(item: Any) -> tuple[Any, ...]:
 class SQLiteStore:
     """The default Store: a writer thread that commits queued rows in batches.
 
-    Duplicate lookups read the file through one shared read connection, and a
-    small in-memory index of the last minutes closes the gap between a decision
-    and its row reaching the disk: two copies of one request arriving in
-    parallel transactions must see each other.
+    Duplicate lookups first ask an in-memory filter of the window's lookup keys
+    (``KeyFilter``): most messages share no key with anything remembered and
+    cost no SQLite trip.  The others read the file through one shared read
+    connection, together with the rows decided but not on disk yet
+    (``_Unwritten``), so that two copies of one request arriving in parallel
+    transactions see each other, and the answer is the same whether or not the
+    writer has caught up.
     """
 
     BATCH = 200
     LINGER = 0.1               # seconds the writer gathers rows into one commit
     QUEUE_MAX = 20_000
-    RECENT = 900.0             # seconds the in-memory index covers
     GUIDED_MAX = 10_000        # senders guided, kept in memory before a prune
+    RECHECK = 1.0              # seconds between checks that the file is still ours
     EXPIRE_EVERY = 60.0        # seconds between expiry runs on the writer thread
 
     def __init__(self, path: str | Path, *, window: float = 72 * 3600,
@@ -260,8 +269,13 @@ class SQLiteStore:
         # connections would both multiply and trip sqlite3's same-thread check.
         self._read_db: sqlite_utils.Database | None = None
         self._read_ino: tuple[int, int] | None = None
+        self._read_checked = 0.0
         self._lock = threading.Lock()
-        self._recent = _RecentIndex(self.RECENT)
+        # Fingerprint rows decided and maybe not on disk yet, by lookup key; the
+        # filter of every key of the window (None: no filter, always ask the file).
+        self._unwritten = _Unwritten()
+        self._filter: KeyFilter | None = None
+        self._next_id = 1
         # guidance queued by this process and maybe not on disk yet (rate limits)
         self._guided: dict[str, float] = {}
         self._guided_times: collections.deque[float] = collections.deque()
@@ -270,6 +284,7 @@ class SQLiteStore:
         if readonly:
             return
         migrate(self.path)
+        self._load_keys()
         self._writer = threading.Thread(target=self._write_loop, name="store-writer",
                                         daemon=True)
         self._writer.start()
@@ -285,29 +300,72 @@ class SQLiteStore:
         even before the writer thread has put the first on disk.  A failing
         database costs the lookup (no dedup), never the message.
         """
+        keys = dedup.lookup_keys(fp)
         with self._lock:
             now = self.clock()
-            match = self._recent.find(fp, now=now, window=self.window,
-                                       threshold=self.similarity)
-            if match is None or not match.assistance_has_it:
-                try:
-                    found = dedup.find_duplicate(self._reader(), fp, now=now,
-                                                 window=self.window,
-                                                 threshold=self.similarity)
-                except Exception as exc:
-                    log.error("state database %s: duplicate lookup failed: %s", self.path,
-                              _describe(exc))
-                    self._drop_reader()
-                    found = None
-                if found is not None and (match is None or found.assistance_has_it):
-                    match = found
+            match = None
+            if self._filter is None or self._filter.may_hold(keys, now):
+                match = self._find(fp, now)
             remember = plan(match)
             if remember is not None and not self.readonly:
-                entry = self._recent.add(fp, remember, now)
-                self._emit(("fingerprint", fp, remember, now, entry), pending)
+                rowid = self._next_id
+                self._next_id += 1
+                row = dedup.row_of(fp, rowid=rowid, time=now, side=remember.side,
+                                   assistance=remember.assistance, routed=remember.routed)
+                self._unwritten.add(row, keys)
+                if self._filter is not None:
+                    self._filter.add(keys, now)
+                self._emit(("fingerprint", fp, remember, now, rowid), pending)
                 if pending is not None:
-                    pending.undo.append(lambda: self._recent.remove(entry))
+                    # the filter keeps the keys: a false "maybe" costs one lookup
+                    pending.undo.append(lambda: self._unwritten.remove(rowid))
         return match
+
+    def _find(self, fp: dedup.Fingerprint, now: float) -> dedup.Match | None:
+        """The earlier copy of ``fp`` in the file and in the rows not on it yet (lock held).
+        A failing database costs the lookup of what is on disk, never the message."""
+        try:
+            db: sqlite_utils.Database | None = self._reader()
+        except Exception as exc:
+            log.error("state database %s: duplicate lookup failed: %s", self.path,
+                      _describe(exc))
+            db = None
+        try:
+            return dedup.find_duplicate(db, fp, now=now, window=self.window,
+                                        threshold=self.similarity,
+                                        unwritten=self._unwritten.by_key)
+        except Exception as exc:
+            log.error("state database %s: duplicate lookup failed: %s", self.path,
+                      _describe(exc))
+            self._drop_reader()
+            return dedup.find_duplicate(None, fp, now=now, window=self.window,
+                                        threshold=self.similarity,
+                                        unwritten=self._unwritten.by_key)
+
+    def _load_keys(self) -> None:
+        """Start the filter and the row numbering from the file: every lookup key of
+        the fingerprints still in the window, and the last row id."""
+        db = open_database(self.path)
+        try:
+            since = self.clock() - self.window
+            self._next_id = 1 + (db.execute(
+                f"SELECT max(id) FROM [{dedup.FINGERPRINTS}]").fetchone()[0] or 0)
+            keys, newest, oldest = [], since, None
+            for key, when in db.execute(
+                    f"SELECT k.key, f.time FROM [{dedup.KEYS}] k JOIN [{dedup.FINGERPRINTS}] f"
+                    " ON f.id = k.fp WHERE f.time >= ?", [since]):
+                keys.append(key)
+                newest = max(newest, when)
+                oldest = when if oldest is None else min(oldest, when)
+        finally:
+            db.close()
+        self._filter = KeyFilter(self.window, capacity=2 * len(keys))
+        if keys:
+            self._filter.load(keys, oldest=oldest or since, newest=newest)
+        # The read connection is opened now, not at the first lookup the filter
+        # lets through: a process's open files stay the same from the start.
+        with contextlib.suppress(Exception):
+            self._reader()
 
     # --- guidance mail ----------------------------------------------------------------
 
@@ -407,7 +465,11 @@ class SQLiteStore:
 
     def _reader(self) -> sqlite_utils.Database:
         """The shared read connection (caller holds the lock), reopened when the
-        file was deleted or replaced under us."""
+        file was deleted or replaced under us (checked at most every
+        ``RECHECK`` seconds: a ``stat`` per lookup cost a fifth of a miss)."""
+        if self._read_db is not None and time.monotonic() < self._read_checked + self.RECHECK:
+            return self._read_db
+        self._read_checked = time.monotonic()
         ino = _file_id(self.path)
         if ino is None:
             self._drop_reader()
@@ -436,6 +498,8 @@ class SQLiteStore:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
+            if isinstance(item, tuple):
+                self._lost([item])
             self._dropped += 1
             if self._dropped in (1, 10, 100) or self._dropped % 1000 == 0:
                 log.warning("state database is not keeping up: %d decision rows dropped",
@@ -500,6 +564,7 @@ class SQLiteStore:
                 # The mail has already gone through; only the record is lost.
                 log.error("state database %s: cannot write %d row(s): %s",
                           self.path, len(batch), _describe(exc))
+                self._lost(batch)
                 if db is not None:
                     with contextlib.suppress(Exception):
                         db.close()
@@ -548,19 +613,23 @@ class SQLiteStore:
             for kind, values in rows.items():
                 if values:
                     conn.executemany(_INSERT_SQL[kind], values)
-            for _, fp, remember, when, _entry in fingerprints:
+            for _, fp, remember, when, rowid in fingerprints:
                 dedup.insert(db, fp, time=when, side=remember.side,
                              assistance=remember.assistance, routed=remember.routed,
-                             queue_id=remember.queue_id)
+                             queue_id=remember.queue_id, rowid=rowid)
 
     def _written(self, batch: list[Any]) -> None:
-        """The batch is on disk: the database now answers near-duplicate lookups
-        for its fingerprints, so the in-memory index stops holding their bands."""
-        entries = [item[4] for item in batch if isinstance(item, tuple)]
-        if entries:
+        """The batch is on disk: the file now answers for its fingerprints."""
+        self._lost(batch)
+
+    def _lost(self, batch: list[Any]) -> None:
+        """Forget the fingerprint rows of ``batch`` held in memory: on disk now, or
+        never to be (a full queue, a failing disk: the row is lost, not the mail)."""
+        rowids = [item[4] for item in batch if isinstance(item, tuple)]
+        if rowids:
             with self._lock:
-                for entry in entries:
-                    self._recent.written(entry)
+                for rowid in rowids:
+                    self._unwritten.remove(rowid)
 
     def _expire(self, db: sqlite_utils.Database) -> None:
         """Forget fingerprints older than the window, a bounded slice at a time."""
@@ -570,133 +639,111 @@ class SQLiteStore:
                 break
 
 
-@dataclass(eq=False, slots=True)
-class _Recent:
-    time: float
-    message_id: str
-    scope: str
-    remember: Remember
-    keys: tuple[tuple[str, int], ...] = ()
-    bands: tuple[int, ...] = ()
-    # held only while the bands are (seconds): the index keeps thousands of entries
-    # for their exact keys, and a fingerprint weighs kilobytes
-    fp: dedup.Fingerprint | None = None
+class _Unwritten:
+    """Fingerprint rows decided but maybe not on disk yet, by lookup key.
 
-
-class _RecentIndex:
-    """The last minutes of remembered requests, in memory.
-
-    It closes the gap between a decision and the writer thread committing its
-    fingerprint: two copies of one request delivered in parallel transactions
-    (the client's server sends one per destination domain) carry the same
-    Message-ID, or the same text, and a resend may follow within a second.
-    Exact keys are kept ``keep`` seconds; LSH band keys (near duplicates) only
-    until the writer has committed the row (``written``), or at most
-    ``near_keep`` seconds when it cannot: the database answers for the rest.
-    Not thread-safe: the store's lock guards it.
+    ``dedup.find_duplicate`` reads them beside the file's rows, as if they were
+    there: a row joins when it is decided and leaves once the writer has
+    committed it (or lost it), so memory holds at most the writer's queue.  Not
+    thread-safe: the store's lock guards it.
     """
 
-    def __init__(self, keep: float, near_keep: float = 5.0):
-        self.keep = keep
-        self.near_keep = near_keep
-        self.by_key: dict[tuple[str, int], _Recent] = {}
-        self.by_band: dict[int, list[_Recent]] = {}
-        self.order: collections.deque[_Recent] = collections.deque()
-        self.band_order: collections.deque[_Recent] = collections.deque()
+    def __init__(self) -> None:
+        self.by_key: dict[int, list[dedup.Row]] = {}
+        self._rows: dict[int, tuple[dedup.Row, Sequence[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, row: dedup.Row, keys: Sequence[int]) -> None:
+        self._rows[row["id"]] = (row, keys)
+        for key in keys:
+            self.by_key.setdefault(key, []).append(row)
+
+    def remove(self, rowid: int) -> None:
+        row, keys = self._rows.pop(rowid, (None, ()))
+        for key in keys:
+            rows = self.by_key.get(key)
+            if rows is not None:
+                rows[:] = [r for r in rows if r is not row]
+                if not rows:
+                    del self.by_key[key]
+
+
+class KeyFilter:
+    """Which 64-bit lookup keys may belong to a fingerprint remembered within the
+    window: never a false "no", rarely a false "maybe".
+
+    A blocked Bloom filter (one 64-bit word per key, ``BITS`` bits set in it, 32
+    bits of room per key: a few false "maybes" in 10,000 keys at capacity), in
+    generations so that it forgets with the window: a generation takes keys for
+    at most half the window, or until it is full (the next one is twice as
+    large), and is dropped once its newest key is older than the window.  A
+    lookup tests every live generation (two or three).  Not thread-safe.
+    """
+
+    BITS = 5
+    MIN_CAPACITY = 1 << 16
+
+    def __init__(self, window: float, *, capacity: int = 0):
+        self.window = window
+        self.capacity = max(self.MIN_CAPACITY, capacity)
+        self._gens: list[_Generation] = []
 
     @staticmethod
-    def _keys(fp: dedup.Fingerprint) -> tuple[tuple[str, int], ...]:
-        ids, texts, _ = fp.keys          # the database's own lookup keys
-        return (*(("id", k) for k in ids), *(("text", k) for k in texts))
+    def _mask(key: int) -> int:
+        h = key >> 34                 # the block index uses the low bits
+        return (1 << (h & 63) | 1 << (h >> 6 & 63) | 1 << (h >> 12 & 63)
+                | 1 << (h >> 18 & 63) | 1 << (h >> 24 & 63))
 
-    def add(self, fp: dedup.Fingerprint, remember: Remember, now: float) -> _Recent:
-        bands = tuple(dedup.band_keys(fp))
-        entry = _Recent(time=now, message_id=fp.message_id, scope=fp.scope,
-                        remember=remember, keys=self._keys(fp), bands=bands,
-                        fp=fp if bands else None)
-        for key in entry.keys:
-            current = self.by_key.get(key)
-            # keep the copy that reached assistance: that is what later copies need
-            if current is None or not _reached(current) or _reached(entry):
-                self.by_key[key] = entry
-        for band in entry.bands:
-            self.by_band.setdefault(band, []).append(entry)
-        self.order.append(entry)
-        if entry.bands:
-            self.band_order.append(entry)
-        while self.order and self.order[0].time < now - self.keep:
-            self._forget_keys(self.order.popleft())
-        while self.band_order and self.band_order[0].time < now - self.near_keep:
-            self._forget_bands(self.band_order.popleft())
-        return entry
-
-    def _forget_keys(self, entry: _Recent) -> None:
-        for key in entry.keys:
-            if self.by_key.get(key) is entry:
-                del self.by_key[key]
-
-    def _forget_bands(self, entry: _Recent) -> None:
-        for band in entry.bands:
-            entries = self.by_band.get(band)
-            if entries is not None and entry in entries:
-                entries.remove(entry)
-                if not entries:
-                    del self.by_band[band]
-        entry.bands, entry.fp = (), None
-
-    def written(self, entry: _Recent) -> None:
-        """``entry``'s row is on disk: leave its near-duplicate lookups to the database."""
-        self._forget_bands(entry)
-
-    def remove(self, entry: _Recent) -> None:
-        """Take back ``entry`` (its message was not accepted after all)."""
-        self._forget_keys(entry)
-        self._forget_bands(entry)
-
-    def find(self, fp: dedup.Fingerprint, *, now: float, window: float,
-             threshold: float) -> dedup.Match | None:
-        """The best earlier copy held here, ranked as :func:`dedup.find_duplicate`
-        ranks: one that reached assistance, then the stronger rule, the higher
-        score, the more recent."""
-        best: tuple[tuple[int, int, float, float], dedup.Match] | None = None
-
-        def consider(entry: _Recent, kind: str, strength: int, score: float) -> None:
-            nonlocal best
-            match = dedup.Match(
-                kind=kind, of_message_id=entry.message_id, earlier_time=entry.time,
-                earlier_rowid=0, earlier_assistance=entry.remember.assistance,
-                earlier_routed=entry.remember.routed, earlier_side=entry.remember.side,
-                score=score, same_scope=bool(fp.scope) and entry.scope == fp.scope)
-            rank = (int(match.assistance_has_it), strength, score, entry.time)
-            if best is None or rank > best[0]:
-                best = (rank, match)
-
-        since = now - min(window, self.keep)
-        for kind, key in self._keys(fp):
-            entry = self.by_key.get((kind, key))
-            if entry is not None and entry.time >= since:
-                consider(entry, "message-id" if kind == "id" else "text",
-                         3 if kind == "id" else 2, 1.0)
-        if best is not None and best[1].assistance_has_it:
-            return best[1]
-        hits: dict[int, tuple[int, _Recent]] = {}
-        for band in dedup.band_keys(fp):
-            for entry in self.by_band.get(band, ()):
-                count, _ = hits.get(id(entry), (0, entry))
-                hits[id(entry)] = (count + 1, entry)
-        since = now - min(window, self.near_keep)
-        ranked = sorted(hits.values(), key=lambda h: (h[0], h[1].time), reverse=True)
-        for _, entry in ranked[:dedup.MAX_CANDIDATES]:
-            if entry.time < since or entry.fp is None:
+    def may_hold(self, keys: Sequence[int], now: float) -> bool:
+        since = now - self.window
+        for gen in self._gens:
+            if gen.newest < since:
                 continue
-            score = dedup.near_score(fp, entry.fp, threshold)
-            if score is not None:
-                consider(entry, "text", 1, score)
-        return best[1] if best else None
+            words, size = gen.words, gen.size
+            for key in keys:
+                mask = self._mask(key)
+                if words[key & size] & mask == mask:
+                    return True
+        return False
+
+    def add(self, keys: Sequence[int], now: float) -> None:
+        gen = self._gens[-1] if self._gens else None
+        if gen is None or gen.count + len(keys) > gen.capacity \
+                or gen.oldest < now - self.window / 2:
+            capacity = self.capacity
+            if gen is not None and gen.count + len(keys) > gen.capacity:
+                capacity = 2 * gen.capacity
+            gen = _Generation(capacity, now)
+            # the generations wholly out of the window go
+            self._gens = [g for g in self._gens if g.newest >= now - self.window] + [gen]
+        words, size = gen.words, gen.size
+        for key in keys:
+            words[key & size] |= self._mask(key)
+        gen.count += len(keys)
+        gen.newest = max(gen.newest, now)
+
+    def load(self, keys: Sequence[int], *, oldest: float, newest: float) -> None:
+        """One generation of ``keys`` seen from ``oldest`` to ``newest`` (start-up)."""
+        gen = _Generation(max(self.MIN_CAPACITY, 2 * len(keys)), oldest)
+        words, size = gen.words, gen.size
+        for key in keys:
+            words[key & size] |= self._mask(key)
+        gen.count, gen.newest = len(keys), newest
+        self._gens.append(gen)
 
 
-def _reached(entry: _Recent) -> bool:
-    return entry.remember.side == "assistance" or entry.remember.routed
+class _Generation:
+    __slots__ = ("capacity", "count", "newest", "oldest", "size", "words")
+
+    def __init__(self, capacity: int, now: float):
+        blocks = 1 << max(1, (capacity // 2 - 1).bit_length())   # 2 keys per word
+        self.words = array("Q", bytes(8 * blocks))
+        self.size = blocks - 1                # mask of the block index
+        self.capacity = 2 * blocks
+        self.count = 0
+        self.oldest = self.newest = now
 
 
 class NullStore:

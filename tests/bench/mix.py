@@ -424,6 +424,44 @@ def generate(n: int, seed: int = 1, signer: Signer | None = None) -> list[MixMes
     return out
 
 
+# Mailboxes on the same MX that nobody watches: the client structures' own mail,
+# hosted by the company (addresses that match no [[watch]] group of the example
+# configuration and no assistance address).
+UNWATCHED = tuple(f"{local}@{domain}" for domain in (
+    "mairie-exemple.fr", "asso-velo.org", "ecole-des-pins.fr", "cabinet-martin.fr",
+    "theatre-du-port.org", "bibliotheque-ville.fr", "ccas-exemple.fr")
+    for local in ("accueil", "direction", "compta", "secretariat", "m.durand", "l.petit"))
+#: The helpdesk's share of a realistic MX's mail (SPEC: 80 % is for unwatched mailboxes).
+MX_HELPDESK_SHARE = 0.2
+
+
+def mx_mix(n: int, seed: int = 1, signer: Signer | None = None) -> list[MixMessage]:
+    """A realistic MX: ``n`` messages, one in five the helpdesk's (the first messages
+    of ``generate(.., seed)``, in order, so its duplicates stay duplicates), the others
+    the same kinds of mail (from another seed) for mailboxes nobody watches, with 1 to
+    3 recipients each.  Indexes are positions in the returned list."""
+    helpdesk = generate(round(n * MX_HELPDESK_SHARE), seed, signer)
+    others = generate(n - len(helpdesk), seed + 7919, signer)
+    rng = random.Random(seed + 104729)
+    out: list[MixMessage] = []
+    moved: dict[int, int] = {}
+    h = iter(helpdesk)
+    o = iter(others)
+    every = max(1, round(1 / MX_HELPDESK_SHARE))
+    for i in range(n):
+        m = next(h, None) if i % every == 0 else None
+        if m is not None:
+            moved[m.index] = i
+            dup = moved.get(m.duplicate_of) if m.duplicate_of is not None else None
+            out.append(replace(m, index=i, duplicate_of=dup))
+            continue
+        m = next(o, None) or next(h)
+        k = 1 + (rng.random() < 0.3) + (rng.random() < 0.1)
+        out.append(replace(m, index=i, kind="unwatched", duplicate_of=None,
+                           rcpts=tuple(rng.sample(UNWATCHED, k))))
+    return out
+
+
 def _signed(m: MixMessage, signer: Signer | None) -> MixMessage:
     domain = m.mail_from.rpartition("@")[2].lower()
     if signer is None or domain not in SIGNING_DOMAINS:

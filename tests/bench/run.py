@@ -9,6 +9,9 @@ Sections (all by default; ``--sections stages,milter`` picks some):
   postfix  through a private real Postfix and a capture sink: msg/s with no milter,
            the no-op pymilter milter and helpdesk-milter (example config, unix socket);
            N messages over C SMTP connections; ratios helpdesk/noop and helpdesk/none
+  mx       the same on a realistic MX mix: 80 % of the messages for mailboxes nobody
+           watches, 20 % the helpdesk's (the mix above); helpdesk-milter also with
+           secrets.scope = "all" (every message read: no step-out at the envelope)
   milter   the milter alone over its socket (no Postfix): msg/s at 1 and C connections,
            latency added per message (EOM sent -> final reply), p50/p95/p99; then the
            latency at C connections under steady loads (--paced-rates)
@@ -52,7 +55,7 @@ if str(HERE.parent) not in sys.path:          # tests/: the bench and support pa
 if TYPE_CHECKING:
     from bench.mix import Signer
 
-SECTIONS = ("stages", "sizes", "state", "milter", "postfix")
+SECTIONS = ("stages", "sizes", "state", "milter", "postfix", "mx")
 QUICK = {"messages": 200, "repeats": 1, "warmup": 20, "db_rows": [1_000, 10_000],
          "sizes": [1_000, 10_000, 100_000, 1_000_000]}
 
@@ -208,7 +211,7 @@ def run_sections(args: argparse.Namespace, workdir: Path,
                                                      mix[:min(len(mix), 1000)], warm,
                                                      args.repeats)
 
-    if {"milter", "sizes", "postfix"} & set(args.sections):
+    if {"milter", "sizes", "postfix", "mx"} & set(args.sections):
         # Worker processes for the clients; spawned (not forked: the sink's thread).
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(max(args.concurrency, 1), initializer=workers.init_worker) as pool:
@@ -232,6 +235,22 @@ def run_sections(args: argparse.Namespace, workdir: Path,
                         pool, workdir, mix, warm[:args.warmup], sections=sections,
                         concurrency=args.concurrency, per_connection=args.per_connection,
                         repeats=args.repeats, log=log)
+            if "mx" in args.sections:
+                mx = mixmod.mx_mix(args.messages, args.seed, signer)
+                result["mx_mix"] = mixmod.describe(mx)
+                with section("mx", f"1b. through Postfix, realistic MX mix: {args.messages} "
+                             f"messages ({mixmod.MX_HELPDESK_SHARE:.0%} the helpdesk's) x "
+                             f"{args.repeats} repeats, {args.concurrency} connections"):
+                    scope_all = {**sections, "secrets": {**sections.get("secrets", {}),
+                                                         "scope": "all"}}
+                    # its own directory: a fresh state database, not section 1's
+                    (workdir / "mx").mkdir(exist_ok=True)
+                    result["mx"] = throughput.run(
+                        pool, workdir / "mx", mx, warm[:args.warmup], sections=sections,
+                        concurrency=args.concurrency, per_connection=args.per_connection,
+                        repeats=args.repeats, log=log,
+                        modes=("none", "noop", "helpdesk", "helpdesk-all"),
+                        variants={"helpdesk-all": scope_all})
     result["elapsed_s"] = time.monotonic() - started
     result["section_seconds"] = seconds
     return result
@@ -239,7 +258,7 @@ def run_sections(args: argparse.Namespace, workdir: Path,
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if "postfix" in args.sections:
+    if {"postfix", "mx"} & set(args.sections):
         from support.postfix import PostfixLabError, check_requirements
         try:
             check_requirements()

@@ -109,7 +109,13 @@ def _milter_marks(got: Sequence[Delivery]) -> dict[str, int]:
 
 def run(pool: Pool, workdir: Path, messages: Sequence[MixMessage],
         warmup: Sequence[MixMessage], *, sections: Mapping[str, Any], concurrency: int,
-        per_connection: int, repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
+        per_connection: int, repeats: int, log: Callable[[str], None],
+        modes: Sequence[str] = MODES,
+        variants: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Every mode of ``modes``, ``repeats`` times, interleaved.  A mode named in
+    ``variants`` is helpdesk-milter run with those config sections instead of
+    ``sections`` (``helpdesk-all``: the same with ``secrets.scope = "all"``, say)."""
+    helpdesks = {"helpdesk": sections, **(variants or {})}
     batch = _smtp_batch(messages)
     warm_batch = _smtp_batch(warmup)
     timeout = 120 + len(messages) / 20
@@ -123,18 +129,20 @@ def run(pool: Pool, workdir: Path, messages: Sequence[MixMessage],
         noop = launcher.noop(noreply=True, attach=False)
         negotiation = {"noop": workers.negotiated(str(noop.socket_path))}
         actions = workdir / "replay-actions.json"
-        factory = inproc.EngineFactory(inproc.write_config_file(
-            workdir / "replay.toml", workdir / "replay.db", workdir / "replay.sock", sections))
-        counts = effects.write_actions(factory, messages, actions)
-        log(f"helpdesk's actions on the mix, for the replay milter: {counts}")
+        if "replay" in modes:
+            factory = inproc.EngineFactory(inproc.write_config_file(
+                workdir / "replay.toml", workdir / "replay.db", workdir / "replay.sock",
+                sections))
+            counts = effects.write_actions(factory, messages, actions)
+            log(f"helpdesk's actions on the mix, for the replay milter: {counts}")
         log(f"postfix lab on 127.0.0.1:{lab.smtp_port}, sink on :{sink.port}")
         for rep in range(repeats):
-            for mode in rotated(MODES, rep):
+            for mode in rotated(modes, rep):
                 fresh: MilterProcess | None = None      # helpdesk, replay: one per run
-                if mode == "helpdesk":
-                    fresh = launcher.helpdesk(sections, name=f"helpdesk-{rep}",
+                if mode in helpdesks:
+                    fresh = launcher.helpdesk(helpdesks[mode], name=f"{mode}-{rep}",
                                               attach=False)
-                    negotiation.setdefault("helpdesk", workers.negotiated(
+                    negotiation.setdefault(mode, workers.negotiated(
                         str(fresh.socket_path)))
                     launcher.attach(fresh)
                 elif mode == "replay":
@@ -156,7 +164,8 @@ def run(pool: Pool, workdir: Path, messages: Sequence[MixMessage],
                     f"  cpu {result['cpu_busy_pct']:.0f}%"
                     + (f"  milter {result['milter_cpu_us_per_msg']:.0f} µs/msg"
                        if result.get("milter_cpu_us_per_msg") is not None else ""))
-    return summarize(runs, negotiation, len(messages), concurrency, per_connection)
+    return summarize(runs, negotiation, len(messages), concurrency, per_connection,
+                     modes=modes)
 
 
 def _replay(launcher: MilterLauncher, actions: Path, name: str) -> MilterProcess:
@@ -207,7 +216,7 @@ def _one_run(pool: Pool, lab: PostfixLab, sink: Sink, mode: str,
         if milter0 is not None and milter1 is not None else None,
         "marks": _milter_marks(got),
     }
-    if mode == "helpdesk" and milter is not None:
+    if mode.startswith("helpdesk") and milter is not None:
         log_text = milter.log_text()
         result["milter_internal_errors"] = log_text.count("internal error")
     sink.clear()
@@ -215,9 +224,10 @@ def _one_run(pool: Pool, lab: PostfixLab, sink: Sink, mode: str,
 
 
 def summarize(runs: list[dict[str, Any]], negotiation: dict[str, tuple[int, int]],
-              n: int, concurrency: int, per_connection: int) -> dict[str, Any]:
+              n: int, concurrency: int, per_connection: int,
+              modes: Sequence[str] = MODES) -> dict[str, Any]:
     by_mode: dict[str, dict[str, Any]] = {}
-    for mode in MODES:
+    for mode in modes:
         rs = [r for r in runs if r["mode"] == mode]
         if not rs:
             continue
@@ -244,6 +254,9 @@ def summarize(runs: list[dict[str, Any]], negotiation: dict[str, tuple[int, int]
         ratios["replay/noop"] = by_mode["replay"]["median"] / by_mode["noop"]["median"]
     if "helpdesk" in by_mode and "replay" in by_mode:
         ratios["helpdesk/replay"] = by_mode["helpdesk"]["median"] / by_mode["replay"]["median"]
+    for mode in by_mode:
+        if mode.startswith("helpdesk-") and "noop" in by_mode:
+            ratios[f"{mode}/noop"] = by_mode[mode]["median"] / by_mode["noop"]["median"]
     return {"messages": n, "concurrency": concurrency, "per_connection": per_connection,
             "modes": by_mode, "ratios": ratios, "runs": runs,
             "negotiated": {k: {"actions": f"0x{a:x}", "protocol": f"0x{p:x}",
