@@ -615,7 +615,8 @@ class Classifier:
             # features() and logit() in one pass: every text feature is worth the same
             keys = text_keys(prepared_subject, prepared_body)
             text_part, strongest = model.score_text(
-                keys, text_value(keys, model.text_scale), EXPLAIN_FEATURES * 4)
+                keys, text_value(keys, model.text_scale), EXPLAIN_FEATURES * 4,
+                shown=EXPLAIN_MIN)
             total = SCORE_OFFSET + model.bias + text_part
             for name in fired:
                 key = "r:" + name

@@ -36,7 +36,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from itertools import pairwise, repeat
+from itertools import compress, pairwise, repeat
 from pathlib import Path
 
 STEM = 5
@@ -155,15 +155,20 @@ class TextModel:
                     total += weight * value
         return total
 
-    def score_text(self, keys: Sequence[str], value: float, count: int
-                   ) -> tuple[float, list[tuple[str, float]]]:
+    def score_text(self, keys: Sequence[str], value: float, count: int,
+                   shown: float = 0.0) -> tuple[float, list[tuple[str, float]]]:
         """The text features' part of the logit (all worth ``value``), and the
-        ``count`` strongest of them with their contributions: the hot path of
+        ``count`` strongest of them (of those contributing at least ``shown``) with
+        their contributions: the hot path of
         ``Classifier.score``, equal to ``logit``/``explain`` on the same features."""
-        # map() and sort keys that are C functions: no Python frame per feature
+        # map(), compress() and sort keys that are C functions: no Python frame per
+        # feature.  Only the features that could be shown (contribution at least
+        # ``shown``) are sorted; in a long text they are a few out of hundreds.
         weights = list(map(self.weights.get, keys, repeat(0.0, len(keys))))
         magnitudes = list(map(abs, weights))
-        top = sorted(range(len(keys)), key=magnitudes.__getitem__, reverse=True)[:count]
+        cut = shown / value if value else 0.0
+        candidates = list(compress(range(len(keys)), map(cut.__le__, magnitudes)))
+        top = sorted(candidates, key=magnitudes.__getitem__, reverse=True)[:count]
         return value * math.fsum(weights), [(keys[i], weights[i] * value) for i in top
                                             if weights[i]]
 
