@@ -47,15 +47,19 @@ import binascii
 import bisect
 import codecs
 import html
+import io
+import itertools
 import re
 import unicodedata
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from email.header import Header
 from email.message import Message
 from functools import lru_cache
 from typing import NamedTuple
 
+from .message import TEXT_LIMIT
 from .secrets import DEFAULT_MARKER, SecretScanner, redact_spans
 
 MAX_DEPTH = 64
@@ -305,32 +309,132 @@ def _stateful(codec: str) -> bool:
     return codec.replace("-", "_").startswith(_STATEFUL_CODECS)
 
 
-def _decode_text(data: bytes, declared: str | None) -> tuple[str, str]:
-    """Decode text bytes; returns (text, codec used).  Round-trips: bytes are kept exactly."""
+def _decode_text(data: bytes | memoryview, declared: str | None) -> tuple[str, str]:
+    """Decode text bytes; returns (text, codec used).  Round-trips: bytes are kept exactly.
+
+    ``data`` may be a memoryview of the message, so that an unencoded part is decoded
+    without first copying its bytes out of the message.
+    """
     codec = _codec(declared)
     if codec is not None and codec != "ascii":
         try:
-            return data.decode(codec), codec
+            return str(data, codec), codec
         except UnicodeDecodeError:
             if _stateful(codec):
                 raise
         except LookupError:
             codec = None
-    if data.isascii():
-        return data.decode("ascii"), codec or "ascii"
+    if isinstance(data, bytes):
+        if data.isascii():
+            return data.decode("ascii"), codec or "ascii"
+    else:
+        try:
+            return str(data, "ascii"), codec or "ascii"
+        except UnicodeDecodeError:
+            pass
     try:
-        return data.decode("utf-8"), "utf-8"       # undeclared (or mislabelled) UTF-8
+        return str(data, "utf-8"), "utf-8"         # undeclared (or mislabelled) UTF-8
     except UnicodeDecodeError:
         pass
     if codec is None or codec == "ascii":
         codec = "latin-1" if declared is None or _codec(declared) == "ascii" else "utf-8"
-    return data.decode(codec, "surrogateescape"), codec
+    return str(data, codec, "surrogateescape"), codec
 
 
 def _ascii_fold(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return stripped.encode("ascii", "replace").decode("ascii")
+
+
+# --------------------------------------------------------------------------------------
+# Long texts: scanned in overlapping windows.
+#
+# Why: the scanner's working copies of a text (its UTF-8 bytes twice, its lower-cased
+# form, which CPython builds through a buffer of 12 bytes a character when the text is
+# not ASCII) cost about 16 times the text; a log near the 10 MB scan cap took ~170 MB.
+# A window of _SCAN_CORE characters (half as many when the text is not ASCII) plus
+# _SCAN_OVERLAP on each side bounds that to about 20 MB, at the price of scanning the
+# overlaps twice (+15 to +30 % CPU on such texts; a smaller core costs more CPU, a
+# larger one more memory).  It gives exactly the findings of a whole-text scan because
+# every detector
+# decides on a bounded neighbourhood (secrets.py: "every context look-up reads a bounded
+# window").  The farthest reach is a table: a header line (at most 500 characters) and
+# 200 rows of at most 501 (_MAX_TABLE_ROWS, _MAX_TABLE_LINE), about 101,000 characters;
+# then a private key block (64 KiB).  A window keeps the findings that start in its core:
+# each of them, and everything that can decide about it, lies within the overlap.
+# This holds for secrets.py as it is; a detector that reads farther (or the text as a
+# whole, as the three cases below do) must be added here, and
+# tests/test_redact_memory.py checks windowed and whole-text scans agree.
+
+_SCAN_CORE = 2 * 1024 * 1024
+_SCAN_OVERLAP = 128 * 1024
+# Two things the scanner decides on the text as a whole rather than near a position:
+# whether it holds HTML table cells (then it also reads the text with its tags blanked,
+# secrets.py's _CELL_TAG, searched on bytes with ASCII letters lower-cased), and whether
+# lower-casing changes its length (only U+0130 does; then several detectors search
+# differently).  A window that lacks what the whole text has gets it at its far edge,
+# on a line of its own, more than the overlap away from the findings it keeps.
+#
+# And the start of the text: a note near the top that the password quoted below was
+# changed (secrets.py's _drop_stale_history reads the first 20,000 characters) decides
+# about findings anywhere below it.  Every window after the first is read after the
+# text's first _SCAN_HEAD characters, so that it has the same top.
+_SCAN_HEAD = 32 * 1024
+_CELL_TAG_TEXT = re.compile(r"<[tT][dDhH][ \t\n\r\f\v>]")
+_DOTTED_I = "\u0130"
+
+
+def _scan_text(scanner: SecretScanner, text: str) -> list[_Edit]:
+    """``scanner.scan(text)`` as (start, end, kind), in bounded memory for long texts
+    (see above).  Tuples: a log full of session ids has tens of thousands of findings,
+    and a tuple costs half a Finding."""
+    n = len(text)
+    # Not ASCII, a window costs about three times as much (lower-casing goes through
+    # 12 bytes a character): half the window.
+    core = _SCAN_CORE if text.isascii() else _SCAN_CORE // 2
+    if n <= core + 2 * _SCAN_OVERLAP:
+        findings = scanner.scan(text)
+        return [(f.start, f.end, f.kind) for f in findings] if findings else []
+    has_cells = _CELL_TAG_TEXT.search(text) is not None
+    has_dotted_i = _DOTTED_I in text
+    found: list[_Edit] = []
+    core_start = 0
+    while core_start < n:
+        core_end = core_start + core
+        if n - core_end < core // 2:
+            core_end = n                      # no short last window
+        else:
+            nl = text.find("\n", core_end, core_end + 4096)
+            if nl >= 0:
+                core_end = nl + 1             # cut between lines where there is one
+        lo, hi = max(0, core_start - _SCAN_OVERLAP), min(n, core_end + _SCAN_OVERLAP)
+        if lo <= _SCAN_HEAD + _SCAN_OVERLAP:
+            lo = 0
+        switches = ""
+        if has_cells and _CELL_TAG_TEXT.search(text, lo, hi) is None:
+            switches += "<td>"
+        if has_dotted_i and text.find(_DOTTED_I, lo, hi) < 0:
+            switches += _DOTTED_I
+        before = after = ""
+        if switches and hi < n:
+            after = "\n" + switches
+        elif switches:                          # the last window: its far edge is its start
+            before = switches + "\n"
+        if lo > 0:
+            before = text[:_SCAN_HEAD] + "\n" + before
+        window = "".join((before, text[lo:hi], after)) if before or after else text[lo:hi]
+        shift = lo - len(before)
+        for f in scanner.scan(window):
+            start = f.start + shift
+            if core_start <= start < core_end:
+                found.append((start, f.end + shift, f.kind))
+        del window
+        core_start = core_end
+    if any(a[1] > b[0] for a, b in itertools.pairwise(found)):
+        # cannot happen (see above); stay exact
+        return [(f.start, f.end, f.kind) for f in scanner.scan(text)]
+    return found
 
 
 # --------------------------------------------------------------------------------------
@@ -353,33 +457,56 @@ _RAW_TEXT_TAGS = frozenset({"script", "style", "title", "textarea", "xmp"})
 _RAW_TEXT_END = {name: re.compile(rf"</{name}\s*>", re.I) for name in _RAW_TEXT_TAGS}
 
 
+_CONTEXTS = ("text", "attr", "attr-unquoted")
+_CONTEXT_FLAGS = {context: 2 * i for i, context in enumerate(_CONTEXTS)}
+_FLUSH_PIECES = 4096
+
+
 class _Mapped:
     """Text built from pieces of a source string, each piece knowing where it came from.
 
     A *literal* piece maps character for character; an *atom* (an entity, a collapsed
     run of white space) maps as a whole; a *virtual* piece (a line break standing for a
     block tag) maps to nothing.  ``context`` says how a replacement must be escaped.
+
+    An HTML part near the scan cap makes about a million pieces: they are kept as
+    arrays of offsets and the text as a few long strings (about 13 bytes a piece, where
+    a string, an int and a tuple per piece took some 250).
     """
 
     def __init__(self) -> None:
-        self.pieces: list[str] = []
-        self.starts: list[int] = []
-        self.sources: list[tuple[int, int, bool, str]] = []
+        self._chunks: list[str] = []       # the text so far: joined runs of pieces ...
+        self._pending: list[str] = []      # ... and the pieces not joined yet
+        self._last = ""                    # the last piece
+        self.starts = array("i")           # each piece's offset in the text
+        self._src_starts = array("i")      # its source range
+        self._src_ends = array("i")
+        self._flags = array("b")           # 2 * context index + literal
         self.length = 0
+
+    def _last_virtual(self) -> bool:
+        return self._src_starts[-1] == self._src_ends[-1]
 
     def add(self, piece: str, src_start: int, src_end: int, *, literal: bool,
             context: str = "text") -> None:
         if not piece:
             return
-        self.pieces.append(piece)
+        pending = self._pending
+        pending.append(piece)
+        if len(pending) >= _FLUSH_PIECES:
+            self._chunks.append("".join(pending))
+            pending.clear()
+        self._last = piece
         self.starts.append(self.length)
-        self.sources.append((src_start, src_end, literal, context))
+        self._src_starts.append(src_start)
+        self._src_ends.append(src_end)
+        self._flags.append(_CONTEXT_FLAGS[context] + literal)
         self.length += len(piece)
 
     def add_text(self, source: str, start: int, end: int, *, collapse: bool,
                  context: str = "text") -> None:
         """Add ``source[start:end]`` decoding entities (and collapsing white space)."""
-        if collapse and (not self.pieces or self.sources[-1][0] == self.sources[-1][1]) \
+        if collapse and (not self.starts or self._last_virtual()) \
                 and not source[start:end].strip():
             return          # indentation between block tags: not text
         pos = start
@@ -401,21 +528,26 @@ class _Mapped:
             self.add(source[pos:end], pos, end, literal=True, context=context)
 
     def virtual(self, piece: str, at: int) -> None:
-        if self.pieces and self.pieces[-1] == piece and self.sources[-1][0] == self.sources[-1][1]:
+        if self.starts and self._last == piece and self._last_virtual():
             return
         self.add(piece, at, at, literal=False)
 
     def text(self) -> str:
-        return "".join(self.pieces)
+        text = "".join((*self._chunks, *self._pending))
+        self._chunks, self._pending = [text], []      # held once, not twice
+        return text
 
     def to_source(self, start: int, end: int) -> list[tuple[int, int, str]]:
         """Source ranges (and their contexts) covering text[start:end], in order."""
         out: list[tuple[int, int, str]] = []
-        i = max(0, bisect.bisect_right(self.starts, start) - 1)
-        while i < len(self.pieces) and self.starts[i] < end:
-            ds = self.starts[i]
-            de = ds + len(self.pieces[i])
-            s, e, literal, context = self.sources[i]
+        starts = self.starts
+        count = len(starts)
+        i = max(0, bisect.bisect_right(starts, start) - 1)
+        while i < count and starts[i] < end:
+            ds = starts[i]
+            de = starts[i + 1] if i + 1 < count else self.length
+            s, e, flags = self._src_starts[i], self._src_ends[i], self._flags[i]
+            literal, context = flags & 1, _CONTEXTS[flags >> 1]
             if de > start and s < e:
                 if literal:
                     s, e = s + max(start, ds) - ds, s + min(end, de) - ds
@@ -569,37 +701,61 @@ def _apply_edits(text: str, edits: list[_Edit], offset: int = 0) -> str:
     return "".join(out)
 
 
-def _physical_lines(body: bytes) -> list[tuple[int, int]]:
-    """(start, end) byte ranges of lines, line endings included."""
+# A rewritten part is returned as pieces: new bytes, and memoryviews of the unchanged
+# stretches of the message, joined once into the new body (redact_message) instead of
+# being copied out of the message and joined part by part.
+_Pieces = list[bytes | memoryview]
+
+
+def _edited_prefix(text: str, edits: list[_Edit], limit: int) -> str:
+    """``_apply_edits(text, edits)[:limit]``, without building the rest."""
     out = []
-    pos = 0
-    n = len(body)
-    while pos < n:
-        nl = body.find(b"\n", pos)
-        end = n if nl < 0 else nl + 1
-        out.append((pos, end))
-        pos = end
-    return out
+    size = pos = 0
+    for s, e, repl in edits:
+        if size >= limit:
+            break
+        piece = text[pos:min(s, pos + limit - size)]
+        out.append(piece)
+        size += len(piece)
+        if size >= limit:
+            break
+        out.append(repl)
+        size += len(repl)
+        pos = e
+    if size < limit:
+        out.append(text[pos:pos + limit - size])
+    return "".join(out)[:limit]
 
 
-def _units(body: bytes, cte: str) -> list[tuple[int, int]]:
-    """Independently re-encodable byte ranges: lines, or QP logical lines."""
-    lines = _physical_lines(body)
-    if cte != "quoted-printable":
-        return lines
-    units = []
-    start = None
-    for s, e in lines:
-        if start is None:
-            start = s
-        content = body[s:e].rstrip(b"\r\n")
-        if content.endswith(b"=") and e < len(body):
-            continue                                        # soft line break
-        units.append((start, e))
-        start = None
-    if start is not None:
-        units.append((start, len(body)))
-    return units
+def _text_to_read(text: str, edits: list[_Edit]) -> str:
+    """What ``Redaction.texts`` keeps of a part: its text with the secrets replaced, cut
+    to what ``ParsedMessage.adopt_texts`` can read of it (at most ``4 * TEXT_LIMIT``
+    characters of HTML, fewer of plain text; a text that is not ASCII may lose up to 4
+    characters to 1 there, when undecodable bytes become replacement characters)."""
+    limit = 4 * TEXT_LIMIT if text.isascii() else 16 * TEXT_LIMIT + 4
+    if len(text) <= limit:
+        return _apply_edits(text, edits) if edits else text
+    return _edited_prefix(text, edits, limit)
+
+
+def _units(raw: bytes, start: int, end: int, cte: str) -> Iterator[int]:
+    """Start offsets of the independently re-encodable byte ranges of ``raw[start:end]``:
+    lines, or quoted-printable logical lines (a unit ends where the next one starts)."""
+    qp = cte == "quoted-printable"
+    unit = start
+    pos = start
+    while pos < end:
+        nl = raw.find(b"\n", pos, end)
+        stop = end if nl < 0 else nl + 1
+        if qp:
+            k = stop - 1
+            while k >= pos and raw[k] in b"\r\n":
+                k -= 1
+            if k >= pos and raw[k] == 0x3D and stop < end:      # "=": soft line break
+                pos = stop
+                continue
+        yield unit
+        unit = pos = stop
 
 
 def _qp_encode(text: str, codec: str, eol: bytes) -> bytes:
@@ -627,33 +783,68 @@ def _qp_encode(text: str, codec: str, eol: bytes) -> bytes:
     return b"".join(out)
 
 
-def _base64_encode(data: bytes, original: bytes) -> bytes:
-    eol = b"\r\n" if b"\r\n" in original else b"\n"
-    first = original.split(b"\n", 1)[0].strip()
+_ENCODE_CHUNK = 64 * 1024     # characters encoded at a time into a new base64 body
+
+
+def _base64_encode(text: str, codec: str, raw: bytes, start: int, end: int) -> bytes:
+    """``text`` encoded and in base64, laid out as the original ``raw[start:end]`` was:
+    its line length (76 when it cannot be reused), its line ending, a final line break
+    if it had one.  Built line by line into one buffer (a non-stateful codec encodes
+    character by character, so the text is encoded a chunk at a time)."""
+    eol = b"\r\n" if raw.find(b"\r\n", start, end) >= 0 else b"\n"
+    nl = raw.find(b"\n", start, end)
+    first = raw[start:nl if nl >= 0 else end].strip()
     width = len(first) if 4 <= len(first) <= 76 and len(first) % 4 == 0 else 76
-    encoded = base64.b64encode(data)
-    lines = [encoded[i:i + width] for i in range(0, len(encoded), width)]
-    out = eol.join(lines)
-    if original.rstrip(b" \t").endswith(b"\n"):
-        out += eol
-    return out
+    step = width // 4 * 3                       # bytes per line
+    out = io.BytesIO()
+    lines = 0
+
+    def emit(data: bytes | memoryview) -> None:
+        nonlocal lines
+        if lines:
+            out.write(eol)
+        out.write(binascii.b2a_base64(data, newline=False))
+        lines += 1
+
+    if _stateful(codec):
+        chunks: Iterable[bytes] = (text.encode(codec, "surrogateescape"),)
+    else:
+        chunks = (text[i:i + _ENCODE_CHUNK].encode(codec, "surrogateescape")
+                  for i in range(0, len(text), _ENCODE_CHUNK))
+    pending = b""
+    for chunk in chunks:
+        data = pending + chunk if pending else chunk
+        view = memoryview(data)
+        full = len(data) - len(data) % step
+        for i in range(0, full, step):
+            emit(view[i:i + step])
+        pending = data[full:]
+        view.release()
+    if pending:
+        emit(pending)
+    k = end - 1
+    while k >= start and raw[k] in b" \t":
+        k -= 1
+    if k >= start and raw[k] == 0x0A:
+        out.write(eol)
+    return out.getvalue()
 
 
-def _rewrite(body: bytes, cte: str, codec: str, text: str, edits: list[_Edit]) -> bytes:
-    """The part body with ``edits`` (in decoded-text coordinates) applied and re-encoded."""
-    eol = b"\r\n" if b"\r\n" in body else b"\n"
+def _rewrite(raw: bytes, start: int, end: int, cte: str, codec: str, text: str,
+             edits: list[_Edit]) -> _Pieces:
+    """The part body ``raw[start:end]`` with ``edits`` (in decoded-text coordinates)
+    applied and re-encoded, as pieces."""
     if cte == "base64":
-        new_text = _apply_edits(text, edits)
-        return _base64_encode(new_text.encode(codec, "surrogateescape"), body)
+        return [_base64_encode(_apply_edits(text, edits), codec, raw, start, end)]
+    eol = b"\r\n" if raw.find(b"\r\n", start, end) >= 0 else b"\n"
     if not _stateful(codec):
-        units = _units(body, cte)
-        unit_texts = [_decode_unit(body[s:e], cte, codec) for s, e in units]
-        if "".join(unit_texts) == text:
-            return _rewrite_units(body, cte, codec, units, unit_texts, edits, eol)
+        pieces = _rewrite_units(raw, start, end, cte, codec, text, edits, eol)
+        if pieces is not None:
+            return pieces
     new_text = _apply_edits(text, edits)
     if cte == "quoted-printable":
-        return _qp_encode(new_text, codec, eol)
-    return new_text.encode(codec, "surrogateescape")
+        return [_qp_encode(new_text, codec, eol)]
+    return [new_text.encode(codec, "surrogateescape")]
 
 
 def _decode_unit(data: bytes, cte: str, codec: str) -> str:
@@ -662,13 +853,29 @@ def _decode_unit(data: bytes, cte: str, codec: str) -> str:
     return data.decode(codec, "surrogateescape")
 
 
-def _rewrite_units(body: bytes, cte: str, codec: str, units: list[tuple[int, int]],
-                   unit_texts: list[str], edits: list[_Edit], eol: bytes) -> bytes:
-    starts = []
+def _rewrite_units(raw: bytes, start: int, end: int, cte: str, codec: str, text: str,
+                   edits: list[_Edit], eol: bytes) -> _Pieces | None:
+    """Re-encode only the units (lines) that hold an edit; None when decoding unit by
+    unit does not give ``text`` (then the caller re-encodes the whole part)."""
+    starts = array("q")        # each unit's offset in text, and its offset in raw
+    bounds = array("q")
     pos = 0
-    for t in unit_texts:
+    for s in _units(raw, start, end, cte):
+        if bounds:
+            t = _decode_unit(raw[bounds[-1]:s], cte, codec)
+            if not text.startswith(t, pos):
+                return None
+            pos += len(t)
         starts.append(pos)
+        bounds.append(s)
+    if bounds:
+        t = _decode_unit(raw[bounds[-1]:end], cte, codec)
+        if not text.startswith(t, pos):
+            return None
         pos += len(t)
+    if pos != len(text):
+        return None
+    bounds.append(end)
     # group the edits by the run of units they touch
     groups: list[tuple[int, int, list[_Edit]]] = []
     for edit in edits:
@@ -680,22 +887,26 @@ def _rewrite_units(body: bytes, cte: str, codec: str, units: list[tuple[int, int
             groups[-1] = (g[0], max(g[1], last), [*g[2], edit])
         else:
             groups.append((first, last, [edit]))
-    out = []
-    pos = 0
+    # Written as it goes into one buffer: a log full of session ids can make tens of
+    # thousands of groups, and a piece per gap would cost more than the part itself.
+    view = memoryview(raw)
+    out = io.BytesIO()
+    pos = start
     for first, last, group_edits in groups:
-        bstart, bend = units[first][0], units[last][1]
+        bstart, bend = bounds[first], bounds[last + 1]
         tstart = starts[first]
-        group_text = "".join(unit_texts[first:last + 1])
-        new_text = _apply_edits(group_text, group_edits, offset=tstart)
+        tend = starts[last + 1] if last + 1 < len(starts) else len(text)
+        new_text = _apply_edits(text[tstart:tend], group_edits, offset=tstart)
         if cte == "quoted-printable":
             encoded = _qp_encode(new_text, codec, eol)
         else:
             encoded = new_text.encode(codec, "surrogateescape")
-        out.append(body[pos:bstart])
-        out.append(encoded)
+        out.write(view[pos:bstart])
+        out.write(encoded)
         pos = bend
-    out.append(body[pos:])
-    return b"".join(out)
+    out.write(view[pos:end])
+    view.release()
+    return [out.getvalue()]
 
 
 # --------------------------------------------------------------------------------------
@@ -779,7 +990,7 @@ class _Walker:
         self.is_bounce = is_bounce
         self.where: list[tuple[str, str]] = []
         self.defects: list[str] = []
-        self.replacements: list[tuple[int, int, bytes]] = []
+        self.replacements: list[tuple[int, int, _Pieces]] = []
         self.subject_text: str | None = None
         self.body_start = 0
         self.texts: list[tuple[str, bool, str]] = []
@@ -790,13 +1001,14 @@ class _Walker:
         return tuple(sorted({k for _, k in self.where}))
 
     def new_body(self) -> bytes:
-        out = []
+        view = memoryview(self.raw)
+        out: _Pieces = []
         pos = self.body_start
-        for s, e, data in sorted(self.replacements):
-            out.append(self.raw[pos:s])
-            out.append(data)
+        for s, e, pieces in sorted(self.replacements, key=lambda r: (r[0], r[1])):
+            out.append(view[pos:s])
+            out.extend(pieces)
             pos = e
-        out.append(self.raw[pos:])
+        out.append(view[pos:])
         return b"".join(out)
 
     # ---------------------------------------------------------------- tree
@@ -861,8 +1073,8 @@ class _Walker:
                     eol = b"\r\n" if raw[inner_subject.start:inner_subject.end].endswith(
                         b"\r\n") else b"\n"
                     self.replacements.append((inner_subject.start, inner_subject.end,
-                                              b"Subject: " + _encode_subject(new).encode("ascii")
-                                              + eol))
+                                              [b"Subject: " + _encode_subject(new).encode(
+                                                  "ascii") + eol]))
             return [_Entity(bstart, ent.end, f"{ent.leaf_path}.1", ent.leaf_path,
                             ent.depth + 1, ent.bounce, "text/plain")]
         if ctype.startswith("text/") or ctype in _TEXTUAL_APPLICATION or info.text_name:
@@ -950,9 +1162,14 @@ class _Walker:
         if cte not in _IDENTITY_CTE and cte not in ("quoted-printable", "base64"):
             self.defects.append(f"{location}: unknown transfer encoding, left unchanged")
             return
-        body = raw[bstart:ent.end]
-        if not body:
+        if bstart >= ent.end:
             return
+        # Decoded straight from the message (no copy of the part's bytes), and each
+        # intermediate dropped as soon as the next exists: near the scan cap the
+        # message, its decoded text and the scan's working windows are what is held.
+        body: bytes | memoryview = raw[bstart:ent.end] if ent.end - bstart <= 65536 \
+            else memoryview(raw)[bstart:ent.end]
+        data: bytes | memoryview
         if cte == "quoted-printable":
             data = binascii.a2b_qp(body)
         elif cte == "base64":
@@ -968,22 +1185,26 @@ class _Walker:
         except (UnicodeDecodeError, LookupError):
             self.defects.append(f"{location}: undecodable text, left unchanged")
             return
+        finally:
+            del data, body
         is_html = info.ctype in ("text/html", "application/xhtml+xml")
         if is_html:
             edits = self._html_edits(text, location, codec, cte)
         else:
-            findings = self.scanner.scan(text)
-            self.where.extend((location, f.kind) for f in findings)
-            marker = self._part_marker(codec, cte)
-            edits = [(f.start, f.end, marker(f.kind)) for f in findings]
+            edits = _scan_text(self.scanner, text)
+            if edits:
+                self.where.extend((location, kind) for _, _, kind in edits)
+                marker = self._part_marker(codec, cte)
+                markers = {kind: marker(kind) for _, _, kind in edits}
+                for i, (start, end, kind) in enumerate(edits):     # in place: held once
+                    edits[i] = (start, end, markers[kind])
         if info.ctype in ("text/plain", "text/html"):
-            self.texts.append((info.ctype, info.attachment,
-                               _apply_edits(text, edits) if edits else text))
+            self.texts.append((info.ctype, info.attachment, _text_to_read(text, edits)))
         if not edits or not self.change:
             return
-        new_body = _rewrite(body, "quoted-printable" if cte == "quoted-printable" else
-                            ("base64" if cte == "base64" else "identity"), codec, text, edits)
-        self.replacements.append((bstart, ent.end, new_body))
+        self.replacements.append((bstart, ent.end, _rewrite(
+            raw, bstart, ent.end, "quoted-printable" if cte == "quoted-printable" else
+            ("base64" if cte == "base64" else "identity"), codec, text, edits)))
 
     def _part_marker(self, codec: str, cte: str) -> Callable[[str], str]:
         """The marker for a kind, representable in this part (see the module docstring)."""
@@ -1008,11 +1229,11 @@ class _Walker:
         edits: list[_Edit] = []
         for stream in (vis, attrs):
             text = stream.text()
-            for f in self.scanner.scan(text):
-                self.where.append((location, f.kind))
-                ranges = stream.to_source(f.start, f.end)
+            for start, end, kind in _scan_text(self.scanner, text):
+                self.where.append((location, kind))
+                ranges = stream.to_source(start, end)
                 for i, (s, e, context) in enumerate(ranges):
-                    edits.append((s, e, _escape_marker(marker(f.kind), context) if i == 0
+                    edits.append((s, e, _escape_marker(marker(kind), context) if i == 0
                                   else ""))
         edits.sort()
         merged: list[_Edit] = []
