@@ -64,7 +64,7 @@ from __future__ import annotations
 import base64
 import bisect
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 KINDS: tuple[str, ...] = (
@@ -2186,6 +2186,22 @@ _SEP_BEFORE = re.compile(
     r"(?:[:=]|(?<![^\W_])(?:est|c['’]est|is|it['’]s|soit))[^\S\r\n]*\Z", re.I)
 
 
+# Cheap tests that let _window_values skip a window, or a token, that cannot give a value:
+# a password needs letters and digits both (``_mixed``), a token value 16 characters, a
+# passphrase an opening quote.  They read ``\d`` for ``isdigit``, which holds unless the
+# window has a digit that is no decimal one ("²": ``_odd_digits``).
+_HOPE_CHARS = re.compile(r"[\d«“\"']")                 # no digit, no quote: no value
+_LONG_OR_QUOTED = re.compile(r"[«“\"']|[^\s>]{16}")
+_MIXED_TOKEN = re.compile(r"(?=[^\s>]*?\d)[^\s>]*?[^\W\d_]")   # a digit and a letter
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _odd_digits(text: str, pos: int, limit: int) -> bool:
+    """Whether ``text[pos:limit]`` holds an ``isdigit`` character that ``\\d`` misses."""
+    return _NON_ASCII.search(text, pos, limit) is not None and any(
+        c.isdigit() and not c.isdecimal() for c in _NON_ASCII.findall(text, pos, limit))
+
+
 def _window_values(text: str, pos: int, *, first_only: bool,
                    strict: bool = False, token: bool = False) -> list[Finding]:
     """Password-like tokens in the window after a label ending at ``pos``: letters and
@@ -2204,41 +2220,77 @@ def _window_values(text: str, pos: int, *, first_only: bool,
         end = _SENTENCE_END.search(text, pos, limit)
         if end is not None:
             limit = end.start()
+    # most windows hold no candidate at all: no quote, and no token long enough (token
+    # values) or with letters and digits both (passwords)
+    if token:
+        if _LONG_OR_QUOTED.search(text, pos, limit) is None:
+            return []
+        skip_plain = False
+    else:
+        plain = not _odd_digits(text, pos, limit)     # \d finds every digit
+        if plain and _HOPE_CHARS.search(text, pos, limit) is None:
+            return []
+        skip_plain = plain and not first_only
     out: list[Finding] = []
-    recent: list[str] = []
-    for tm in _WINDOW_TOKEN.finditer(text, pos, limit):
+    tokens = _hopeful_tokens(text, pos, limit) if skip_plain else \
+        _WINDOW_TOKEN.finditer(text, pos, limit)
+    for tm in tokens:
         word = tm.group(0)
+        if word[0] not in "«“\"'" and (
+                (token and len(word) < 16)
+                or (skip_plain and _MIXED_TOKEN.match(word) is None)):
+            continue                    # no value can come from this token
         a, b = _trim_value(text, tm.start(), tm.end())
         a, b = _strip_quotes(text, a, b)
         value = text[a:b]
         wrapped = word.startswith(("(", "[", "{")) or word.count(":") >= 2
-        named = _named_by(recent)
-        if word[:1] in "«“\"'" and not named and _SEP_BEFORE.search(
-                text, max(pos, tm.start() - 12), tm.start()):
+        if word[0] in "«“\"'" and not _named_by(_recent(text, pos, tm.start())) \
+                and _SEP_BEFORE.search(text, max(pos, tm.start() - 12), tm.start()):
             qm = _QUOTED_PHRASE.match(text, tm.start(), limit)
             if qm is not None and _passphrase(qm.group("v")):
                 out.append(Finding("password", qm.start("v"), qm.end("v")))
                 if first_only:
                     break
-                recent.append(_recent_word(word))
                 continue
         if token:
-            if not wrapped and not named and _entropic(value, min_len=16) \
-                    and not any(c in value for c in "/@=") and "." not in value.strip("."):
+            if not wrapped and _entropic(value, min_len=16) \
+                    and not any(c in value for c in "/@=") and "." not in value.strip(".") \
+                    and not _named_by(_recent(text, pos, tm.start())):
                 out.append(Finding("api-token", a, b))
                 break
-        elif not wrapped and not named and _mixed(value) and _looks_secret(value) \
+        elif not wrapped and _mixed(value) and _looks_secret(value) \
                 and not _HEX_RUN.fullmatch(value) \
                 and not any(c in value for c in "()[]{}=\"<>") \
                 and value[0] != "$" and "${" not in value and "$(" not in value \
-                and (not strict or _keylike(value)):
+                and (not strict or _keylike(value)) \
+                and not _named_by(_recent(text, pos, tm.start())):
             out.append(Finding("password", a, b))
         elif first_only and not _skippable(value):
             break
         if first_only and out:
             break
-        recent.append(_recent_word(word))
     return out
+
+
+def _hopeful_tokens(text: str, pos: int, limit: int) -> Iterator[re.Match[str]]:
+    """The window tokens (as ``_WINDOW_TOKEN`` cuts ``text[pos:limit]``) that hold a
+    digit or a quote, found from those characters: most tokens of prose hold neither."""
+    hit = _HOPE_CHARS.search(text, pos, limit)
+    while hit is not None:
+        start = hit.start()
+        while start > pos and not (text[start - 1].isspace() or text[start - 1] == ">"):
+            start -= 1
+        tm = _WINDOW_TOKEN.match(text, start, limit)
+        if tm is None:                  # not reached: the hit itself is a token character
+            return
+        yield tm
+        hit = _HOPE_CHARS.search(text, tm.end(), limit)
+
+
+def _recent(text: str, pos: int, start: int) -> list[str]:
+    """The window tokens before ``start`` as _named_by reads them (the last four: it
+    reads no more)."""
+    return [_recent_word(w) for w in _WINDOW_TOKEN.findall(text, pos, start)[-4:]]
 
 
 def _recent_word(word: str) -> str:
