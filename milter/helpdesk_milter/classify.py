@@ -1,13 +1,17 @@
-"""Is this mail a support request?  Explainable scored rules.
+"""Is this mail a support request?  Explainable rules, weighed by a learned model.
 
 A rule is a named family of regular expressions with a weight and a place to
 look (the subject, the body, or either).  A rule fires at most once per
-message, however many of its patterns match; the score is the sum of the
-weights of the rules that fired, plus ``known_client_weight`` (reported as the
-rule ``known-client``) when the sender is in the client directory.  Negative
-weights are evidence against (quotes, invoices, invitations, newsletters...).
-The names of the rules that fired go into the ``X-Helpdesk-Request`` header,
-so an admin can always see *why* a mail was or was not rerouted.
+message, however many of its patterns match.  With the learned model (the
+default, ``model.py``), the score is 5 plus the model's log-odds, which reads the
+sender's words and the rules that fired as features: each rule counts the weight
+the model learned for it (a site's override or unknown rule: its own weight),
+and the site's learned adjustments (``learn.py``) are added.  Without a model,
+the score is the sum of the weights of the rules that fired, plus
+``known_client_weight`` when the sender is in the client directory (the rule
+``known-client``).  The names of the rules that fired, and the model's
+strongest words, go into the ``X-Helpdesk-Request`` header, so an admin can
+always see *why* a mail was or was not rerouted (``Classifier``).
 
 Rules are data: the shipped set is ``rules/default.toml``; a site can replace
 it (``classifier.rules_file``) or re-weight rules by name
@@ -43,11 +47,17 @@ import tomllib
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from typing import Any, Protocol
 
-from .model import KNOWN_CLIENT_FEATURE, TextModel, feature_label, features, text_keys, text_value
+from .model import (
+    KNOWN_CLIENT_FEATURE,
+    TextModel,
+    feature_label,
+    features,
+    read_data_file,
+    text_keys,
+    text_value,
+)
 from .text import own_text, strip_subject_prefixes
 
 # The parser behind re.compile (CPython 3.11+), used only to find anchors: if it
@@ -383,22 +393,7 @@ class RuleSet:
         Raises RulesError naming the file and the rule for a broken file, and for a
         weight given to a rule that does not exist.
         """
-        if path is None:
-            source = "helpdesk_milter/rules/default.toml"
-            try:
-                text = (resources.files("helpdesk_milter") / "rules" / "default.toml").read_text(
-                    encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise RulesError(f"{source}: cannot read the shipped rules: {exc}") from None
-        else:
-            source = str(path)
-            try:
-                text = Path(path).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise RulesError(f"{source}: cannot read the rules file: "
-                                 f"{exc.strerror or exc}") from None
-            except UnicodeDecodeError:
-                raise RulesError(f"{source}: the rules file is not UTF-8 text") from None
+        source, text = read_data_file(path, "rules/default.toml", "rules", RulesError)
         return cls.parse(text, source=source, weights=weights)
 
     @classmethod

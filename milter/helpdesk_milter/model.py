@@ -49,6 +49,27 @@ class ModelError(ValueError):
     """A model file is unusable; the message says which file and why."""
 
 
+def read_data_file(path: str | Path | None, shipped: str, what: str,
+                   error: type[ValueError]) -> tuple[str, str]:
+    """(source name, UTF-8 text) of a data file: ``path``, or the package's own
+    ``shipped`` one (a path inside ``helpdesk_milter``) when ``path`` is None.  Raises
+    ``error`` naming the file and, without a traceback, why it cannot be read."""
+    if path is None:
+        source = f"helpdesk_milter/{shipped}"
+        try:
+            return source, resources.files("helpdesk_milter").joinpath(shipped).read_text(
+                encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise error(f"{source}: cannot read the shipped {what}: {exc}") from None
+    source = str(path)
+    try:
+        return source, Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{source}: cannot read the {what} file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise error(f"{source}: the {what} file is not UTF-8 text") from None
+
+
 def text_keys(subject: str, body: str) -> list[str]:
     """The text features of one message, each once (``subject`` and ``body`` already
     ``prepare``d).  Built with list comprehensions and ``dict.fromkeys``: this runs for
@@ -97,22 +118,7 @@ class TextModel:
     @classmethod
     def load(cls, path: str | Path | None = None) -> TextModel:
         """Read a model file (``None``: the shipped ``models/request.json``)."""
-        if path is None:
-            source = "helpdesk_milter/models/request.json"
-            try:
-                text = (resources.files("helpdesk_milter") / "models" / "request.json"
-                        ).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ModelError(f"{source}: cannot read the shipped model: {exc}") from None
-        else:
-            source = str(path)
-            try:
-                text = Path(path).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ModelError(f"{source}: cannot read the model file: "
-                                 f"{exc.strerror or exc}") from None
-            except UnicodeDecodeError:
-                raise ModelError(f"{source}: the model file is not UTF-8 text") from None
+        source, text = read_data_file(path, "models/request.json", "model", ModelError)
         return cls.parse(text, source=source)
 
     @classmethod
