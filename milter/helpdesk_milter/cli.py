@@ -69,6 +69,9 @@ def _policy_and_learning(config: Config, rules: RuleSet, *, readonly: bool = Fal
     learning = Learning(config.milter.database, model, rules,
                         threshold=config.classifier.threshold,
                         max_examples=config.learning.max_examples, readonly=readonly)
+    # open (and migrate) the learned state now, not at the first message: a problem
+    # shows at start, and the process keeps the same files open from then on
+    learning.site()
     return Policy(config, rules=rules, model=model, site=learning.site), learning
 
 
