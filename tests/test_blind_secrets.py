@@ -26,9 +26,19 @@ DAMAGED: dict[str, int] = {}
 @pytest.mark.parametrize("name", sorted(BARS))
 def test_tuning_set(name: str) -> None:
     folder: Path = TUNE / name
-    if not (folder / "snippets.toml").is_file():
-        pytest.skip(f"{name} is not there")
+    assert (folder / "snippets.toml").is_file(), f"{name} is missing"
     figures = measure_secrets(folder)
     details = "\n".join([figures.row(), *figures.misses, *figures.damage])
     assert figures.recall >= BARS[name], details
     assert figures.damaged <= DAMAGED.get(name, 0), details
+
+
+def test_held_out_set_does_not_fall() -> None:
+    """The frozen held-out set (never read by whoever changes a detector): its figures
+    are reported, and may not fall below what they were when last measured (recall
+    0.885, 4 decoys damaged).  The issue's bar is recall 0.97 with no decoy damaged;
+    only the aggregate is shown here, never which secret or decoy."""
+    figures = measure_secrets(TUNE / "secrets-heldout")
+    print(f"\nsecrets held-out: recall {figures.recall:.3f}, {figures.damaged} damaged")
+    assert figures.recall >= 0.88 and figures.damaged <= 4, (
+        f"held-out recall {figures.recall:.3f}, {figures.damaged} decoys damaged")
