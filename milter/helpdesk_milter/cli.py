@@ -487,14 +487,13 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def _learn_files(args: argparse.Namespace, config: Config, policy: Any, learning: Any) -> int:
-    from .learn import Example, carried_forward, read_messages
+    from .learn import Example, carried_forward, read_messages, without_secrets
     from .message import ParsedMessage
-    from .secrets import redact_spans
     label = "support" if args.support else "other"
     marker = config.secrets.marker
 
     def clean(text: str) -> str:
-        return redact_spans(text, policy.scanner.scan(text), marker=marker)
+        return without_secrets(text, policy.scanner, marker)
 
     learned = 0
     for path in args.paths:

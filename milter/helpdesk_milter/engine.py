@@ -28,10 +28,9 @@ from .config import Config
 from .dedup import Fingerprint, Match, fingerprint
 from .directory import domain_of, in_domains
 from .guidance import build_message, compose, detect_language
-from .learn import Example, Forward, Learning, carried_forward
+from .learn import Example, Forward, Learning, carried_forward, without_secrets
 from .message import Envelope, ParsedMessage, build_raw, strip_brackets
 from .policy import Decision, Policy
-from .secrets import redact_spans
 from .stages import stage
 from .store import DecisionRecord, GuidanceEvent, NullStore, OutboxRow, Pending, Plan, Store
 
@@ -177,11 +176,8 @@ class Engine:
                                           window=self.config.dedup.window,
                                           threshold=self.config.dedup.similarity)
         marker = self.config.secrets.marker
-
-        def clean(text: str) -> str:
-            return redact_spans(text, policy.scanner.scan(text), marker=marker)
-
-        example = Example.of(clean(forward.subject), clean(forward.text), policy.rules,
+        example = Example.of(without_secrets(forward.subject, policy.scanner, marker),
+                             without_secrets(forward.text, policy.scanner, marker), policy.rules,
                              policy.classifier.model, label="support",
                              known_client=structure is not None)
         routed = None if original is None else (

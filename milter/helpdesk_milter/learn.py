@@ -56,6 +56,7 @@ from .classify import SITE_RULE, RuleSet, prepared_texts
 from .dedup import FINGERPRINTS, TEXT_CAP, Fingerprint, carried_request, find_duplicate
 from .message import ParsedMessage, from_address
 from .model import KNOWN_CLIENT_FEATURE, TextModel, text_keys, text_value
+from .secrets import SecretScanner, redact_spans
 
 log = logging.getLogger("helpdesk_milter.learn")
 
@@ -83,6 +84,19 @@ def m001_learning(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE [learned_weights] ([feature] INTEGER PRIMARY KEY, "
                "[delta] REAL NOT NULL)")
     db["learn_meta"].create({"key": str, "value": int}, pk="key")   # type: ignore[union-attr]
+
+
+ROUTED_ACTIONS = ("copy", "redirect", "duplicate", "tag")
+
+
+def was_routed(verdict: str, action: str) -> bool:
+    """Whether a recorded decision sent the mail to assistance (or found it there)."""
+    return verdict in ("support", "followup") and action in ROUTED_ACTIONS
+
+
+def without_secrets(text: str, scanner: SecretScanner, marker: str) -> str:
+    """``text`` with its secrets replaced by markers: what an example is made of."""
+    return redact_spans(text, scanner.scan(text), marker=marker)
 
 
 def feature_hash(key: str) -> int:
@@ -170,6 +184,7 @@ class Learning:
         self._db: sqlite_utils.Database | None = None
         self._site = SiteModel()
         self._checked = -math.inf
+        self._shipped_cache: dict[int, float] | None = None   # hashed shipped weights
 
     # --- the connection --------------------------------------------------------------
 
@@ -293,12 +308,7 @@ class Learning:
     def size(self) -> dict[str, int]:
         with self._lock:
             db = self._open()
-            if not self._has_tables(db):
-                return {"examples": 0, "features": 0}
-            return {"examples": db.execute("select count(*) from learned_examples"
-                                           ).fetchone()[0],
-                    "features": db.execute("select count(*) from learned_weights"
-                                           ).fetchone()[0]}
+            return _size(db)
 
     # --- fitting -------------------------------------------------------------------
 
@@ -315,8 +325,6 @@ class Learning:
         return (self.model.bias if self.model is not None else 0.0) \
             + example.value * math.fsum(shipped.get(h, 0.0) for h in example.text) \
             + math.fsum(shipped.get(h, 0.0) for h in example.other)
-
-    _shipped_cache: dict[int, float] | None = None
 
     def _shipped_hashed(self) -> dict[int, float]:
         if self._shipped_cache is None:
@@ -404,10 +412,7 @@ class Learning:
                 return None
             row = db.execute("select verdict, action from decisions where message_id = ? "
                              "order by time desc limit 1", [message_id]).fetchone()
-        if row is None:
-            return None
-        return row[0] in ("support", "followup") and row[1] in (
-            "copy", "redirect", "duplicate", "tag")
+        return None if row is None else was_routed(*row)
 
     # --- reports --------------------------------------------------------------------
 
@@ -442,8 +447,7 @@ def learning_report(db: sqlite_utils.Database, *, since: float) -> dict[str, Any
                 w["routed" if routed == 1 else "missed" if routed == 0 else "unseen"] += 1
             elif label == "other" and routed == 1:
                 week(t)["not_request_after_routing"] += 1
-        size = {"examples": db.execute("select count(*) from learned_examples").fetchone()[0],
-                "features": db.execute("select count(*) from learned_weights").fetchone()[0]}
+        size = _size(db)
     if "decisions" in tables:
         for (t,) in db.execute(
                 "select time from decisions where time >= ? and ',' || rules || ',' like ? "
@@ -451,6 +455,14 @@ def learning_report(db: sqlite_utils.Database, *, since: float) -> dict[str, Any
                 [since, f"%,{SITE_RULE},%"]).fetchall():
             week(t)["routed_by_learning"] += 1
     return {"weeks": dict(sorted(weeks.items())), **size}
+
+
+def _size(db: sqlite_utils.Database) -> dict[str, int]:
+    """How many labels and learned adjustments the state holds."""
+    if "learned_weights" not in db.table_names():
+        return {"examples": 0, "features": 0}
+    return {"examples": db.execute("select count(*) from learned_examples").fetchone()[0],
+            "features": db.execute("select count(*) from learned_weights").fetchone()[0]}
 
 
 def _iso_week(t: float) -> tuple[int, int, int]:
@@ -570,6 +582,4 @@ def find_original(db: sqlite_utils.Database, forward: Forward, fp: Fingerprint |
     if row is None:
         return None
     message_id, when, verdict, action, group = row
-    routed = verdict in ("support", "followup") and action in (
-        "copy", "redirect", "duplicate", "tag")
-    return Original(message_id or "", float(when), routed, bool(group))
+    return Original(message_id or "", float(when), was_routed(verdict, action), bool(group))

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from helpdesk_milter.config import Config, load_config
 from helpdesk_milter.engine import Engine
+from helpdesk_milter.learn import was_routed
 from helpdesk_milter.message import Envelope
 from helpdesk_milter.policy import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "config" / "helpdesk-milter.toml"
-ROUTED_ACTIONS = ("copy", "redirect", "duplicate", "tag")
 
 
 def blind_sets(kind: str = "requests") -> list[Path]:
@@ -90,7 +90,7 @@ def measure(folder: Path, config: Config | None = None, policy: Policy | None = 
             env = Envelope(mail_from=entry["mail_from"], rcpts=tuple(entry["rcpts"]),
                            queue_id="EVAL")
             d = engine.process_raw(env, raw, size=len(raw)).decision
-            routed = d.verdict in ("support", "followup") and d.action in ROUTED_ACTIONS
+            routed = was_routed(d.verdict, d.action)
             wanted = entry["label"] in ("support", "followup")
             if entry.get("clarity", "clear") != "clear":
                 figures.ambiguous += 1
