@@ -27,6 +27,7 @@ from __future__ import annotations
 import email
 import email.policy
 import logging
+import re
 import tempfile
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -35,7 +36,7 @@ from pathlib import Path
 from helpdesk_milter.config import Config, load_config
 from helpdesk_milter.engine import Engine
 from helpdesk_milter.message import Envelope, strip_brackets
-from helpdesk_milter.policy import Policy
+from helpdesk_milter.policy import Decision, Policy
 from helpdesk_milter.store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +91,15 @@ def _message_id(raw: bytes) -> str:
     return strip_brackets(str(msg.get("Message-ID", "")).strip())
 
 
+def _named_original(d: Decision) -> str:
+    """The Message-ID the X-Helpdesk-Duplicate header names (``of=<...>``)."""
+    for name, value in d.add_headers:
+        if name == "X-Helpdesk-Duplicate":
+            found = re.match(r"of=([^;]*)", value)
+            return strip_brackets(found.group(1).strip()) if found else ""
+    return ""
+
+
 def measure_dedup(folder: Path, config: Config | None = None) -> DedupFigures:
     """Decide every mail of ``folder`` in time order with one engine and one state file."""
     config = config or load_config(EXAMPLE_CONFIG)
@@ -136,7 +146,7 @@ def measure_dedup(folder: Path, config: Config | None = None) -> DedupFigures:
                 if said and wanted:
                     same_request = {f for f, first in request_of.items()
                                     if first == request_of[e["file"]] and f != e["file"]}
-                    if strip_brackets(d.duplicate_of or "") not in {ids[f] for f in same_request}:
+                    if _named_original(d) not in {ids[f] for f in same_request}:
                         figures.wrong_original += 1
                 if said != wanted:
                     figures.misses.append(
