@@ -45,7 +45,7 @@ import re
 import struct
 import unicodedata
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -170,9 +170,16 @@ class Match:
 
 # --- fingerprints -----------------------------------------------------------------
 
-def fingerprint(msg: ParsedMessage, *, sender: str, structure: str | None) -> Fingerprint:
+def fingerprint(msg: ParsedMessage, *, sender: str, structure: str | None,
+                resolve: Callable[[str], str | None] | None = None) -> Fingerprint:
     """The fingerprint of ``msg`` as sent by ``sender`` (lower-cased here) from
     ``structure`` (None when unknown).
+
+    A forward fingerprints as the request it forwards, and that request's author
+    is the forwarded original's sender: with ``resolve`` (address -> structure, the
+    client directory), a forward whose original names its sender is filed under
+    that sender and structure, so that it meets the original in the same scope
+    whoever forwarded it.
 
     Never raises: a message that cannot be read gives a fingerprint with only
     its Message-ID (and empty text fields).
@@ -186,6 +193,9 @@ def fingerprint(msg: ParsedMessage, *, sender: str, structure: str | None) -> Fi
     try:
         request = _request(msg)
         text_hash, minhash, shingles, idents = _text_fingerprint(request.subject, request.body)
+        if resolve is not None and request.forward and request.author \
+                and request.author != sender:
+            sender, structure = request.author, resolve(request.author) or None
     except Exception:
         # Hostile input the helpers did not foresee: keep what is certain.
         return Fingerprint(message_id, "", (), sender, structure)
@@ -262,6 +272,7 @@ class _Request:
     body: str
     original_id: str = ""
     forward: bool = False
+    author: str = ""        # a forwarded original's sender address (lower case), if known
 
 
 def _request(msg: ParsedMessage) -> _Request:
@@ -289,7 +300,8 @@ def _request_with_attachment(root: Message, subject: str, attached: Message,
     if depth < MAX_DEPTH and _is_covering_note(note, subject, inner_subject):
         inner = _message_request(attached, inner_subject, depth + 1)
         original_id = inner.original_id or _clean_id(_raw_header(attached, "message-id") or "")
-        return _Request(inner.subject, inner.body, original_id, True)
+        author = inner.author or _address(_header(attached, "From"))
+        return _Request(inner.subject, inner.body, original_id, True, author)
     # The attached mail is context for a new request: the sender's own words only.
     return _request_in_text(subject, note, depth=MAX_DEPTH)
 
@@ -308,12 +320,13 @@ def _request_in_text(subject: str, text: str, depth: int) -> _Request:
     if start is None:
         return _Request(subject, own_text(text, forwarded=forwarded))
     note = own_text(text[:start])
-    inner_subject, forwarded_text = _forwarded_part(text, start)
+    inner_subject, forwarded_text, author = _forwarded_part(text, start)
     if not _is_covering_note(note, subject, inner_subject):
         # A new request quoting an older one: what the sender wrote is the request.
         return _Request(subject, note)
     inner = _request_in_text(inner_subject or subject, forwarded_text, depth + 1)
-    return _Request(inner.subject, inner.body, inner.original_id, True)
+    return _Request(inner.subject, inner.body, inner.original_id, True,
+                    inner.author or author)
 
 
 def _is_covering_note(note: str, subject: str, inner_subject: str) -> bool:
@@ -367,12 +380,12 @@ def _forward_start(text: str, *, forwarded: bool) -> int | None:
     return None  # a reply: what follows is history, even a forward in it
 
 
-def _forwarded_part(text: str, start: int) -> tuple[str, str]:
-    """(the forwarded Subject or "", the forwarded text) of the forward block whose
-    banner or first header line starts at ``start``."""
+def _forwarded_part(text: str, start: int) -> tuple[str, str, str]:
+    """(the forwarded Subject or "", the forwarded text, its sender's address or "")
+    of the forward block whose banner or first header line starts at ``start``."""
     first_end = text.find("\n", start)
     if first_end < 0:
-        return "", ""
+        return "", "", ""
     if _FORWARDED_HEADER.match(text, start, first_end):
         rest = text[start:]      # an Outlook block: no banner, headers right away
     else:
@@ -380,7 +393,7 @@ def _forwarded_part(text: str, start: int) -> tuple[str, str]:
         if rest.lstrip()[:1] == ">":
             # Apple Mail on iOS quotes the whole forwarded message.
             rest = _QUOTE_LEVEL.sub("", rest)
-    subject = ""
+    subject = author = ""
     pos = 0
     seen_header = False
     for _ in range(_FORWARD_HEADER_LINES):
@@ -396,6 +409,9 @@ def _forwarded_part(text: str, start: int) -> tuple[str, str]:
             found = _FORWARDED_SUBJECT.match(line)
             if found and not subject:
                 subject = found.group(1).strip().strip("*").strip()
+            found = _FORWARDED_FROM.match(line)
+            if found and not author:
+                author = _address(found.group(1))
             pos = following
         elif seen_header and line[:1] in (" ", "\t"):
             pos = following  # a folded header line
@@ -403,7 +419,18 @@ def _forwarded_part(text: str, start: int) -> tuple[str, str]:
             break
         if end < 0:
             break
-    return subject, rest[pos:]
+    return subject, rest[pos:], author
+
+
+_FORWARDED_FROM = re.compile(r"[ \t]*\*?(?:de|from|von|exp[ée]diteur)[ \t]*:\*?[ \t]*(.*)",
+                             re.IGNORECASE)
+_ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+
+
+def _address(value: str) -> str:
+    """The first e-mail address in a From value ("Name <a@b>", "a@b", "Name [a@b]"), or ""."""
+    found = _ADDRESS.search(value or "")
+    return found.group(0).lower() if found else ""
 
 
 _QUOTE_LEVEL = re.compile(r"^[ \t]*> ?", re.MULTILINE)
@@ -504,9 +531,11 @@ def _drop_greeting(body: str) -> str:
 
 # Identifiers: words with a digit (numbers, dates, phone numbers, serials), e-mail
 # addresses, and capitalised words inside a sentence (names: "compte pour Marie
-# Dubois"), the latter found in the ASCII-folded text where case is kept.  The
-# pattern starts with a literal space so that the regex engine skips to spaces.
-_IDENT_NAME = re.compile(rb" (?<=[a-z0-9,;)] )([A-Z][A-Za-z'-]*[a-z][A-Za-z'-]*)")
+# Dubois", also after a title: "M. Tran", "Dr. Lee"), the latter found in the
+# ASCII-folded text where case is kept.  The pattern starts with a literal space so
+# that the regex engine skips to spaces.
+_IDENT_NAME = re.compile(rb" (?:(?<=[a-z0-9,;)] )|(?<=[\s(]M\. )|(?<=[\s(](?:Mr|Ms|Dr|Pr|Me)\. )"
+                         rb"|(?<=[\s(]Mrs\. ))([A-Z][A-Za-z'-]*[a-z][A-Za-z'-]*)")
 _NOT_NAMES = frozenset((b"i'm", b"i've", b"i'll", b"i'd"))
 _EMAIL_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_+")
 _MAX_ADDRESSES = 20

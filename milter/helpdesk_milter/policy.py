@@ -412,7 +412,8 @@ class Policy:
             # Not a request to a watched address: nothing to compare or remember.
             return self._routing(route, None)
         with stage("dedup"):
-            fp = fingerprint(msg, sender=msg.from_addr or sender, structure=structure)
+            fp = fingerprint(msg, sender=msg.from_addr or sender, structure=structure,
+                             resolve=self.directory.lookup)
             decided: list[Decision] = []
 
             def plan(match: Match | None) -> Remember | None:
@@ -458,8 +459,13 @@ class Policy:
         droppable = tuple(a for a, g in r.groups if g.mode != "tag")
         if r.assistance_rcpts:
             # Same transaction: assistance already gets this copy; the watched side
-            # is the duplicate.  Never add a second assistance recipient.
+            # is the duplicate.  Never add a second assistance recipient.  When
+            # assistance also has an earlier copy (a resend to both), that copy is
+            # the one to name: the helpdesk must see that this one is no new request.
             removed = droppable if dedup.action == "drop" else ()
+            if match is not None and match.assistance_has_it:
+                return duplicate(match.of_message_id, match.kind, removed,
+                                 r.assistance_rcpts[0])
             return duplicate(r.msg.message_id, "same-transaction", removed,
                              r.assistance_rcpts[0])
 
