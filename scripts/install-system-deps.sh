@@ -5,7 +5,12 @@
 # suite runs its own private instance on 127.0.0.1).
 set -euo pipefail
 
-PACKAGES=(postfix libmilter-dev swaks dnsmasq-base openssl systemd gcc python3-dev)
+# sasl2-bin: saslpasswd2, for the end-to-end test of authenticated submission (SMTP AUTH)
+# systemd: systemd-analyze for the unit tests (no running systemd needed); python3-venv
+# and man-db: the README's production install, followed by tests/test_readme_production.py
+# redis-server: the tests of [state] backend = "redis" start their own private one
+PACKAGES=(postfix libmilter-dev swaks dnsmasq-base openssl systemd gcc python3-dev sasl2-bin
+          python3-venv man-db redis-server)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -28,3 +33,10 @@ echo "install-system-deps: installing ${missing[*]}" >&2
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The package starts a system Redis on 127.0.0.1:6379 where services may start.  The
+# tests never use it (they run their own on a free port); leave none running that this
+# script installed, so that nothing comes to depend on it by accident.
+if [[ " ${missing[*]} " == *" redis-server "* ]] && command -v systemctl >/dev/null \
+   && systemctl is-active --quiet redis-server 2>/dev/null; then
+  systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi

@@ -5,6 +5,8 @@ transactions a moment apart: the first goes through the decision and is
 remembered, the second must be recognised as its duplicate (with the expected
 ``match=`` kind) or, for a near miss, must not.  The safety rules are checked
 on every decision: nothing is removed unless assistance has the request.
+The recall, expiry and drop tests run against both state backends (SQLite, and
+Redis on a private redis-server): the same decisions either way.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import pytest
 from helpdesk_milter.config import parse_config
 from helpdesk_milter.engine import Engine
 from helpdesk_milter.message import Envelope, ParsedMessage
-from helpdesk_milter.store import SQLiteStore
 from support.milterproc import dump_toml
+from support.redis import StateBackend, redis_server, state_backend  # noqa: F401
 from support.world import EXAMPLE_CONFIG
 
 PAIRS_DIR = Path(__file__).resolve().parent / "dedup_pairs"
@@ -42,10 +44,15 @@ class Clock:
         return self.now
 
 
-def make_engine(tmp_path: Path, clock: Clock, **dedup: str) -> Engine:
+SQLITE = StateBackend("sqlite")
+
+
+def make_engine(tmp_path: Path, clock: Clock, backend: StateBackend = SQLITE,
+                **dedup: str) -> Engine:
     config = parse_config(config_text(**dedup), base_dir=EXAMPLE_CONFIG.parent)
-    store = SQLiteStore(tmp_path / "state.db", window=config.dedup.window,
-                        similarity=config.dedup.similarity, clock=clock)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    store = backend.make(tmp_path / "state.db", window=config.dedup.window,
+                         similarity=config.dedup.similarity, clock=clock)
     return Engine(config, store=store, clock=clock, dnsfunc=lambda *a, **k: None)
 
 
@@ -81,10 +88,10 @@ def test_pair(tmp_path, pair):
         assert not second.add_rcpts           # never rerouted a second time
 
 
-def replay(tmp_path: Path, pair: dict):
+def replay(tmp_path: Path, pair: dict, backend: StateBackend = SQLITE):
     """The first message, an hour passes, the second; returns both decisions."""
     clock = Clock()
-    engine = make_engine(tmp_path, clock)
+    engine = make_engine(tmp_path, clock, backend)
     first = send(engine, pair["first"], "Q1")
     clock.now += 3600
     engine.store.flush()
@@ -101,10 +108,10 @@ def expected(pair: dict, first) -> str | None:
     return None if pair["expect"] == "none" else pair["expect"]
 
 
-def test_recall_and_false_duplicates(tmp_path, capsys):
+def test_recall_and_false_duplicates(tmp_path, capsys, state_backend):  # noqa: F811
     found = missed = false = clean = skipped = 0
     for n, pair in enumerate(PAIRS["pair"]):
-        first, second = replay(tmp_path / str(n), pair)
+        first, second = replay(tmp_path / str(n), pair, state_backend)
         if pair["expect"] != "none" and expected(pair, first) is None:
             skipped += 1
             continue
@@ -115,24 +122,26 @@ def test_recall_and_false_duplicates(tmp_path, capsys):
             found += second.duplicate == pair["expect"]
             missed += second.duplicate != pair["expect"]
     with capsys.disabled():
-        print(f"\ndedup through the engine: recall {found}/{found + missed}, "
+        print(f"\ndedup through the engine ({state_backend.name}): "
+              f"recall {found}/{found + missed}, "
               f"false duplicates {false}/{false + clean} ({skipped} pair(s) whose first "
               "message is no request)")
     assert missed == 0 and false == 0
 
 
-def test_window_expiry(tmp_path):
+def test_window_expiry(tmp_path, state_backend):  # noqa: F811
     clock = Clock()
-    engine = make_engine(tmp_path, clock, window="2h")
+    engine = make_engine(tmp_path, clock, state_backend, window="2h")
     send(engine, "o01-imprimante-toner.eml", "Q1")
     clock.now += 3 * 3600
     assert send(engine, "d01-toner-resent-same-id.eml", "Q2").duplicate is None
     engine.store.close()
 
 
-def test_drop_removes_assistance_only_when_it_provably_has_it(tmp_path):
+def test_drop_removes_assistance_only_when_it_provably_has_it(tmp_path,
+                                                             state_backend):  # noqa: F811
     clock = Clock()
-    engine = make_engine(tmp_path, clock, action="drop")
+    engine = make_engine(tmp_path, clock, state_backend, action="drop")
     first = send(engine, "o01-imprimante-toner.eml", "Q1")
     clock.now += 60
     second = send(engine, "d01-toner-resent-same-id.eml", "Q2")

@@ -3,6 +3,8 @@
 The end-to-end tests (test_e2e_guidance.py) show the mail itself; these check
 the rules around it quickly: the cases that call for guidance, the message
 rules that forbid it, the per-sender period, the hourly cap, and trust.
+The period and the cap are checked against both state backends (SQLite, and
+Redis on a private redis-server).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import pytest
 from helpdesk_milter.config import parse_config
 from helpdesk_milter.engine import Engine
 from helpdesk_milter.message import Envelope
-from helpdesk_milter.store import SQLiteStore
 from support.mail import as_bytes, make_message
 from support.milterproc import dump_toml
+from support.redis import StateBackend, redis_server, state_backend  # noqa: F401
 from support.world import example_sections
 
 PROBLEMS = [
@@ -34,12 +36,15 @@ class Clock:
         return self.now
 
 
-def engine(tmp_path, **autoreply):
+SQLITE = StateBackend("sqlite")
+
+
+def engine(tmp_path, backend=SQLITE, **autoreply):
     data = example_sections(autoreply={"enabled": True, "trust": "known", **autoreply})
     data["milter"]["database"] = str(tmp_path / "state.db")
     config = parse_config(dump_toml(data))
     clock = Clock()
-    store = SQLiteStore(tmp_path / "state.db", clock=clock)
+    store = backend.make(tmp_path / "state.db", clock=clock)
     return Engine(config, store=store, clock=clock, dnsfunc=lambda *a, **k: None), clock
 
 
@@ -57,8 +62,8 @@ def decide(eng, raw, sender="secretariat@mairie-exemple.fr", client_addr="127.0.
     return eng.process_raw(env, raw).decision
 
 
-def test_one_guidance_per_sender_per_period(tmp_path):
-    eng, clock = engine(tmp_path, every="7d")
+def test_one_guidance_per_sender_per_period(tmp_path, state_backend):  # noqa: F811
+    eng, clock = engine(tmp_path, state_backend, every="7d")
     assert decide(eng, request(0)).guidance == "queued"
     clock.now += 3600
     assert decide(eng, request(1)).guidance == "suppressed:rate-limited"
@@ -72,8 +77,8 @@ def test_one_guidance_per_sender_per_period(tmp_path):
     assert rows == [("queued", ""), ("suppressed", "rate-limited"), ("queued", "")]
 
 
-def test_hourly_cap_for_all_senders(tmp_path):
-    eng, _ = engine(tmp_path, max_per_hour=2)
+def test_hourly_cap_for_all_senders(tmp_path, state_backend):  # noqa: F811
+    eng, _ = engine(tmp_path, state_backend, max_per_hour=2)
     senders = ["a@mairie-exemple.fr", "b@mairie-exemple.fr", "c@mairie-exemple.fr"]
     outcomes = [decide(eng, request(n, sender=s), sender=s).guidance
                 for n, s in enumerate(senders)]

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from typing import Any
 
 from . import __version__
 from .classify import RulesError, RuleSet
-from .config import Config, ConfigError, load_config, parse_duration
+from .config import Config, ConfigError, LoggingSettings, load_config, parse_duration
 from .message import Envelope, strip_brackets
 
 # engine/store/app are imported inside the commands: sqlite-utils imports numpy
@@ -89,12 +90,10 @@ def _config_problem(exc: ConfigError | RulesError) -> int:
     return 1
 
 
-def setup_logging(level: str = "info") -> None:
-    # Under systemd, journald stamps each line itself.
-    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") \
-        else "%(asctime)s %(levelname)s %(message)s"
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt,
-                        stream=sys.stderr, force=True)
+def setup_logging(level: str = "info", settings: LoggingSettings | None = None) -> None:
+    """stderr or syslog, text or JSON ([logging]); see logs.py."""
+    from .logs import setup_logging as setup
+    setup(level, settings)
 
 
 # --- run ---------------------------------------------------------------------------
@@ -119,10 +118,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = replace(config, milter=replace(
             config.milter, socket=args.socket or config.milter.socket,
             database=args.database or config.milter.database))
-    setup_logging(config.milter.log_level)
-    from .app import serve  # imports pymilter; the other commands don't need it
+    setup_logging(config.milter.log_level, config.logging)
+    for doubt in config.doubts:
+        logging.getLogger("helpdesk_milter").warning("configuration: %s", doubt)
+    from .app import SocketInUse, claim_socket, serve  # pymilter: only run needs it
     from .engine import Engine
-    from .store import SQLiteStore
+    from .store import SQLiteStore, Store
+    try:
+        # first: a second instance must not open the state or send guidance mail
+        socket_lock = claim_socket(config.milter.socket)
+    except SocketInUse as exc:
+        return _fail(f"refusing to start: {exc}")
+    except OSError as exc:
+        # the socket's folder is missing and cannot be made, or not writable by us
+        return _fail(f"cannot prepare the socket {config.milter.socket}: "
+                     f"{exc.strerror or exc} ({exc.filename or 'its folder'}); create the "
+                     "folder, owned by the milter's user (README: Install on Debian)")
     sealer = None
     if config.arc.enabled:
         from .auth import ArcError, ArcSealer
@@ -132,12 +143,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ArcError as exc:
             return _fail(f"arc.private_key: {exc}")
     try:
-        store = SQLiteStore(config.milter.database, window=config.dedup.window,
-                            similarity=config.dedup.similarity)
+        if config.state.backend == "redis":       # redis-py only then (0.15 s to import)
+            from .redis_store import open_store
+            store: Store = open_store(config)     # Redis beside the SQLite file
+        else:
+            store = SQLiteStore(config.milter.database, window=config.dedup.window,
+                                similarity=config.dedup.similarity)
     except Exception as exc:
-        return _fail(f"cannot open the state database {config.milter.database}: {exc}")
+        return _fail(f"cannot open the state ({config.milter.database}, backend "
+                     f"{config.state.backend}): {exc}")
     policy, learning = _policy_and_learning(config, rules)
     engine = Engine(config, store=store, policy=policy, sealer=sealer, learning=learning)
+    from .metrics import make_metrics
+    try:
+        metrics = make_metrics(config.metrics.listen, observe=engine.observing)
+    except OSError as exc:
+        store.close()
+        return _fail(f"metrics.listen: cannot listen on {config.metrics.listen}: "
+                     f"{exc.strerror or exc}")
+
+    def rebuild(running: Config) -> Engine:
+        """SIGHUP: the config, client CSVs, rules, model and templates read again and
+        checked as at start; raises ConfigError and the running engine stays."""
+        from .app import keep_restart_only
+        new, rules = _load(args.config)
+        unsafe = unsafe_permissions(Path(args.config), new)
+        if unsafe:
+            raise ConfigError(unsafe)
+        new, changed = keep_restart_only(running, new)
+        for key in changed:
+            logging.getLogger("helpdesk_milter").warning(
+                "reload: %s changed; it takes effect at the next restart", key)
+        for doubt in new.doubts:
+            logging.getLogger("helpdesk_milter").warning("configuration: %s", doubt)
+        new_sealer = None
+        if new.arc.enabled:
+            from .auth import ArcError, ArcSealer
+            try:
+                new_sealer = ArcSealer.from_file(new.arc.domain, new.arc.selector,
+                                                 new.arc.private_key, new.milter.authserv_id)
+            except ArcError as exc:
+                raise ConfigError([f"arc.private_key: {exc}"]) from None
+        new_policy, new_learning = _policy_and_learning(new, rules)
+        return Engine(new, store=store, policy=new_policy, sealer=new_sealer,
+                      learning=new_learning)
+
     sender = None
     if config.autoreply.enabled:
         from .outbox import OutboxSender
@@ -145,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                               give_up=config.autoreply.give_up,
                               retry_after=config.autoreply.retry).start()
     try:
-        serve(config, engine)
+        serve(config, engine, rebuild=rebuild, metrics=metrics, socket_lock=socket_lock)
     except Exception as exc:
         logging.getLogger("helpdesk_milter").error("cannot serve on %s: %s",
                                                   config.milter.socket, exc)
@@ -153,6 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if sender is not None:
             sender.stop()
+        metrics.close()
         store.close()
     return 0
 
@@ -162,7 +213,9 @@ def unsafe_permissions(config_path: Path, config: Config) -> list[str]:
 
     The config, the files it reads (client CSVs, rules, ARC key), the state
     database, their directories, and a unix socket's directory, must not be
-    world-writable.
+    world-writable.  A world-writable directory with the sticky bit (``/tmp``)
+    is safe for them: only a file's owner (or root) may remove or rename what
+    is in it, so nobody else can swap our files.
     """
     paths = {config_path, *(Path(p) for p in config.client_files)}
     if config.classifier.rules_file:
@@ -181,9 +234,21 @@ def unsafe_permissions(config_path: Path, config: Config) -> list[str]:
             mode = path.stat().st_mode
         except OSError:
             continue
-        if mode & 0o002:
+        if mode & 0o002 and not (stat.S_ISDIR(mode) and mode & stat.S_ISVTX):
             problems.append(f"{path} is world-writable (mode {mode & 0o7777:04o}); "
                             f"fix it with: chmod o-w {path}")
+    for path in sorted(paths):
+        # In a sticky world-writable directory anyone may create a file first: one
+        # of ours found there must belong to us (or root), not to whoever made it.
+        try:
+            parent, owner = path.resolve().parent.stat(), path.stat().st_uid
+        except OSError:
+            continue
+        if parent.st_mode & 0o002 and owner not in (0, os.geteuid()):
+            problems.append(f"{path} is in a world-writable directory and belongs to "
+                            f"uid {owner}, not to the milter's user (uid {os.geteuid()}); "
+                            "anyone could have created it there: move it to a directory "
+                            "of its own")
     return problems
 
 
@@ -196,14 +261,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return _config_problem(exc)
     from .policy import Policy
     unsafe = unsafe_permissions(Path(args.config), config)
-    if unsafe:
-        return _config_problem(ConfigError([f"{p} (the milter refuses to start)"
-                                            for p in unsafe]))
+    if unsafe or config.doubts:
+        # the doubts first, in file line order: valid settings that do not do what
+        # an admin means (run starts with them, logging a warning each)
+        return _config_problem(ConfigError([*config.doubts, *(
+            f"{p} (the milter refuses to start)" for p in unsafe)]))
     policy = Policy(config, rules=rules)
     print(f"{args.config}: OK")
     print(f"  socket        {config.milter.socket}")
     print(f"  database      {config.milter.database}")
     print(f"  on error      {config.milter.on_error}")
+    if config.milter.mode == "observe":
+        print("  mode          observe: decisions are logged and recorded, no message is "
+              "changed")
+    listen = config.metrics.listen
+    print(f"  metrics       {f'http://{listen}/metrics' if listen else 'off'}")
+    if config.state.backend == "redis":
+        from .redis_store import describe_url
+        print(f"  shared state  redis {describe_url(config.state.redis_url)} "
+              f"(prefix {config.state.key_prefix!r}; decisions stay in the database)")
     print(f"  assistance    {config.addresses.assistance} (unknown senders: "
           f"{config.addresses.fallback})")
     print(f"  internal      {', '.join(config.addresses.internal_domains) or '(none)'}")
@@ -241,6 +317,9 @@ def _warnings(config: Config, policy: Any) -> list[str]:
     if not config.clients:
         out.append("the client directory is empty: every request goes to the fallback "
                    "address")
+    if config.watch and not config.addresses.internal_domains:
+        out.append("addresses.internal_domains is empty: staff's own mail to a watched "
+                   "address is treated as client mail (list the domains staff write from)")
     return out
 
 
@@ -373,6 +452,7 @@ def _decision_json(env: Envelope, d: Any, message_id: str) -> dict[str, Any]:
         "add_rcpts": list(d.add_rcpts), "del_rcpts": list(d.del_rcpts),
         "remove_headers": [list(h) for h in d.strip_headers],
         "add_headers": [list(h) for h in d.add_headers], "duplicate": d.duplicate,
+        "duplicate_of": d.duplicate_of,
         "change_headers": [list(h) for h in d.change_headers],
         "prepend_headers": [list(h) for h in d.prepend_headers],
         "secrets": d.secrets, "secret_kinds": list(d.secret_kinds),
@@ -393,6 +473,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             return _config_problem(exc)
     if not Path(database).exists():
         return _fail(f"no state database at {database} (has the milter run yet?)")
+    if args.queue_id is not None or args.message_id is not None or args.sender is not None:
+        return _report_trace(args, database)
     try:
         since_seconds = parse_duration(args.since)
     except ValueError as exc:
@@ -403,6 +485,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         db = open_database(database, readonly=True)
         data = report(db, since=time.time() - since_seconds, limit=args.limit)
         data["learning"] = learning_report(db, since=time.time() - since_seconds)
+        from .store import observed_report
+        data["observe"] = observed_report(db, since=time.time() - since_seconds,
+                                          limit=args.limit)
     except Exception as exc:
         return _fail(f"cannot read {database}: {exc}")
     if args.json:
@@ -444,6 +529,87 @@ def cmd_report(args: argparse.Namespace) -> int:
            [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])), r["queue_id"],
              r["mail_from"], r["verdict"], r["action"], r["added"], r["removed"])
             for r in data["last"]])
+    _print_observed(data["observe"], args.limit)
+    return 0
+
+
+def _print_observed(observed: dict[str, Any], limit: int) -> None:
+    """The report's observe-mode part: what the milter would have done (nothing was)."""
+    if not observed["total"]:
+        return
+    print()
+    print(f"observe mode (milter.mode = \"observe\"): {observed['total']} decision(s) "
+          "recorded, no message changed; this is what enforce mode would have done")
+    _table("observe: would have, by action", ["action", "messages"],
+           list(observed["by_action"].items()))
+    _table("observe: would have routed", ["structure", "to", "mode", "messages"],
+           [(r["structure"], r["assistance"], r["action"], r["messages"])
+            for r in observed["routed"]])
+    _table("observe: other changes it would have made", ["change", "messages"],
+           [("watched recipients removed", observed["would_remove"]),
+            *((f"duplicate ({match})", n) for match, n in observed["duplicates"].items()),
+            *((f"secret redacted: {kind}", n) for kind, n in observed["secrets"].items()),
+            *((f"guidance {outcome}", n) for outcome, n in observed["guidance"].items())])
+    _table(f"observe: last {limit} decisions",
+           ["time", "queue id", "from", "verdict", "would", "add", "remove"],
+           [(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"])), r["queue_id"],
+             r["mail_from"], r["verdict"], r["action"], r["added"], r["removed"])
+            for r in observed["last"]])
+
+
+def _report_trace(args: argparse.Namespace, database: str) -> int:
+    """``report --queue-id/--message-id/--sender``: every decision recorded for one
+    message (or one sender's messages), newest first."""
+    from .store import open_database, trace
+    try:
+        db = open_database(database, readonly=True)
+        rows = trace(db, queue_id=args.queue_id, message_id=args.message_id,
+                     sender=args.sender, limit=args.limit)
+    except Exception as exc:
+        return _fail(f"cannot read {database}: {exc}")
+    what = (f"queue id {args.queue_id}" if args.queue_id is not None
+            else f"Message-ID {args.message_id}" if args.message_id is not None
+            else f"sender {args.sender}")
+    if args.json:
+        print(json.dumps({"query": what, "decisions": rows}, indent=2))
+        return 0 if rows else 1
+    if not rows:
+        print(f"helpdesk-milter: no decision recorded for {what} in {database}. Only the "
+              "helpdesk's mail (a watched or assistance recipient) is recorded; other mail "
+              "is accepted at the end of the envelope and only logged.", file=sys.stderr)
+        return 1
+
+    def listed(values: list[str] | None) -> str:
+        return "(not recorded)" if values is None else ", ".join(values) or "-"
+
+    for n, r in enumerate(rows):
+        if n:
+            print()
+        print(f"queue id     {r['queue_id'] or '-'}")
+        if r["mode"] == "observe":
+            print("mode         observe: nothing was changed; the action, added and removed "
+                  "are what enforce mode would have done")
+        print(f"time         {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(r['time']))}")
+        print(f"message-id   {r['message_id'] or '-'}")
+        print(f"sender       <{r['mail_from']}>"
+              + (f" (From: {r['from_addr']})" if r["from_addr"] else ""))
+        print(f"recipients   {listed(r['rcpts'])}")
+        print(f"final        {listed(r['final_rcpts'])}"
+              + (f"  (added {', '.join(r['added'])})" if r["added"] else "")
+              + (f"  (removed {', '.join(r['removed'])})" if r["removed"] else ""))
+        print(f"verdict      {r['verdict']} (score {r['score']:.1f}), structure "
+              f"{r['structure'] or 'unknown'}")
+        print(f"rules        {', '.join(r['rules'] or []) or '-'}")
+        print(f"action       {r['action']}"
+              + (f" ({r['skip_reason']})" if r["skip_reason"] else "")
+              + (f", watch group {r['watch_group']}" if r["watch_group"] else "")
+              + (f", assistance {r['assistance']}" if r["assistance"] else ""))
+        if r["duplicate"]:
+            print(f"duplicate    of {r['duplicate_of'] or 'an earlier copy'} "
+                  f"(match {r['duplicate']})")
+        print(f"secrets      {r['secrets'] or 0}"
+              + (f" ({', '.join(r['secret_kinds'])}; values are never stored)"
+                 if r["secret_kinds"] else ""))
     return 0
 
 
@@ -558,7 +724,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the milter daemon",
                        description="Run the milter; it listens on [milter] socket and logs "
-                                   "one line per message to stderr. Stops on SIGTERM.")
+                                   "one line per message to stderr. Stops on SIGTERM; "
+                                   "on SIGHUP (systemctl reload) re-reads the configuration, "
+                                   "client CSVs and templates, and keeps the running "
+                                   "configuration if they have a problem. Refuses to start "
+                                   "on a unix socket another instance serves.")
     add_config(p)
     p.add_argument("--socket", help="override [milter] socket (libmilter syntax, e.g. "
                                     "inet:8894@127.0.0.1, unix:/run/x.sock, fd:3)")
@@ -597,7 +767,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="summarise the decisions in the state database",
                        description="Summarise what the milter did: messages per action and "
                                    "verdict, requests per structure, senders writing to a "
-                                   "watched address, last decisions.")
+                                   "watched address, last decisions. With --queue-id, "
+                                   "--message-id or --sender: trace one message instead.")
     add_config(p)
     p.add_argument("--database", metavar="FILE", help="state database (default: from config)")
     p.add_argument("--since", default="7d", metavar="DURATION",
@@ -605,6 +776,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=10, metavar="N",
                    help="rows in the top and last lists (default 10)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    one = p.add_mutually_exclusive_group()
+    one.add_argument("--queue-id", metavar="ID",
+                     help="trace one message by its Postfix queue id (as in the mail log): "
+                          "recipients as they came and as they left, verdict, rules, "
+                          "duplicate of, secrets by kind; exit 1 when none is recorded")
+    one.add_argument("--message-id", metavar="ID",
+                     help="trace one message by its Message-ID (angle brackets optional)")
+    one.add_argument("--sender", metavar="ADDR",
+                     help="trace the messages of one sender (envelope or From address), "
+                          "newest first, at most --limit")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("learn", help="teach the classifier with this site's mail",

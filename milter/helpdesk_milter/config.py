@@ -101,6 +101,20 @@ def _check_regex(value: str) -> None:
         raise ValueError(f"not a valid regular expression: {exc}") from None
 
 
+def _check_ticket_pattern(value: str) -> None:
+    _check_regex(value)
+    if re.compile(value).groups < 1:
+        raise ValueError(f"{value!r} has no capture group: put the ticket number in "
+                         "parentheses, as in '\\[example #(\\d+)\\]' (the group is the "
+                         "ticket recorded and quoted back to the sender)")
+
+
+def _check_socket_path(value: str) -> None:
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r}: give the absolute path of a unix socket, such as "
+                         "\"/dev/log\"")
+
+
 def _check_assistance(value: str) -> None:
     if value.count("{structure}") != 1 or "@" not in value:
         raise ValueError(f"{value!r} must be an address containing {{structure}} once, "
@@ -152,6 +166,29 @@ def _check_hostport(value: str) -> None:
         raise ValueError(f"{value!r}: expected HOST:PORT, for example 127.0.0.1:25")
 
 
+def _check_redis_timeout(value: float) -> None:
+    if not 0 < value <= 60:
+        raise ValueError("expected a duration above 0 and at most 60s, such as \"0.5s\"")
+
+
+def _check_redis_url(value: str) -> None:
+    from urllib.parse import urlsplit
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"{parts.scheme or value!r}: expected a redis://, rediss:// or "
+                         "unix:// URL")
+    if parts.password:
+        raise ValueError("the URL holds a password: put it in state.redis_password_file")
+
+
+def _check_listen(value: str) -> None:
+    if value:                   # empty: no metrics endpoint
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r}: expected HOST:PORT, for example 127.0.0.1:9894, "
+                             "or \"\" for no metrics endpoint")
+
+
 _ADDRESS_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -191,6 +228,10 @@ KEYS: tuple[Key, ...] = (
         "seconds libmilter waits for Postfix before dropping an idle milter connection"),
     Key("milter.log_level", "str", "info", "debug, info, warning or error",
         _check_choice("debug", "info", "warning", "error")),
+    Key("milter.mode", "str", "enforce",
+        "enforce (apply the decisions) or observe (decide, log and record what would have "
+        "been done, change no message, send no guidance, learn nothing)",
+        _check_choice("enforce", "observe")),
     Key("addresses.assistance", "str", "{structure}@assistance.example.org",
         "each client structure's support address; {structure} is replaced by the structure "
         "name", _check_assistance),
@@ -227,8 +268,8 @@ KEYS: tuple[Key, ...] = (
     Key("classifier.weights.*", "float", None,
         "override the weight of a shipped rule by name; 0 disables it"),
     Key("followup.ticket_pattern", "str", r"\[example #(\d+)\]",
-        "a Subject matching this regular expression is a complement to an existing ticket",
-        _check_regex),
+        "a Subject matching this regular expression is a complement to an existing ticket; "
+        "its first capture group is the ticket number", _check_ticket_pattern),
     Key("dedup.window", "duration", "72h",
         "how long a request is remembered to recognise its duplicates"),
     Key("dedup.action", "str", "tag",
@@ -250,6 +291,25 @@ KEYS: tuple[Key, ...] = (
         "recipient; any other mail is accepted at the end of the envelope, untouched) or "
         "all (every message: its headers and body are then read by the milter)",
         _check_choice("helpdesk", "all")),
+    Key("secrets.outgoing", "bool", False,
+        "also redact staff's authenticated submissions (SMTP AUTH, Postfix's {auth_authen}): "
+        "false leaves their mail as written (a temporary password sent to a client), true "
+        "redacts it like any other"),
+    Key("logging.target", "str", "stderr",
+        "where the one line per message goes: stderr (journald under systemd) or syslog "
+        "(facility logging.facility, beside Postfix's own lines in /var/log/mail.log)",
+        _check_choice("stderr", "syslog")),
+    Key("logging.facility", "str", "mail",
+        "the syslog facility with logging.target = syslog: mail, daemon, user or local0 to "
+        "local7", _check_choice("mail", "daemon", "user", *(f"local{n}" for n in range(8)))),
+    Key("logging.format", "str", "text",
+        "text (key=value words) or json (one JSON object per line, with queue_id and the "
+        "line's key=value fields)", _check_choice("text", "json")),
+    Key("logging.syslog_socket", "str", "/dev/log",
+        "the local syslog socket (logging.target = syslog)", _check_socket_path),
+    Key("metrics.listen", "str", "",
+        "HOST:PORT of a Prometheus endpoint (/metrics), e.g. 127.0.0.1:9894; empty: none",
+        _check_listen),
     Key("dns.resolver", "str", "",
         "DNS server for DKIM key lookups as HOST or HOST:PORT (empty: the system's "
         "resolvers)", _check_resolver),
@@ -291,6 +351,25 @@ KEYS: tuple[Key, ...] = (
         "how long a guidance mail is retried while the relay is unreachable"),
     Key("autoreply.retry", "duration", "1m",
         "first retry delay when the relay fails; it doubles each time, up to an hour"),
+    Key("state.backend", "str", "sqlite",
+        "where duplicates and guidance limits are kept: sqlite (milter.database, one host) "
+        "or redis (state.redis_url, shared by several MX hosts; the decision log and the "
+        "guidance outbox stay in milter.database)", _check_choice("sqlite", "redis")),
+    Key("state.redis_url", "str", "redis://127.0.0.1:6379/0",
+        "the Redis server with state.backend = redis: redis://HOST:PORT/DB, rediss:// "
+        "(TLS) or unix:///path/to/socket?db=0; no password here (state.redis_password_file)",
+        _check_redis_url),
+    Key("state.redis_password_file", "str", "",
+        "a file whose first line is the Redis password (AUTH); relative paths: next to the "
+        "config; empty: no password"),
+    Key("state.key_prefix", "str", "helpdesk-milter:",
+        "prefix of every Redis key this milter writes (one per site sharing a server)"),
+    Key("state.timeout", "duration", "0.5s",
+        "upper bound for one Redis command; past it the message is decided without shared "
+        "state (per milter.on_error) and Redis is retried a second later",
+        _check_redis_timeout),
+    Key("state.connect_timeout", "duration", "0.5s",
+        "upper bound for opening a connection to Redis", _check_redis_timeout),
 )
 
 KEYS_BY_PATH: dict[str, Key] = {k.path: k for k in KEYS}
@@ -309,6 +388,7 @@ class MilterSettings:
     spool_memory: int
     timeout: int
     log_level: str
+    mode: str = "enforce"               # enforce | observe
 
 
 @dataclass(frozen=True)
@@ -358,6 +438,15 @@ class SecretsSettings:
     marker: str
     disabled_kinds: tuple[str, ...]
     scope: str = "helpdesk"                 # helpdesk | all
+    outgoing: bool = False                  # redact authenticated submissions too
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    target: str = "stderr"                  # stderr | syslog
+    facility: str = "mail"
+    format: str = "text"                    # text | json
+    syslog_socket: str = "/dev/log"
 
 
 @dataclass(frozen=True)
@@ -365,6 +454,21 @@ class DnsSettings:
     resolver: str
     timeout: float
     cache_ttl: float
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    backend: str = "sqlite"                 # sqlite | redis
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password_file: str = ""
+    key_prefix: str = "helpdesk-milter:"
+    timeout: float = 0.5
+    connect_timeout: float = 0.5
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = ""                    # HOST:PORT; empty: no endpoint
 
 
 @dataclass(frozen=True)
@@ -412,6 +516,12 @@ class Config:
     arc: ArcSettings = ArcSettings(enabled=False, domain="", selector="", private_key="")
     learning: LearningSettings = LearningSettings()
     source: str = "<defaults>"
+    logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    state: StateSettings = StateSettings()
+    # Valid TOML and types, yet almost surely not what the admin meant: check-config
+    # lists these as problems (exit 1), run logs them as warnings and starts.
+    doubts: tuple[str, ...] = ()
 
 
 class ConfigError(Exception):
@@ -435,11 +545,21 @@ class _Problems:
         self.source = source
         self.lines = text.splitlines()
         self.items: list[str] = []
+        self._lines: dict[int, int | None] = {}   # item index -> its line in the file
 
     def add(self, path: str, message: str) -> None:
         line = _locate(self.lines, path)
         where = f"{self.source}:{line}" if line else self.source
         self.items.append(f"{where}: {path}: {message}")
+        self._lines[len(self.items) - 1] = line
+
+    def in_line_order(self) -> list[str]:
+        """The problems sorted by their line in the file (stable); those with no line
+        in it (a missing key, another file such as a client CSV) come last."""
+        last = len(self.lines) + 1
+        order = sorted(range(len(self.items)),
+                       key=lambda i: self._lines.get(i) or last)
+        return [self.items[i] for i in order]
 
 
 def _locate(lines: list[str], path: str) -> int | None:
@@ -563,7 +683,8 @@ def _did_you_mean(name: str, known: Mapping[str, Key]) -> str:
 
 
 TOP_LEVEL = ("milter", "addresses", "watch", "directory", "clients", "classifier", "followup",
-             "dedup", "secrets", "learning", "autoreply", "dns", "arc")
+             "dedup", "secrets", "learning", "autoreply", "dns", "arc", "logging", "metrics",
+             "state")
 
 
 def load_config(path: str | Path) -> Config:
@@ -604,6 +725,9 @@ def parse_config(text: str, *, source: str = "<string>",
     dns = _read_table("dns", _section(data, "dns", problems), problems)
     arc = _read_table("arc", _section(data, "arc", problems), problems)
     learning = _read_table("learning", _section(data, "learning", problems), problems)
+    logging_ = _read_table("logging", _section(data, "logging", problems), problems)
+    metrics = _read_table("metrics", _section(data, "metrics", problems), problems)
+    state = _read_table("state", _section(data, "state", problems), problems)
 
     weights: dict[str, float] = {}
     raw_weights = classifier_table.get("weights", {})
@@ -673,6 +797,10 @@ def parse_config(text: str, *, source: str = "<string>",
     templates_dir = beside_config(autoreply.get("templates_dir"))
     if templates_dir and not Path(templates_dir).is_dir():
         problems.add("autoreply.templates_dir", f"{templates_dir}: no such directory")
+    redis_password_file = beside_config(state.get("redis_password_file"))
+    if state.get("backend") == "redis" and redis_password_file \
+            and not Path(redis_password_file).is_file():
+        problems.add("state.redis_password_file", f"{redis_password_file}: no such file")
     arc_key = beside_config(arc.get("private_key"))
     if arc.get("enabled"):
         for name in ("domain", "selector", "private_key"):
@@ -682,7 +810,12 @@ def parse_config(text: str, *, source: str = "<string>",
             problems.add("arc.private_key", f"{arc_key}: no such file")
 
     if problems.items:
-        raise ConfigError(problems.items)
+        raise ConfigError(problems.in_line_order())
+    doubts = _Problems(source, text)
+    internal = tuple(d.lower().lstrip("@") for d in addresses["internal_domains"])
+    for index, group in enumerate(groups):
+        _doubt_watched_domains(f"watch[{index}].addresses", group, internal,
+                               addresses["fallback"], doubts)
 
     return Config(
         milter=MilterSettings(
@@ -690,7 +823,7 @@ def parse_config(text: str, *, source: str = "<string>",
             database=milter["database"], on_error=milter["on_error"],
             authserv_id=milter["authserv_id"], max_scan_size=milter["max_scan_size"],
             spool_memory=milter["spool_memory"], timeout=milter["timeout"],
-            log_level=milter["log_level"]),
+            log_level=milter["log_level"], mode=milter["mode"]),
         addresses=Addresses(
             assistance=addresses["assistance"].lower(), fallback=addresses["fallback"].lower(),
             internal_domains=tuple(d.lower().lstrip("@") for d in
@@ -707,7 +840,7 @@ def parse_config(text: str, *, source: str = "<string>",
                             similarity=dedup["similarity"]),
         secrets=SecretsSettings(action=secrets["action"], marker=secrets["marker"],
                                 disabled_kinds=tuple(secrets["disabled_kinds"]),
-                                scope=secrets["scope"]),
+                                scope=secrets["scope"], outgoing=secrets["outgoing"]),
         dns=DnsSettings(resolver=dns["resolver"], timeout=dns["timeout"],
                         cache_ttl=dns["cache_ttl"]),
         arc=ArcSettings(enabled=arc["enabled"], domain=arc["domain"],
@@ -722,7 +855,32 @@ def parse_config(text: str, *, source: str = "<string>",
             templates_dir=templates_dir, give_up=autoreply["give_up"],
             retry=autoreply["retry"]),
         source=source,
+        logging=LoggingSettings(target=logging_["target"], facility=logging_["facility"],
+                                format=logging_["format"],
+                                syslog_socket=logging_["syslog_socket"]),
+        metrics=MetricsSettings(listen=metrics["listen"]),
+        state=StateSettings(backend=state["backend"], redis_url=state["redis_url"],
+                            redis_password_file=redis_password_file,
+                            key_prefix=state["key_prefix"], timeout=state["timeout"],
+                            connect_timeout=state["connect_timeout"]),
+        doubts=tuple(doubts.in_line_order()),
     )
+
+
+def _doubt_watched_domains(path: str, group: WatchGroup, internal: tuple[str, ...],
+                           fallback: str, doubts: _Problems) -> None:
+    """A pattern that watches every mailbox of a domain (``*@example.org``) names staff
+    who also write mail; if that domain is not internal, their mail to each other looks
+    like client mail and is routed to the fallback address."""
+    for address in group.addresses:
+        local, _, domain = address.rpartition("@")
+        if "*" not in local or not domain or any(c in domain for c in "*?["):
+            continue
+        if not any(domain == d or domain.endswith("." + d) for d in internal):
+            doubts.add(path, f"{address!r} watches every mailbox of {domain}, but {domain} "
+                       "is not in addresses.internal_domains: mail staff there write to "
+                       f"each other would be taken for client mail and routed to {fallback};"
+                       f" add \"{domain}\" to addresses.internal_domains")
 
 
 _STRUCTURE_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$", re.IGNORECASE)

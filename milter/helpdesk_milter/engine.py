@@ -32,7 +32,16 @@ from .learn import Example, Forward, Learning, carried_forward, without_secrets
 from .message import Envelope, ParsedMessage, build_raw, strip_brackets
 from .policy import Decision, Policy
 from .stages import stage
-from .store import DecisionRecord, GuidanceEvent, NullStore, OutboxRow, Pending, Plan, Store
+from .store import (
+    DecisionRecord,
+    GuidanceEvent,
+    NullStore,
+    ObservedRecord,
+    OutboxRow,
+    Pending,
+    Plan,
+    Store,
+)
 
 log = logging.getLogger("helpdesk_milter")
 
@@ -85,6 +94,8 @@ class Engine:
         self.dnsfunc = dnsfunc or make_dnsfunc(config.dns.resolver, config.dns.timeout,
                                                config.dns.cache_ttl)
         self.sealer = sealer
+        # milter.mode = "observe": decide, log and record, change nothing (see observe)
+        self.observing = config.milter.mode == "observe"
 
     def steps_out(self, rcpts: Sequence[str]) -> bool:
         """True when a message for ``rcpts`` is accepted untouched at the end of the
@@ -120,7 +131,7 @@ class Engine:
             if decision.guidance_cases:
                 decision = self._guidance(env, msg, decision, pending)
             size = len(raw) if size is None else size
-            self._log(env, msg, decision, size)
+            self._log(env, msg, decision, size, observe=self.observing)
             if decision.recorded:
                 with stage("store"):
                     self.store.record(self._record(env, msg, decision, size),
@@ -193,6 +204,26 @@ class Engine:
     def abort(self, outcome: Outcome) -> None:
         """The decision was not applied: forget it, so a retry starts afresh."""
         self.store.abort(outcome.pending)
+
+    def observe(self, outcome: Outcome, rcpts: Sequence[str] = ()) -> None:
+        """Observe mode: the message went through unchanged.  Keep only what the
+        decision would have done, as an ``observed`` row; forget its fingerprint (a
+        later copy must not be dropped as the duplicate of a copy that never reached
+        assistance) and its guidance mail (never sent), and learn nothing."""
+        records = [item for item in outcome.pending.items if isinstance(item, DecisionRecord)]
+        self.store.abort(outcome.pending)
+        d = outcome.decision
+        for rec in records:
+            outcome.pending.items.append(ObservedRecord(
+                time=rec.time, queue_id=rec.queue_id, message_id=rec.message_id,
+                mail_from=rec.mail_from, from_addr=rec.from_addr,
+                rcpts=",".join(strip_brackets(r) for r in rcpts), structure=rec.structure,
+                verdict=rec.verdict, score=rec.score, rules=rec.rules, action=rec.action,
+                skip_reason=rec.skip_reason, watch_group=rec.watch_group,
+                assistance=rec.assistance, added=rec.added, removed=rec.removed,
+                duplicate=rec.duplicate, size=rec.size, secrets=rec.secrets,
+                secret_kinds=rec.secret_kinds, guidance=d.guidance or ""))
+        self.store.commit(outcome.pending)
 
     def _verify_dkim(self, msg: ParsedMessage) -> tuple[DkimResult, ...]:
         with stage("dkim"):
@@ -292,6 +323,7 @@ class Engine:
 
     def _record(self, env: Envelope, msg: ParsedMessage, d: Decision,
                 size: int) -> DecisionRecord:
+        rcpts = [strip_brackets(r) for r in env.rcpts]
         return DecisionRecord(
             time=self.clock(), queue_id=env.queue_id or "", message_id=msg.message_id,
             mail_from=env.mail_from.lower(), from_addr=msg.from_addr, structure=d.structure,
@@ -299,12 +331,15 @@ class Engine:
             action=d.action, skip_reason=d.skip_reason, watch_group=d.group,
             assistance=d.assistance, added=",".join(d.add_rcpts),
             removed=",".join(d.del_rcpts), duplicate=d.duplicate, size=size,
-            secrets=d.secrets, secret_kinds=",".join(d.secret_kinds))
+            secrets=d.secrets, secret_kinds=",".join(d.secret_kinds),
+            rcpts=",".join(rcpts), final_rcpts=",".join(_final_rcpts(rcpts, d)),
+            duplicate_of=d.duplicate_of)
 
     @staticmethod
-    def _log(env: Envelope, msg: ParsedMessage, d: Decision, size: int) -> None:
+    def _log(env: Envelope, msg: ParsedMessage, d: Decision, size: int, *,
+             observe: bool = False) -> None:
         qid = env.queue_id or "NOQUEUE"
-        secrets = ""
+        secrets = " mode=observe" if observe else ""
         if d.not_inspected:
             secrets += f" not-inspected={len(d.not_inspected)}"
         if d.secrets:
@@ -347,6 +382,15 @@ class Engine:
         if msg.message_id:
             parts.append(f"message-id={msg.message_id}")
         log_info(" ".join(parts))
+
+
+def _final_rcpts(rcpts: Sequence[str], d: Decision) -> list[str]:
+    """The recipients the message leaves with: those it came with, minus the removed
+    ones, plus the added ones (what Postfix delivers to once the milter is done)."""
+    if not d.changes_envelope:
+        return list(rcpts)
+    removed = {r.lower() for r in d.del_rcpts}
+    return [r for r in rcpts if r.lower() not in removed] + list(d.add_rcpts)
 
 
 def rewrite_raw(raw: bytes, decision: Decision) -> bytes:

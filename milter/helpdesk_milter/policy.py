@@ -79,6 +79,7 @@ class Decision:
     prepend_headers: tuple[tuple[str, str], ...] = ()  # inserted on top, in this order
     new_body: bytes | None = None
     duplicate: str | None = None                  # match kind when a duplicate was recognised
+    duplicate_of: str | None = None               # the earlier copy's Message-ID, when known
     secrets: int = 0                              # secrets found (redacted unless action=tag)
     secret_kinds: tuple[str, ...] = ()
     secret_where: tuple[tuple[str, str], ...] = ()    # (location, kind), never a value
@@ -276,6 +277,10 @@ class Policy:
         action = self.config.secrets.action
         if too_large or action == "off":
             return None
+        if env.auth_user and not self.config.secrets.outgoing:
+            # Staff's authenticated submission (SPEC: left alone unless configured):
+            # a temporary password sent to a client is meant to arrive.
+            return None
         with stage("secrets"):
             return redact_message(msg.raw, self.scanner, marker=self.config.secrets.marker,
                                   change=action == "redact", is_bounce=_is_bounce(env, msg))
@@ -435,7 +440,7 @@ class Policy:
                                                     f"action={'drop' if removed else 'tag'}"))
             return Decision(action="duplicate", assistance=assistance, del_rcpts=removed,
                             add_headers=tuple(headers), duplicate=kind,
-                            **base)  # type: ignore[arg-type]
+                            duplicate_of=of or None, **base)  # type: ignore[arg-type]
 
         if not r.groups:
             # Addressed to assistance only.  A second arrival of a request that

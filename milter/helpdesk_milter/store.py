@@ -96,6 +96,42 @@ def m004_guidance(db: sqlite_utils.Database) -> None:
     db["guidance_events"].create_index(["time"])   # type: ignore[union-attr]
 
 
+@migrations()
+def m005_trace(db: sqlite_utils.Database) -> None:
+    # One message traced (``report --queue-id/--message-id/--sender``): the envelope
+    # recipients as they came and as they left, and the Message-ID of the earlier copy
+    # a duplicate was matched to.  Rows written before this migration keep NULLs there.
+    decisions = db["decisions"]
+    decisions.add_column("rcpts", str)           # type: ignore[union-attr]
+    decisions.add_column("final_rcpts", str)     # type: ignore[union-attr]
+    decisions.add_column("duplicate_of", str)    # type: ignore[union-attr]
+    decisions.create_index(["queue_id"])         # type: ignore[union-attr]
+    decisions.create_index(["message_id"])       # type: ignore[union-attr]
+    decisions.create_index(["from_addr"])        # type: ignore[union-attr]
+
+
+@migrations()
+def m006_observed(db: sqlite_utils.Database) -> None:
+    # milter.mode = "observe": what each decision would have done, kept apart from
+    # ``decisions`` (what was done), so the report's figures never mix the two.
+    db["observed"].create({   # type: ignore[union-attr]
+        "id": int, "time": float, "queue_id": str, "message_id": str, "mail_from": str,
+        "from_addr": str, "rcpts": str, "structure": str, "verdict": str, "score": float,
+        "rules": str, "action": str, "skip_reason": str, "watch_group": str,
+        "assistance": str, "added": str, "removed": str, "duplicate": str, "size": int,
+        "secrets": int, "secret_kinds": str, "guidance": str,
+    }, pk="id")
+    db["observed"].create_index(["time"])          # type: ignore[union-attr]
+
+
+@migrations()
+def m007_trace_observed(db: sqlite_utils.Database) -> None:
+    # ``report --queue-id/--message-id/--sender`` reads observe mode's rows too: the
+    # same lookups as on ``decisions``, indexed the same way.
+    for column in ("queue_id", "message_id", "mail_from", "from_addr"):
+        db["observed"].create_index([column], if_not_exists=True)  # type: ignore[union-attr]
+
+
 @dataclass(frozen=True)
 class GuidanceEvent:
     time: float
@@ -136,6 +172,36 @@ class DecisionRecord:
     size: int
     secrets: int = 0
     secret_kinds: str = ""
+    rcpts: str = ""                 # envelope recipients as they came, comma-separated
+    final_rcpts: str = ""           # as they left: minus removed, plus added
+    duplicate_of: str | None = None   # Message-ID of the earlier copy, for a duplicate
+
+
+@dataclass(frozen=True)
+class ObservedRecord:
+    """Observe mode: one decision and what it would have done (nothing was)."""
+
+    time: float
+    queue_id: str
+    message_id: str
+    mail_from: str
+    from_addr: str
+    rcpts: str                      # envelope recipients, comma-separated
+    structure: str | None
+    verdict: str
+    score: float
+    rules: str
+    action: str                     # what would have been done: copy, redirect, tag...
+    skip_reason: str | None
+    watch_group: str | None
+    assistance: str | None
+    added: str                      # recipients that would have been added
+    removed: str                    # ... and removed
+    duplicate: str | None
+    size: int
+    secrets: int                    # secrets that would have been redacted (kinds only)
+    secret_kinds: str
+    guidance: str                   # queued (would have been sent) | suppressed:REASON | ""
 
 
 @dataclass(frozen=True)
@@ -217,7 +283,8 @@ def migrate(path: str | Path) -> None:
 
 # Where each kind of queued row goes.  An outbox row also starts "pending", to
 # be sent at once (status, attempts, next_attempt).
-_TABLE = {DecisionRecord: "decisions", GuidanceEvent: "guidance_events", OutboxRow: "outbox"}
+_TABLE = {DecisionRecord: "decisions", GuidanceEvent: "guidance_events", OutboxRow: "outbox",
+          ObservedRecord: "observed"}
 _OUTBOX_START = ("status", "attempts", "next_attempt")
 
 
@@ -598,8 +665,7 @@ class SQLiteStore:
     def _insert(db: sqlite_utils.Database, batch: Iterable[Any]) -> None:
         # Plain prepared statements: sqlite-utils' insert_all inspects the schema
         # and each row on every call, which costs more than the write itself.
-        rows: dict[type, list[tuple[Any, ...]]] = {DecisionRecord: [], GuidanceEvent: [],
-                                                   OutboxRow: []}
+        rows: dict[type, list[tuple[Any, ...]]] = {kind: [] for kind in _TABLE}
         fingerprints = []
         for item in batch:
             if isinstance(item, tuple):
@@ -850,8 +916,9 @@ def report(db: sqlite_utils.Database, *, since: float, limit: int = 10) -> dict[
             entry = secrets.setdefault(kind, {"messages": 0})
             entry["messages"] += 1
     secrets = dict(sorted(secrets.items(), key=lambda kv: (-kv[1]["messages"], kv[0])))
-    cols = ["time", "queue_id", "mail_from", "structure", "verdict", "score", "action",
-            "added", "removed", "rules"]
+    cols = ["time", "queue_id", "message_id", "mail_from", "structure", "verdict", "score",
+            "action", "added", "removed", "rules", "duplicate", "duplicate_of"]
+    cols = [c for c in cols if c in _decision_columns(db)]
     last = [dict(zip(cols, row, strict=True)) for row in q(
         f"select {', '.join(cols)} from decisions where time >= ? "
         "order by time desc limit ?", [since, limit]).fetchall()]
@@ -859,3 +926,104 @@ def report(db: sqlite_utils.Database, *, since: float, limit: int = 10) -> dict[
             "by_structure": by_structure, "wrong_address_senders": wrong,
             "secrets": secrets, "duplicates": duplicates, "guidance": guidance,
             "last": last}
+
+
+# What one traced message shows (``report --queue-id``); a file the milter has not
+# migrated yet (``report`` opens it read-only) lacks the newest columns: they read None.
+TRACE_COLUMNS = ("time", "queue_id", "message_id", "mail_from", "from_addr", "rcpts",
+                 "final_rcpts", "added", "removed", "verdict", "score", "structure", "rules",
+                 "action", "skip_reason", "watch_group", "assistance", "duplicate",
+                 "duplicate_of", "secrets", "secret_kinds", "size")
+
+
+def _decision_columns(db: sqlite_utils.Database, table: str = "decisions") -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info([{table}])").fetchall()}
+
+
+def trace(db: sqlite_utils.Database, *, queue_id: str | None = None,
+          message_id: str | None = None, sender: str | None = None,
+          limit: int = 20) -> list[dict[str, Any]]:
+    """The decisions recorded for one message, newest first: by Postfix queue id, by
+    Message-ID (with or without its angle brackets) or by sender (envelope sender or
+    From address, case-insensitive).  Each row holds recipients, verdict, rules and
+    secret kinds and counts; a secret value is never stored, so never shown.
+
+    Observe mode's rows (table ``observed``) come too, with ``mode = "observe"``:
+    their ``added``/``removed``/``action`` are what would have been done, and their
+    final recipients are the original ones (nothing was changed)."""
+    if queue_id is not None:
+        where, params = "queue_id = ?", [queue_id.strip()]
+    elif message_id is not None:
+        bare = message_id.strip().strip("<>")
+        where, params = "message_id in (?, ?)", [f"<{bare}>", bare]
+    elif sender is not None:
+        address = sender.strip().strip("<>").lower()
+        # two indexed lookups, not an OR the planner may turn into a scan
+        where = ("id in (select id from {table} where mail_from = ? "
+                 "union select id from {table} where from_addr = ?)")
+        params = [address, address]
+    else:
+        raise ValueError("trace needs a queue id, a Message-ID or a sender")
+    out = []
+    tables = db.table_names()
+    for table, mode in (("decisions", "enforce"), ("observed", "observe")):
+        if table not in tables:
+            continue
+        present = _decision_columns(db, table)
+        select = ", ".join(c if c in present else f"NULL AS {c}" for c in TRACE_COLUMNS)
+        rows = db.execute(f"SELECT {select} FROM [{table}] "
+                          f"WHERE {where.format(table=f'[{table}]')} "
+                          "ORDER BY time DESC, id DESC LIMIT ?", [*params, limit]).fetchall()
+        for row in rows:
+            rec: dict[str, Any] = dict(zip(TRACE_COLUMNS, row, strict=True))
+            rec["mode"] = mode
+            if mode == "observe" and rec["final_rcpts"] is None:
+                rec["final_rcpts"] = rec["rcpts"]
+            for name in ("rcpts", "final_rcpts", "added", "removed", "rules",
+                         "secret_kinds"):
+                value = rec[name]
+                rec[name] = None if value is None else [v for v in value.split(",") if v]
+            out.append(rec)
+    out.sort(key=lambda r: r["time"] or 0.0, reverse=True)
+    return out[:limit]
+
+
+def observed_report(db: sqlite_utils.Database, *, since: float,
+                    limit: int = 10) -> dict[str, Any]:
+    """What observe mode (``milter.mode = "observe"``) would have done since a Unix
+    time: decisions per action, routing per structure and assistance address, the
+    recipients it would have removed, secrets it would have redacted, guidance it
+    would have sent, and the last decisions.  Empty when observe mode never ran."""
+    out: dict[str, Any] = {"total": 0, "by_action": {}, "routed": [], "would_remove": 0,
+                           "duplicates": {}, "secrets": {}, "guidance": {}, "last": []}
+    if "observed" not in db.table_names():
+        return out
+    q = db.execute
+    out["total"] = q("select count(*) from observed where time >= ?", [since]).fetchone()[0]
+    out["by_action"] = dict(q("select action, count(*) from observed where time >= ? "
+                              "group by action order by count(*) desc", [since]).fetchall())
+    out["routed"] = [
+        {"structure": s or "unknown", "assistance": a, "action": act, "messages": n}
+        for s, a, act, n in q(
+            "select structure, assistance, action, count(*) from observed where time >= ? "
+            f"and action in {ROUTED_ACTIONS} group by 1, 2, 3 order by 4 desc, 1 limit ?",
+            [since, limit]).fetchall()]
+    out["would_remove"] = q("select count(*) from observed where time >= ? and removed != ''",
+                            [since]).fetchone()[0]
+    out["duplicates"] = dict(q("select duplicate, count(*) from observed where time >= ? "
+                               "and duplicate is not null group by 1", [since]).fetchall())
+    secrets: dict[str, int] = {}
+    for (kinds,) in q("select secret_kinds from observed where time >= ? and secrets > 0",
+                      [since]).fetchall():
+        for kind in filter(None, (kinds or "").split(",")):
+            secrets[kind] = secrets.get(kind, 0) + 1
+    out["secrets"] = dict(sorted(secrets.items(), key=lambda kv: (-kv[1], kv[0])))
+    out["guidance"] = dict(q("select guidance, count(*) from observed where time >= ? "
+                             "and guidance != '' group by 1 order by 2 desc",
+                             [since]).fetchall())
+    cols = ["time", "queue_id", "message_id", "mail_from", "rcpts", "structure", "verdict",
+            "score", "action", "added", "removed", "duplicate", "secrets", "guidance"]
+    out["last"] = [dict(zip(cols, row, strict=True)) for row in q(
+        f"select {', '.join(cols)} from observed where time >= ? "
+        "order by time desc, id desc limit ?", [since, limit]).fetchall()]
+    return out

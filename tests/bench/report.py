@@ -83,6 +83,9 @@ def text(result: dict[str, Any]) -> str:
         out += ["", *_sizes(result["sizes"], result.get("size_latency"))]
     if "state" in result:
         out += ["", *_state(result["state"])]
+    if "redis" in result:
+        from bench.redis_cost import report_lines
+        out += ["", *report_lines(result["redis"])]
     secs = result.get("section_seconds", {})
     if secs:
         out += ["", "seconds per section: " + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())]

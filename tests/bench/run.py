@@ -18,6 +18,8 @@ Sections (all by default; ``--sections stages,milter`` picks some):
   stages   CPU per message inside the decision, by stage (in-process)
   sizes    cost by message size, 1 KB to 10 MB (in-process CPU and milter latency)
   state    cost by state database size (10k, 100k, 1M decisions, pre-filled)
+  redis    the decision's added wall time with [state] backend = "redis" (a private
+           redis-server on loopback) against the SQLite store: p50/p99, round trips
 
 Every run uses the same seeded message mix (``bench/mix.py``), mostly DKIM-signed,
 with the keys on a local dnsmasq that the milter uses as its resolver. The table goes
@@ -55,7 +57,7 @@ if str(HERE.parent) not in sys.path:          # tests/: the bench and support pa
 if TYPE_CHECKING:
     from bench.mix import Signer
 
-SECTIONS = ("stages", "sizes", "state", "milter", "postfix", "mx")
+SECTIONS = ("stages", "sizes", "state", "redis", "milter", "postfix", "mx")
 QUICK = {"messages": 200, "repeats": 1, "warmup": 20, "db_rows": [1_000, 10_000],
          "sizes": [1_000, 10_000, 100_000, 1_000_000]}
 
@@ -193,7 +195,7 @@ def run_sections(args: argparse.Namespace, workdir: Path,
     result["dns_resolver"] = sections["dns"]["resolver"]
     inproc.quiet_info_logging()
 
-    if {"stages", "sizes", "state"} & set(args.sections):
+    if {"stages", "sizes", "state", "redis"} & set(args.sections):
         config = inproc.write_config_file(workdir / "inproc.toml", workdir / "inproc.db",
                                           workdir / "inproc.sock", sections)
         factory = inproc.EngineFactory(config)
@@ -210,6 +212,12 @@ def run_sections(args: argparse.Namespace, workdir: Path,
                 result["state"] = inproc.state_costs(factory, workdir, args.db_rows,
                                                      mix[:min(len(mix), 1000)], warm,
                                                      args.repeats)
+        if "redis" in args.sections:
+            from bench import redis_cost
+            with section("redis", "5. shared state on Redis (in-process, loopback)"):
+                result["redis"] = redis_cost.redis_costs(factory, workdir,
+                                                         mix[:min(len(mix), 1000)], warm,
+                                                         args.repeats)
 
     if {"milter", "sizes", "postfix", "mx"} & set(args.sections):
         # Worker processes for the clients; spawned (not forked: the sink's thread).
