@@ -86,7 +86,7 @@ def found(text: str) -> list[tuple[str, str]]:
     ("xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "slack-token",
      "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"),
     ("https://hooks.slack.com/services/T0ABCDEFG/B0ABCDEFGHI/abcdefghijklmnopqrstuvwx",
-     "slack-token", "T0ABCDEFG/B0ABCDEFGHI/abcdefghijklmnopqrstuvwx"),
+     "slack-token", "abcdefghijklmnopqrstuvwx"),
     ("sk_live_51H8abcdEFGHijklMNOPqrst", "stripe-key", "sk_live_51H8abcdEFGHijklMNOPqrst"),
     ("key=AIzaSyA1234567890abcdefghijklmnopqrstuv", "google-api-key",
      "AIzaSyA1234567890abcdefghijklmnopqrstuv"),

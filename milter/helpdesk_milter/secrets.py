@@ -13,7 +13,9 @@ What this module promises:
 - Clean text is cheap: one gate (``_GATE``: the trigger words at word starts, and their
   camelCase forms) says whether any detector may find anything, about 200 µs for 10 KB
   of prose with none of them; then a few literal searches on the text's bytes (see
-  ``_TRIGGERS``) decide which detectors run.
+  ``_TRIGGERS``) decide which detectors run, and one pass finds which of the generic
+  detectors' words the text holds (``_literals_in``; ``tests/test_secrets_triggers.py``
+  checks these pre-filters against plain ``in`` tests).
 - It never logs, and never puts a secret value in an exception message.
 
 Passwords are the hard part: people write them in prose ("le mdp c'est Soleil2024!"),
@@ -35,7 +37,11 @@ labels (jeton, token) a long generated value.  Access codes, lists announced by 
 ending with a colon ("here are the backup codes:"), table columns (text, and HTML source
 in a text part), application-password and recovery-key shapes, Bearer tokens, .pgpass
 lines and connect() arguments are found by shape and context; so is a value written
-before its label ("Biscotte38, c'est le mot de passe").
+before its label ("Biscotte38, c'est le mot de passe", "X » : voilà, c'est le nouveau
+mot de passe", "X comme mdp"); a value that "the new one" names after a password label
+earlier in its paragraph ("Le nouveau est : X"); one value alone in brackets; the text of
+a Wi-Fi QR code ("WIFI:S:...;P:X;;"); after "clé secrète", "secret key", "API key" a long
+generated value or a UUID.
 
 Tools and formats that carry a password in a known place are read by families, not
 phrasings: the password options of common command-line tools (one table,
@@ -120,9 +126,10 @@ _TOKEN_PATTERNS: dict[str, tuple[re.Pattern[str], ...]] = {
     "slack-token": (
         re.compile(r"(?<![A-Za-z0-9_\-])xox[abposre]-[A-Za-z0-9\-]{10,250}(?![A-Za-z0-9\-])"),
         re.compile(r"(?<![A-Za-z0-9_\-])xapp-\d-[A-Za-z0-9\-]{10,250}(?![A-Za-z0-9\-])"),
-        # the secret part of an incoming-webhook URL
+        # the secret part of an incoming-webhook URL: its last segment (the workspace
+        # and channel ids before it, T... and B..., are no secret; group "v")
         re.compile(r"(?<=hooks\.slack\.com/services/)T[A-Za-z0-9_]{6,20}/B[A-Za-z0-9_]{6,20}"
-                   r"/[A-Za-z0-9_]{16,64}"),
+                   r"/(?P<v>[A-Za-z0-9_]{16,64})"),
     ),
     "stripe-key": (
         re.compile(r"(?<![A-Za-z0-9_])(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}"
@@ -185,7 +192,9 @@ _ANCHOR_TRIGGERS: tuple[tuple[_Trigger, tuple[tuple[str, bool], ...]], ...] = (
     (_trigger(None, rb"cl(?:\xc3[\xa9\x89]|ef|e[\t ;,|:])"),
      (("cl\u00e9", True), ("clef", True), ("cle", True))),
     (_trigger(b"k", rb"key"), (("key", True),)),
-    (_trigger(b"t", rb"(?:jet|tok)ens?\b"), (("jeton", True), ("token", True))),
+    # (two literal gates: "t" alone is in every other word)
+    (_trigger(b"jeton", rb"jetons?\b"), (("jeton", True), ("token", True))),
+    (_trigger(b"token", rb"tokens?\b"), (("jeton", True), ("token", True))),
     (_trigger(None, rb"s(?:\xc3[\xa9\x89]|e)same"), (("s\u00e9same", True), ("sesame", True))),
     (_trigger(None, rb"cred"), (("credential", False), ("creds", True))),
     (_trigger(None, rb"acc(?:e|\xc3[\xa8\x88])s"), (("acc\u00e8s", True), ("acces", True))),
@@ -281,12 +290,27 @@ class _Haystack:
     """The text as UTF-8 bytes, as is and with ASCII letters lower-cased (no Unicode case
     mapping: fast), for the trigger tests."""
 
-    __slots__ = ("_seen", "cased", "folded")
+    __slots__ = ("_literals", "_provider", "_seen", "cased", "folded")
 
     def __init__(self, text: str) -> None:
         self.cased = text.encode("utf-8", "surrogatepass")
         self.folded = self.cased.lower()
         self._seen: dict[object, bool] = {}      # memo: gate byte or pattern -> found
+        self._provider: bool | None = None
+        self._literals: tuple[frozenset[bytes], frozenset[bytes]] | None = None
+
+    def literals(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
+        """The generic detectors' literals present, and present at a word start
+        (see _literals_in); memoised."""
+        if self._literals is None:
+            self._literals = _literals_in(self.folded)
+        return self._literals
+
+    def provider(self) -> bool:
+        """Whether a provider token's literal occurs (see _PROVIDER_LITERALS); memoised."""
+        if self._provider is None:
+            self._provider = _provider_triggered(self.cased)
+        return self._provider
 
     def gated(self) -> bool:
         """False when no detector can find anything in the text (see _GATE)."""
@@ -381,6 +405,8 @@ _PW_KEYWORD = re.compile(rf"""
          |secret|code\s+(?:d['’]acc[èe]s|secret|pin|de\s+connexion|d['’]activation|
                         de\s+d[ée]verrouillage)
          |pin(?:\s+code)?|s[ée]same|phrase\s+(?:de\s+passe|secr[èe]te))
+ | (?P<skey>cl[ée]f?s?\s+(?:secr[èe]tes?|priv[ée]es?|d['’]api|api)|secret\s+(?:access\s+)?key
+          |api\s+(?:secret|key))
  | (?P<key>cl[ée]f?|key|code)
  | (?P<tok>jetons?|tokens?)
 )
@@ -392,7 +418,7 @@ _PW_KEYWORD_ANYCASE = re.compile(_PW_KEYWORD.pattern, re.I | re.X)
 # for these first lets _keyword_matches skip most word starts ("de", "le", "un", "the")
 # without trying the whole alternation there, which is most of the keyword search's cost.
 _KEYWORD_START = re.compile(
-    r"(?<![^\W_])(?:ac|cl|co|cr|db|e-|em|id|je|ke|lo|md|mo|my|ne|no|pa|pg|ph|pi|ps|pw|se|sé"
+    r"(?<![^\W_])(?:ac|ap|cl|co|cr|db|e-|em|id|je|ke|lo|md|mo|my|ne|no|pa|pg|ph|pi|ps|pw|se|sé"
     r"|to|us|ut|we|wi|wl|wp)")
 
 # Keywords that need a strong value or a login context: common words in other senses.
@@ -582,15 +608,18 @@ class SecretScanner:
         hay = _Haystack(text)
         if not hay.gated():
             return False
+        # The tests are or-ed: the one that says yes most often (prose that mentions a
+        # password or an "accès") goes first, so that a yes costs fewer searches; the
+        # generic detectors' words come next (a search of some 130 words that, when
+        # none is there, reads the whole text at ~40 ns a byte).  ("quiet" only says
+        # early that none of the tests after it can say yes.)
+        anchors = hay.anchors()
+        if anchors and _keyword_windows(text, text.lower(), anchors):
+            return True
         if _generic_triggered(hay):
             return True
         if hay.quiet():
             return False
-        # The tests are or-ed: the one that says yes most often (prose that mentions a
-        # password or an "accès") goes first, so that a yes costs fewer searches.
-        anchors = hay.anchors()
-        if anchors and _keyword_windows(text, text.lower(), anchors):
-            return True
         if any(hay.test(triggers) for _, _, triggers in self._tokens):
             return True
         if hay.test(_PRIVATE_KEY_TRIGGERS + _AWS_SECRET_TRIGGERS):
@@ -639,14 +668,17 @@ class SecretScanner:
                 if windows:
                     found.extend(_passwords(masked, lower, windows))
         found.extend(f for f in self._generic(hay, text) if f.kind in enabled)
+        if "password" in enabled and b"wifi:" in hay.folded:
+            found.extend(_wifi_qr(text))
         return _resolve(_live(text, _join_wrapped(text, _drop_stale_history(
             text, _drop_pair_logins(text, found)))))
 
     @staticmethod
     def _generic(hay: _Haystack, text: str) -> list[Finding]:
-        if not _generic_triggered(hay):
+        present, _ = hay.literals()
+        if present.isdisjoint(_GENERIC_SET) and not hay.provider():
             # "les accès : marc.dubois / Epicea-77": only the login pairs may be there
-            if _PAIR_ONLY_RE.search(hay.folded) and any(
+            if not present.isdisjoint(_PAIR_ONLY_SET) and any(
                     sep in text for sep in _PAIR_SEPARATORS):
                 return _login_pairs(text)
             return []
@@ -659,13 +691,16 @@ class SecretScanner:
     @staticmethod
     def _token_findings(kind: str, pattern: re.Pattern[str], text: str) -> list[Finding]:
         out = []
+        part = "v" in pattern.groupindex     # the secret is that group, not the match
         for m in pattern.finditer(text):
             value = m.group(0)
             if kind == "openai-key" and not _mixed(value[3:]):
                 continue
             if kind == "gitlab-token" and value.endswith("."):
                 continue
-            out.append(Finding(kind, m.start(), m.end()))
+            if part and _provider_filler(text, Finding(kind, m.start(), m.end())):
+                continue            # filler in the whole ("T00000000/B00000000/XXXX...")
+            out.append(Finding(kind, *(m.span("v") if part else m.span())))
         return out
 
 
@@ -1163,11 +1198,36 @@ def _keyword_matches(text: str, windows: list[tuple[int, int]], *,
                 yield keyword
 
 
+# "Le mot de passe a été changé ... Le nouveau est : X", "the new one is X": a value
+# named by "the new one" after a password label earlier in the same paragraph.
+_NEW_ONE = re.compile(
+    r"(?i)(?<![^\W_])(?:le|la|l['’]|the|un|une|a|mon|ma|notre|votre|my|your|our)"
+    r"[^\S\r\n]+(?:nouveau|nouvelle|new)(?:[^\S\r\n]+one)?(?![^\W_])")
+_NEW_ONE_REACH = 400        # from the label, within its paragraph
+
+
+def _new_one_values(text: str, lower: str, label_ends: list[int]) -> list[Finding]:
+    out: list[Finding] = []
+    if "nouve" not in lower and "new" not in lower:
+        return out
+    until = -1                      # each character read by one window at most
+    for nm in _NEW_ONE.finditer(text, label_ends[0]):
+        i = bisect.bisect_right(label_ends, nm.start()) - 1
+        if nm.start() < until or i < 0 or nm.start() - label_ends[i] > _NEW_ONE_REACH or \
+                _WINDOW_STOP.search(text, label_ends[i], nm.start()):
+            continue
+        out.extend(_window_values(text, nm.end(), first_only=True))
+        until = nm.end() + _WINDOW_REACH
+    return out
+
+
 def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Finding]:
     out: list[Finding] = []
+    label_ends: list[int] = []      # of the password labels, for _new_one_values
     header_lines: list[tuple[int, int]] = []
     table_until = -1
     window_until = -1
+    skey_until = -1                 # "clé secrète" windows: their own, one at a time
     n = len(text)
     lowered = len(lower) == n
     for m in _keyword_matches(lower if lowered else text, windows, lowered=lowered):
@@ -1180,6 +1240,8 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
             continue                    # "-PW_...:" inside uuencoded data is no label
         group = m.lastgroup or "kw"
         keyword = m.group(0).lower()
+        if group in ("kw", "wifi", "pair") and keyword not in _WEAK_KEYWORDS:
+            label_ends.append(m.end())
         if group in ("kw", "wifi", "pair", "key"):
             # in "login,mot de passe" (a pair) the column title is the last word
             table = _table(text, m.end() - 1 if group == "pair" else start)
@@ -1189,12 +1251,22 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
                 out.extend(rows)
                 table_until = rows[-1].end if rows else he
                 continue
-        if group == "tok":
-            # "le jeton que j'ai créé c'est X": a generated value, hex included
-            if m.end() >= window_until:
-                values = _window_values(text, m.end(), first_only=False, token=True)
+        if group == "skey" and not _key_label_ok(text, start, m.end()):
+            group = "key"               # "API key (client id):" is no secret's label
+        if group in ("tok", "skey"):
+            # "le jeton que j'ai créé c'est X": a generated value, hex included; after
+            # "clé secrète", "secret key", "API key" a UUID too (Scaleway's are), and
+            # even inside the window of a label before it ("Clé d'accès : ...")
+            if m.end() >= window_until or (group == "skey" and m.end() >= skey_until):
+                pos = m.end() + (group == "skey"       # «"API key" of X»
+                                 and text[m.end():m.end() + 1] in ("\"", "'", "»", "”"))
+                values = _window_values(text, pos, first_only=False, token=True,
+                                        uuid=group == "skey")
+                if group == "skey":
+                    skey_until = min(n, pos + _WINDOW_REACH)
                 out.extend(values)
-                window_until = values[-1].end if values else min(n, m.end() + _WINDOW_REACH)
+                window_until = max(window_until, values[-1].end if values else
+                                   min(n, m.end() + _WINDOW_REACH))
             continue
         if group in ("kw", "wifi", "key") and not (
                 header_lines and header_lines[-1][1] > start) and (
@@ -1218,10 +1290,13 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
             out.extend(values)
             window_until = values[-1].end if first_only and values else \
                 min(n, m.end() + _WINDOW_REACH)
+    if label_ends:
+        out.extend(_new_one_values(text, lower, label_ends))
     return out
 
 
 _GLUE = "_-#!@$%&*+.=~^"
+_TIME_LIKE = re.compile(r"\d{1,2}[hH:]\d{2}(?:[:hH]\d{2})?[.,;]?")
 _NEXT_TOKEN = re.compile(r"\r?\n[ \t>]*(?P<t>[^\s]{2,64})")
 
 
@@ -1239,6 +1314,9 @@ def _wrapped_value(text: str, a: int, b: int, line_end: int) -> tuple[int, int]:
     if token[0] in "-.>" or _URLISH.match(token) or not _mixed(token) or any(
             c in token for c in "@=:/"):        # an address, a setting, a path
         return a, b
+    if _DECOY_SHAPE.fullmatch(token.rstrip(".,;")) or _TIME_LIKE.fullmatch(token):
+        return a, b                             # "10h30", "v2.1" on the next line
+
     if token[0] not in _GLUE:
         # "VeloClub#" then "Printemps9": the first piece ends with a symbol and the
         # second stands alone on its line
@@ -1277,9 +1355,14 @@ def _config_key(text: str, start: int, end: int) -> bool:
 # "X, c'est le mot de passe", "X is the new password", "X = mdp du wifi": a copula then a
 # determiner (and an adjective) between the value and its label.
 _VALUE_BEFORE = re.compile(r"""(?ix)
-(?<![^\s(«"'“])(?P<v>[^\s,;:()«»"'“”<]{4,64})["'»”]?[^\S\r\n]*,?[^\S\r\n]*
-(?:(?:<-|<=|←|<)[^\S\r\n]*)?(?:(?:ça|ca|ce|this|that|it)[^\S\r\n]*)?
-(?:c['’]\s?est|est|is|['’]s|was|will\s+be|sera|ce\s+sera|[:=]|->|→)[^\S\r\n]+
+(?<![^\s(«"'“])(?P<v>[^\s,;:()«»"'“”<]{4,64})[^\S\r\n]?["'»”]?[^\S\r\n]*,?[^\S\r\n]*
+(?:(?:<-|<=|←|<)[^\S\r\n]*)?
+# a separator and a presentative before the verb: "X » : voilà, c'est le", "X → c'est le",
+# "X -- that's the"
+(?:(?:[:→—–]|->|--|-)[^\S\r\n]*(?:(?:voil[àa]|voici|donc|alors|bref|ok|okay|so|yes|oui)
+   [^\S\r\n]*,?[^\S\r\n]*)?(?=c|ç|t|i|e|w))?
+(?:(?:ça|ca|ce|this|that|it)[^\S\r\n]*)?
+(?:c(?:['’]\s?|\s)est|est|is|['’]s|was|will\s+be|sera|ce\s+sera|[:=]|->|→|comme|as)[^\S\r\n]+
 (?:(?:le|la|l['’]|the|my|mon|ma|notre|our|votre|your|son|sa|his|her|their|leur|ton|ta)
    [^\S\r\n]*)?
 (?:(?:nouveau|nouvelle|new|actuel|actuelle|current|bon|bonne|vrai|right|temporary|
@@ -1290,7 +1373,7 @@ _VALUE_BEFORE = re.compile(r"""(?ix)
 _BEFORE_LABEL_WORDS = _words("""
 le la l' l’ the my mon ma notre our votre your son sa his her their leur ton ta nouveau
 nouvelle new actuel actuelle current bon bonne vrai right temporary temporaire provisoire
-fameux fameuse c'est c’est est is was be sera : = -> →
+fameux fameuse c'est c’est est is was be sera : = -> → comme as
 """)
 
 
@@ -1608,10 +1691,33 @@ _PROVIDER_TOKEN = re.compile(r"""
 )
 (?![A-Za-z0-9_\-])
 """, re.X)
-_PROVIDER_TRIGGER = re.compile(
-    rb"SG\.|sib-|hf_|api_org_|npm_|pypi-|gl(?:sa|c)_|eyJrIjoi|hv[sb]\.|ops_|A3-|dckr_|_v1_|"
-    rb"shp|key-|SK|AGE-|dp\.pt|dt0c01|PMAK|pul-|pscale|pnu_|rubygems_|sntry|pplx|glrt|"
-    rb"sq0|EAA|AKCp|fo1_|ntn_|:AA|sk\.eyJ")
+# The literals one of which every token above holds (gitleaks' prefixes), looked for
+# from a byte that prose rarely has ("_", ".", "-", ":", "0", "K", "J", "x") with the
+# rest of the literal checked behind and after it: the regex engine then skips in C from
+# one such byte to the next.  (As one alternation of the literals this was the costliest
+# search of a scan: they start with letters that prose is made of, so the engine tried
+# it at almost every byte.)  The five left have no such byte.
+_PROVIDER_LITERALS = (
+    b"SG.", b"sib-", b"hf_", b"api_org_", b"npm_", b"pypi-", b"glsa_",
+    b"glc_", b"eyJrIjoi", b"hvs.", b"hvb.", b"ops_", b"A3-", b"dckr_", b"_v1_", b"shp",
+    b"key-", b"SK", b"AGE-", b"dp.pt", b"dt0c01", b"PMAK", b"pul-", b"pscale", b"pnu_",
+    b"rubygems_", b"sntry", b"pplx", b"glrt", b"sq0", b"EAA", b"AKCp", b"fo1_", b"ntn_",
+    b":AA", b"sk.eyJ")
+_PROVIDER_PIVOTS = re.compile(
+    rb"_(?:(?<=hf_)|(?<=api_org_)|(?<=npm_)|(?<=glsa_)|(?<=glc_)|(?<=ops_)|(?<=dckr_)"
+    rb"|(?<=pnu_)|(?<=rubygems_)|(?<=fo1_)|(?<=ntn_)|v1_)"
+    rb"|\.(?:(?<=SG\.)|(?<=hvs\.)|(?<=hvb\.)|(?<=dp\.)pt|(?<=sk\.)eyJ)"
+    rb"|-(?:(?<=sib-)|(?<=pypi-)|(?<=A3-)|(?<=key-)|(?<=AGE-)|(?<=pul-))"
+    rb"|:AA|0(?:(?<=dt0)c01|(?<=sq0))|K(?:(?<=SK)|(?<=AK)Cp|(?<=PMAK))"
+    rb"|J(?<=eyJ)rIjoi|x(?<=pplx)")
+_PROVIDER_REST = (b"shp", b"pscale", b"sntry", b"glrt", b"EAA")
+
+
+def _provider_triggered(cased: bytes) -> bool:
+    """Whether the text's bytes hold one of _PROVIDER_LITERALS (then _PROVIDER_TOKEN may
+    match; otherwise it cannot)."""
+    return _PROVIDER_PIVOTS.search(cased) is not None or any(w in cased for w in _PROVIDER_REST)
+
 
 # The secret part of webhook and push URLs (the path is the credential).
 _WEBHOOK_PATH = re.compile(r"""(?x)
@@ -1769,6 +1875,7 @@ def _named_assignments(text: str, lower: str) -> list[Finding]:
         if value.lower().startswith("base64:"):
             a += 7
             value = value[7:]
+
         pw_name = any(w in lowname for w in ("pass", "pwd", "psk"))
         min_len = 8 if pw_name else (16 if wordy else 10)
         # a UUID is a reference, unless the name says it is the key ("HEROKU_API_KEY:
@@ -1777,6 +1884,11 @@ def _named_assignments(text: str, lower: str) -> list[Finding]:
             w in lowname for w in ("api_key", "apikey", "api-key", "token", "secret"))
         if _entropic(value, min_len=min_len) or uuid_key or (
                 pw_name and quote and _strong(value) and " " not in value):
+            eq = value.rfind("=")
+            if value.count("=") >= 2 and eq > 0 and len(value) - eq > 16:
+                # "PVEAPIToken=user@pve!tokenid=<uuid>": a scheme and a token id,
+                # then the secret: only the part after the last "=" is
+                a += eq + 1
             out.append(Finding("api-token" if not pw_name else
                                _kind_for_assignment(text, start), a, b))
             last = b
@@ -1964,7 +2076,7 @@ checksum sha1 sha256 md5
 _IDENTITY_WORDS = _words("""
 identifiant login logins username id ssid nom name serial série serie s/n sn numéro numero
 number n° no ref réf référence reference version modèle modele model erreur error ticket
-commit hash checksum empreinte fingerprint iban siret siren imei matricule
+commit hash checksum empreinte fingerprint iban siret siren imei matricule badge
 """)
 _LINKING_WORDS = _words("""
 is est c'est c’est was sera will be :  = - → de du des d' d’ of the le la l' l’ it's it’s
@@ -1978,8 +2090,12 @@ def _named_by(recent: list[str]) -> bool:
         return True
     if any(w in _NAMED_BEFORE for w in recent[-3:]):
         return True
-    # "my login is", "l'ID de clé", "error id:": an identity word, then only linking
-    # words or one complement after a linking word
+    return _identity_named(recent)
+
+
+def _identity_named(recent: list[str]) -> bool:
+    """"my login is", "l'ID de clé", "error id:", "mon numéro de badge c'est le": an
+    identity word, then only linking words or one complement after a linking word."""
     tail = recent[-4:]
     for k, w in enumerate(tail):
         if w.split("'")[-1].split("’")[-1] not in _IDENTITY_WORDS:
@@ -2010,7 +2126,7 @@ _OLD_BEFORE = re.compile(
     r"(?P<between>(?:[^\S\r\n]+[^\s(«\"“]{1,20}){0,6}?)"
     r"[^\S\r\n]*[,(:«\"“]?[^\S\r\n]*\Z")
 # ... unless a verb gives it: "l'ancien c'était X", "the old one was X"
-_OLD_VERB = re.compile(r"(?i)(?<![^\W_])(?:c['’]?[ée]tait|[ée]tait|est|c['’]est|was|is|"
+_OLD_VERB = re.compile(r"(?i)(?<![^\W_])(?:c['’\s]?[ée]tait|[ée]tait|est|c['’\s]est|was|is|"
                        r"remis|remettre|restored|back)(?![^\W_])")
 # ... or the words after it say it still works: "l'ancien code 5509 reste actif jusqu'au 31"
 _STILL_AFTER = re.compile(
@@ -2142,6 +2258,14 @@ def _looks_secret(value: str) -> bool:
             and not _FINGERPRINT_PREFIX.match(value) and not _FILE_NAME.fullmatch(value))
 
 
+def _leet_at(value: str) -> bool:
+    """"Cr@yon-Bleu-19": an "@" for an "a" between two letters of a password-like value
+    (in a window after a password label; an address has a dot after its "@")."""
+    i = value.find("@")
+    return (0 < i < len(value) - 1 and value.count("@") == 1 and value[i - 1].isalpha()
+            and value[i + 1].isalpha() and _at_password(value))
+
+
 def _at_password(value: str) -> bool:
     """"Cl3m@tite", "Recre@Soleil44": an "@" inside a password, not an address."""
     return ("@" in value and not _EMAIL.fullmatch(value) and "." not in value
@@ -2183,7 +2307,7 @@ _QUOTED_PHRASE = re.compile(
     r"(?P<q>[«“\"'])[^\S\r\n]*(?P<v>[^\s«»“”\"']{1,30}(?:[^\S\r\n][^\s«»“”\"']{1,30}){1,5})"
     r"[^\S\r\n]*[»”\"']")
 _SEP_BEFORE = re.compile(
-    r"(?:[:=]|(?<![^\W_])(?:est|c['’]est|is|it['’]s|soit))[^\S\r\n]*\Z", re.I)
+    r"(?:[:=]|(?<![^\W_])(?:est|c['’\s]est|is|it['’]s|soit))[^\S\r\n]*\Z", re.I)
 
 
 # Cheap tests that let _window_values skip a window, or a token, that cannot give a value:
@@ -2203,7 +2327,8 @@ def _odd_digits(text: str, pos: int, limit: int) -> bool:
 
 
 def _window_values(text: str, pos: int, *, first_only: bool,
-                   strict: bool = False, token: bool = False) -> list[Finding]:
+                   strict: bool = False, token: bool = False,
+                   uuid: bool = False) -> list[Finding]:
     """Password-like tokens in the window after a label ending at ``pos``: letters and
     digits both (a word or a name is never taken from prose), not named by the words
     just before it ("numéro de série est X", "compte X").  Words that say no value
@@ -2232,6 +2357,7 @@ def _window_values(text: str, pos: int, *, first_only: bool,
             return []
         skip_plain = plain and not first_only
     out: list[Finding] = []
+    pem = _pem_block(text, pos, limit)
     tokens = _hopeful_tokens(text, pos, limit) if skip_plain else \
         _WINDOW_TOKEN.finditer(text, pos, limit)
     for tm in tokens:
@@ -2242,8 +2368,13 @@ def _window_values(text: str, pos: int, *, first_only: bool,
             continue                    # no value can come from this token
         a, b = _trim_value(text, tm.start(), tm.end())
         a, b = _strip_quotes(text, a, b)
+        bracketed = word.startswith(("(", "[")) and _bracketed_secret(word)
+        if bracketed:
+            a = tm.start() + 1
+            b = text.find(")" if word[0] == "(" else "]", a, tm.end())
         value = text[a:b]
-        wrapped = word.startswith(("(", "[", "{")) or word.count(":") >= 2
+        wrapped = (word.startswith(("(", "[", "{")) and not bracketed) \
+            or word.count(":") >= 2 or pem[0] < a < pem[1]
         if word[0] in "«“\"'" and not _named_by(_recent(text, pos, tm.start())) \
                 and _SEP_BEFORE.search(text, max(pos, tm.start() - 12), tm.start()):
             qm = _QUOTED_PHRASE.match(text, tm.start(), limit)
@@ -2253,23 +2384,53 @@ def _window_values(text: str, pos: int, *, first_only: bool,
                     break
                 continue
         if token:
-            if not wrapped and _entropic(value, min_len=16) \
+            if not wrapped and (_entropic(value, min_len=16)
+                                or (uuid and _UUID.fullmatch(value) is not None)) \
                     and not any(c in value for c in "/@=") and "." not in value.strip(".") \
                     and not _named_by(_recent(text, pos, tm.start())):
                 out.append(Finding("api-token", a, b))
                 break
-        elif not wrapped and _mixed(value) and _looks_secret(value) \
+        elif not wrapped and _mixed(value) and (_looks_secret(value) or _leet_at(value)) \
                 and not _HEX_RUN.fullmatch(value) \
                 and not any(c in value for c in "()[]{}=\"<>") \
                 and value[0] != "$" and "${" not in value and "$(" not in value \
                 and (not strict or _keylike(value)) \
                 and not _named_by(_recent(text, pos, tm.start())):
             out.append(Finding("password", a, b))
-        elif first_only and not _skippable(value):
-            break
+        elif first_only and not (_skippable(value) or _skippable(word)):
+            break                       # (a lone ":" trims to nothing: still skippable)
         if first_only and out:
             break
     return out
+
+
+# One value alone in brackets: "Le nouveau [Cr@yon-19]", "celui de la fiche
+# (Velo*Rouge58)" (what is around it still decides, as for any window value).
+_BRACKETED = re.compile(r"\((?P<a>[^\s()\[\]{}]{4,64})\)[.,;:!?]*"
+                        r"|\[(?P<b>[^\s()\[\]{}]{4,64})\][.,;:!?]*")
+
+
+def _bracketed_secret(word: str) -> bool:
+    """A bracketed window token that may be the value: one token, with capitals, small
+    letters and digits (a login or a name in brackets, "(elus-2026)", is an aside)."""
+    m = _BRACKETED.fullmatch(word)
+    if m is None:
+        return False
+    inner = m.group("a") or m.group("b") or ""
+    return (any(c.isupper() for c in inner) and any(c.islower() for c in inner)
+            and any(c.isdigit() for c in inner))
+
+
+def _pem_block(text: str, pos: int, limit: int) -> tuple[int, int]:
+    """The part of ``text[pos:limit]`` inside a "-----BEGIN ...-----" block that starts at
+    most 4 KiB before ``pos`` (a certificate's base64 is no password, whatever label came
+    before the block), as (start, end); (0, 0) when there is none.  Bounded reads: one per
+    window, not one per token."""
+    begin = text.rfind("-----BEGIN ", max(0, pos - 4096), limit)
+    if begin < 0:
+        return 0, 0
+    end = text.find("-----END ", begin, limit)
+    return begin, end if end >= 0 else limit
 
 
 def _hopeful_tokens(text: str, pos: int, limit: int) -> Iterator[re.Match[str]]:
@@ -2363,7 +2524,7 @@ def _word_passphrase(value: str) -> bool:
 
 def _skippable(value: str) -> bool:
     """A word a weak label may be followed by before its value ("pw is X")."""
-    return value.lower() in ("is", "est", "c'est", "c’est", ":", "=", "-", "was", "it's")
+    return value.lower() in ("is", "est", "c'est", "c’est", "c", ":", "=", "-", "was", "it's")
 
 
 def _strip_quotes(text: str, a: int, b: int) -> tuple[int, int]:
@@ -2386,8 +2547,12 @@ _CODE_VALUE = re.compile(
     r"[A-Z]?\d{4,8}[A-Z#*]?"                            # 4096#, 0312A
     r"|\d(?:[ \-]\d){3,7}[#*]?"                          # 8 3 5 1
     r"|\d{3}[ \-]\d{3}"                                 # 482 917
+    r"|\d\d(?: \d\d){2,3}"                               # 27 14 93
+    r"|\d{4} \d{4}"                                      # 4829 1057 (backup codes)
     r"|\d{2,6}(?:-\d{2,6}){1,7}[#*]?"                    # 7734-2291, 28-14-61
     r"|(?=[A-Z]{0,7}\d)(?=\d{0,7}[A-Z])[0-9A-Z]{5,8}"    # 4B1793
+    # 3B41, 19B7: one letter inside digits, not a group of a hex fingerprint
+    r"|(?<![0-9A-Fa-f]{2}[ :])(?:\d[A-Z]\d\d|\d\d[A-Z]\d)(?![ :][0-9A-Fa-f]{2})"
     r"|(?=[A-Z]{0,5}\d)[0-9A-Z]{3,6}(?:-[0-9A-Z]{3,6}){1,3}"   # 4F7K-Q2WX (backup codes)
     r")(?![\w/+\-]|[.,:]\d|[ \-]\d)")
 _CODE_NAMING_FIRST = _words("""
@@ -2396,6 +2561,7 @@ tél téléphone phone fax room room: salle
 """)
 _CODE_NAMING = _NAMING_WORDS | {"badge", "badge:", "extension:", "poste:", "ext.", "room:"}
 _DIGIT_CODE = re.compile(r"[A-Z]?\d{4,8}[A-Z#*]?|\d(?:[ \-]\d){3,7}[#*]?|\d{3}[ \-]\d{3}|"
+                         r"\d\d(?: \d\d){2,3}|\d{4} \d{4}|"
                          r"\d{2,6}(?:-\d{2,6}){1,7}[#*]?")
 _DATE_LIKE = re.compile(r"(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})")
 _PHONE_LIKE = re.compile(r"0\d(?:[ .\-]?\d\d){4}|\+.*")
@@ -2421,7 +2587,7 @@ _NOT_ACCESS_CODE = re.compile(
     r"customs|hs|sku|ean|isbn|article|item|order|commande|facture|invoice|tarif|"
     r"cotisation|adh[ée]rent|member|membre|dossier|ticket|colis|parcel|série|serial|bank|"
     r"banque|bancaire|guichet|sort|routing|swift|agence|branch|account\s+number|transaction|"
-    r"licen[cs]e)"
+    r"licen[cs]e|[ée]tablissement|uai|rne)"
     r"(?![^\W_])")
 _CODE_TRIGGER = re.compile(rb"code|pin|puk|combin|keypad|lockbox|cadenas|alarm")
 # Literal searches (bytes.find is a memchr loop; an alternation in a regex is not).
@@ -2479,8 +2645,10 @@ def _access_codes(text: str, lower: str) -> list[Finding]:
             words = [w.strip("()[]«»\"'") for w in
                      text[max(m.end(), v.start() - 30):v.start()].lower().split()]
             if set(words[-1:]) & _CODE_NAMING_FIRST or (
-                    not first and set(words[-2:]) & _CODE_NAMING):
-                continue        # "extension 2204", "badge 0457"
+                    not first and set(words[-2:]) & _CODE_NAMING) or _identity_named(
+                    [_recent_word(w) for w in
+                     text[max(m.end(), v.start() - 40):v.start()].split()]):
+                continue        # "extension 2204", "badge 0457", "mon badge c'est le 0457"
             out.append(Finding("password", v.start(), v.end()))
             first = False
             last = v.end()
@@ -2502,7 +2670,7 @@ _LIST_INTRO = re.compile(
 _LIST_ITEM = re.compile(
     r"[ \t>]*(?:[-*•·][ \t]+)?(?:(?P<label>[^\n:\t]{1,60}?)"
     r"(?:[ \t]*\.{3,}[ \t]*|[ \t]*:[ \t]+|\t+|[ \t]{2,}))?"
-    r"(?P<v>[^\s]{3,64})[ \t]*$")
+    r"(?P<v>\d{4} \d{4}|[^\s]{3,64})[ \t]*$")
 
 
 def _list_intros(text: str, lower: str) -> list[int]:
@@ -2545,6 +2713,12 @@ def _listed_values(text: str, lower: str) -> list[Finding]:
             if im is None:
                 break
             value = im.group("v")
+            label = im.group("label")
+            if label is not None and any(_recent_word(w).rstrip(":") in _IDENTITY_WORDS
+                                         for w in label.split()):
+                items += 1              # "Key ID: 3F2A91C4", "Login : jdupont"
+                pos = eol + 1
+                continue
             code = _CODE_VALUE.fullmatch(value) is not None and not _code_decoy(value)
             if code or (_strong(value) and _looks_secret(value) and not _HEX_RUN.fullmatch(value)):
                 out.append(Finding("password", im.start("v"), im.end("v")))
@@ -2579,8 +2753,10 @@ _LOGIN_BEFORE = re.compile(
 _LOGIN_LABEL_BEFORE = re.compile(
     r"(?i)(?<![^\W_])(?:login|logins|identifiants?|credentials|creds|user(?:name)?|"
     r"utilisateur|compte|account|acc[eè]s|session)(?![^\W_])"
-    r"(?:[^\n:;.!?]{0,60}(?=:))?[^\n\w]{0,12}"
-    r"(?:(?:sont|are|is|est|:)[^\n\w]{0,4})?\Z")
+    # what the access is to, in a few words: "l'accès au Dolibarr avec", "identifiants
+    # Dolibarr asso (", "l'accès à l'admin de la boutique c'est"
+    r"(?:(?:[^\n:;.!?]{0,60}(?=:))|(?:[^\S\n]+[^\s:;.!?/()«»\"]{1,20}){1,6}?)?[^\n\w]{0,12}"
+    r"(?:(?:sont|are|is|c['’\s]?est|:)[^\n\w]{0,4})?\Z")
 
 
 _COLON_PAIR = re.compile(r":(?<=[A-Za-z]:)(?=[A-Za-z])(?!//)")
@@ -2781,15 +2957,76 @@ def _literals(words: Iterable[bytes]) -> re.Pattern[bytes]:
 _GENERIC_RE = _literals((*_GENERIC_WORDS, *(w.lower() for w in _CLI_WORDS), b"bitlocker",
                          b"recovery", b"cup\xc3\xa9ration", b"recuperation", b"appli",
                          b"app pass", b"app-pass", b"app_pass"))
-_CLI_RE = _literals(w.lower() for w in _CLI_WORDS)
-_PAIR_ONLY_RE = _literals(_PAIR_ONLY)
-_PAIR_RE = _literals(_PAIR_WORDS)
-_COMMAND_RE = _literals(_COMMAND_WORDS)
-_LIST_RE = _literals(_LIST_WORDS)
-_WEBHOOK_WORDS_RE = _literals((b"/hooks/", b"/api/", b"webhookb2/", b"/bot"))
-_APP_WORDS_RE = _literals((b"appli", b"app pass", b"app-pass", b"app_pass"))
-_RECOVERY_WORDS_RE = _literals((b"bitlocker", b"recovery", b"cup\xc3\xa9ration",
-                                b"recuperation"))
+_CLI_LOWER = tuple(w.lower() for w in _CLI_WORDS)
+
+
+# Which of the generic detectors' literals a text holds, found in one pass.  Each
+# detector used to search its own list over the whole text (a dozen passes: on prose
+# that mentions a password they cost more than the detectors themselves).  One search
+# of all the literals, resumed one byte after each hit, visits every position where
+# one starts; there the pattern (a trie, longer branches first) gives the longest, and
+# the literals that are prefixes of it are present too.  So "present" below is exactly
+# "``literal in folded``".  A command and a tool's name start a word (_CLI_COMMAND,
+# _COMMAND_CREDENTIAL: a look-behind or \b), so those detectors ask for their words "at
+# a word start": after a byte that is no ASCII letter, digit or "_", or at the start.
+def _longest_first(words: Iterable[bytes]) -> bytes:
+    """A regex alternation of literal words (a trie) that matches the longest one."""
+    heads: dict[bytes, list[bytes]] = {}
+    for w in sorted(set(words)):
+        heads.setdefault(w[:1], []).append(w[1:])
+    parts = []
+    for head, tails in heads.items():
+        longer = [t for t in tails if t]
+        part = re.escape(head)
+        if longer:
+            part += b"(?:" + _longest_first(longer) + b")" + (b"?" if b"" in tails else b"")
+        parts.append(part)
+    return b"|".join(parts)
+
+
+_GENERIC_SET = frozenset((*_GENERIC_WORDS, *_CLI_LOWER, b"bitlocker", b"recovery",
+                          b"cup\xc3\xa9ration", b"recuperation", b"appli", b"app pass",
+                          b"app-pass", b"app_pass"))
+_CLI_SET = frozenset(_CLI_LOWER)
+_COMMAND_SET = frozenset(_COMMAND_WORDS)
+_PAIR_SET = frozenset(_PAIR_WORDS)
+_PAIR_ONLY_SET = frozenset(_PAIR_ONLY)
+_LIST_SET = frozenset(_LIST_WORDS)
+_WEBHOOK_SET = frozenset((b"/hooks/", b"/api/", b"webhookb2/", b"/bot"))
+_APP_SET = frozenset((b"appli", b"app pass", b"app-pass", b"app_pass"))
+_RECOVERY_SET = frozenset((b"bitlocker", b"recovery", b"cup\xc3\xa9ration", b"recuperation"))
+_SQL_WORDS = (b"identified", b"password", b"dentif", b"word")
+_CONNECT_WORDS = frozenset((b"connect", b"pdo", b"__construct", b"imap_open", b"ldap_bind",
+                            b"ftp_login", b"ssh2_auth"))
+_COOKIE_WORDS = frozenset((b"cookie", b"sess", b"sid=", b"logged_in", b"remember", b"auth"))
+_OTHER_LITERALS = (b":\\/\\/", b"%3a%2f%2f", b"bearer", b"pgpass", b"coo", b"value",
+                   *_SQL_WORDS, *_CONNECT_WORDS, *_COOKIE_WORDS)
+_ALL_LITERALS = frozenset().union(
+    _GENERIC_SET, _CLI_SET, _COMMAND_SET, _PAIR_SET, _PAIR_ONLY_SET, _LIST_SET, _WEBHOOK_SET,
+    _APP_SET, _RECOVERY_SET, _OTHER_LITERALS)
+_LITERAL_SEARCH = re.compile(_longest_first(_ALL_LITERALS))
+_LITERAL_PREFIXES = {w: tuple(p for p in _ALL_LITERALS if w.startswith(p))
+                     for w in _ALL_LITERALS}
+_WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def _literals_in(folded: bytes) -> tuple[frozenset[bytes], frozenset[bytes]]:
+    """The literals of _ALL_LITERALS that ``folded`` holds, and those of them that it
+    holds at a word start (see above)."""
+    found: set[bytes] = set()
+    starts: set[bytes] = set()
+    search = _LITERAL_SEARCH.search
+    prefixes = _LITERAL_PREFIXES
+    word = _WORD_BYTES
+    m = search(folded)
+    while m is not None:
+        i = m.start()
+        these = prefixes[m.group()]
+        found.update(these)
+        if i == 0 or folded[i - 1] not in word:
+            starts.update(these)
+        m = search(folded, i + 1)
+    return frozenset(found), frozenset(starts)
 
 
 # Session cookies: the value of a cookie whose name says it is a session or a login
@@ -2806,16 +3043,18 @@ _COOKIE_NOT_SECRET = re.compile(r"(?i)lang|locale|theme|consent|sametime|samesit
                                 r"utm|tz|timezone|username|user_?name|login_?name|email")
 
 
-def _cookies(text: str) -> list[Finding]:
+def _cookies(text: str, folded: bytes, present: frozenset[bytes]) -> list[Finding]:
     out = []
-    for m in _SESSION_COOKIE.finditer(text):
+    # each search only where it can match: a "=" after the name; "coo" of "cookie"
+    # (its "k" and "i" have other case forms under re.I: "K", "ı")
+    for m in _SESSION_COOKIE.finditer(text) if b"=" in folded else ():
         value = m.group("v")
         if _COOKIE_NOT_SECRET.search(m.group("name")):
             continue
         if len(value) >= 16 and _classes(value) >= 2 and not _is_placeholder(value) \
                 and not _DECOY_SHAPE.fullmatch(value) and any(c.isdigit() for c in value):
             out.append(Finding("api-token", m.start("v"), m.end("v")))
-    for hm in _COOKIE_HEADER.finditer(text):
+    for hm in _COOKIE_HEADER.finditer(text) if b"coo" in present else ():
         base = hm.start("line")
         for cm in _COOKIE_PAIR.finditer(hm.group("line")):
             if _COOKIE_NOT_SECRET.search(cm.group("name")):
@@ -2874,64 +3113,77 @@ def _encoded_credentials(text: str) -> list[Finding]:
     return out
 
 
+# The Wi-Fi QR code's text (ZXing's format, which phones and routers print):
+# "WIFI:S:<ssid>;T:WPA;P:<password>;;", fields in any order, "\" escaping ";,:\".
+_WIFI_QR = re.compile(r"(?i)WIFI:(?:[^;\r\n]{0,100};){0,6}?P:(?P<v>(?:\\.|[^;\\\r\n]){1,64});")
+
+
+def _wifi_qr(text: str) -> list[Finding]:
+    return [Finding("password", m.start("v"), m.end("v")) for m in _WIFI_QR.finditer(text)
+            if not _is_placeholder(m.group("v"))]
+
+
 def _generic_triggered(hay: _Haystack) -> bool:
     """Whether any generic detector may find something (literal searches only)."""
-    cased, folded = hay.cased, hay.folded
-    return bool(_GENERIC_RE.search(folded) or _PROVIDER_TRIGGER.search(cased))
+    if hay._literals is not None:
+        return not hay._literals[0].isdisjoint(_GENERIC_SET) or hay.provider()
+    # one search that stops at the first hit: cheaper when that is all one asks
+    return bool(_GENERIC_RE.search(hay.folded)) or hay.provider()
 
 
 def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
     """The detectors that do not depend on one provider or one phrasing."""
     found: list[Finding] = []
     cased, folded = hay.cased, hay.folded
+    present, at_start = hay.literals()
     lower = text.lower()
     if len(lower) != len(text):
         lower = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
-    if _PROVIDER_TRIGGER.search(cased):
+    if hay.provider():
         found.extend(Finding("api-token", m.start(), m.end())
                      for m in _PROVIDER_TOKEN.finditer(text))
-    if _WEBHOOK_WORDS_RE.search(folded):
+    if not present.isdisjoint(_WEBHOOK_SET):
         found.extend(Finding("api-token", m.start(g), m.end(g))
                      for m in _WEBHOOK_PATH.finditer(text) if (g := m.lastgroup))
     found.extend(_named_assignments(text, lower))
-    if _COMMAND_RE.search(folded):
+    if not at_start.isdisjoint(_COMMAND_SET):
         found.extend(_command_credentials(text, folded))
-    if _CLI_RE.search(folded):
+    if not at_start.isdisjoint(_CLI_SET):
         found.extend(_cli_passwords(text))
-    if b":\\/\\/" in folded or b"%3a%2f%2f" in folded:
+    if b":\\/\\/" in present or b"%3a%2f%2f" in present:
         found.extend(_escaped_url_credentials(text))
     found.extend(_access_codes(text, lower))
-    if b"bearer" in folded:
+    if b"bearer" in present:
         for i, _ in _stem_positions(lower, ("bearer",)):
             bm = _BEARER.match(text, i + 6)
             if bm is not None and (i == 0 or not lower[i - 1].isalnum()) \
                     and _entropic(bm.group(1), min_len=16):
                 found.append(Finding("api-token", bm.start(1), bm.end(1)))
-    if b"pgpass" in folded:
+    if b"pgpass" in present:
         found.extend(Finding("password", m.start("v"), m.end("v"))
                      for m in _PGPASS_LINE.finditer(text)
                      if not _is_placeholder(m.group("v")))
-    if b"identified" in folded or b"password" in folded:
+    if (b"identified" in present or b"password" in present) and (
+            # what _SQL_CREDENTIAL needs whatever its case folding ("ı" is an "i"
+            # there): "identified ... by", or "password" then "(" or "="
+            b"dentif" in present or (b"word" in present and (b"(" in folded or b"=" in folded))):
         found.extend(_sql_credentials(text))
-    if b"connect" in folded or b"pdo" in folded or b"__construct" in folded or (
-            b"imap_open" in folded or b"ldap_bind" in folded or b"ftp_login" in folded
-            or b"ssh2_auth" in folded):
+    if not present.isdisjoint(_CONNECT_WORDS):
         found.extend(_connect_arguments(text, lower))
-    if _APP_WORDS_RE.search(folded):
+    if not present.isdisjoint(_APP_SET):
         found.extend(Finding("api-token", m.start(), m.end())
                      for m in _APP_PASSWORD.finditer(text) if _app_password(m.group(0)))
-    if _RECOVERY_WORDS_RE.search(folded):
+    if not present.isdisjoint(_RECOVERY_SET) and folded.count(b"-") >= 7:
         found.extend(Finding("password", m.start(), m.end())
                      for m in _BITLOCKER_KEY.finditer(text))
-    if _LIST_RE.search(folded):
+    if not present.isdisjoint(_LIST_SET):
         found.extend(_listed_values(text, lower))
-    if b"cookie" in folded or b"sess" in folded or b"sid=" in folded or (
-            b"logged_in" in folded or b"remember" in folded or b"auth" in folded):
-        found.extend(_cookies(text))
-    if b"value" in folded:
+    if not present.isdisjoint(_COOKIE_WORDS):
+        found.extend(_cookies(text, folded, present))
+    if b"value" in present:
         found.extend(_name_values(text))
     if b"eyJ" in cased:
         found.extend(_encoded_credentials(text))
-    if _PAIR_RE.search(folded):
+    if not present.isdisjoint(_PAIR_SET):
         found.extend(_login_pairs(text))
     return found

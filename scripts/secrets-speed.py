@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""CPU cost of the secrets stage, in-process, without the rest of the decision.
+
+    .venv/bin/python scripts/secrets-speed.py [--messages N] [--repeats R] [--profile]
+
+Two figures, CPU time of this thread (``time.thread_time``, as the stage bench counts):
+
+- ``mix``: ``redact_message`` over the bench mix (``tests/bench/mix.py``, seed 1, the
+  messages the ``secrets`` stage of ``tests/bench/run.py --sections stages`` sees):
+  mean and median µs per message;
+- ``10kb``: ``redact_message`` over the 10 KB messages of
+  ``tests/secrets_corpus/compare_detect_secrets.py`` (one per corpus snippet, and as
+  many without a secret): median and p99 of the best of R runs per message, in ms.
+
+Each figure is the best of R passes (the machine is shared: the least disturbed pass is
+the closest to the code's own cost).  ``--profile`` prints a cProfile of one mix pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "milter"), str(ROOT / "tests"), str(ROOT / "tests" / "secrets_corpus")]
+
+from helpdesk_milter.redact import redact_message  # noqa: E402
+from helpdesk_milter.secrets import SecretScanner  # noqa: E402
+
+
+def mix_pass(scanner: SecretScanner, raws: list[bytes]) -> list[float]:
+    out = []
+    clock = time.thread_time
+    for raw in raws:
+        t0 = clock()
+        redact_message(raw, scanner)
+        out.append(clock() - t0)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--only", choices=("mix", "10kb"))
+    args = parser.parse_args()
+    from compare_detect_secrets import ten_kb  # type: ignore[import-not-found]
+
+    from bench import mix as mixmod
+
+    scanner = SecretScanner()
+    raws = [m.raw for m in mixmod.generate(args.messages, seed=1)]
+    if args.profile:
+        import cProfile
+        import pstats
+        prof = cProfile.Profile()
+        prof.enable()
+        mix_pass(scanner, raws)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(35)
+        return 0
+    if args.only != "10kb":
+        best: list[float] | None = None
+        for _ in range(args.repeats):
+            times = mix_pass(scanner, raws)
+            if best is None or sum(times) < sum(best):
+                best = times
+        assert best is not None
+        print(f"mix  ({len(raws)} messages): mean {statistics.fmean(best) * 1e6:7.1f} µs  "
+              f"median {statistics.median(best) * 1e6:7.1f} µs")
+    if args.only != "mix":
+        with open(ROOT / "tests" / "secrets_corpus" / "snippets.toml", "rb") as fh:
+            snippets = tomllib.load(fh)["snippet"]
+        bench = [ten_kb(s["text"]) for s in snippets] + [ten_kb(None) for _ in snippets]
+        per = [min(mix_pass(scanner, [raw])[0] for _ in range(args.repeats)) for raw in bench]
+        ordered = sorted(per)
+        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        print(f"10kb ({len(bench)} messages, {min(map(len, bench)) // 1000}-"
+              f"{max(map(len, bench)) // 1000} KB): median {statistics.median(per) * 1e3:.3f} ms"
+              f"  p99 {p99 * 1e3:.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

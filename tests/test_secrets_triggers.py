@@ -1,0 +1,84 @@
+"""The secret scanner's literal pre-filters say exactly what the searches they replace said.
+
+The scanner decides which detectors run from literal searches on the text's bytes
+(secrets.py: ``_provider_triggered``, ``_literals_in``).  They were rewritten for speed
+(one pass instead of a dozen; a rare byte first); the findings must not change, so each
+is checked here against the plain definition (``literal in text``) on texts built to
+hold the literals, pieces of them and near misses.  ``scripts/secrets-findings.py``
+checks the findings themselves over the labelled sets, the corpora and the bench mix.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from helpdesk_milter import secrets as s
+
+# What _provider_triggered replaced: one alternation of gitleaks' prefixes.
+OLD_PROVIDER_TRIGGER = re.compile(
+    rb"SG\.|sib-|hf_|api_org_|npm_|pypi-|gl(?:sa|c)_|eyJrIjoi|hv[sb]\.|ops_|A3-|dckr_|_v1_|"
+    rb"shp|key-|SK|AGE-|dp\.pt|dt0c01|PMAK|pul-|pscale|pnu_|rubygems_|sntry|pplx|glrt|"
+    rb"sq0|EAA|AKCp|fo1_|ntn_|:AA|sk\.eyJ")
+
+WORD = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
+def texts(literals: list[bytes], alphabet: bytes, n: int, seed: int) -> list[bytes]:
+    """Random texts around the literals: whole, cut, with one byte changed, glued."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 4)):
+            parts.append(bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 5))))
+            w = rng.choice(literals)
+            r = rng.random()
+            if r < 0.3:
+                i = rng.randrange(len(w))
+                w = w[:i] + bytes([rng.choice(alphabet)]) + w[i + 1:]
+            elif r < 0.45:
+                w = w[rng.randrange(len(w)):]
+            elif r < 0.6:
+                w = w + rng.choice(literals)
+            parts.append(w)
+        out.append(b"".join(parts))
+    return out
+
+
+def test_provider_trigger_is_the_old_alternation() -> None:
+    alphabet = b"abcdefghijklmnopqrstuvwxyzSKAEPMJCGxy_.-:0 13\n"
+    cases = texts(list(s._PROVIDER_LITERALS), alphabet, 20000, seed=1)
+    cases += [b"", b"SK", b"xSKx", b"eyJrIjoi", b"_v1_", b"dt0c01", b"sq0", b"hvs.", b"x:AA"]
+    for text in cases:
+        assert s._provider_triggered(text) == (OLD_PROVIDER_TRIGGER.search(text) is not None), \
+            text
+
+
+def test_literal_pass_is_plain_membership() -> None:
+    literals = sorted(s._ALL_LITERALS)
+    alphabet = b"abcdefgiklmnoprstuwy_-/:%\\=. \t\n\xc3\xa8\xa9"
+    cases = texts(literals, alphabet, 6000, seed=2)
+    cases += [b"", b"sshpasswords", b"mysqldump", b"-u", b"x-u", b"\xc3\xa9mysql -p"]
+    for text in cases:
+        present, at_start = s._literals_in(text)
+        assert present == {w for w in literals if w in text}, text
+        expected_starts = {w for w in literals
+                           if any(i == 0 or text[i - 1] not in WORD
+                                  for i in _positions(text, w))}
+        assert at_start == expected_starts, text
+
+
+def _positions(text: bytes, word: bytes) -> list[int]:
+    out, i = [], text.find(word)
+    while i >= 0:
+        out.append(i)
+        i = text.find(word, i + 1)
+    return out
+
+
+def test_every_detector_literal_is_in_the_pass() -> None:
+    for group in (s._GENERIC_SET, s._CLI_SET, s._COMMAND_SET, s._PAIR_SET, s._PAIR_ONLY_SET,
+                  s._LIST_SET, s._WEBHOOK_SET, s._APP_SET, s._RECOVERY_SET,
+                  s._CONNECT_WORDS, s._COOKIE_WORDS, frozenset(s._SQL_WORDS)):
+        assert group <= s._ALL_LITERALS
