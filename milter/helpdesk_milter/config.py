@@ -275,7 +275,7 @@ KEYS: tuple[Key, ...] = (
     Key("dedup.action", "str", "tag",
         "tag (add X-Helpdesk-Duplicate) or drop (remove the duplicate's watched recipients; "
         "the assistance copy is always kept)", _check_choice("tag", "drop")),
-    Key("dedup.similarity", "float", 0.7,
+    Key("dedup.similarity", "float", 0.75,
         "near-duplicate threshold: estimated word-shingle similarity (0-1) at or above "
         "which a lightly edited resend is the same request", _check_unit),
     Key("secrets.action", "str", "redact",

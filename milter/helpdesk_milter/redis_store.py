@@ -272,7 +272,7 @@ class RedisStore:
     QUEUE_MAX = 20_000
 
     def __init__(self, url: str, *, local: SQLiteStore, window: float = 72 * 3600,
-                 similarity: float = 0.8, key_prefix: str = "helpdesk-milter:",
+                 similarity: float = 0.75, key_prefix: str = "helpdesk-milter:",
                  timeout: float = 0.5, connect_timeout: float = 0.5,
                  password: str | None = None, on_error: str = "accept",
                  clock: Callable[[], float] = time.time,

@@ -324,7 +324,7 @@ class SQLiteStore:
     EXPIRE_EVERY = 60.0        # seconds between expiry runs on the writer thread
 
     def __init__(self, path: str | Path, *, window: float = 72 * 3600,
-                 similarity: float = 0.7, clock: Callable[[], float] = time.time,
+                 similarity: float = 0.75, clock: Callable[[], float] = time.time,
                  readonly: bool = False):
         self.path = str(path)
         self.window = window
