@@ -66,7 +66,8 @@ class EngineFactory:
     def make(self, database: Path) -> tuple[Engine, SQLiteStore]:
         config = replace(self.config, milter=replace(self.config.milter,
                                                      database=str(database)))
-        store = SQLiteStore(database)
+        store = SQLiteStore(database, window=config.dedup.window,
+                            similarity=config.dedup.similarity)
         engine = Engine(config, store=store, policy=Policy(config, rules=self.rules))
         return engine, store
 
