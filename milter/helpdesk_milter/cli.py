@@ -17,12 +17,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .classify import RulesError, RuleSet
 from .config import Config, ConfigError, LoggingSettings, load_config, parse_duration
 from .message import Envelope, strip_brackets
+
+if TYPE_CHECKING:
+    from .auth import ArcSealer
 
 # engine/store/app are imported inside the commands: sqlite-utils imports numpy
 # when it is installed, and numpy's OpenBLAS starts threads at import time; the
@@ -98,6 +101,19 @@ def setup_logging(level: str = "info", settings: LoggingSettings | None = None) 
 
 # --- run ---------------------------------------------------------------------------
 
+
+def _arc_sealer(config: Config) -> ArcSealer | None:
+    """The ARC sealer ``[arc]`` asks for (None when off); a key that cannot be read is
+    a ConfigError naming ``arc.private_key``.  (dkimpy's ARC code loads only then.)"""
+    if not config.arc.enabled:
+        return None
+    from .auth import ArcError, ArcSealer
+    try:
+        return ArcSealer.from_file(config.arc.domain, config.arc.selector,
+                                   config.arc.private_key, config.milter.authserv_id)
+    except ArcError as exc:
+        raise ConfigError([f"arc.private_key: {exc}"]) from None
+
 def cmd_run(args: argparse.Namespace) -> int:
     # libmilter catches SIGTERM/SIGINT/SIGHUP with sigwait() in its own thread.
     # That only works if no other thread can take them, so block them before
@@ -134,14 +150,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(f"cannot prepare the socket {config.milter.socket}: "
                      f"{exc.strerror or exc} ({exc.filename or 'its folder'}); create the "
                      "folder, owned by the milter's user (README: Install on Debian)")
-    sealer = None
-    if config.arc.enabled:
-        from .auth import ArcError, ArcSealer
-        try:
-            sealer = ArcSealer.from_file(config.arc.domain, config.arc.selector,
-                                         config.arc.private_key, config.milter.authserv_id)
-        except ArcError as exc:
-            return _fail(f"arc.private_key: {exc}")
+    try:
+        sealer = _arc_sealer(config)
+    except ConfigError as exc:
+        return _config_problem(exc)
     try:
         if config.state.backend == "redis":       # redis-py only then (0.15 s to import)
             from .redis_store import open_store
@@ -176,14 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "reload: %s changed; it takes effect at the next restart", key)
         for doubt in new.doubts:
             logging.getLogger("helpdesk_milter").warning("configuration: %s", doubt)
-        new_sealer = None
-        if new.arc.enabled:
-            from .auth import ArcError, ArcSealer
-            try:
-                new_sealer = ArcSealer.from_file(new.arc.domain, new.arc.selector,
-                                                 new.arc.private_key, new.milter.authserv_id)
-            except ArcError as exc:
-                raise ConfigError([f"arc.private_key: {exc}"]) from None
+        new_sealer = _arc_sealer(new)
         new_policy, new_learning = _policy_and_learning(new, rules)
         return Engine(new, store=store, policy=new_policy, sealer=new_sealer,
                       learning=new_learning)
