@@ -114,6 +114,58 @@ def test_a_message_waits_for_one_round_trip_and_costs_two(redis_server,  # noqa:
     store.close()
 
 
+def test_a_message_that_earns_a_guidance_mail_waits_for_two_round_trips(
+        redis_server, tmp_path):  # noqa: F811
+    """The duplicate lookup, then the claim (which checks the limits itself): the
+    engine does not read the limits first on a store whose claim checks them."""
+    sent = []
+
+    class Counting(redis.Connection):
+        def send_packed_command(self, command, check_health=True):  # type: ignore[no-untyped-def]
+            packed = b"".join(command) if isinstance(command, list) else command
+            name = packed.split(b"\r\n")[2].upper()
+            if name not in (b"HELLO", b"CLIENT", b"AUTH", b"SELECT", b"PING"):
+                sent.append(name)    # (a new pooled connection's handshake is no trip)
+            return super().send_packed_command(command, check_health)
+
+    data = example_sections(autoreply={"enabled": True, "trust": "any"})
+    data["milter"]["database"] = str(tmp_path / "a.db")
+    config = parse_config(dump_toml(data))
+    client = redis.Redis(connection_pool=redis.ConnectionPool(
+        host="127.0.0.1", port=redis_server.port, connection_class=Counting))
+    store = RedisStore(redis_server.url, local=SQLiteStore(tmp_path / "a.db"),
+                       key_prefix="guided:", client=client)
+    engine = Engine(config, store=store, dnsfunc=lambda *a, **k: None)
+
+    def request(n: int) -> bytes:
+        return as_bytes(make_message(
+            to="contact@example.org", subject=f"Imprimante {n} en panne",
+            body=f"Bonjour,\n\nL'imprimante numéro {n} du secrétariat ne sort plus rien "
+                 "depuis ce matin, pouvez-vous passer ?\n\nMerci\n"))
+
+    # a first guided message loads the scripts (EVALSHA, then SCRIPT LOAD once)
+    engine.process_raw(Envelope(mail_from="accueil@mairie-exemple.fr",
+                                rcpts=("contact@example.org",), queue_id="W"), request(9))
+    store.flush()
+    for n, sender in enumerate(("secretariat@mairie-exemple.fr", "urbanisme@mairie-exemple.fr")):
+        sent.clear()
+        outcome = engine.process_raw(Envelope(mail_from=sender, rcpts=("contact@example.org",),
+                                              queue_id=f"G{n}"), request(n), defer=True)
+        assert outcome.decision.guidance == "queued"
+        assert len(sent) == 2, sent            # lookup + claim: what the message waits for
+        engine.commit(outcome)
+        store.flush()                          # (the writer files the row: off the path)
+    # a sender already guided: still two, and the claim says why not
+    sent.clear()
+    outcome = engine.process_raw(Envelope(mail_from="secretariat@mairie-exemple.fr",
+                                          rcpts=("contact@example.org",), queue_id="G3"),
+                                 request(3), defer=True)
+    assert outcome.decision.guidance == "suppressed:rate-limited"
+    assert len(sent) == 2, sent
+    engine.commit(outcome)
+    store.close()
+
+
 def test_exactly_one_host_queues_a_guidance_mail(hosts, tmp_path):
     a, b = hosts
     outcomes: list[str] = []

@@ -268,8 +268,10 @@ class Engine:
         """
         settings = self.config.autoreply
         to_addr = strip_brackets(env.mail_from)
-        reason = d.guidance_block or self.store.guidance_allowed(
-            to_addr, every=settings.every, per_hour=settings.max_per_hour)
+        reason = d.guidance_block
+        if reason is None and not self.store.limits_in_claim:
+            reason = self.store.guidance_allowed(to_addr, every=settings.every,
+                                                 per_hour=settings.max_per_hour)
         if reason is None and settings.trust == "known-dkim" \
                 and (env.client_addr or "") not in settings.trusted_relays:
             trusted = d.dkim_trusted

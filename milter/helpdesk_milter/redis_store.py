@@ -267,6 +267,9 @@ class RedisStore:
     """
 
     RETRY = 1.0               # seconds the breaker stays open after a failure
+    # the claim script checks the limits: asking guidance_allowed first would be a
+    # third round trip for a message that earns a guidance mail
+    limits_in_claim = True
     MAX_CONNECTIONS = 64
     BATCH = 200               # rows filed per round trip at most
     QUEUE_MAX = 20_000

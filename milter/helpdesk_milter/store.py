@@ -241,7 +241,14 @@ class DedupState(Protocol):
 
 
 class Store(Protocol):
-    """Every write takes an optional ``pending``: held there until ``commit``."""
+    """Every write takes an optional ``pending``: held there until ``commit``.
+
+    ``limits_in_claim``: ``queue_guidance`` checks the guidance limits itself, at
+    no extra cost, so a caller need not ask ``guidance_allowed`` first (a round
+    trip to a shared store, a local read for SQLite).
+    """
+
+    limits_in_claim: bool
 
     def record(self, rec: DecisionRecord, *, pending: Pending | None = None) -> None: ...
     def check_and_remember(self, fp: dedup.Fingerprint, plan: Plan, *,
@@ -315,6 +322,8 @@ class SQLiteStore:
     transactions see each other, and the answer is the same whether or not the
     writer has caught up.
     """
+
+    limits_in_claim = False   # a local read first spares the DKIM check when limited
 
     BATCH = 200
     LINGER = 0.1               # seconds the writer gathers rows into one commit
@@ -814,6 +823,8 @@ class _Generation:
 
 class NullStore:
     """A Store that keeps nothing (tests that need no state)."""
+
+    limits_in_claim = False
 
     def record(self, rec: DecisionRecord, *, pending: Pending | None = None) -> None:
         pass
