@@ -5,7 +5,7 @@
 #   make bench  performance, side by side through a real Postfix (not part of test)
 #   make train  rebuild the request model from the labelled sets (models/request.json)
 #   make fuzz   long fuzzing of parse -> decide -> rewrite (FUZZ_SECONDS, default 600)
-#   make soak   20,000 messages through Postfix, kills, locks, 50 MB (not part of test)
+#   make soak   20,000 messages through Postfix, kills, locks, 50 MB, Redis outages (not part of test)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -59,6 +59,8 @@ fuzz: venv
 
 soak: venv
 	$(PY) tests/soak/run.py --scenario all
+	$(PY) tests/soak/redis_outage.py --messages 1000 --fault kill
+	$(PY) tests/soak/redis_outage.py --messages 1000 --fault pause
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
