@@ -367,6 +367,62 @@ def _accepts(path: Path) -> bool:
     return True
 
 
+# --- readiness (systemd Type=notify) --------------------------------------------------
+
+READY_WAIT = 60.0     # seconds to wait for libmilter's socket before giving up
+
+
+def _ready_when_listening(spec: str, milter_thread: threading.Thread,
+                          stop_signals: set[signal.Signals]) -> None:
+    """Tell systemd (``NOTIFY_SOCKET``, ``Type=notify``) that the milter serves, once
+    its socket accepts connections: ``systemctl start`` then returns when Postfix can
+    connect, and no ``systemctl reload`` can reach the process before it is ready."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)   # signals are the main thread's
+    deadline = time.monotonic() + READY_WAIT
+    while milter_thread.is_alive() and time.monotonic() < deadline:
+        if _listening(spec):
+            sd_notify(f"READY=1\nSTATUS=listening on {spec}")
+            return
+        time.sleep(0.05)
+
+
+def _listening(spec: str) -> bool:
+    """Whether the libmilter socket ``spec`` accepts a connection now."""
+    kind, _, rest = spec.partition(":")
+    if kind in ("unix", "local"):
+        return _accepts(Path(rest))
+    if kind in ("inet", "inet6"):
+        port, _, host = rest.partition("@")
+        host = host.strip("[]")
+        if host in ("", "0.0.0.0", "::", "*"):
+            host = "::1" if kind == "inet6" else "127.0.0.1"
+        family = socketlib.AF_INET6 if kind == "inet6" else socketlib.AF_INET
+        with socketlib.socket(family, socketlib.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            try:
+                sock.connect((host, int(port)))
+            except (OSError, ValueError):
+                return False
+        return True
+    return True        # fd:N: systemd's socket listens already
+
+
+def sd_notify(state: str) -> bool:
+    """Send ``state`` to systemd's notification socket; False when there is none."""
+    address = os.environ.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]          # an abstract socket
+    try:
+        with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as exc:
+        log.warning("cannot notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"), exc)
+        return False
+    return True
+
+
 # --- reload ----------------------------------------------------------------------------
 
 # What a reload cannot change in a running process: the socket is open, the store
@@ -516,6 +572,9 @@ def _run_until_stopped(socket: str, timeout: int, reloader: _Reloader) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     thread = threading.Thread(target=run, name="libmilter", daemon=True)
     thread.start()
+    if os.environ.get("NOTIFY_SOCKET"):
+        threading.Thread(target=_ready_when_listening, args=(socket, thread, stop_signals),
+                         name="sd-notify", daemon=True).start()
     try:
         while thread.is_alive():
             try:

@@ -1,7 +1,8 @@
 """Run a systemd service unit's command lines the way systemd would, without systemd.
 
 The container the tests run in has no running systemd, so ``systemctl start`` is not
-available. This plays the part of systemd for one ``Type=simple`` service, for the
+available. This plays the part of systemd for one ``Type=simple`` or ``Type=notify``
+service (the readiness message itself is tested in tests/test_sd_notify.py), for the
 directives that decide whether the milter can start and listen: who it runs as, which
 files it can write, its umask. It must run as root inside a private mount namespace
 (``unshare -m --propagation private``), so the mounts it makes never reach the host::
@@ -40,7 +41,8 @@ from pathlib import Path
 
 # Directives acted on here.
 EMULATED = {
-    "Type", "User", "Group", "ExecStartPre", "ExecStart", "UMask", "StateDirectory",
+    "Type", "NotifyAccess", "User", "Group", "ExecStartPre", "ExecStart", "UMask",
+    "StateDirectory",
     "StateDirectoryMode", "ReadWritePaths", "ProtectSystem", "ProtectHome", "PrivateTmp",
     "NoNewPrivileges", "CapabilityBoundingSet", "AmbientCapabilities",
 }
@@ -130,8 +132,8 @@ def prepare(service: dict[str, list[str]]) -> None:
     unknown = set(service) - EMULATED - NOT_EMULATED
     if unknown:
         raise UnitError(f"directives not known to the emulation: {sorted(unknown)}")
-    if last(service, "Type", "simple") != "simple":
-        raise UnitError("only Type=simple is emulated")
+    if last(service, "Type", "simple") not in ("simple", "notify"):
+        raise UnitError("only Type=simple and Type=notify are emulated")
     user = pwd.getpwnam(last(service, "User"))
     gid = user.pw_gid
     if last(service, "Group"):
@@ -211,7 +213,7 @@ def main(argv: list[str]) -> int:
             return done.returncode
     start = service.get("ExecStart", [])
     if len(start) != 1:
-        raise UnitError("Type=simple needs exactly one ExecStart=")
+        raise UnitError("Type=simple/notify needs exactly one ExecStart=")
     sys.stdout.flush()
     os.execvpe(prefix[0], [*prefix, *command_line(start[0])], env)
     return 127     # not reached
