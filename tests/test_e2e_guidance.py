@@ -18,7 +18,8 @@ from email.parser import BytesParser
 from pathlib import Path
 
 from support.dkimfixtures import message, sign_message
-from support.net import wait_until
+from support.net import free_port, wait_until
+from support.prom import by_label, scrape
 from support.sink import Sink
 from support.world import example_sections
 
@@ -178,8 +179,10 @@ def test_no_guidance_for_lists_autoreplies_bounces_unknown_or_failing_dkim(
 
 
 def test_relay_down_then_back(lab, sink, milters, dns_server, dkim_key, tmp_path):
+    metrics_port = free_port()
     with Sink(tmp_path / "relay") as relay:
-        milter = milters.helpdesk(sections(dns_server, f"127.0.0.1:{relay.port}"))
+        milter = milters.helpdesk({**sections(dns_server, f"127.0.0.1:{relay.port}"),
+                                   "metrics": {"listen": f"127.0.0.1:{metrics_port}"}})
         relay.stop()
         raw = signed(dkim_key, dns_server, "g5", from_addr=f"Jean Dupont <{CLIENT}>",
                      to="contact@example.org", subject="Webmail : erreur de connexion",
@@ -193,6 +196,10 @@ def test_relay_down_then_back(lab, sink, milters, dns_server, dkim_key, tmp_path
         assert list(relay.deliveries[0].rcpt_tos) == [CLIENT]
         milter.wait_log(r"outbox: guidance #1 sent")
         assert database_rows(milter, "select status from outbox") == [("sent",)]
+    # the outbox sender's attempts, as Prometheus sees them
+    deliveries = by_label(scrape(metrics_port), "helpdesk_milter_guidance_deliveries_total",
+                          "outcome")
+    assert deliveries["sent"] == 1 and deliveries["retry"] >= 1 and "failed" not in deliveries
 
 
 def test_followup_guidance_says_reply_to_the_ticket_mail(lab, sink, milters, dns_server,

@@ -17,15 +17,13 @@ import sqlite3
 import subprocess
 import sys
 import tomllib
-import urllib.request
 from pathlib import Path
-
-from prometheus_client.parser import text_string_to_metric_families
 
 from helpdesk_milter.metrics import NullMetrics, PrometheusMetrics, make_metrics
 from helpdesk_milter.policy import Decision
 from support.mail import as_bytes, make_message
 from support.net import free_port, wait_until
+from support.prom import by_label, scrape
 from support.world import CLIENT, example_sections
 
 P = "helpdesk_milter"
@@ -33,19 +31,6 @@ SUPPORT_BODY = (
     "Bonjour,\n\nDepuis ce matin, impossible de me connecter à Nextcloud : le client "
     "de synchronisation affiche « erreur 503 » et les fichiers du secrétariat ne se "
     "synchronisent plus.\nPouvez-vous regarder rapidement ?\n\nMerci,\nJérôme Martin\n")
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the endpoint: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def by_label(samples: dict, name: str, label: str) -> dict[str, float]:
-    return {dict(labels)[label]: value for (n, labels), value in samples.items()
-            if n == name and value}
 
 
 def test_counts_after_mail_through_postfix_match_the_database(lab, sink, milters):
@@ -137,6 +122,8 @@ def test_counting_without_a_server():
     m.failed("eom", "tempfail")
     m.reloaded(False, observe=False)
     m.reloaded(True, observe=True)
+    m.delivered("retry")
+    m.delivered("sent")
     assert get(f"{P}_messages_total", {"verdict": "support", "action": "copy"}) == 2
     assert get(f"{P}_messages_total", {"verdict": "support", "action": "duplicate"}) == 1
     assert get(f"{P}_messages_total", {"verdict": "unwatched", "action": "none"}) == 1
@@ -150,6 +137,8 @@ def test_counting_without_a_server():
     assert get(f"{P}_internal_errors_total", {"stage": "eom"}) == 1
     assert get(f"{P}_reloads_total", {"result": "failed"}) == 1
     assert get(f"{P}_observe_mode") == 1
+    assert get(f"{P}_guidance_deliveries_total", {"outcome": "sent"}) == 1
+    assert get(f"{P}_guidance_deliveries_total", {"outcome": "failed"}) == 0
     assert get(f"{P}_decision_seconds_count") == 4
     assert get(f"{P}_decision_seconds_bucket", {"le": "0.0005"}) == 1
     # off by default: nothing served, nothing counted

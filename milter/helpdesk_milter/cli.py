@@ -198,7 +198,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .outbox import OutboxSender
         sender = OutboxSender(config.milter.database, config.autoreply.smtp,
                               give_up=config.autoreply.give_up,
-                              retry_after=config.autoreply.retry).start()
+                              retry_after=config.autoreply.retry,
+                              on_result=metrics.delivered).start()
     try:
         serve(config, engine, rebuild=rebuild, metrics=metrics, socket_lock=socket_lock)
     except Exception as exc:

@@ -18,6 +18,8 @@ What is exported (every name starts with ``helpdesk_milter_``):
 * ``duplicates_total{match}`` -- duplicates recognised, by match;
 * ``secret_messages_total{kind}`` -- messages with a secret of that kind;
 * ``guidance_total{outcome,reason}`` -- guidance mail queued, or suppressed and why;
+* ``guidance_deliveries_total{outcome}`` -- the outbox sender's attempts: sent,
+  retry (the relay deferred or was down), failed (given up);
 * ``internal_errors_total{stage}`` -- internal errors, by milter step;
 * ``decision_seconds`` -- histogram of the time from end of message to decision;
 * ``reloads_total{result}`` -- SIGHUP reloads, ok or failed;
@@ -47,6 +49,7 @@ class Metrics(Protocol):
     def stepped_out(self) -> None: ...
     def failed(self, stage: str, fallback: str) -> None: ...
     def reloaded(self, ok: bool, *, observe: bool) -> None: ...
+    def delivered(self, outcome: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -63,6 +66,9 @@ class NullMetrics:
         pass
 
     def reloaded(self, ok: bool, *, observe: bool) -> None:
+        pass
+
+    def delivered(self, outcome: str) -> None:
         pass
 
     def close(self) -> None:
@@ -129,6 +135,11 @@ class PrometheusMetrics:
             Counter(f"{PREFIX}_reloads", "configuration reloads (SIGHUP), ok or failed",
                     ["result"], registry=registry),
             (("ok",), ("failed",)))
+        self.deliveries = _Family(
+            Counter(f"{PREFIX}_guidance_deliveries",
+                    "guidance mail handed to the relay by the outbox sender: sent, "
+                    "retry (deferred), failed (given up)", ["outcome"], registry=registry),
+            (("sent",), ("retry",), ("failed",)))
         self.latency = Histogram(f"{PREFIX}_decision_seconds",
                                  "time from end of message to the decision applied",
                                  buckets=BUCKETS, registry=registry)
@@ -166,6 +177,10 @@ class PrometheusMetrics:
         self.reloads.child("ok" if ok else "failed").inc()
         if ok:
             self.observe_mode.set(1 if observe else 0)
+
+    def delivered(self, outcome: str) -> None:
+        """The outbox sender's attempt at one guidance mail (its thread)."""
+        self.deliveries.child(outcome).inc()
 
     # --- the endpoint -----------------------------------------------------------------
 

@@ -33,7 +33,8 @@ MAX_BACKOFF = 3600.0
 
 class OutboxSender:
     def __init__(self, database: str, relay: str, *, give_up: float, retry_after: float = 60.0,
-                 clock: Callable[[], float] = time.time, timeout: float = 20.0):
+                 clock: Callable[[], float] = time.time, timeout: float = 20.0,
+                 on_result: Callable[[str], None] | None = None):
         host, _, port = relay.rpartition(":")
         self.database = database
         self.host, self.port = host.strip("[]"), int(port)
@@ -41,6 +42,8 @@ class OutboxSender:
         self.retry_after = retry_after
         self.clock = clock
         self.timeout = timeout
+        # told "sent", "retry" or "failed" after each attempt (the metrics)
+        self.on_result = on_result or (lambda outcome: None)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="outbox-sender", daemon=True)
 
@@ -78,12 +81,15 @@ class OutboxSender:
                 break
             status, error = self._send(to_addr, message)
             now = self.clock()
+            if status != "sent" and now - created >= self.give_up:
+                status = "failed"
+            self.on_result(status)
             if status == "sent":
                 sent += 1
                 log.info("outbox: guidance #%d sent to <%s>", rowid, to_addr)
                 db.execute("update outbox set status = 'sent', sent_at = ?, attempts = ?, "
                            "last_error = null where id = ?", [now, attempts + 1, rowid])
-            elif status == "failed" or now - created >= self.give_up:
+            elif status == "failed":
                 log.warning("outbox: guidance #%d to <%s> given up: %s", rowid, to_addr, error)
                 db.execute("update outbox set status = 'failed', attempts = ?, "
                            "last_error = ? where id = ?", [attempts + 1, error, rowid])
