@@ -75,6 +75,7 @@ from .store import (
     Plan,
     SQLiteStore,
     _Unwritten,  # the same in-memory index of rows not filed yet
+    take_batch,
 )
 
 log = logging.getLogger("helpdesk_milter.state")
@@ -493,18 +494,7 @@ class RedisStore:
             if first is None:
                 self._queue.task_done()
                 break
-            batch = [first]
-            stop = False
-            while len(batch) < self.BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    self._queue.task_done()
-                    break
-                batch.append(item)
+            batch, stop = take_batch(self._queue, first, self.BATCH)
 
             def write(batch: list[_Row] = batch) -> None:
                 # EVALSHA in a plain pipeline: one round trip (redis-py's script

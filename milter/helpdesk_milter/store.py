@@ -38,7 +38,7 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -46,6 +46,8 @@ from sqlite_utils.migrations import Migrations
 from . import dedup
 
 log = logging.getLogger("helpdesk_milter.store")
+
+T = TypeVar("T")
 
 migrations = Migrations("helpdesk_milter")
 
@@ -604,20 +606,9 @@ class SQLiteStore:
             if first is None:
                 self._queue.task_done()
                 break
-            batch = [first]
             # Gather what arrives in the next LINGER seconds into one commit: a
             # commit per message costs more than the rows themselves.
-            deadline = time.monotonic() + self.LINGER
-            while len(batch) < self.BATCH:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    self._queue.task_done()
-                    break
-                batch.append(item)
+            batch, stop = take_batch(self._queue, first, self.BATCH, self.LINGER)
             try:
                 if db is not None and _file_id(self.path) != db_id:
                     # deleted or replaced while we ran: start a new file rather than
@@ -648,6 +639,8 @@ class SQLiteStore:
             finally:
                 for _ in batch:
                     self._queue.task_done()
+            if stop:
+                break
         if db is not None:
             db.close()
 
@@ -858,6 +851,26 @@ class NullStore:
 
     def close(self) -> None:
         pass
+
+
+def take_batch(q: queue.Queue[T | None], first: T, limit: int, linger: float = 0.0
+               ) -> tuple[list[T], bool]:
+    """A writer thread's next batch: ``first``, then what else is queued (waiting up to
+    ``linger`` seconds for more), at most ``limit`` items; and True when the end mark
+    (None) was met, taken from the queue: the writer stops after this batch.  The
+    caller marks the batch's items done."""
+    batch = [first]
+    deadline = time.monotonic() + linger
+    while len(batch) < limit:
+        try:
+            item = q.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            break
+        if item is None:
+            q.task_done()
+            return batch, True
+        batch.append(item)
+    return batch, False
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
