@@ -37,10 +37,7 @@ def main() -> int:
     for folder in args.sets or all_sets():
         f = measure(folder, config, policy)
         print(f.row())
-        total = totals["heldout" if "heldout" in folder.name else "tuning"]
-        for name in ("tp", "fp", "fn", "tn", "ambiguous", "ambiguous_agree",
-                     "at_assistance"):
-            setattr(total, name, getattr(total, name) + getattr(f, name))
+        totals["heldout" if "heldout" in folder.name else "tuning"].add(f)
         if args.verbose and "heldout" not in folder.name:
             # a held-out set's misses are not listed: reading them is how tuning starts
             for miss in f.misses:

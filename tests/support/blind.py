@@ -15,6 +15,7 @@ belongs, and the milter has nothing to route.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tomllib
 from dataclasses import dataclass, field
@@ -61,6 +62,12 @@ class Figures:
     @property
     def clear(self) -> int:
         return self.tp + self.fp + self.fn + self.tn
+
+    def add(self, other: Figures) -> None:
+        """Add ``other``'s counts to these (a total over several sets)."""
+        for f in dataclasses.fields(self):
+            if f.type in (int, "int"):
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def row(self) -> str:
         return (f"{self.name:<28} {self.clear:>5} {self.tp:>4} {self.fp:>4} {self.fn:>4} "

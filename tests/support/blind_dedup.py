@@ -30,7 +30,7 @@ import logging
 import re
 import tempfile
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from helpdesk_milter.config import Config, load_config
@@ -38,6 +38,7 @@ from helpdesk_milter.engine import Engine
 from helpdesk_milter.message import Envelope, strip_brackets
 from helpdesk_milter.policy import Decision, Policy
 from helpdesk_milter.store import SQLiteStore
+from support.blind import Figures
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = ROOT / "config" / "helpdesk-milter.toml"
@@ -50,30 +51,12 @@ def dedup_sets() -> list[Path]:
 
 
 @dataclass
-class DedupFigures:
-    name: str
-    tp: int = 0            # a duplicate, recognised
-    fn: int = 0            # a duplicate, not recognised
-    fp: int = 0            # not a duplicate, called one
-    tn: int = 0
+class DedupFigures(Figures):
+    """tp: a duplicate recognised; fn: a duplicate missed; fp: a non-duplicate called
+    one; tn: the rest (clear cases)."""
+
     wrong_original: int = 0        # recognised, but of= names another request
-    ambiguous: int = 0
-    ambiguous_agree: int = 0
     missed_as_other: int = 0       # of fn: the classifier said "other" (no dedup ran)
-    misses: list[str] = field(default_factory=list)
-
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
-
-    def add(self, other: DedupFigures) -> None:
-        for name in ("tp", "fn", "fp", "tn", "wrong_original", "ambiguous",
-                     "ambiguous_agree", "missed_as_other"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def row(self) -> str:
         return (f"{self.name:<22} {self.tp + self.fn:>5} {self.tp:>4} {self.fn:>4} "
