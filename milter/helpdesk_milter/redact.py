@@ -690,6 +690,59 @@ def _html_streams(markup: str, *, mapped: bool = True) -> tuple[_Mapped, _Mapped
     return vis, attrs
 
 
+# --------------------------------------------------------------------------------------
+# The HTML alternative of a plain part that held no secret.
+#
+# Mail programs write a multipart/alternative's plain part from its HTML, so when the
+# plain part held no secret, the HTML holds none either unless it shows something the
+# plain part does not.  Extracting and scanning the HTML is the dearest step of the
+# walk (a Python loop per tag); this check is a few regular expressions.  It answers
+# yes only when every word the HTML can show is somewhere in the plain text, the HTML
+# has no table (cells give a column's header as context, which the plain rendering
+# loses), and its attribute values (links, form values, alt texts) hold no secret by
+# the scanner.  A no, or any doubt, means the HTML is read in full as before: the
+# check can only spare work, never find or change anything.
+
+_HIDDEN = re.compile(r"<!--.*?(?:-->|\Z)|<(script|style|xmp|textarea)\b.*?(?:</\1\s*>|\Z)",
+                     re.I | re.S)
+_TABLE_CELL = re.compile(r"<t[dh][\s>/]", re.I)
+_A_TAG = re.compile(r"<[A-Za-z/!?][^>]*>")
+_ATTR_VALUE = re.compile(r"""\s([A-Za-z_:][-\w:.]*)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""")
+# attributes whose values are layout, never content
+_INERT_ATTRS = frozenset({
+    "style", "class", "id", "width", "height", "align", "valign", "border", "cellpadding",
+    "cellspacing", "color", "bgcolor", "face", "size", "lang", "dir", "type", "span",
+    "colspan", "rowspan", "nowrap", "frame", "rules", "summary", "charset", "http-equiv",
+    "content", "xmlns", "target", "rel", "role", "data-outlook-trace", "start", "clear",
+    "hspace", "vspace", "border-collapse", "tabindex", "autocomplete", "shape",
+})
+
+
+def _said_in(markup: str, plain: str, scanner: SecretScanner) -> bool:
+    """True when the HTML ``markup`` can show nothing that its plain alternative
+    ``plain`` (which held no secret) does not: its words are all in the plain text, it
+    has no table, and no attribute value holds a secret (see the block comment)."""
+    if _TABLE_CELL.search(markup):
+        return False
+    shown = _HIDDEN.sub(" ", markup)
+    words = _A_TAG.sub(" ", shown)
+    if "&" in words:
+        words = html.unescape(words)
+    known = frozenset(plain.split())
+    for word in words.split():
+        if word not in known and word not in plain:
+            return False
+    values = []
+    for m in _ATTR_VALUE.finditer(shown):
+        if m.group(1).lower() in _INERT_ATTRS:
+            continue
+        value = m.group(2) if m.group(2) is not None else (
+            m.group(3) if m.group(3) is not None else m.group(4))
+        if value:
+            values.append(html.unescape(value) if "&" in value else value)
+    return not (values and _scan_text(scanner, "\n".join(values)))
+
+
 _EQ_QUOTE = re.compile(r"""=\s*(["'])""")
 _QUOTE_TOKEN = re.compile(r"""=\s*(["'])|(["'])""")
 
@@ -1057,6 +1110,10 @@ class _Walker:
         self.texts: list[tuple[str, bool, str]] = []
         self._delims: dict[bytes, list[int]] | None = None
         self._closes: dict[bytes, list[int]] = {}
+        # multipart/alternative: each child's start -> its parent's start; the
+        # parent's start -> the text of its plain part, when that part held no secret
+        self._alt_parent: dict[int, int] = {}
+        self._alt_plain: dict[int, str] = {}
 
     def kinds(self) -> tuple[str, ...]:
         return tuple(sorted({k for _, k in self.where}))
@@ -1201,6 +1258,8 @@ class _Walker:
             cend = max(cend, cstart)
             path = f"{ent.child_prefix}.{i + 1}" if ent.child_prefix else str(i + 1)
             children.append(_Entity(cstart, cend, path, path, ent.depth + 1, bounce, default))
+            if info.ctype == "multipart/alternative":
+                self._alt_parent[cstart] = ent.start
         return children
 
     # ---------------------------------------------------------------- leaves
@@ -1249,10 +1308,15 @@ class _Walker:
         finally:
             del data, body
         is_html = info.ctype in ("text/html", "application/xhtml+xml")
+        parent = self._alt_parent.get(ent.start)
         if is_html:
-            edits = self._html_edits(text, location, codec, cte)
+            plain = None if parent is None or info.attachment else self._alt_plain.get(parent)
+            edits = self._html_edits(text, location, codec, cte, plain)
         else:
             edits = _scan_text(self.scanner, text)
+            if (parent is not None and not edits and info.ctype == "text/plain"
+                    and not info.attachment):
+                self._alt_plain[parent] = text
             if edits:
                 self.where.extend((location, kind) for _, _, kind in edits)
                 marker = self._part_marker(codec, cte)
@@ -1282,8 +1346,11 @@ class _Walker:
             return value
         return marker
 
-    def _html_edits(self, markup: str, location: str, codec: str, cte: str) -> list[_Edit]:
+    def _html_edits(self, markup: str, location: str, codec: str, cte: str,
+                    plain: str | None = None) -> list[_Edit]:
         if not self.scanner.could_match(markup):
+            return []
+        if plain is not None and _said_in(markup, plain, self.scanner):
             return []
         # The texts first (no map); the map only for a part that holds a secret.
         vis, attrs = _html_streams(markup, mapped=False)

@@ -1,0 +1,161 @@
+"""The HTML alternative of a plain part that held no secret (redact._said_in).
+
+The walk skips extracting and scanning an HTML alternative when everything it can show
+is already in its plain part, which held no secret.  Each test here is a way the HTML
+can show more than the plain part, and must still be read; the last one runs the
+walk with and without the shortcut over every whole message of the corpora, the
+public test mail and the blind tuning sets, and requires identical results.
+"""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+
+import pytest
+
+from helpdesk_milter import redact
+from helpdesk_milter.redact import redact_message
+from helpdesk_milter.secrets import SecretScanner
+
+SCANNER = SecretScanner()
+TESTS = Path(__file__).parent
+
+PLAIN = """Bonjour Mme Lefèvre,
+
+Depuis la mise à jour de lundi, l'agenda partagé de la mairie ne se synchronise
+plus sur les téléphones des élus. Le message affiché est « Compte non vérifié ».
+Pourriez-vous regarder ? Le mot de passe du compte n'a pas changé.
+
+Cordialement,
+Hélène Martin
+Secrétariat de mairie — 03 84 52 17 90
+"""
+
+HTML = """<html><head><style>p {{ margin: 0; font-family: Calibri, sans-serif }}</style>
+</head><body><div class="WordSection1">
+<p class="MsoNormal">Bonjour Mme Lef&egrave;vre,</p>
+<p class="MsoNormal">&nbsp;</p>
+<p class="MsoNormal">Depuis la mise &agrave; jour de lundi, l'agenda partag&eacute; de la
+mairie ne se synchronise plus sur les t&eacute;l&eacute;phones des &eacute;lus. Le message
+affich&eacute; est &laquo;&nbsp;Compte non v&eacute;rifi&eacute;&nbsp;&raquo;.
+Pourriez-vous regarder&nbsp;? Le mot de passe du compte n'a pas chang&eacute;.</p>
+{extra}<p class="MsoNormal">Cordialement,<br>H&eacute;l&egrave;ne Martin<br>
+<span style="color:#1F497D">Secr&eacute;tariat de mairie &mdash; 03&nbsp;84&nbsp;52&nbsp;17&nbsp;90</span></p>
+</div></body></html>
+"""
+
+
+def alternative(plain: str, html: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Hélène Martin <secretariat@mairie-exemple.fr>"
+    msg["To"] = "alice@example.org"
+    msg["Subject"] = "Agenda partagé qui ne se synchronise plus"
+    msg["Message-ID"] = "<alt-1@mairie-exemple.fr>"
+    msg.set_content(plain, cte="quoted-printable")
+    msg.add_alternative(html, subtype="html", cte="quoted-printable")
+    return msg.as_bytes(policy=SMTP)
+
+
+@pytest.fixture
+def spared(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """What each call of the check answered."""
+    answers: list[bool] = []
+    check = redact._said_in
+
+    def counting(markup: str, plain: str, scanner: SecretScanner) -> bool:
+        answers.append(check(markup, plain, scanner))
+        return answers[-1]
+    monkeypatch.setattr(redact, "_said_in", counting)
+    return answers
+
+
+def test_html_saying_what_the_plain_part_says_is_spared(spared: list[bool]) -> None:
+    r = redact_message(alternative(PLAIN, HTML.format(extra="")), SCANNER)
+    assert spared == [True]
+    assert r.count == 0 and r.body is None
+
+
+def test_a_secret_only_in_the_html_is_found(spared: list[bool]) -> None:
+    # the plain part written first, the HTML edited after (or forged): it says more
+    extra = '<p class="MsoNormal">PS : le nouveau mot de passe est Tr3fle-Vert!82</p>\n'
+    r = redact_message(alternative(PLAIN, HTML.format(extra=extra)), SCANNER)
+    assert spared == [False]
+    assert r.count == 1 and r.body is not None
+    assert b"Tr3fle-Vert!82" not in r.body and b"Tr3fle" not in r.body
+
+
+def test_a_table_is_always_read() -> None:
+    # the plain rendering of a table loses which column a value sits in: even when
+    # every word of it is in the plain part, the HTML is read
+    table = ("<table><tr><th>Identifiant</th><th>Code</th></tr>"
+             "<tr><td>compta</td><td>Kx7mW2q</td></tr></table>")
+    plain = "Identifiant Code\ncompta Kx7mW2q\n"
+    assert not redact._said_in(HTML.format(extra=table), PLAIN + plain, SCANNER)
+    assert redact._said_in(HTML.format(extra=table.replace("<td>", "<span>")
+                                       .replace("</td>", "</span>").replace("th>", "b>")),
+                           PLAIN + plain, SCANNER)
+
+
+def test_a_secret_in_a_link_the_plain_part_leaves_out_is_found(spared: list[bool]) -> None:
+    # Gmail's plain part keeps a link's text, not its address
+    extra = ('<p><a href="https://admin:S3cr3t-Tr0mbone@nas.mairie-exemple.fr/">'
+             'le NAS</a></p>\n')
+    plain = PLAIN + "\nle NAS\n"
+    r = redact_message(alternative(plain, HTML.format(extra=extra)), SCANNER)
+    assert spared == [False]
+    assert r.count == 1 and r.body is not None and b"S3cr3t-Tr0mbone" not in r.body
+
+
+def test_a_secret_in_the_plain_part_is_removed_from_both(spared: list[bool]) -> None:
+    extra = '<p class="MsoNormal">Le mot de passe provisoire est Gr4nit-Lune!7</p>\n'
+    plain = PLAIN + "\nLe mot de passe provisoire est Gr4nit-Lune!7\n"
+    r = redact_message(alternative(plain, HTML.format(extra=extra)), SCANNER)
+    assert spared == []                     # the plain part held one: the HTML is read
+    assert r.count == 2 and r.body is not None and b"Gr4nit" not in r.body
+
+
+def test_html_first_is_read_in_full(spared: list[bool]) -> None:
+    msg = EmailMessage()
+    msg["From"] = "secretariat@mairie-exemple.fr"
+    msg["Subject"] = "agenda"
+    msg.set_content(HTML.format(extra=""), subtype="html")
+    msg.add_alternative(PLAIN)
+    redact_message(msg.as_bytes(policy=SMTP), SCANNER)
+    assert spared == []
+
+
+def _whole_messages() -> list[Path]:
+    paths = []
+    for folder in ("corpus", "secrets_corpus", "public_mail", "dedup_pairs"):
+        paths += sorted((TESTS / folder).rglob("*.eml"))
+    paths += sorted(p for p in (TESTS / "blind").glob("*/messages/*.eml")
+                    if "heldout" not in p.parts[-3])
+    return paths
+
+
+def test_same_redactions_with_and_without_the_shortcut(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    paths = _whole_messages()
+    assert len(paths) > 1000
+    check = redact._said_in
+    spared = 0
+
+    def counting(markup: str, plain: str, scanner: SecretScanner) -> bool:
+        nonlocal spared
+        yes = check(markup, plain, scanner)
+        spared += yes
+        return yes
+    differ = []
+    for path in paths:
+        raw = path.read_bytes()
+        results = []
+        for fn in (lambda m, p, s: False, counting):
+            monkeypatch.setattr(redact, "_said_in", fn)
+            r = redact_message(raw, SCANNER)
+            results.append((r.count, r.kinds, r.body, r.subject, r.where))
+        if results[0] != results[1]:
+            differ.append(path.name)
+    assert differ == []
+    assert spared > 100                     # the shortcut is taken, not only allowed
