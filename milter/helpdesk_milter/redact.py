@@ -707,15 +707,17 @@ _HIDDEN = re.compile(r"<!--.*?(?:-->|\Z)|<(script|style|xmp|textarea)\b.*?(?:</\
                      re.I | re.S)
 _TABLE_CELL = re.compile(r"<t[dh][\s>/]", re.I)
 _A_TAG = re.compile(r"<[A-Za-z/!?][^>]*>")
-_ATTR_VALUE = re.compile(r"""\s([A-Za-z_:][-\w:.]*)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""")
 # attributes whose values are layout, never content
 _INERT_ATTRS = frozenset({
-    "style", "class", "id", "width", "height", "align", "valign", "border", "cellpadding",
-    "cellspacing", "color", "bgcolor", "face", "size", "lang", "dir", "type", "span",
-    "colspan", "rowspan", "nowrap", "frame", "rules", "summary", "charset", "http-equiv",
-    "content", "xmlns", "target", "rel", "role", "data-outlook-trace", "start", "clear",
-    "hspace", "vspace", "border-collapse", "tabindex", "autocomplete", "shape",
+    "style", "class", "id", "width", "height", "align", "valign", "border",
+    "cellpadding", "cellspacing", "color", "bgcolor", "face", "size", "lang", "dir",
+    "type", "span", "colspan", "rowspan", "nowrap", "frame", "rules", "summary",
+    "charset", "http-equiv", "xmlns", "target", "rel", "role", "start", "clear",
+    "hspace", "vspace", "tabindex", "autocomplete", "shape", "data-outlook-trace",
 })
+# an attribute's value, found from its "=" (rare in text: the search runs at C speed);
+# its name is the word before
+_ATTR_VALUE = re.compile(r"""=[ \t\r\n]*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""")
 
 
 def _said_in(markup: str, plain: str, scanner: SecretScanner) -> bool:
@@ -727,17 +729,23 @@ def _said_in(markup: str, plain: str, scanner: SecretScanner) -> bool:
     shown = _HIDDEN.sub(" ", markup)
     words = _A_TAG.sub(" ", shown)
     if "&" in words:
-        words = html.unescape(words)
+        # the usual entities at C speed; a word with another one is decoded alone
+        words = words.replace("&nbsp;", " ").replace("&#160;", " ")
     known = frozenset(plain.split())
     for word in words.split():
-        if word not in known and word not in plain:
+        if word in known or word in plain:
+            continue
+        if "&" not in word:
             return False
+        for part in html.unescape(word).split():
+            if part not in known and part not in plain:
+                return False
     values = []
     for m in _ATTR_VALUE.finditer(shown):
-        if m.group(1).lower() in _INERT_ATTRS:
+        before = shown[max(0, m.start() - 64):m.start()].rsplit(None, 1)
+        if before and before[-1].lower() in _INERT_ATTRS:
             continue
-        value = m.group(2) if m.group(2) is not None else (
-            m.group(3) if m.group(3) is not None else m.group(4))
+        value = next(v for v in m.groups() if v is not None)
         if value:
             values.append(html.unescape(value) if "&" in value else value)
     return not (values and _scan_text(scanner, "\n".join(values)))
@@ -1348,9 +1356,9 @@ class _Walker:
 
     def _html_edits(self, markup: str, location: str, codec: str, cte: str,
                     plain: str | None = None) -> list[_Edit]:
-        if not self.scanner.could_match(markup):
-            return []
         if plain is not None and _said_in(markup, plain, self.scanner):
+            return []
+        if not self.scanner.could_match(markup):
             return []
         # The texts first (no map); the map only for a part that holds a secret.
         vis, attrs = _html_streams(markup, mapped=False)
