@@ -303,6 +303,8 @@ class RedisStore:
             client = redis.Redis(connection_pool=pool)
         self.client = client
         self._lookup = client.register_script(_LOOKUP)
+        # the lookups' own connection (they run one at a time, under _lock)
+        self._line: redis.Connection | None = None
         self._remember = client.register_script(_REMEMBER)
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
@@ -433,7 +435,7 @@ class RedisStore:
         """The earlier copy of ``fp`` (lock held) and the id for this message's row."""
         ids, texts, _ = fp.keys
         strong = len(dict.fromkeys(ids + texts))     # lookup_keys puts them first
-        reply = self._call(lambda: self._lookup(args=[
+        reply = self._call(lambda: self._evalsha_lookup([
             dedup.ROWS_PER_KEY, f"{self.prefix}h:", f"{self.prefix}f:",
             " ".join(map(str, keys)), f"{self.prefix}n", strong, dedup.MAX_CANDIDATES,
             self._bucket(now), BUCKETS + 1]))
@@ -464,6 +466,38 @@ class RedisStore:
             return None, rowid             # no key of this message is known: most mail
         return dedup.find_duplicate(None, fp, now=now, window=self.window,
                                     threshold=self.similarity, unwritten=by_key), rowid
+
+    def _evalsha_lookup(self, args: list[Any]) -> Any:
+        """The lookup script's reply, on the lookups' own connection (lock held).
+
+        One round trip with none of the client's per-command steps (taking a pooled
+        connection, the retry wrapper, response callbacks): about 0.1 ms less per
+        message.  As the pool does: one new try on a dropped connection (a restarted
+        server), none on a timeout; a server that forgot the script gets it again.
+        """
+        reconnected = reloaded = False
+        while True:
+            conn = self._line
+            if conn is None:
+                pool = self.client.connection_pool
+                conn = self._line = pool.connection_class(**pool.connection_kwargs)
+            try:
+                conn.send_command("EVALSHA", self._lookup.sha, 0, *args)
+                return conn.read_response()
+            except redis.exceptions.NoScriptError:
+                if reloaded:
+                    raise
+                reloaded = True
+                conn.send_command("SCRIPT", "LOAD", _LOOKUP)
+                conn.read_response()
+            except redis.ConnectionError:
+                conn.disconnect()
+                if reconnected:
+                    raise
+                reconnected = True
+            except BaseException:
+                conn.disconnect()       # a reply may still be on its way: start afresh
+                raise
 
     def _bucket(self, now: float) -> int:
         """The number of the bucket that files rows seen at ``now``."""
@@ -649,6 +683,9 @@ class RedisStore:
         self._queue.put(None)
         self._writer.join(timeout=2 * self.timeout + 5.0)
         self.local.close()
+        with self._lock:
+            if self._line is not None:
+                self._line.disconnect()
         try:
             self.client.close()
         except Exception as exc:   # closing must not fail a shutdown

@@ -194,6 +194,10 @@ def run_sections(args: argparse.Namespace, workdir: Path,
     result["mix"] = mixmod.describe(mix)
     result["dns_resolver"] = sections["dns"]["resolver"]
     inproc.quiet_info_logging()
+    # as `helpdesk-milter run` does (app.serve): the in-process sections run the
+    # engine and the store's threads in this process
+    from helpdesk_milter.app import switch_interval
+    sys.setswitchinterval(switch_interval())
 
     if {"stages", "sizes", "state", "redis"} & set(args.sections):
         config = inproc.write_config_file(workdir / "inproc.toml", workdir / "inproc.db",
