@@ -588,3 +588,17 @@ def test_readers_in_other_threads_see_committed_fingerprints(db: sqlite_utils.Da
     thread.start()
     thread.join()
     assert isinstance(results[0], dedup.Match)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scope=st.text(max_size=40),
+       minhash=st.lists(st.integers(0, 2**32 - 1), min_size=dedup.SIGNATURE_SIZE,
+                        max_size=dedup.SIGNATURE_SIZE))
+def test_band_keys_keep_their_stored_form(scope: str, minhash: list[int]) -> None:
+    # the keys are on disk (and in Redis): however they are computed, they must stay
+    # the hash of the band number and its values packed as ">B3I"
+    import struct
+    s = scope.encode("utf-8", "surrogatepass")
+    expected = [dedup._key(b"b", s, struct.pack(">B3I", band, *minhash[3 * band:3 * band + 3]))
+                for band in range(dedup.BANDS)]
+    assert dedup._band_keys(scope, minhash) == expected

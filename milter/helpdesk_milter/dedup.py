@@ -817,12 +817,21 @@ def _text_key(scope: str, text_hash: str) -> int:
 
 
 def _band_keys(scope: str, minhash: Sequence[int]) -> list[int]:
+    """``_key(b"b", scope, band number + the band's values)`` for every band (as
+    ``struct.pack(">B3I", band, *values)``): the signature packed once, each band's
+    input sliced from it."""
     if len(minhash) != SIGNATURE_SIZE:
         return []
-    s = scope.encode("utf-8", "surrogatepass")
-    return [_key(b"b", s, struct.pack(">B3I", band,
-                                      *minhash[band * BAND_ROWS:(band + 1) * BAND_ROWS]))
+    prefix = b"b\0" + scope.encode("utf-8", "surrogatepass") + b"\0"
+    packed = struct.pack(f">{SIGNATURE_SIZE}I", *minhash)
+    step = 4 * BAND_ROWS
+    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+    return [from_bytes(blake2b(prefix + _BAND_BYTES[band] + packed[band * step:band * step + step],
+                               digest_size=8).digest(), "big", signed=True)
             for band in range(BANDS)]
+
+
+_BAND_BYTES = [bytes((band,)) for band in range(256)]
 
 
 def _compute_keys(fp: Fingerprint) -> tuple[list[int], list[int], list[int]]:
@@ -922,7 +931,8 @@ def lookup_keys(fp: Fingerprint) -> list[int]:
 
 def find_duplicate(db: sqlite_utils.Database | None, fp: Fingerprint, *, now: float,
                    window: float, threshold: float,
-                   unwritten: Mapping[int, Sequence[Row]] | None = None) -> Match | None:
+                   unwritten: Mapping[int, Sequence[Row]] | None = None,
+                   only: Sequence[int] | None = None) -> Match | None:
     """The earlier message (seen at or after ``now - window``) that ``fp`` duplicates,
     or None.
 
@@ -942,13 +952,17 @@ def find_duplicate(db: sqlite_utils.Database | None, fp: Fingerprint, *, now: fl
     on disk yet (their ``id`` the rowid they will have); they count exactly as if
     they were on disk (the :data:`ROWS_PER_KEY` newest rowids of the union per
     key), so the answer does not depend on how far the writer has got.  ``db``
-    None: only ``unwritten`` is searched (the file cannot be read).
+    None: only ``unwritten`` is searched (the file cannot be read).  ``only``: the
+    keys that may be in the window at all (the caller's filter said so of them); the
+    others are neither queried nor looked up in ``unwritten``.
     """
     ids, texts, bands = fp.keys
     strength_of: dict[int, int] = {}  # key -> 3 Message-ID, 2 text, 1 band
     for strength, keys in ((1, bands), (2, texts), (3, ids)):
         for k in keys:
             strength_of[k] = strength
+    if only is not None:
+        strength_of = {k: strength_of[k] for k in only if k in strength_of}
     if not strength_of:
         return None
     per_key: dict[int, list[int]] = {}
