@@ -42,7 +42,8 @@ mairie ne se synchronise plus sur les t&eacute;l&eacute;phones des &eacute;lus. 
 affich&eacute; est &laquo;&nbsp;Compte non v&eacute;rifi&eacute;&nbsp;&raquo;.
 Pourriez-vous regarder&nbsp;? Le mot de passe du compte n'a pas chang&eacute;.</p>
 {extra}<p class="MsoNormal">Cordialement,<br>H&eacute;l&egrave;ne Martin<br>
-<span style="color:#1F497D">Secr&eacute;tariat de mairie &mdash; 03&nbsp;84&nbsp;52&nbsp;17&nbsp;90</span></p>
+<span style="color:#1F497D">Secr&eacute;tariat de mairie &mdash;
+03&nbsp;84&nbsp;52&nbsp;17&nbsp;90</span></p>
 </div></body></html>
 """
 

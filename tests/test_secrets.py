@@ -335,6 +335,16 @@ PATHOLOGICAL = {
     "identifiants": "identifiants : a / " * 5_000,
     "wifi": "code wifi de la " * 6_000,
     "newlines": "mot de passe :\n" * 6_000,
+    # near-label strong values, code lists and their announcements, bracketed asides
+    "strong-near-label": "mdp Ab1-cd2-Ef3 " * 5_100,
+    "wifi-strong": "Wi-Fi (Net-1 / Key#2026x) " * 3_100,
+    "code-rows": "  Service code 1203\n" * 4_100,
+    "code-no-newline": "  code 1203 " * 6_700,
+    "recovery-heading": "recovery codes for x\n  a7f3c-92e1d\n" * 3_000,
+    "intro-goes-on": "backup codes here\nand more:\n" * 4_000,
+    "aside": "clé wifi du local (box, SSID X) " * 3_000,
+    "alarm-verbs": "alarme se désactive avec " * 4_000,
+    "code-before": "1234, c'est le code " * 4_100,
 }
 
 

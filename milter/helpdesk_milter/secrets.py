@@ -54,6 +54,17 @@ list introduced by one, values cut by a line wrap (two pieces glued by a symbol)
 cookies, name/value pairs whose name names a secret (Postman, Kubernetes ``env``), and
 base64 JSON that holds credentials (``.dockerconfigjson``).
 
+Near any password or Wi-Fi label, before or after it (a reply above a quoted question, a
+correction), a value strong on its own (upper and lower case, a digit and a symbol) is
+taken unless the words before it name it (``_strong_values``); Wi-Fi keys of words joined
+by hyphens, passphrases with a number, codes before their label, lists of codes under a
+sentence or a heading, tables rendered with a blank line between rows and HTML source
+(``<b>mot de passe</b> : <code>X</code>``) are read too.  Keys and codes whose label, or
+whose list's heading, says what they are for (``_NOT_SECRET_QUALIFIER``: a licence, a
+booking, a course, a parcel, a coupon...) are left alone, and so are fragments ("se
+termine par 42"), a network's or user's name right before the value, a product's model
+in a window ("un Synology DS220+") and object ids with a lower-case prefix.
+
 Precision comes last, from the words around a value whatever detector found it
 (``_live``): masked, elided and filler values ("sk_live_...9kQa", "changeme", "XXXXXX")
 are never secrets; nor is a password-like value right after an example cue ("ex.",
@@ -69,6 +80,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import html
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -533,9 +545,12 @@ expiré expiration last dernier dernière policy politique hint indice length lo
 status statut état etat set défini ok valid valide strength force age âge hash hashed
 manager gestionnaire required requis via type
 """)
-# Bare "clé"/"key"/"code" titles a secret column only beside a network column
+# Bare "clé"/"key"/"code" titles a secret column only beside a network column, or a
+# column of doors, gates, rooms or buildings (a table of access codes)
 _KEY_HEADER = re.compile(r"(?i)[\W_]*(?:cl[ée]f?|key|code|psk)[\W_]*")
-_NETWORK_HEADER = re.compile(r"(?i)[\W_]*(?:ssid|r[ée]seau|network|wi-?fi|wlan)[\W_]*")
+_ACCESS_HEADER = re.compile(r"(?i)[\W_]*(?:ssid|r[ée]seau|network|wi-?fi|wlan|porte|portail|"
+                             r"b[âa]timent|salle|local|door|gate|building|room|entr[ée]e|"
+                             r"entrance|acc[èe]s|access)[\W_]*")
 
 
 def _header_cell(cell: str, *, network: bool = False) -> bool:
@@ -640,8 +655,10 @@ class SecretScanner:
         if not hay.gated():
             return []
         if hay.quiet():
-            return _resolve(_live(text, [f for f in self._generic(hay, text)
-                                         if f.kind in self.enabled]))
+            quiet = [f for f in self._generic(hay, text) if f.kind in self.enabled]
+            if "password" in self.enabled:
+                quiet.extend(_account_values(text, hay))
+            return _resolve(_live(text, quiet))
         found: list[Finding] = []
         enabled = self.enabled
         for kind, patterns, triggers in self._tokens:
@@ -655,10 +672,12 @@ class SecretScanner:
         if {"url-credentials", "connection-string"} & enabled and hay.test(_URL_TRIGGERS):
             found.extend(f for f in _url_credentials(text) if f.kind in enabled)
         anchors = hay.anchors()
+        labelled = False
         if anchors:
             lower = text.lower()
             windows = _keyword_windows(text, lower, anchors)
             if windows:
+                labelled = True
                 found.extend(f for f in _passwords(text, lower, windows) if f.kind in enabled)
             if "password" in enabled and _CELL_TAG.search(hay.folded):
                 # HTML source in a text part: read its table cells as a table
@@ -668,6 +687,8 @@ class SecretScanner:
                 if windows:
                     found.extend(_passwords(masked, lower, windows))
         found.extend(f for f in self._generic(hay, text) if f.kind in enabled)
+        if "password" in enabled and not labelled:
+            found.extend(_account_values(text, hay))
         if "password" in enabled and b"wifi:" in hay.folded:
             found.extend(_wifi_qr(text))
         return _resolve(_live(text, _join_wrapped(text, _drop_stale_history(
@@ -964,7 +985,7 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
     if split is None:
         return None
     sep, spans = split
-    network = any(_NETWORK_HEADER.fullmatch(line[a:b].strip()) for a, b in spans)
+    network = any(_ACCESS_HEADER.fullmatch(line[a:b].strip()) for a, b in spans)
     col = -1
     for i, (a, b) in enumerate(spans):
         if ls + a <= kw_start < ls + b and _header_cell(line[a:b].strip(), network=network):
@@ -989,6 +1010,12 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
             break
         row = text[pos:end].rstrip("\r")
         if not row.strip():
+            # a mail program's plain rendering of an HTML table (Outlook) puts a blank
+            # line between rows: one blank line is skipped when a row follows it
+            if end + 1 < len(text) and text[end + 1:end + 2] not in ("\n", "\r") and \
+                    _table_row(text, end + 1, sep, col, len(spans)):
+                pos = end + 1
+                continue
             break
         if _MARKDOWN_RULE.fullmatch(row):
             pos = end + 1
@@ -1010,6 +1037,15 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
     if rows == 0:
         return None
     return (ls, le), findings
+
+
+def _table_row(text: str, pos: int, sep: str, col: int, width: int) -> bool:
+    """Whether the line at ``pos`` reads as a row of a table of ``width`` columns."""
+    nl = text.find("\n", pos, pos + _MAX_TABLE_LINE + 1)
+    if nl < 0:
+        nl = min(len(text), pos + _MAX_TABLE_LINE + 1)
+    cells = _cells_with(text[pos:nl].rstrip("\r"), sep)
+    return len(cells) >= 2 and len(cells) > col and abs(len(cells) - width) <= 1
 
 
 def _trim_value(text: str, start: int, end: int) -> tuple[int, int]:
@@ -1224,6 +1260,7 @@ def _new_one_values(text: str, lower: str, label_ends: list[int]) -> list[Findin
 def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Finding]:
     out: list[Finding] = []
     label_ends: list[int] = []      # of the password labels, for _new_one_values
+    labels: list[tuple[int, int]] = []      # where keywords are, for _strong_values
     header_lines: list[tuple[int, int]] = []
     table_until = -1
     window_until = -1
@@ -1240,6 +1277,10 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
             continue                    # "-PW_...:" inside uuencoded data is no label
         group = m.lastgroup or "kw"
         keyword = m.group(0).lower()
+        if not labels or labels[-1][1] + _STRONG_REACH < start:
+            labels.append((start, m.end()))
+        else:
+            labels[-1] = (labels[-1][0], m.end())
         if group in ("kw", "wifi", "pair") and keyword not in _WEAK_KEYWORDS:
             label_ends.append(m.end())
         if group in ("kw", "wifi", "pair", "key"):
@@ -1288,10 +1329,22 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
             values = _window_values(text, m.end(), first_only=first_only,
                                     strict=group == "key")
             out.extend(values)
-            window_until = values[-1].end if first_only and values else \
+            # (a weak label's window stops at its first word: a label after it is read)
+            window_until = (values[-1].end if values else m.end()) if first_only else \
                 min(n, m.end() + _WINDOW_REACH)
     if label_ends:
         out.extend(_new_one_values(text, lower, label_ends))
+    if lowered:
+        # a network's key may stand near "Wi-Fi" alone: "Wi-Fi for Thursday (GH-Event /
+        # Radish-Rain-12)"
+        for word in ("wifi", "wi-fi"):
+            i = lower.find(word)
+            while i >= 0 and len(labels) < 64:
+                labels.append((i, i + len(word)))
+                i = lower.find(word, i + 1)
+        labels.sort()
+    if labels:
+        out.extend(_strong_values(text, labels))
     return out
 
 
@@ -1369,6 +1422,12 @@ _VALUE_BEFORE = re.compile(r"""(?ix)
    temporaire|provisoire|fameux|fameuse)[^\S\r\n]+)?\Z""")
 
 
+# ... or between the verb and the label: "on m'a dit que c'est Ecole44 le mot de passe"
+_VALUE_BETWEEN = re.compile(r"(?i)(?<![^\W_])(?:c['’]est|it['’]s)[^\S\r\n]+"
+                            r"(?P<v>[^\s,;:()«»\"'“”<]{4,64})[^\S\r\n]+"
+                            r"(?:le|la|l['’]|the|mon|ma|my|notre|our)[^\S\r\n]*\Z")
+
+
 # the last word _VALUE_BEFORE lets stand right before a label (checked first: cheap)
 _BEFORE_LABEL_WORDS = _words("""
 le la l' l’ the my mon ma notre our votre your son sa his her their leur ton ta nouveau
@@ -1383,7 +1442,7 @@ def _value_before(text: str, kw_start: int) -> Finding | None:
     word = last[-1].lower() if last else ""
     if not (word in _BEFORE_LABEL_WORDS or word.endswith(("'s", "’s", ":", "=", "'", "’"))):
         return None
-    vm = _VALUE_BEFORE.search(text, lo, kw_start)
+    vm = _VALUE_BEFORE.search(text, lo, kw_start) or _VALUE_BETWEEN.search(text, lo, kw_start)
     if vm is None:
         return None
     a, b = _trim_value(text, vm.start("v"), vm.end("v"))
@@ -1392,6 +1451,10 @@ def _value_before(text: str, kw_start: int) -> Finding | None:
         return None
     words = [_recent_word(w) for w in text[lo:a].split()[-4:]]
     return None if _named_by(words) else Finding("password", a, b)
+
+
+_CLOSE_INLINE_TAG = re.compile(r"(?i)</(?:b|strong|em|i|span|u|font|label|th|td)>")
+_INLINE_TAG = re.compile(r"(?i)<(?:code|b|strong|em|i|span|tt|kbd|samp|font)(?:\s[^<>]{0,200})?>")
 
 
 def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
@@ -1410,8 +1473,10 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     if group == "creds" and keyword.startswith("acc") and not _COLON.match(text, pos, limit):
         return None                         # "accès" alone is ordinary prose
 
-    # <password>value</password>
+    # <password>value</password> (not HTML's <code> element: it holds any code or name)
     if start > 0 and text[start - 1] == "<" and text.startswith(">", pos):
+        if keyword == "code":
+            return None
         close = text.find("<", pos + 1, line_end)
         if close > pos + 1:
             a, b = _strip_span(text, pos + 1, close)
@@ -1431,6 +1496,10 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
             return None
         pos = sm.end()
 
+    if text.startswith("</", pos):
+        cm = _CLOSE_INLINE_TAG.match(text, pos, line_end)
+        if cm is not None:
+            pos = cm.end()                  # HTML source: "<b>mot de passe</b> : X"
     # qualifiers between the keyword and the separator ("du wifi", "de mon compte")
     qualifiers = 0
     sep: re.Match[str] | None = None
@@ -1447,6 +1516,12 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         if not wm:
             return None
         word = wm.group("w")
+        if word.startswith("(") and qualifiers and group in ("kw", "wifi"):
+            close = text.find(")", wm.start("w"), min(line_end, wm.start("w") + 80))
+            if close > 0:           # "la clé wifi du local (box Orange, SSID X) : value"
+                qualifiers += 1
+                pos = close + 1
+                continue
         low = word.lower().strip("().,;!?\"'«»")
         if low in _NEGATIVE_QUALIFIERS or low.split("'")[0] in ("n", "ne"):
             return None
@@ -1472,6 +1547,18 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         pos = wm.end()
 
     vpos = sep.end()
+    tag = vpos
+    while tag < line_end and text[tag] in " \t":
+        tag += 1
+    if text.startswith("<", tag):
+        im = _INLINE_TAG.match(text, tag, line_end)
+        if im is not None:                  # HTML source: "mot de passe</b> : <code>X"
+            vpos = im.end()
+            close = text.find("</", vpos, line_end)
+            if close > vpos:
+                line_end = close
+    if text.startswith("//", vpos) and sep.group("punct") == ":":
+        return None                         # "sur le site https://…": a link's scheme
     ident_assign = ident or (sep.group("punct") in ("=", ":=") and not sep.group("ws")
                              and start > 0 and not text[start - 1].isspace())
     # value on the next line: "Mot de passe :\n  Soleil2024"
@@ -1485,6 +1572,8 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         nl2 = text.find("\n", nxt, nxt + 200)
         nxt_end = nl2 if nl2 >= 0 else min(n, nxt + 200)
         line = text[nxt:nxt_end]
+        if group in ("kw", "wifi") and not weak and _word_passphrase(line.strip()):
+            return Finding("password", *_strip_span(text, nxt, nxt_end))
         if not line.strip() or len(line.split()) != 1 or line.count(":") >= 2:
             return None                 # (two colons: a record, "host:port:db:user:pw")
         a, b = _strip_span(text, nxt, nxt_end)
@@ -1512,6 +1601,10 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         pa, pb = _strip_span(text, a, line_end)
         if _word_passphrase(text[pa:pb]):
             return Finding("password", pa, pb)
+        cm = _WORDS_WITH_DIGIT.match(text, a, line_end)      # "clé WPA2 : Marée haute 1987 ("
+        if cm is not None and cm.end("v") > b and _spoken_passphrase(cm.group("v")) \
+                and not _value_ok(text[a:b], clause_end=False, strict=True):
+            return Finding("password", a, cm.end("v"))
     if keyword.startswith(("passphrase", "phrase")) and not quoted:
         # a pass *phrase* has spaces: take the rest of the clause
         stop = _PHRASE_END.search(text, a, line_end)
@@ -1805,6 +1898,7 @@ _DECOY_SHAPE = re.compile(r"""(?x)
 | 0[xX][0-9A-Fa-f]{2,16}                                                  # error codes
 | [a-z0-9][a-z0-9._/\-]{0,60}:v?\d+(?:\.\d+){1,3}(?:-[a-z0-9.]{1,20})?     # image:tag
 | \#\d+
+| [A-Z0-9]{5}(?:-[A-Z0-9]{5}){4}                                          # product keys
 """)
 
 
@@ -1855,6 +1949,8 @@ def _named_assignments(text: str, lower: str) -> list[Finding]:
             continue
         pos = sep.end()
         lowname = name.lower()
+        if lowname == "key" and not _key_label_ok(text, start, end):
+            continue                    # "License key: 7XQ4-…", "clé USB / key: …"
         wordy = lowname in ("pass", "key", "token", "secret", "auth", "password", "sig")
         scheme = _AUTH_SCHEME.match(text, pos)
         if scheme and ("auth" in lowname or "header" in lowname or wordy):
@@ -1865,6 +1961,10 @@ def _named_assignments(text: str, lower: str) -> list[Finding]:
             if close < 0 or "\n" in text[pos + 1:close]:
                 continue
             a, b = pos + 1, close
+            sm = _AUTH_SCHEME.match(text, a, b)
+            if " " in text[sm.end() if sm else a:b] and not any(
+                    w in lowname for w in ("pass", "pwd", "psk")):
+                continue                # a phrase (nginx 'auth_basic "Preprod v3"')
         else:
             vm = _VALUE_TOKEN.match(text, pos)
             if vm is None:
@@ -2077,10 +2177,11 @@ _IDENTITY_WORDS = _words("""
 identifiant login logins username id ssid nom name serial série serie s/n sn numéro numero
 number n° no ref réf référence reference version modèle modele model erreur error ticket
 commit hash checksum empreinte fingerprint iban siret siren imei matricule badge
+utilisateur user
 """)
 _LINKING_WORDS = _words("""
 is est c'est c’est was sera will be :  = - → de du des d' d’ of the le la l' l’ it's it’s
-sont are était mon ma my his her son sa
+sont are était mon ma my his her son sa un une a an
 """)
 
 
@@ -2100,6 +2201,9 @@ def _identity_named(recent: list[str]) -> bool:
     for k, w in enumerate(tail):
         if w.split("'")[-1].split("’")[-1] not in _IDENTITY_WORDS:
             continue
+        j = len(recent) - len(tail) + k
+        if j and recent[j - 1] in _LABEL_WORDS:
+            continue                # "code utilisateur 3308": it qualifies the label
         after = tail[k + 1:]
         if all(x in _LINKING_WORDS or (i > 0 and after[i - 1] in _LINKING_WORDS)
                for i, x in enumerate(after)):
@@ -2134,14 +2238,78 @@ _STILL_AFTER = re.compile(
     r"(?![^\W_])")
 
 
+# A value right after these is a fragment of a secret, not the secret: "se termine par
+# 42", "ending in ***8Kq", "les 4 derniers chiffres 4417", "commence par Ma".
+_FRAGMENT_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:(?:se\s+)?termin\w*\s+par|finit\s+par|finissant\s+par|"
+    r"commen[cç]\w*\s+par|d[ée]but\w*\s+par|(?:ending|ends|starting|starts|beginning|"
+    r"begins)\s+(?:in|with|by)|last\s+(?:\w+\s+)?(?:digits|characters|chars)|"
+    r"derni[èe]r\w*\s+(?:\w+\s+)?(?:chiffres|caract[èe]res)|premi[èe]r\w*\s+"
+    r"(?:\w+\s+)?(?:chiffres|caract[èe]res|lettres))[^\w\n]{0,4}(?:\w+[^\w\n]{1,3}){0,1}\Z")
+# A value right after these words (nothing but a space, a bracket or a quote between)
+# is what they name: a network's name, a serial, a model, a user, a file, a reference.
+_NAMES_NEXT = _words("""
+ssid réseau reseau network serial série serie s/n sn n° no. model modèle modele version
+username user utilisateur identifiant login imei iban ref réf référence reference ticket
+commande order facture invoice colis parcel tracking suivi mac plaque immatriculation
+immatriculée immatriculé badge matricule build sku host hostname serveur server fichier
+file nommé nommée appelé appelée called named dossier folder
+""")
+
+
+def _named_next(text: str, a: int) -> bool:
+    """Whether the word right before ``text[a:]`` (a space, a bracket or a quote apart,
+    on the same line) names the value: "(réseau Mairie_Guest)", "SSID Livebox-A3F2"."""
+    i = a
+    while i > 0 and a - i < 4 and text[i - 1] in " \t(«\"“'":
+        i -= 1
+    if i == a or i == 0 or not (text[i - 1].isalnum() or text[i - 1] in "°."):
+        return False
+    j = i
+    while j > 0 and i - j < 16 and not text[j - 1].isspace() and text[j - 1] not in "(«\"“:":
+        j -= 1
+    if _recent_word(text[j:i]) not in _NAMES_NEXT:
+        return False
+    # ... unless that word qualifies a secret's label: "code utilisateur 3308", "clé
+    # réseau X", "mot de passe user X"
+    k = j
+    while k > 0 and j - k < 3 and text[k - 1] in " \t":
+        k -= 1
+    return _LABEL_BEFORE.search(text, max(0, k - 16), k) is None
+
+
+_LABEL_WORDS = _words("""
+code codes clé clef cle key pin passe mdp password pwd pass passcode psk
+""")
+_LABEL_BEFORE = re.compile(r"(?i)(?<![^\W_])(?:code|cl[ée]f?|key|pin|passe|mdp|password|pwd|"
+                           r"pass|passcode|psk)\Z")
+
+
+_WORD_SPLIT = re.compile(r"[\s'’]+")
+
+
+def _filler_words(value: str) -> bool:
+    """« l'habituel », "the usual", "le même": a value of ordinary words only (no digit)
+    says where the password is, not what it is."""
+    if len(value) > 40 or any(c.isdigit() for c in value):
+        return False
+    words = [w for w in _WORD_SPLIT.split(value.lower().strip(".,;:!?")) if w]
+    return bool(words) and all(len(w) == 1 or w in _STOP_VALUES or w in _NOT_PASSPHRASE
+                               for w in words)
+
+
 def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
     """Whether the words just before ``text[a:b]`` (on its line) say it is no live
-    secret: an example, an old value, or (for a password) a hex digest named as such."""
+    secret: an example, a fragment, an old value, a name of something else, or (for a
+    password) a hex digest named as such."""
     lo = max(0, a - 60, text.rfind("\n", max(0, a - 60), a) + 1)
-    if _EXAMPLE_BEFORE.search(text, max(lo, a - 30), a):
+    if _EXAMPLE_BEFORE.search(text, max(lo, a - 30), a) or _FRAGMENT_BEFORE.search(
+            text, max(lo, a - 40), a):
         return True
     if kind != "password":
         return False
+    if _named_next(text, a) or _filler_words(text[a:b]):
+        return True
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
             and not _STILL_AFTER.match(text, b, min(len(text), b + 40)):
@@ -2151,7 +2319,7 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
 
 # Masked, elided and filler values: "sk_live_...9kQa", "T00000000/B00000000/XXXXXXXX",
 # "SG.xxxxxxxx.yyyyyyyy", "changeme" — documentation and dashboards, never a secret.
-_MASKED = re.compile(r"(?i)\.\.\.|…|([xyz*•])\1{5}|0{8}")
+_MASKED = re.compile(r"(?i)\.\.\.|…|([xyz*•])\1{5}|0{8}|[*•●]{3}")
 # A provider-shaped token is filler when elided or made of several filler runs
 # ("T00000000/B00000000/XXXXXXXX"); one run may be a test value ("ghp_000...0").
 _FILLER_RUN = re.compile(r"([xX0*•])\1{5,}")
@@ -2267,9 +2435,13 @@ def _leet_at(value: str) -> bool:
 
 
 def _at_password(value: str) -> bool:
-    """"Cl3m@tite", "Recre@Soleil44": an "@" inside a password, not an address."""
-    return ("@" in value and not _EMAIL.fullmatch(value) and "." not in value
+    """"Cl3m@tite", "Recre@Soleil44", "M@irie.Exemple.1789": an "@" inside a password,
+    not an address (an address ends with a dot and letters)."""
+    return ("@" in value and not _EMAIL_TLD.fullmatch(value)
             and _looks_secret(value.replace("@", "a")))
+
+
+_EMAIL_TLD = re.compile(r"[^\s@]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}")
 
 
 _FILE_NAME = re.compile(
@@ -2314,7 +2486,10 @@ _SEP_BEFORE = re.compile(
 # a password needs letters and digits both (``_mixed``), a token value 16 characters, a
 # passphrase an opening quote.  They read ``\d`` for ``isdigit``, which holds unless the
 # window has a digit that is no decimal one ("²": ``_odd_digits``).
-_HOPE_CHARS = re.compile(r"[\d«“\"']")                 # no digit, no quote: no value
+# no digit, no quote, no words joined by hyphens ("maple-ferry-"): no value
+# (one class first: the engine skips to its characters fast; a hyphen then must join
+# two words of letters)
+_HOPE_CHARS = re.compile(r"[\d«“\"'\-](?:(?<=-)(?<=[^\W\d_]{2}-)(?=[^\W\d_]{2,}-)|(?<!-))")
 _LONG_OR_QUOTED = re.compile(r"[«“\"']|[^\s>]{16}")
 _MIXED_TOKEN = re.compile(r"(?=[^\s>]*?\d)[^\s>]*?[^\W\d_]")   # a digit and a letter
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
@@ -2364,7 +2539,7 @@ def _window_values(text: str, pos: int, *, first_only: bool,
         word = tm.group(0)
         if word[0] not in "«“\"'" and (
                 (token and len(word) < 16)
-                or (skip_plain and _MIXED_TOKEN.match(word) is None)):
+                or (skip_plain and _MIXED_TOKEN.match(word) is None and "-" not in word)):
             continue                    # no value can come from this token
         a, b = _trim_value(text, tm.start(), tm.end())
         a, b = _strip_quotes(text, a, b)
@@ -2390,8 +2565,12 @@ def _window_values(text: str, pos: int, *, first_only: bool,
                     and not _named_by(_recent(text, pos, tm.start())):
                 out.append(Finding("api-token", a, b))
                 break
-        elif not wrapped and _mixed(value) and (_looks_secret(value) or _leet_at(value)) \
-                and not _HEX_RUN.fullmatch(value) \
+        elif not wrapped and not strict and _dashed_words(value) \
+                and not _named_by(_recent(text, pos, tm.start())):
+            out.append(Finding("password", a, b))       # "correct-maple-ferry-lantern"
+        elif not wrapped and _mixed(_as_read(value)) \
+                and (_looks_secret(value) or _leet_at(value)) \
+                and not _HEX_RUN.fullmatch(value) and not _MODEL_NUMBER.fullmatch(value) \
                 and not any(c in value for c in "()[]{}=\"<>") \
                 and value[0] != "$" and "${" not in value and "$(" not in value \
                 and (not strict or _keylike(value)) \
@@ -2402,6 +2581,41 @@ def _window_values(text: str, pos: int, *, first_only: bool,
         if first_only and out:
             break
     return out
+
+
+# Words joined by hyphens, as Wi-Fi keys and passphrases are made ("correct-maple-ferry-
+# lantern", "ACCUEIL-SOCIAL-DU-PORT"): three words or more, a number at one end at most;
+# not a name (capitalised words: "Saint-Jean-de-Luz"), not a common compound
+# ("rez-de-chaussée").
+_DASHED_COMMON = frozenset({
+    "rez-de-chaussée", "rez-de-chaussee", "rez-de-jardin", "arc-en-ciel", "vis-à-vis",
+    "tête-à-tête", "pot-au-feu", "au-dessus", "au-dessous", "là-dessus", "là-dessous",
+    "c'est-à-dire", "peut-être", "porte-monnaie", "après-midi", "sur-le-champ",
+    "plug-and-play", "up-to-date", "out-of-the-box", "step-by-step", "end-to-end",
+    "face-to-face", "day-to-day", "one-to-one", "peer-to-peer", "pay-as-you-go",
+    "work-in-progress", "state-of-the-art", "do-it-yourself", "mother-in-law",
+})
+
+
+def _dashed_words(value: str) -> bool:
+    """Whether ``value`` is words joined by hyphens as described above."""
+    parts = value.split("-")
+    if not 2 <= len(parts) <= 8 or not 10 <= len(value) <= 60 \
+            or value.lower() in _DASHED_COMMON:
+        return False
+    words = parts[1:] if parts[0].isdigit() else parts
+    words = words[:-1] if words and words[-1].isdigit() else words
+    if len(words) < 2 or not all(w.isalpha() for w in words):
+        return False
+    if any(w[0].isupper() and not w.isupper() for w in words):
+        return False                        # names of places and people
+    # (two words are too often a term: "quoted-printable", "internet-drafts")
+    return len(words) >= 3 and all(len(w) >= 2 for w in words) and max(map(len, words)) >= 4
+
+
+# A product's model in the window ("un Synology DS920+", "HP M404dn", "RT-AX58U"): a few
+# capitals, digits and a short suffix; a password after its own label is still taken.
+_MODEL_NUMBER = re.compile(r"[A-Z]{1,5}[-]?[A-Z]{0,3}\d{2,5}[A-Za-z+]{0,3}")
 
 
 # One value alone in brackets: "Le nouveau [Cr@yon-19]", "celui de la fiche
@@ -2435,7 +2649,8 @@ def _pem_block(text: str, pos: int, limit: int) -> tuple[int, int]:
 
 def _hopeful_tokens(text: str, pos: int, limit: int) -> Iterator[re.Match[str]]:
     """The window tokens (as ``_WINDOW_TOKEN`` cuts ``text[pos:limit]``) that hold a
-    digit or a quote, found from those characters: most tokens of prose hold neither."""
+    digit, a quote or words joined by hyphens, found from those characters
+    (``_HOPE_CHARS``): most tokens of prose hold none."""
     hit = _HOPE_CHARS.search(text, pos, limit)
     while hit is not None:
         start = hit.start()
@@ -2457,28 +2672,72 @@ def _recent(text: str, pos: int, start: int) -> list[str]:
 def _recent_word(word: str) -> str:
     """A window token as _named_by compares it: lower-cased, without brackets and
     trailing punctuation ("(S/N" -> "s/n", "login:" -> "login")."""
-    return word.lower().strip("()[]«»\"“”").rstrip(":,;.") or word
+    word = word.lower().strip("()[]«»\"“”").rstrip(":,;.") or word
+    # "l'utilisateur", "d’identifiant": the word without its elided article
+    return word[2:] if word[1:2] in ("'", "’") and word[0] in "ldnsc" and len(word) > 3 \
+        else word
 
 
+class _Lexicon:
+    """Words (and two-word phrases) looked for as whole words, case-insensitively: the
+    ``search`` of a regex alternation at the cost of one set look-up per word of the
+    window (a long alternation behind a look-behind tries every word at every position).
+    """
+
+    __slots__ = ("phrases", "words")
+
+    def __init__(self, words: str, phrases: tuple[str, ...] = ()) -> None:
+        self.words = frozenset(words.split())
+        self.phrases = phrases
+
+    def search(self, text: str, lo: int = 0, hi: int | None = None) -> bool:
+        n = len(text)
+        hi = n if hi is None else min(hi, n)
+        # a word cut by the window's edges is not that word ("... que" -> "ue")
+        while 0 < lo < hi and text[lo - 1].isalnum() and text[lo].isalnum():
+            lo += 1
+        while lo < hi < n and text[hi].isalnum() and text[hi - 1].isalnum():
+            hi -= 1
+        chunk = text[lo:hi].lower()
+        for word in _LEXICON_WORD.findall(chunk):
+            if word in self.words:
+                return True
+        return any(p in chunk for p in self.phrases) if self.phrases else False
+
+
+_LEXICON_WORD = re.compile(r"[^\W_]+°?")
 # "clé", "key" and "code" name many things besides secrets: a value after them must look
 # generated on its own (both cases, and a digit or a symbol), and the label must not be
-# a public key's, a licence's, a USB stick's or an error's.
-_KEY_NOT_SECRET = re.compile(
-    r"(?i)(?<![^\W_])(?:public|publique|pub|publishable|ssh|gpg|pgp|licen[cs]e|product|produit|usb|"
-    r"fingerprint|empreinte|primary|foreign|host|h[ôo]te|id|n°|no|num[ée]ro|de\s+voiture|"
-    r"r[ée]servation|booking|confirmation|commande|order|suivi|tracking|"
-    r"erreur|error|postal|source|promo|couleur|color|status|statut|exit|retour|html|"
-    r"python|qr|barres?|barcode|client|customer|article|produit|naf|ape|iban|bic|swift|"
-    r"ticket|dossier|facture|invoice|colis|parcel|s[ée]rie|serial|activation)(?![^\W_])")
+# one of a kind that opens nothing.  One lexicon for the key and the code labels (and a
+# bare "key:" setting, and the heading of a list of codes): the words near the label that
+# say what kind of key or code it is: a public key's, a licence's, a product's or a USB
+# stick's, a booking's, a course's, a postcode, an error, a colour, a reference of an
+# order, a parcel or a bank transfer, copy counting.
+_NOT_SECRET_QUALIFIER = _Lexicon("""
+public publique pub publishable ssh gpg pgp licence license product produit usb fingerprint
+empreinte primary foreign host hôte hote id n° no numéro numero réservation reservation
+booking confirmation commande order suivi tracking erreur error postal postaux source promo
+couleur color status statut exit retour html python qr barre barres barcode client customer
+article naf ape iban bic swift ticket dossier facture invoice colis parcel série serie
+serial insee siret siren comptable http zip pays country langue tva département
+departement commune réduction reduction remise discount coupon parrainage référence
+reference ref projet analytique budget chantier cpv nace rome douane customs hs sku ean isbn
+item tarif cotisation adhérent adherent member membre bank banque bancaire guichet sort
+routing agence branch transaction établissement etablissement uai rne cours course ue
+module formation training stage voucher gift cadeau comptage counting fidélité fidelite
+loyalty billet vol flight matière matiere journal virement transfer mandat mandate rum ics
+""", ("de voiture", "account number"))
+# ... and a key of activation is a product key (a code of activation opens a device)
+_KEY_NOT_SECRET = _Lexicon(" ".join(_NOT_SECRET_QUALIFIER.words) + " activation",
+                           _NOT_SECRET_QUALIFIER.phrases)
 _WORD_NUMBER = re.compile(r"[A-Z]?[a-z]{2,}[-_ .]?\d{1,3}|0[xX][0-9A-Fa-f]+")
 
 
 def _key_label_ok(text: str, start: int, end: int) -> bool:
     """Whether the words around a "clé"/"key"/"code" label (on its line) allow a secret."""
-    lo = max(0, start - 25, text.rfind("\n", 0, start) + 1)
+    lo = max(0, start - 25, text.rfind("\n", max(0, start - 25), start) + 1)
     hi = text.find("\n", end, end + 25)
-    return _KEY_NOT_SECRET.search(text, lo, hi if hi >= 0 else min(len(text), end + 25)) \
-        is None
+    return not _KEY_NOT_SECRET.search(text, lo, hi if hi >= 0 else min(len(text), end + 25))
 
 
 def _keylike(value: str) -> bool:
@@ -2522,6 +2781,22 @@ def _word_passphrase(value: str) -> bool:
         _REFERENCE_PHRASE.match(value) is None
 
 
+# Two to five words, one of them with a digit, up to a bracket, a clause's end or the
+# line's: "Marée haute 1987 (avec les espaces)".
+_WORDS_WITH_DIGIT = re.compile(r"(?P<v>[^\s()\[\],;:.!?]+(?:[^\S\r\n]+[^\s()\[\],;:.!?]+){1,4})"
+                               r"[^\S\r\n]*(?:$|[(\[,;]|[.!?](?:\s|$))", re.M)
+
+
+def _spoken_passphrase(value: str) -> bool:
+    """Words that read as a passphrase, not a sentence: a digit in one of them, none a
+    word of a sentence ("pour", "le", "is", "the") or a stop value."""
+    words = value.split()
+    return (any(c.isdigit() for c in value) and not any(c.isdigit() for c in words[0][:1])
+            and all(w.lower() not in _NOT_PASSPHRASE and w.lower() not in _STOP_VALUES
+                    and w.lower() not in _NEGATIVE_QUALIFIERS for w in words)
+            and not _DECOY_SHAPE.fullmatch(value.replace(" ", "")))
+
+
 def _skippable(value: str) -> bool:
     """A word a weak label may be followed by before its value ("pw is X")."""
     return value.lower() in ("is", "est", "c'est", "c’est", "c", ":", "=", "-", "was", "it's")
@@ -2535,6 +2810,104 @@ def _strip_quotes(text: str, a: int, b: int) -> tuple[int, int]:
     return a, b
 
 
+# A value strong on its own (upper and lower case, a digit, a symbol: "Mistral-42",
+# "Cantine#2026", "Harbour!Light77") near a password label, wherever it stands: before
+# the label, in the reply above a quoted question, in a correction, on a line of its own.
+# People write such values for little else; what else has that shape (a network's or a
+# device's name, a user name, a reference) is named by the words before it or has the
+# shape of a device name ("Livebox-7C3A").
+_STRONG_CHARS = r"[A-Za-z0-9!#$%&*+?@_.\-]"
+_STRONG_TOKEN = re.compile(
+    rf"""(?<![^\s(«"“'>])(?![-_.])(?={_STRONG_CHARS}*?\d)(?={_STRONG_CHARS}*?[a-z])"""
+    rf"""(?={_STRONG_CHARS}*?[A-Z])(?={_STRONG_CHARS}*?[!#$%&*+?@_\-])"""
+    rf"""{_STRONG_CHARS}{{8,25}}(?!{_STRONG_CHARS}|[/@:=])""")
+_STRONG_REACH = 200         # from a label, either side
+# (a digit first: the regex engine skips to digits fast; then what stands beside it)
+_STRONG_SEED = re.compile(r"[0-9](?:(?<=[A-Za-z!#$%&*+?@_\-][0-9])|(?=[A-Za-z!#$%&*+?@_\-]))")
+_STRONG_BACK = re.compile(rf"{_STRONG_CHARS}{{1,26}}\Z")
+_STRONG_RUN = re.compile(rf"{_STRONG_CHARS}{{1,26}}")
+_WHITESPACE = re.compile(r"\s")
+_OBJECT_ID = re.compile(r"[a-z]{2,8}_[A-Za-z0-9]{8,}\Z")    # cus_RkQ2mV7xLp9T, evt_…
+_TERM = re.compile(r"[A-Za-z]{1,4}\d{1,3}-[a-z]{3,}\Z")      # S3-compatible, MP3-player
+_DEVICE_NAME = re.compile(r"[-_](?=[0-9A-F]*[A-F])(?=[0-9A-F]*\d)[0-9A-F]{4,6}\Z")
+
+
+def _as_read(value: str) -> str:
+    """``value`` with its HTML character references decoded (HTML source pasted in a
+    text part): "Ben&#8217;s" reads "Ben’s" (no digit), "Velo&amp;Co-318" "Velo&Co-318"."""
+    return html.unescape(value) if "&" in value else value
+
+
+def _strong_values(text: str, windows: list[tuple[int, int]]) -> list[Finding]:
+    """Strong values within _STRONG_REACH of a password label's window; see above."""
+    n = len(text)
+    out: list[Finding] = []
+    end = 0
+    for lo, hi in windows:
+        # windows are sorted: each character is searched once
+        lo, hi = max(end, lo - _STRONG_REACH), min(n, hi + _STRONG_REACH)
+        if lo >= hi:
+            continue
+        ws = _WHITESPACE.search(text, hi, min(n, hi + 32))
+        hi = ws.start() if ws else min(n, hi + 32)     # no token cut at the end
+        end = hi
+        # a strong value has a digit next to a letter or a symbol: look there only
+        # (a cheap scan), then read the whole token
+        last = lo
+        for sm in _STRONG_SEED.finditer(text, lo, hi):
+            i = sm.start()
+            if i < last:
+                continue
+            bm = _STRONG_BACK.search(text, max(lo, i - 26), i)
+            a = bm.start() if bm else i
+            fm = _STRONG_RUN.match(text, i, hi)
+            b = fm.end() if fm else i + 1
+            last = b
+            if b - a < 8:
+                continue
+            m = _STRONG_TOKEN.match(text, a, hi)
+            if m is None:
+                continue
+            a, b = _trim_value(text, m.start(), m.end())
+            value = text[a:b]
+            if not 8 <= len(value) <= 24 or _classes(_as_read(value)) < 4 \
+                    or _DEVICE_NAME.search(value) or _OBJECT_ID.match(value) \
+                    or _TERM.match(value):
+                continue
+            if not _looks_secret(value) or _binary_line(text, a) or _named_next(text, a) \
+                    or _named_by(_recent(text, max(0, a - 60), a)):
+                continue
+            out.append(Finding("password", a, b))
+    return out
+
+
+# With no password label at all, a strong value near a login or account word, when it
+# holds a symbol of a password ("Hunter9!Moss -- that's the shared Figma login", "reset
+# his account to something temporary... Suggest Handover!2026").
+# (words of _PAIR_WORDS: the literal search already says whether the text holds them)
+_ACCOUNT_WORDS = frozenset((b"login", b"account", b"compte", b"connexion"))
+_PASSWORD_SYMBOL = re.compile(r"[!#$%&*+?@]")
+
+
+def _account_values(text: str, hay: _Haystack) -> list[Finding]:
+    present = _ACCOUNT_WORDS.intersection(hay.literals()[0])
+    if not present:
+        return []
+    lower = text.lower()
+    if len(lower) != len(text):
+        return []
+    labels: list[tuple[int, int]] = []
+    for word in present:
+        w = word.decode()
+        i = lower.find(w)
+        while i >= 0 and len(labels) < 64:
+            labels.append((i, i + len(w)))
+            i = lower.find(w, i + 1)
+    labels.sort()
+    return [f for f in _strong_values(text, labels)
+            if _PASSWORD_SYMBOL.search(text, f.start, f.end)]
+
+
 # Access codes: door, alarm, padlock, SIM (PIN, PUK), keypad, lockbox; digits with an
 # optional letter or # / *, also spaced or dashed ("8 3 5 1", "7-3-9-1").
 _CODE_LABEL = re.compile(
@@ -2542,11 +2915,14 @@ _CODE_LABEL = re.compile(
     r"keypad|lockbox|cadenas|alarme|alarm)(?![^\W_])")
 # Labels that name a device, not its code: the value must follow closely ("alarme : 7391").
 _DEVICE_CODE_LABELS = frozenset({"alarme", "alarm"})
+# "l'alarme se désactive avec le 7319", "the alarm is disarmed with 1 9 7 3"
+_ARMING = re.compile(r"(?i)(?<![^\W_])(?:d[ée]sactiv|activ|d[ée]sarm|disarm|arm|unset|"
+                     r"coupe|couper|[ée]teindre|turn\s+off|switch\s+off)\w*")
 _CODE_VALUE = re.compile(
     r"(?<![\w/+\-.,:#°])(?<!\d[ .\-])(?:"
     r"[A-Z]?\d{4,8}[A-Z#*]?"                            # 4096#, 0312A
     r"|\d(?:[ \-]\d){3,7}[#*]?"                          # 8 3 5 1
-    r"|\d{3}[ \-]\d{3}"                                 # 482 917
+    r"|\d{3}(?:[ \-]\d{3}){1,2}"                        # 482 917, 663 901 448
     r"|\d\d(?: \d\d){2,3}"                               # 27 14 93
     r"|\d{4} \d{4}"                                      # 4829 1057 (backup codes)
     r"|\d{2,6}(?:-\d{2,6}){1,7}[#*]?"                    # 7734-2291, 28-14-61
@@ -2560,7 +2936,7 @@ extension extension: poste poste: ext ext. badge badge: n° no no. numéro numer
 tél téléphone phone fax room room: salle
 """)
 _CODE_NAMING = _NAMING_WORDS | {"badge", "badge:", "extension:", "poste:", "ext.", "room:"}
-_DIGIT_CODE = re.compile(r"[A-Z]?\d{4,8}[A-Z#*]?|\d(?:[ \-]\d){3,7}[#*]?|\d{3}[ \-]\d{3}|"
+_DIGIT_CODE = re.compile(r"[A-Z]?\d{4,8}[A-Z#*]?|\d(?:[ \-]\d){3,7}[#*]?|\d{3}(?:[ \-]\d{3}){1,2}|"
                          r"\d\d(?: \d\d){2,3}|\d{4} \d{4}|"
                          r"\d{2,6}(?:-\d{2,6}){1,7}[#*]?")
 _DATE_LIKE = re.compile(r"(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})")
@@ -2578,17 +2954,7 @@ def _code_decoy(value: str) -> bool:
     if len(dm.group(1)) == 4:
         return 1 <= b <= 12 and 1 <= c <= 31
     return (1 <= a <= 31 and 1 <= b <= 12) or (1 <= a <= 12 and 1 <= b <= 31)
-_NOT_ACCESS_CODE = re.compile(
-    r"(?i)(?<![^\W_])(?:postal|postaux|erreur|error|ape|naf|insee|siret|siren|barres?|promo|"
-    r"source|produit|product|article|suivi|tracking|client|customer|comptable|couleur|color|"
-    r"status|statut|http|exit|retour|zip|pays|country|langue|tva|iban|bic|swift|"
-    r"d[ée]partement|commune|r[ée]duction|remise|discount|coupon|parrainage|r[ée]f[ée]rence|"
-    r"ref|projet|analytique|budget|chantier|html|python|qr|barcode|cpv|nace|rome|douane|"
-    r"customs|hs|sku|ean|isbn|article|item|order|commande|facture|invoice|tarif|"
-    r"cotisation|adh[ée]rent|member|membre|dossier|ticket|colis|parcel|série|serial|bank|"
-    r"banque|bancaire|guichet|sort|routing|swift|agence|branch|account\s+number|transaction|"
-    r"licen[cs]e|[ée]tablissement|uai|rne)"
-    r"(?![^\W_])")
+_NOT_ACCESS_CODE = _NOT_SECRET_QUALIFIER
 _CODE_TRIGGER = re.compile(rb"code|pin|puk|combin|keypad|lockbox|cadenas|alarm")
 # Literal searches (bytes.find is a memchr loop; an alternation in a regex is not).
 _GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth", b"cred",
@@ -2615,6 +2981,46 @@ _LIST_WORDS = (b"code", b"pin", b"mots de passe", b"passwords", b"cl\xc3\xa9s", 
 _YEAR = re.compile(r"(?:19[5-9]\d|20[0-4]\d)")
 
 
+def _list_intro_line(text: str, pos: int) -> tuple[int, int] | None:
+    """The line that announces the list whose row (indented or marked) holds ``pos``:
+    the nearest line above, within six lines with no blank one between, that ends with
+    a colon."""
+    start = text.rfind("\n", max(0, pos - 200), pos) + 1
+    if (start == 0 and pos > 200) or not (
+            text.startswith((" ", "\t"), start) or _LIST_MARKER.match(text, start)):
+        return None                     # the label's line is no row of a list
+    for _ in range(6):
+        if start == 0:
+            return None
+        prev = text.rfind("\n", max(0, start - 301), start - 1) + 1
+        if prev == 0 and start > 301:
+            return None
+        line = text[prev:start - 1].rstrip()
+        if not line:
+            return None
+        if line.endswith(":"):
+            return prev, start - 1
+        start = prev
+    return None
+
+
+def _code_before(text: str, label: int) -> Finding | None:
+    """A code written before its label, as _value_before reads a password's."""
+    lo = max(0, label - 60, text.rfind("\n", max(0, label - 60), label) + 1)
+    last = text[max(lo, label - 24):label].split()
+    if not last or last[-1].lower() not in _BEFORE_LABEL_WORDS:
+        return None
+    vm = _VALUE_BEFORE.search(text, lo, label)
+    if vm is None:
+        return None
+    a, b = _trim_value(text, vm.start("v"), vm.end("v"))
+    value = text[a:b]
+    if not _DIGIT_CODE.fullmatch(value) or _code_decoy(value) or _identity_named(
+            [_recent_word(w) for w in text[lo:a].split()[-4:]]):
+        return None
+    return Finding("password", a, b)
+
+
 def _access_codes(text: str, lower: str) -> list[Finding]:
     out: list[Finding] = []
     n = len(text)
@@ -2630,13 +3036,22 @@ def _access_codes(text: str, lower: str) -> list[Finding]:
         lo, hi = max(0, m.start() - 14), min(n, m.end() + 20)
         if _NOT_ACCESS_CODE.search(text, lo, hi):
             continue
-        limit = _window_limit(
-            text, m.end(), 25 if m.group(0).lower() in _DEVICE_CODE_LABELS else 130)
+        intro = _list_intro_line(text, m.start())
+        if intro is not None and _NOT_ACCESS_CODE.search(text, *intro):
+            continue                    # under "un code pour le comptage des copies :"
+        before = _code_before(text, w0)
+        if before is not None:
+            out.append(before)          # "8841, c'est le code de l'alarme"
+        device = m.group(0).lower() in _DEVICE_CODE_LABELS
+        limit = _window_limit(text, m.end(), 130 if not device else 60 if _ARMING.search(
+            text, m.end(), min(n, m.end() + 40)) else 25)
         plural = True       # "le digicode c'est X et l'alarme Y": every code
         first = True
         for v in _CODE_VALUE.finditer(text, m.end(), limit):
             value = v.group(0)
-            if _code_decoy(value) or _NOT_ACCESS_CODE.search(
+            # a year is a code only right after its label ("alarme 1966")
+            if (_code_decoy(value) and not (v.start() - m.end() <= 3 and _YEAR.fullmatch(
+                    value))) or _NOT_ACCESS_CODE.search(
                     text, max(m.end(), v.start() - 20), v.start()):
                 continue
             if not _DIGIT_CODE.fullmatch(value) and (
@@ -2646,8 +3061,9 @@ def _access_codes(text: str, lower: str) -> list[Finding]:
                      text[max(m.end(), v.start() - 30):v.start()].lower().split()]
             if set(words[-1:]) & _CODE_NAMING_FIRST or (
                     not first and set(words[-2:]) & _CODE_NAMING) or _identity_named(
-                    [_recent_word(w) for w in
-                     text[max(m.end(), v.start() - 40):v.start()].split()]):
+                    # (the label first: "code utilisateur = 3864" qualifies the code)
+                    ["code", *(_recent_word(w) for w in
+                               text[max(m.end(), v.start() - 40):v.start()].split())]):
                 continue        # "extension 2204", "badge 0457", "mon badge c'est le 0457"
             out.append(Finding("password", v.start(), v.end()))
             first = False
@@ -2684,12 +3100,58 @@ def _list_intros(text: str, lower: str) -> list[int]:
         eol = text.find("\n", i, i + 400)
         eol = eol if eol >= 0 else min(len(text), i + 400)
         if not text[i:eol].rstrip(" \t\r").endswith(":"):
+            end = _intro_goes_on(text, i, eol)
+            if end is not None:
+                ends.append(end)
             continue
         bol = text.rfind("\n", max(0, i - 400), i) + 1
         im = _LIST_INTRO.match(text, bol, eol)
         if im is not None and not _NOT_ACCESS_CODE.search(im.group(0)):
             ends.append(im.end())
     return ends
+
+
+_LIST_WORD = re.compile(
+    r"(?i)(?<![^\W_])(?:codes|digicodes|pins|mots\s+de\s+passe|passwords|passcodes|"
+    r"cl[ée]s|keys|identifiants|credentials)(?![^\W_])")
+_HEADING_WORD = re.compile(r"(?i)(?<![^\W_])(?:recovery|backup|secours|r[ée]cup[ée]ration)"
+                           r"\s+codes?|codes?\s+(?:de\s+)?(?:secours|r[ée]cup[ée]ration)")
+_INDENTED_ITEM = re.compile(r"\n(?:[ \t]{2,}|[ \t]*[-*•·][ \t]+)[^\s]")
+
+
+def _intro_goes_on(text: str, i: int, eol: int) -> int | None:
+    """Where the announcement that names secrets at ``i`` ends when its own line does not
+    end with a colon: a sentence that goes on for a line or two to a colon ("These are
+    the 2FA recovery codes … — she'll store / them in our vault …:"), or a heading of
+    recovery codes over an indented list ("GitHub recovery codes for gh-ops-bot")."""
+    n = len(text)
+    # the cheap tests first (most labels end no list): a colon ends one of the next two
+    # lines, or an indented item follows
+    end = eol
+    found = None
+    for _ in range(2):
+        if end >= n:
+            break
+        nl = text.find("\n", end + 1, end + 400)
+        nl = nl if nl >= 0 else min(n, end + 400)
+        line = text[end + 1:nl].rstrip(" \t\r")
+        if not line.lstrip(" \t>")[:1].islower():
+            break                       # the sentence goes on in lower case (no header)
+        if line.endswith(":"):
+            found = nl
+            break
+        end = nl
+    heading = found is None and _INDENTED_ITEM.match(text, eol) is not None
+    if found is None and not heading:
+        return None
+    bol = max(i - 400, text.rfind("\n", max(0, i - 400), i) + 1, 0)
+    if _LIST_WORD.search(text, max(bol, i - 20), min(eol, i + 40)) is None:
+        return None
+    if found is not None:
+        return None if _NOT_ACCESS_CODE.search(text, bol, found) else found
+    if _HEADING_WORD.search(text, bol, eol) and not _NOT_ACCESS_CODE.search(text, bol, eol):
+        return eol
+    return None
 
 
 def _listed_values(text: str, lower: str) -> list[Finding]:
