@@ -160,3 +160,17 @@ def test_same_redactions_with_and_without_the_shortcut(monkeypatch: pytest.Monke
             differ.append(path.name)
     assert differ == []
     assert spared > 100                     # the shortcut is taken, not only allowed
+
+
+def test_the_check_is_bounded() -> None:
+    # a long plain part or HTML: not tried (the word set and the searches would cost
+    # more than they spare); many words found only by searching the plain text: stops
+    plain = "mot " * (redact._SAID_IN_MAX // 4 + 1)
+    assert not redact._said_in("<p>mot</p>", plain, SCANNER)
+    assert not redact._said_in("<p>" + "mot " * (redact._SAID_IN_MAX // 4 + 1) + "</p>",
+                               "mot", SCANNER)
+    glued = " ".join(f"x{n}y" for n in range(200))          # "x1y x2y ..."
+    few = "<p>" + " ".join(f"{n}" for n in range(redact._SAID_IN_SEARCHES)) + "</p>"
+    many = "<p>" + " ".join(f"{n}" for n in range(200)) + "</p>"
+    assert redact._said_in(few, glued, SCANNER)              # each found inside a word
+    assert not redact._said_in(many, glued, SCANNER)

@@ -706,7 +706,12 @@ def _html_streams(markup: str, *, mapped: bool = True) -> tuple[_Mapped, _Mapped
 _HIDDEN = re.compile(r"<!--.*?(?:-->|\Z)|<(script|style|xmp|textarea)\b.*?(?:</\1\s*>|\Z)",
                      re.I | re.S)
 _TABLE_CELL = re.compile(r"<t[dh][\s>/]", re.I)
-_A_TAG = re.compile(r"<[A-Za-z/!?][^>]*>")
+# (no "<" inside: each try stops at the next "<", so the search stays linear)
+_A_TAG = re.compile(r"<[A-Za-z/!?][^<>]*>")
+# Beyond this the check is not tried: its word set would cost more memory than the
+# windowed scan it spares, and a missing word's search through the plain text more time.
+_SAID_IN_MAX = 256 * 1024
+_SAID_IN_SEARCHES = 64
 # attributes whose values are layout, never content
 _INERT_ATTRS = frozenset({
     "style", "class", "id", "width", "height", "align", "valign", "border",
@@ -724,7 +729,7 @@ def _said_in(markup: str, plain: str, scanner: SecretScanner) -> bool:
     """True when the HTML ``markup`` can show nothing that its plain alternative
     ``plain`` (which held no secret) does not: its words are all in the plain text, it
     has no table, and no attribute value holds a secret (see the block comment)."""
-    if _TABLE_CELL.search(markup):
+    if len(plain) > _SAID_IN_MAX or len(markup) > _SAID_IN_MAX or _TABLE_CELL.search(markup):
         return False
     shown = _HIDDEN.sub(" ", markup)
     words = _A_TAG.sub(" ", shown)
@@ -732,13 +737,15 @@ def _said_in(markup: str, plain: str, scanner: SecretScanner) -> bool:
         # the usual entities at C speed; a word with another one is decoded alone
         words = words.replace("&nbsp;", " ").replace("&#160;", " ")
     known = frozenset(plain.split())
+    searches = _SAID_IN_SEARCHES    # words not in the plain part as words, looked for in it
     for word in words.split():
-        if word in known or word in plain:
+        if word in known:
             continue
-        if "&" not in word:
-            return False
-        for part in html.unescape(word).split():
-            if part not in known and part not in plain:
+        for part in html.unescape(word).split() if "&" in word else (word,):
+            if part in known:
+                continue
+            searches -= 1
+            if searches < 0 or part not in plain:
                 return False
     values = []
     for m in _ATTR_VALUE.finditer(shown):
