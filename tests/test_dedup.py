@@ -590,7 +590,7 @@ def test_readers_in_other_threads_see_committed_fingerprints(db: sqlite_utils.Da
     assert isinstance(results[0], dedup.Match)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(scope=st.text(max_size=40),
        minhash=st.lists(st.integers(0, 2**32 - 1), min_size=dedup.SIGNATURE_SIZE,
                         max_size=dedup.SIGNATURE_SIZE))
