@@ -18,14 +18,24 @@ from support.blind_secrets import ROOT, measure_secrets
 TUNE = ROOT / "tests" / "blind"
 # recall reached on each tuning set (rounded down); no decoy may be damaged
 BARS = {"secrets-tune-a": 0.98, "secrets-tune-b": 1.0, "secrets-tune-c": 0.97,
-        "secrets-tune-d": 0.96, "secrets-tune-e": 0.98, "secrets-tune-f": 0.98,
-        "secrets-tune-g": 0.95, "secrets-tune-h": 0.95, "secrets-tune-i": 0.96}
-# decoys still damaged on a set (a ceiling, to be kept at 0).  Both are provider key
-# *identifiers* that their writers call decoys while other writers call the same kind a
-# secret (secrets-tune-i labels an AWS_ACCESS_KEY_ID value a secret): h's
-# "AWS_ACCESS_KEY_ID=AKIA..." (the aws-access-key detector, kept on purpose) and i's OVH
-# "Application Key : ..." beside its application secret and consumer key.
-DAMAGED: dict[str, int] = {"secrets-tune-h": 1, "secrets-tune-i": 1}
+        "secrets-tune-d": 0.97, "secrets-tune-e": 0.99, "secrets-tune-f": 0.98,
+        "secrets-tune-g": 0.95, "secrets-tune-h": 0.95, "secrets-tune-i": 0.97,
+        "secrets-tune-j": 0.92, "secrets-tune-k": 0.90}
+# decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
+# writers disagree, decided by what a careful admin expects:
+# - h: "AWS_ACCESS_KEY_ID=AKIA..." beside its secret key, a decoy there, a secret for i
+#   and the project's corpus: still redacted (AWS's git-secrets, gitleaks and GitHub's
+#   secret scanning all flag AKIA ids);
+# - e: a Sentry DSN's key in the URL's user part, a decoy there, a secret for i, j and k
+#   (five times): redacted, as every token standing as a URL's user with no password.
+# Two are not handled yet:
+# - j: "code vendeur c'est le 0417" (a seller's number at a till) is read as a code (the
+#   "code utilisateur" of a copier is a PIN);
+# - k: AWS's documentation example keys ("AKIAIOSFODNN7EXAMPLE", two decoys) are still
+#   redacted while the project's own tests and bench mix use them as live secrets; a
+#   Pushover "user key" (the user's identifier) is read as a key.
+DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-j": 1,
+                           "secrets-tune-k": 3}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))
@@ -41,9 +51,9 @@ def test_tuning_set(name: str) -> None:
 def test_held_out_set_does_not_fall() -> None:
     """The frozen held-out set (never read by whoever changes a detector): its figures
     are reported, and may not fall below what they were when last measured (recall
-    0.957, 2 decoys damaged).  The issue's bar is recall 0.97 with no decoy damaged;
+    0.957, 1 decoy damaged).  The issue's bar is recall 0.97 with no decoy damaged;
     only the aggregate is shown here, never which secret or decoy."""
     figures = measure_secrets(TUNE / "secrets-heldout")
     print(f"\nsecrets held-out: recall {figures.recall:.3f}, {figures.damaged} damaged")
-    assert figures.recall >= 0.955 and figures.damaged <= 2, (
+    assert figures.recall >= 0.955 and figures.damaged <= 1, (
         f"held-out recall {figures.recall:.3f}, {figures.damaged} decoys damaged")

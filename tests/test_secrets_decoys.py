@@ -86,6 +86,59 @@ def redacted(text: str) -> str:
     # one that the word names
     ('Account 2FA app: Authy, device "Pixel7-Ops".', "Pixel7-Ops"),
     ("Can you unlock the login JSmith#1987 on the shop?", "JSmith#1987"),
+    # the identifier half of a key/secret pair (the secret of the same name goes)
+    ("Clés du registrar :\nApplication Key : 9mRt2XwQ7LpZ4vKc\n"
+     "Application Secret : Vb7Nq2Lx9Wk4Tz1Rc8Ym3Hs6Jd0Fg5Pa\n", "9mRt2XwQ7LpZ4vKc"),
+    ("<br>Application Key : 9mRt2XwQ7LpZ4vKc<br>Application Secret : "
+     "Vb7Nq2Lx9Wk4Tz1Rc8Ym3Hs6Jd0Fg5Pa<br>", "9mRt2XwQ7LpZ4vKc"),
+    ('export MINIO_ACCESS_KEY="mk8QzT2vLr7NwX4p"\n'
+     'export MINIO_SECRET_KEY="Zr5Lq9Wx2Tk7Nc4Vb8Hm1Js6Pd3Fg0Ya"\n', "mk8QzT2vLr7NwX4p"),
+    # a log's phrase is no label: the next line's words are no password
+    ("Mar  3 04:12:09 web01 sshd[4411]: Failed password for invalid user test from "
+     "203.0.113.9 port 40112 ssh2\nnginx2 relance ensuite le service", "nginx2"),
+    # a state, not a value
+    ("Le lien s'ouvre, mais le mot de passe est refusé. Une faute de frappe ?", "refusé"),
+    ("SSID\tClé\nVILLE-INVITES\touvert\nVILLE-STAFF\tQx7!mairie-88\n", "ouvert"),
+    # code where a value would be: a variable's name, a substitution, a command with its
+    # argument, a link's path, a key's management type
+    ("| Clé                  | Valeur             | Masquée |\n"
+     "|----------------------|--------------------|---------|\n"
+     "| CI_REGISTRY_PASSWORD | [MASKED]           | oui     |\n"
+     "| SFTP_HOST            | web-03.example.org | non     |\n"
+     "| SMTP_PASS            | (masquée)          | oui     |\n", "SFTP_HOST"),
+    ("| Clé | Valeur |\n|-----|--------|\n| SMTP_PASSWORD | (masquée) |\n", "(masquée)"),
+    ('SMTP_PASSWORD="$(pass show mail/relay)"', "$(pass"),
+    ("$secure = ConvertTo-SecureString $plain -AsPlainText -Force\n"
+     "$pwd = Read-Host 'Mot de passe' -AsSecureString", "Read-Host"),
+    ('{"message":"Bad credentials","documentation_url":"https://docs.example.org/auth"}',
+     "/docs.example.org/auth"),
+    ("wpa_key_mgmt=SAE\nwpa_passphrase=Tr3fle-Rouge-Mai-2026", "wpa_key_mgmt=SAE"),
+    # where the password is kept, not what it is
+    ("The admin password from Bitwarden2 does not work either.", "Bitwarden2"),
+    # a pre-signed link's other parameters; a plain URL's user
+    ("https://b.s3.amazonaws.com/f.zip?X-Amz-Date=20260214T101502Z&X-Amz-Expires=900"
+     "&X-Amz-Signature=5e1c9a7f3b2d8e4a6c0f9b7d1e3a5c2f", "X-Amz-Expires=900"),
+    ("Le dépôt : https://deploy-bot-mairie@git.example.org/site.git (lecture seule)",
+     "deploy-bot-mairie"),
+    # key/secret pairs, public keys, commit ids, a JWT's header alone, an id's name
+    ("RECAPTCHA_SITE_KEY=6LdQ7mKpAAAAAXr3Tz9Lq2Vn8Wb4Yc1Hd6Jf0sEa\n"
+     "RECAPTCHA_SECRET_KEY=6LdQ7mKpAAAAAKq8Zt2Lm9Xr4Vn7Wb1Yc3Hd6Jf0",
+     "6LdQ7mKpAAAAAXr3Tz9Lq2Vn8Wb4Yc1Hd6Jf0sEa"),
+    ("define('ALGOLIA_SEARCH_KEY', '2c9e7b4a1f8d3e6c0a5b9f2d7e1c4a8b');",
+     "2c9e7b4a1f8d3e6c0a5b9f2d7e1c4a8b"),
+    ("Keys in use:\npublishable: pk_live_51Qx7Lm2Vb9Tz4Rk8Wc1Hn5Yp3Jd6Fs0Ga2EkTq\n"
+     "Invoice that failed: in_1QzR8Lm2Kp7Vx4Tn9Wb3Y\n", "in_1QzR8Lm2Kp7Vx4Tn9Wb3Y"),
+    ("MAPBOX_TOKEN=pk.eyJ1IjoiZ3JlZW5ob3VzZSIsImEiOiJjbHo4In0.Qz8Lm2Xr7Kp4Vn9Wb1Yc3H",
+     "pk.eyJ1IjoiZ3JlZW5ob3VzZSIsImEiOiJjbHo4In0.Qz8Lm2Xr7Kp4Vn9Wb1Yc3H"),
+    ("Le pipeline utilise le jeton du projet, puis :\n$ git checkout "
+     "8c2e4a6f1b3d5e7a9c0f2b4d6e8a1c3f5b7d9e0a\n", "8c2e4a6f1b3d5e7a9c0f2b4d6e8a1c3f5b7d9e0a"),
+    ("Dans la console, l'en-tête du jeton est :\n\neyJhbGciOiJSUzI1NiIsImtpZCI6Ims0In0\n\n"
+     "soit l'algorithme RS256.", "eyJhbGciOiJSUzI1NiIsImtpZCI6Ims0In0"),
+    ("Key: backups/2026/db.sql.zst   Size: 0\nVersionId: 7HqLm2kT9vXz4RcN8pWb3Yd1Fs6Ja0E\n",
+     "7HqLm2kT9vXz4RcN8pWb3Yd1Fs6Ja0E"),
+    ("export TWILIO_ACCOUNT_SID=AC7e1c9a4f2b8d3e6a0c5f9b7d2e4a8c61\n"
+     "export TWILIO_AUTH_TOKEN=5f2b8d3e6a0c7e1c9a4f9b7d2e4a8c61",
+     "AC7e1c9a4f2b8d3e6a0c5f9b7d2e4a8c61"),
 ])
 def test_decoy_is_kept(text: str, keep: str) -> None:
     assert keep in redacted(text)
@@ -140,6 +193,38 @@ def test_decoy_is_kept(text: str, keep: str) -> None:
     ("Dan asked me to pass on the new guest Wi-Fi passphrase, he picked four random words: "
      "correct-maple-ferry-lantern. The order ref was PO-2026-0088.",
      "correct-maple-ferry-lantern"),
+    # the secret half of a key/secret pair, and a key with no secret of its name
+    ("Application Key : 9mRt2XwQ7LpZ4vKc\nApplication Secret : Vb7Nq2Lx9Wk4Tz1Rc8Ym3Hs6Jd0Fg5Pa",
+     "Vb7Nq2Lx9Wk4Tz1Rc8Ym3Hs6Jd0Fg5Pa"),
+    ("Application Secret : Vb7Nq2Lx9Wk4Tz1Rc8Ym3Hs6Jd0Fg5Pa\nConsumer Key : "
+     "Qt4Wm8Zx1Lr6Nc3Vb9Hs2Jd7Pf5Ga0Ky", "Qt4Wm8Zx1Lr6Nc3Vb9Hs2Jd7Pf5Ga0Ky"),
+    ("DD_API_KEY=4f1c9a7e2b8d6035f1e9c7a2b4d8e6f0\nDD_APP_KEY="
+     "9e2b7c4a1f8d6035e1c9a7f2b4d8e6c0a1b3d5f7", "9e2b7c4a1f8d6035e1c9a7f2b4d8e6c0a1b3d5f7"),
+    # an AWS access key id is still redacted beside its secret (AWS's own scanners flag it)
+    ("AWS_ACCESS_KEY_ID=AKIAQ4ZL7MXN2RPW6HCT\n"
+     "AWS_SECRET_ACCESS_KEY=r7Vx2Lm9RkT4pW0sNcY8bJ3eHf6uGa1zDiQo5XrE", "AKIAQ4ZL7MXN2RPW6HCT"),
+    # a bank's memorable word; a label, an aside, then the colon
+    ("> Customer number: 00318842\n> Memorable word: lighthouse\n", "lighthouse"),
+    ("Mot mémorable : coquelicot\n", "coquelicot"),
+    ("Passphrase, as we said on Monday: violet-river-stone-candle\nKey id: 0x3B7C",
+     "violet-river-stone-candle"),
+    ("Le mot de passe de la box, celui qu'on a mis hier : Kx7!mer-Zt91 voilà", "Kx7!mer-Zt91"),
+    # a plain login, a slash, a password of all four classes, near an account word
+    ("sur le post-it pour le logiciel : mdurand / Pivoine_des_Bois42\nle compte est bloqué",
+     "Pivoine_des_Bois42"),
+    # a token standing as a URL's user, with no password or a dummy one
+    ("SENTRY_DSN=https://9c1e7a4f2b8d3e60a5c9f1b7d2e4a8c6@o44211.ingest.sentry.io/61873",
+     "9c1e7a4f2b8d3e60a5c9f1b7d2e4a8c6"),
+    ("push URL: https://Rk7Wq2Zm9Xv4Lp8TnB3c:x@status.example.org/api/push",
+     "Rk7Wq2Zm9Xv4Lp8TnB3c"),
+    # the signature of a pre-signed link
+    ("https://bucket.s3.eu-west-3.amazonaws.com/f.zip?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+     "&X-Amz-Expires=900&X-Amz-Signature=5e1c9a7f3b2d8e4a6c0f9b7d1e3a5c2f8b4d6e0a9c7f1b3d5e2a"
+     "4c6f8b0d7e9a1c", "5e1c9a7f3b2d8e4a6c0f9b7d1e3a5c2f8b4d6e0a9c7f1b3d5e2a4c6f8b0d7e9a1c"),
+    # a password after a place word that is no source, a strong value after a log line
+    ("Le mot de passe du wifi dans la salle est Cerisier-Bleu-82.", "Cerisier-Bleu-82"),
+    ("Failed password for bob from 10.0.0.4\nle mot de passe de bob c'est Haricot!Vert42",
+     "Haricot!Vert42"),
 ])
 def test_secret_is_found(text: str, secret: str) -> None:
     assert secret not in redacted(text)

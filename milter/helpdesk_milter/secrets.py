@@ -81,6 +81,7 @@ from __future__ import annotations
 import base64
 import bisect
 import html
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -213,6 +214,8 @@ _ANCHOR_TRIGGERS: tuple[tuple[_Trigger, tuple[tuple[str, bool], ...]], ...] = (
     (_trigger(b"w", rb"w(?:pa|lan|ep|ifi|i-fi)"),
      (("wifi", False), ("wi-fi", False), ("wpa", True), ("wlan", True), ("wep", True))),
     (_trigger(b"w", rb"ps?w"), (("pw", True), ("psw", True))),
+    # a bank's "memorable word", "mot mémorable"
+    (_trigger(None, rb"morable"), (("memorable", True), ("m\u00e9morable", True))),
 )
 
 
@@ -239,6 +242,7 @@ _GATE_WORDS = (
     # passwords in prose, tables, pairs and lists
     "pass", "pw", "psw", "psk", "mdp", "motdepasse", "phrase", "secret", "secur",
     "s\u00e9cur", "token", "jeton", "key", "cl\u00e9", "clef", "s\u00e9same", "sesame",
+    "memorable", "m\u00e9morable", "m\u00c9morable",
     # "cle" unaccented as a word only (a CSV title): "client", "clear" are not triggers
     "cle ", "cle\t", "cle;", "cle,", "cle|", "cle:",
     "code", "digicode", "pin", "puk", "combin", "lockbox", "cadenas", "alarm", "auth", "cred",
@@ -378,6 +382,12 @@ _URL_USERINFO = re.compile(
     r"://(?P<user>[^\s:/?#\[\]\"'<>()]{0,128}):(?P<pw>[^\s/\"'<>]{1,256})@"
     r"(?=[A-Za-z0-9\[_\-])")
 _PORT_QUERY = re.compile(r"\d{1,5}(?:[?#].*)?")
+# A token as the user part, with no password or a dummy one: Sentry's DSN
+# ("https://<key>@o1.ingest.sentry.io/2"), push monitors ("https://<token>:x@host"),
+# a forge token as the user of a clone URL.
+_URL_TOKEN_USER = re.compile(
+    r"://(?P<user>[A-Za-z0-9_\-]{16,128})(?::(?P<pw>[^\s/\"'<>@:]{0,64}))?@"
+    r"(?=[A-Za-z0-9\[_\-])")
 _SCHEME_BEFORE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]{0,30})\Z")
 _CONNECTION_SCHEMES = frozenset({
     "postgres", "postgresql", "mysql", "mysqlx", "mariadb", "mongodb", "mongodb+srv",
@@ -416,7 +426,8 @@ _PW_KEYWORD = re.compile(rf"""
  | (?P<kw>{_MDP}|mdp|(?:pg|db|my)?pass(?:word|wd|wort|phrase|code)?s?|pwd|pw|psw
          |secret|code\s+(?:d['’]acc[èe]s|secret|pin|de\s+connexion|d['’]activation|
                         de\s+d[ée]verrouillage)
-         |pin(?:\s+code)?|s[ée]same|phrase\s+(?:de\s+passe|secr[èe]te))
+         |pin(?:\s+code)?|s[ée]same|phrase\s+(?:de\s+passe|secr[èe]te)
+         |memorable\s+word|mot\s+m[ée]morable)
  | (?P<skey>cl[ée]f?s?\s+(?:secr[èe]tes?|priv[ée]es?|d['’]api|api)|secret\s+(?:access\s+)?key
           |api\s+(?:secret|key))
  | (?P<key>cl[ée]f?|key|code)
@@ -430,7 +441,7 @@ _PW_KEYWORD_ANYCASE = re.compile(_PW_KEYWORD.pattern, re.I | re.X)
 # for these first lets _keyword_matches skip most word starts ("de", "le", "un", "the")
 # without trying the whole alternation there, which is most of the keyword search's cost.
 _KEYWORD_START = re.compile(
-    r"(?<![^\W_])(?:ac|ap|cl|co|cr|db|e-|em|id|je|ke|lo|md|mo|my|ne|no|pa|pg|ph|pi|ps|pw|se|sé"
+    r"(?<![^\W_])(?:ac|ap|cl|co|cr|db|e-|em|id|je|ke|lo|md|me|mo|my|ne|no|pa|pg|ph|pi|ps|pw|se|sé"
     r"|to|us|ut|we|wi|wl|wp)")
 
 # Keywords that need a strong value or a login context: common words in other senses.
@@ -506,11 +517,15 @@ caractères caracteres characters chars digits chiffres lettres letters
 nextcloud messagerie webmail windows outlook thunderbird gmail office wifi wi-fi
 identifiant identifiants login user username utilisateur password passwords mdp pwd
 passwd pass motdepasse mot_de_passe mot-de-passe xxx
+refusé refusée refuse refused rejeté rejetée rejete rejected accepté acceptée accepte
+accepted denied ouvert ouverte open fermé fermée ferme closed libre désactivé désactivée
+desactive disabled activé activée active enabled
 """)
 
 _PLACEHOLDER = re.compile(r"""(?x)
   [*xX•●·._\-#?~…]+                         # ****, xxxx, ...
 | <[^<>]*> | \[[^\[\]]*\] | \{[^{}]*\} | \$\{[^{}]*\}? | \$\(?[A-Za-z_][A-Za-z0-9_]*\)?
+| \((?:[^\W\d_]|[\s'’])+\)                 # (masquée), (hidden)
 | %[A-Za-z_(]\S*%?s? | %s | \{\{.*\}\} | !vault | null | none | nil | true | false
 | (?i:votre|your|mon|my|ton)[-_].* | (?i:xxx|changez?moi|yourpassword|votremotdepasse)
 """)
@@ -528,6 +543,7 @@ _BAD_IDENT_SUFFIX = frozenset({
     "store", "storage", "dir", "location", "env", "variable", "var", "lifetime",
     "history", "complexity", "minlength", "maxlength", "sent", "updated", "validation",
     "ref", "refs", "from", "source", "selector", "secretref", "template",
+    "mgmt", "mgt", "management",        # "wpa_key_mgmt=WPA-PSK": the key's type
 })
 
 _TABLE_HEADER_CELL = re.compile(
@@ -640,7 +656,8 @@ class SecretScanner:
         if hay.test(_PRIVATE_KEY_TRIGGERS + _AWS_SECRET_TRIGGERS):
             return True
         # Links are everywhere in HTML: ask for "://user:password@", not just "://".
-        return bool(hay.test(_URL_TRIGGERS) and _URL_USERINFO.search(text))
+        return bool(hay.test(_URL_TRIGGERS) and (
+            _URL_USERINFO.search(text) or _URL_TOKEN_USER.search(text)))
 
     def scan(self, text: str) -> list[Finding]:
         """Secrets in ``text``: sorted by position, non-overlapping.
@@ -906,6 +923,13 @@ def _url_credentials(text: str) -> list[Finding]:
         if scheme.startswith("jdbc"):
             kind = "connection-string"
         out.append(Finding(kind, m.start("pw"), m.end("pw")))
+    for m in _URL_TOKEN_USER.finditer(text):
+        pw = m.group("pw")
+        if pw and not _is_placeholder(pw) and len(pw) > 2:
+            continue                      # a real password: found above
+        if _entropic(m.group("user"), min_len=16) and _SCHEME_BEFORE.search(
+                text, max(0, m.start() - 32), m.start()):
+            out.append(Finding("url-credentials", m.start("user"), m.end("user")))
     return out
 
 
@@ -1257,6 +1281,44 @@ def _new_one_values(text: str, lower: str, label_ends: list[int]) -> list[Findin
     return out
 
 
+# An authentication log's phrase, not a label: "Failed password for invalid user admin",
+# "Accepted password for bob" (sshd, and the programs that copy its wording).
+_LOG_PHRASE_BEFORE = re.compile(r"(?i)(?<![^\W_])(?:failed|accepted|invalid|bad)[^\S\r\n]+\Z")
+_LOG_PHRASE_AFTER = re.compile(r"[^\S\r\n]+for[^\S\r\n]")
+
+
+# A label, an aside, then the colon that announces the value: "Passphrase, as agreed on
+# the phone: …", "La phrase secrète qu'on a mise sur la borne hier soir, c'est : …".
+_ASIDE_TO_COLON = re.compile(r"[^\n:.;!?]{3,90}?[^\S\n]*:(?![/\\])")
+_PROSE_ASIDE = re.compile(r"[,(]?(?:[^\W_]|[^\S\n]|['’«»\"(),\-])*[^\S\n][^\W_]"
+                          r"(?:[^\W_]|[^\S\n]|['’«»\"(),\-])*")     # words, no code
+
+
+def _after_aside(text: str, pos: int, keyword: str) -> Finding | None:
+    """The value after the colon that ends an aside following a label (at ``pos``), read
+    as if the label stood right before that colon."""
+    am = _ASIDE_TO_COLON.match(text, pos)
+    if am is None:
+        return None
+    aside = text[pos:am.end() - 1]
+    if not _PROSE_ASIDE.fullmatch(aside) or _PW_KEYWORD_ANYCASE.search(aside) or any(
+            w.strip("(),'’").lower() in _NEGATIVE_QUALIFIERS for w in aside.split()):
+        return None                 # another label, an address, "oublié", "ne … pas"
+    colon = am.end() - 1
+    line_end = text.find("\n", colon)
+    if not text[colon + 1:line_end if line_end >= 0 else len(text)].strip():
+        return None                 # the value on the next line: the label's window reads it
+    synthetic = keyword + text[colon:min(len(text), colon + 300)]
+    m2 = _PW_KEYWORD_ANYCASE.match(synthetic)
+    if m2 is None or m2.end() != len(keyword):
+        return None
+    found = _password_after(synthetic, m2, m2.lastgroup or "kw", keyword, len(synthetic))
+    if found is None:
+        return None
+    shift = colon - len(keyword)
+    return Finding(found.kind, found.start + shift, found.end + shift)
+
+
 def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Finding]:
     out: list[Finding] = []
     label_ends: list[int] = []      # of the password labels, for _new_one_values
@@ -1316,7 +1378,12 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
             before = _value_before(text, start)
             if before is not None:
                 out.append(before)
+        if _LOG_PHRASE_BEFORE.search(text, max(0, start - 12), start) and \
+                _LOG_PHRASE_AFTER.match(text, m.end()):
+            continue                    # sshd: "Failed password for root from ..."
         finding = _password_after(text, m, group, keyword, n)
+        if finding is None and group in ("kw", "wifi") and keyword not in _WEAK_KEYWORDS:
+            finding = _after_aside(text, m.end(), keyword)
         if finding is not None:
             out.append(finding)
             out.extend(_alternatives(text, finding.end))
@@ -1436,6 +1503,11 @@ fameux fameuse c'est c’est est is was be sera : = -> → comme as
 """)
 
 
+# Where a password is kept, not what it is: "the DB password from 1Password", "le mot de
+# passe dans KeePass".
+_SOURCE_WORDS = _words("from in into inside within via using dans depuis avec with")
+
+
 def _value_before(text: str, kw_start: int) -> Finding | None:
     lo = max(0, kw_start - 100, text.rfind("\n", max(0, kw_start - 100), kw_start) + 1)
     last = text[max(lo, kw_start - 24):kw_start].split()
@@ -1502,6 +1574,7 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
             pos = cm.end()                  # HTML source: "<b>mot de passe</b> : X"
     # qualifiers between the keyword and the separator ("du wifi", "de mon compte")
     qualifiers = 0
+    prev = ""
     sep: re.Match[str] | None = None
     while True:
         sep = _SEP.match(text, pos, line_end)
@@ -1526,6 +1599,7 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         if low in _NEGATIVE_QUALIFIERS or low.split("'")[0] in ("n", "ne"):
             return None
         if (group != "creds" and qualifiers <= 3 and not weak and not pin
+                and prev not in _SOURCE_WORDS
                 and _strong(word.rstrip(".,;")) and not _URLISH.match(word)
                 and word[0] not in "([{" and _looks_secret(word.rstrip(".,;!?"))):
             a, b = _trim_value(text, wm.start("w"), wm.end("w"))
@@ -1544,6 +1618,7 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         if weak:
             return None
         qualifiers += 1
+        prev = low
         pos = wm.end()
 
     vpos = sep.end()
@@ -1849,6 +1924,7 @@ _NOT_SECRET_PART = frozenset({
     "manager", "agent", "option", "options", "default", "example", "placeholder", "changed",
     "autocomplete", "keygen", "keytab", "keystore", "strategy", "handler", "service",
     "fingerprints", "map", "index", "limit", "rate", "publishable", "site",
+    "search",               # a search-only key (Algolia's) is made to be public
 })
 _ASSIGN_SEP = re.compile(
     r"""["'\]]{0,2}[^\S\r\n]{0,12}(?:=>|:=|\?=|=|:(?!//)|,(?=[^\S\r\n]*["']))[^\S\r\n]{0,12}"""
@@ -1915,6 +1991,46 @@ def _stem_positions(lower: str, stems: tuple[str, ...]) -> list[tuple[int, int]]
             i = lower.find(stem, i + 1)
     out.sort()
     return out
+
+
+# The identifier half of a key/secret pair: "Application Key" beside "Application
+# Secret" (OVH), "access_key" beside "secret_key" (S3, MinIO), "consumer_key" beside
+# "consumer_secret" (OAuth 1).  The provider's own documents call the key the
+# application's or the user's *identifier* and the secret the credential; the secret goes,
+# and the key stays, as a user name does: it is what the admin looks the pair up by to
+# revoke it.  A key with no secret of the same name beside it ("Consumer Key" of OVH,
+# Datadog's "app key", "API key") is a credential.
+_PAIR_REACH = 400
+_PAIR_LABEL = re.compile(r"(?m)(?:^|>)[^\S\n]*(?:export[^\S\n]+|set[^\S\n]+)?"
+                         r"(?P<label>[A-Za-z][A-Za-z0-9_.\- ]{0,48}?)[\"'\]]{0,2}[^\S\n]*[:=]")
+_PAIR_KEY = frozenset({"key", "cle", "clef"})
+_PAIR_DROP = _PAIR_KEY | {"secret", "access", "d", "de", "the", "export", "set"}
+_PAIR_SECRETISH = frozenset({"secret", "private", "priv", "pass", "password", "pwd", "token",
+                             "passphrase", "signing"})
+_KEY_WORD = re.compile(r"(?i)key|cl[ée]")
+
+
+def _label_parts(label: str) -> list[str]:
+    return [p.lower() for p in _IDENT_PART.findall(label.replace("é", "e"))]
+
+
+def _identifier_half(text: str, a: int, lo: int) -> bool:
+    """Whether the value at ``a`` follows a key's label (``text[lo:a]``, on its line) and a
+    secret of the same name is within reach: then the value is the pair's identifier."""
+    lo = max(lo, text.rfind(">", lo, a) + 1)     # "<br>Application Key : …"
+    label = text[lo:a]
+    if not _KEY_WORD.search(label) or not _COLON.search(label):
+        return False
+    parts = _label_parts(label)
+    if _PAIR_KEY.isdisjoint(parts) or not _PAIR_SECRETISH.isdisjoint(parts):
+        return False
+    core = set(parts) - _PAIR_DROP
+    for m in _PAIR_LABEL.finditer(text, max(0, lo - _PAIR_REACH),
+                                  min(len(text), a + _PAIR_REACH)):
+        other = _label_parts(m.group("label"))
+        if "secret" in other and set(other) - _PAIR_DROP == core:
+            return True
+    return False
 
 
 def _named_assignments(text: str, lower: str) -> list[Finding]:
@@ -2304,17 +2420,96 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
     password) a hex digest named as such."""
     lo = max(0, a - 60, text.rfind("\n", max(0, a - 60), a) + 1)
     if _EXAMPLE_BEFORE.search(text, max(lo, a - 30), a) or _FRAGMENT_BEFORE.search(
-            text, max(lo, a - 40), a):
+            text, max(lo, a - 40), a) or _identifier_half(text, a, lo):
+        return True
+    if _not_secret_value(text, a, b, lo):
         return True
     if kind != "password":
         return False
-    if _named_next(text, a) or _filler_words(text[a:b]):
+    if _named_next(text, a) or _filler_words(text[a:b]) or _code_like(text, a, b):
         return True
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
             and not _STILL_AFTER.match(text, b, min(len(text), b + 40)):
         return True
     return bool(_HEX_VALUE.fullmatch(text, a, b) and _HASH_BEFORE.search(text, lo, a))
+
+
+# Values that say what they are, whatever found them: a key public by its provider's
+# design (Stripe's publishable "pk_live_", Mapbox's public "pk.eyJ"), a JWT's header
+# alone (no payload, no signature: '{"alg":"RS256","typ":"JWT"}'), a commit id after a
+# git command, a value whose own name says it is something else ("RECAPTCHA_SITE_KEY=",
+# "VersionId:").
+_PUBLIC_PREFIX = ("pk_live_", "pk_test_", "pk.eyJ")
+_JWT_HEADER = re.compile(r"eyJ[A-Za-z0-9_\-]{10,200}={0,2}")
+_JWT_HEADER_KEYS = frozenset({"alg", "typ", "kid", "cty", "x5t", "x5u", "jku", "enc", "zip",
+                              "crit", "x5t#S256"})
+_GIT_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:git[^\S\n]+(?:checkout|show|revert|cherry-pick|reset(?:[^\S\n]+--hard)?"
+    r"|rebase|merge|log|diff|branch[^\S\n]+\S+|tag[^\S\n]+\S+)|head is now at|commit|"
+    r"etag|integrity)[\"':=\s]{1,4}\Z")
+_OWN_NAME = re.compile(
+    r"(?P<name>[A-Za-z][A-Za-z0-9_.\-]{1,60})[\"'\]]{0,2}[^\S\n]*(?:=>|:=|=|:)[^\S\n]*[\"'`]?\Z")
+_ID_NAME = re.compile(r"(?:[a-z0-9](?:Id|ID)|[_\-.](?:id|Id|ID))\Z")
+
+
+def _not_secret_value(text: str, a: int, b: int, lo: int) -> bool:
+    value = text[a:b]
+    if value.startswith(_PUBLIC_PREFIX):
+        return True
+    if value.startswith("eyJ") and _JWT_HEADER.fullmatch(value) and _jwt_header(value):
+        return True
+    if _HEX_VALUE.fullmatch(value) and _GIT_BEFORE.search(text, max(lo, a - 40), a):
+        return True
+    nm = _OWN_NAME.search(text, lo, a)
+    if nm is None:
+        return False
+    name = nm.group("name")
+    if _ID_NAME.search(name):
+        return True                 # "VersionId:", "request_id=", "X-Trace-ID:"
+    # "RECAPTCHA_SITE_KEY=", "ALGOLIA_SEARCH_KEY": a key or token the name says is public
+    # (never a password or a secret: "REDIS_HOST_PASSWORD", "SESSION_SECRET")
+    if not any(c in name for c in "_.-"):
+        return False
+    parts = {p.lower() for p in _IDENT_PART.findall(name)}
+    return bool(parts & {"key", "token", "apikey"}) and not parts & _STRONG_NAME_PART \
+        and bool(parts & _PUBLIC_NAME_PART)
+
+
+_STRONG_NAME_PART = frozenset({"pass", "password", "passwd", "pwd", "psk", "secret", "private",
+                               "priv", "passphrase"})
+_PUBLIC_NAME_PART = frozenset({"site", "public", "pub", "publishable", "search", "sid",
+                               "username", "user", "login", "fingerprint", "hash", "url",
+                               "uri", "endpoint", "version", "serial", "license", "licence"})
+
+
+def _jwt_header(value: str) -> bool:
+    try:
+        decoded = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        header = json.loads(decoded)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(header, dict) and bool(header) and set(header) <= _JWT_HEADER_KEYS
+
+
+# Code where prose would hold a value: a variable's name ("DEPLOY_TOKEN" in a table of CI
+# variables), a substitution ("$(op read ...)", "${DB_PASS}", a template), a command
+# given an argument ("ConvertTo-SecureString '...'"), the path of a link ("https:" then
+# "//host/..." cut at the colon).
+_CONSTANT_NAME = re.compile(r"[A-Z][A-Z]*(?:_[A-Z]+)+")
+_COMMAND_NAME = re.compile(r"[A-Z][a-z]+[A-Za-z]*-[A-Z][a-z]+[A-Za-z]*")   # Verb-Noun
+_ARGUMENT_AFTER = re.compile(r"[^\S\r\n]+(?:['\"]|-[A-Za-z])")
+_SCHEME_END = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{1,20}:/?\Z")
+
+
+def _code_like(text: str, a: int, b: int) -> bool:
+    value = text[a:b]
+    return (value.startswith(("$(", "${", "`", "{{", "{%", "<%"))
+            or _CONSTANT_NAME.fullmatch(value) is not None
+            or (_COMMAND_NAME.fullmatch(value) is not None
+                and _ARGUMENT_AFTER.match(text, b) is not None)
+            or (value.startswith("/") and "@" not in value
+                and _SCHEME_END.search(text, max(0, a - 22), a) is not None))
 
 
 # Masked, elided and filler values: "sk_live_...9kQa", "T00000000/B00000000/XXXXXXXX",
@@ -3154,6 +3349,14 @@ def _intro_goes_on(text: str, i: int, eol: int) -> int | None:
     return None
 
 
+# An item's own label that names what opens nothing, whatever the heading above it said
+# ("Keys in use:" then "publishable: pk_…", "Invoice that failed: in_…").
+_LIST_LABEL_NOT_SECRET = _Lexicon("""
+publishable public invoice facture order commande ticket customer client tracking suivi
+iban bic siret siren
+""")
+
+
 def _listed_values(text: str, lower: str) -> list[Finding]:
     out: list[Finding] = []
     n = len(text)
@@ -3176,8 +3379,11 @@ def _listed_values(text: str, lower: str) -> list[Finding]:
                 break
             value = im.group("v")
             label = im.group("label")
-            if label is not None and any(_recent_word(w).rstrip(":") in _IDENTITY_WORDS
-                                         for w in label.split()):
+            if (label is not None and (any(
+                    _recent_word(w).rstrip(":") in _IDENTITY_WORDS for w in label.split())
+                    or _LIST_LABEL_NOT_SECRET.search(label))) or "=" in value[1:]:
+                # "Key ID: 3F2A91C4", "Login : jdupont", "publishable: pk_…", "Invoice:
+                # in_…"; "NAME=value" is an assignment, judged by its name elsewhere
                 items += 1              # "Key ID: 3F2A91C4", "Login : jdupont"
                 pos = eol + 1
                 continue
@@ -3282,8 +3488,13 @@ def _login_pairs(text: str) -> list[Finding]:
             # a plain name ("jwalsh") is a login only right after a word that says so
             named = _LOGIN_LABEL_BEFORE.search(text, max(0, lm.start() - 100), lm.start()) \
                 or _listed_under_login_intro(text, lm.start())
+            # a plain name ("tlemoine / Soleil_du_Sud88") with a password of all four
+            # classes after it: the pair says what it is where the text speaks of accounts
+            plain_pair = sep.strip() == "/" and login.isalpha() and login.islower() \
+                and 4 <= len(login) <= 20 and _classes(text[vm.start():vm.end()]) >= 4
             if not (any(c in login for c in "._@-") or any(c.isdigit() for c in login)
-                    or login.lower() in _COMMON_LOGINS or named) or login[-1] in ".-":
+                    or login.lower() in _COMMON_LOGINS or named or plain_pair) \
+                    or login[-1] in ".-":
                 continue
             if (login.isdigit() or sep.strip() in ("et", "and", "–", "-", ";")) and not named:
                 continue            # "12345, Abc123" or "x et Y7!": only after a login label
@@ -3295,7 +3506,8 @@ def _login_pairs(text: str) -> list[Finding]:
             if not (_looks_secret(value) or _at_password(value)) or (
                     sep == ":" and _classes(value) < 3):
                 continue
-            if not _PAIR_CONTEXT.search(text, max(0, lm.start() - 400), lm.start()):
+            if not _PAIR_CONTEXT.search(text, max(0, lm.start() - 400), lm.start()) and not (
+                    plain_pair and _PAIR_CONTEXT.search(text, b, min(len(text), b + 200))):
                 continue
             seen.add(j)
             out.append(Finding("password", a, b))
@@ -3502,7 +3714,8 @@ _SESSION_COOKIE = re.compile(r"""(?ix)
 _COOKIE_HEADER = re.compile(r"(?im)^[ \t>]*(?:set-)?cookie[ \t]*:[ \t]*(?P<line>[^\r\n]{1,4000})")
 _COOKIE_PAIR = re.compile(r"(?:^|;)[ \t]*(?P<name>[^=;\s]{1,80})=(?P<v>[^;\s]{1,800})")
 _COOKIE_NOT_SECRET = re.compile(r"(?i)lang|locale|theme|consent|sametime|samesite|_ga|_gid|"
-                                r"utm|tz|timezone|username|user_?name|login_?name|email")
+                                r"utm|tz|timezone|username|user_?name|login_?name|email|"
+                                r"account_?sid")     # Twilio's account identifier
 
 
 def _cookies(text: str, folded: bytes, present: frozenset[bytes]) -> list[Finding]:
@@ -3560,6 +3773,13 @@ _B64_JSON = re.compile(r"(?<![A-Za-z0-9+/=_\-.])eyJ[A-Za-z0-9+/]{16,8000}={0,2}"
                        r"(?![A-Za-z0-9+/=_\-.])")
 _B64_JSON_KEYS = re.compile(r'"(?:auths?|password|passwd|secret|token|identitytoken|'
                             r'client_secret|private_key)"\s*:')
+
+
+# The signature of a pre-signed link (S3's, Google Cloud Storage's): whoever holds the
+# link holds the object until it expires.  Its other parameters (algorithm, date,
+# expiry, the key id in X-Amz-Credential) stay.
+_SIGNED_QUERY = re.compile(r"[?&](?:X-Amz-Signature|X-Goog-Signature|Signature)="
+                           r"(?P<v>[A-Za-z0-9%+/_\-]{16,1024}={0,2})")
 
 
 def _encoded_credentials(text: str) -> list[Finding]:
@@ -3646,6 +3866,9 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
         found.extend(_name_values(text))
     if b"eyJ" in cased:
         found.extend(_encoded_credentials(text))
+    if b"signature=" in folded:
+        found.extend(Finding("api-token", m.start("v"), m.end("v"))
+                     for m in _SIGNED_QUERY.finditer(text))
     if not present.isdisjoint(_PAIR_SET):
         found.extend(_login_pairs(text))
     return found
