@@ -69,3 +69,16 @@ def test_from_address_reads_as_parseaddr_does(value):
 @given(st.text(alphabet=FROM_ALPHABET, max_size=30))
 def test_from_address_agrees_with_parseaddr_on_any_input(value):
     assert from_address(value) == email.utils.parseaddr(value)[1]
+
+
+@given(st.lists(st.sampled_from([b"message/rfc822", b"MESSAGE/Global", b"Message/RFC82",
+                                 b"essage/rfc822", b"x" * 40_000, b"/", b"\xe9", b"m"]),
+                max_size=12),
+       st.integers(0, 70_000))
+def test_the_attached_message_check_is_the_pattern_search(pieces, cut):
+    # the C-speed check must answer as the case-insensitive pattern does, across the
+    # 64 KiB slices it reads (a literal straddling a slice boundary included)
+    from helpdesk_milter.message import _RFC822, _mentions_rfc822
+    raw = b"".join(pieces)
+    for data in (raw, b"y" * cut + raw, b"y" * (65_536 - 7) + raw):
+        assert _mentions_rfc822(data) == (_RFC822.search(data) is not None)

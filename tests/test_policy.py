@@ -235,6 +235,19 @@ def test_first_matching_watch_group_wins():
     assert POLICY.watch_group("accueil@assistance.example.org") is None
 
 
+def test_a_recipient_is_judged_the_same_however_often_and_however_written():
+    # the answers are remembered per address (Policy._recipient): brackets and case
+    # must not make one address two, nor an assistance address a watched one
+    for _ in range(2):
+        for spelled in ("<Contact@Example.org>", "contact@example.org", "CONTACT@EXAMPLE.ORG"):
+            assert POLICY.watch_group(spelled).name == "contact"
+            assert not POLICY.is_assistance(spelled)
+        for spelled in (f"<{ASSIST.upper()}>", ASSIST, "accueil@assistance.example.org"):
+            assert POLICY.is_assistance(spelled) and POLICY.watch_group(spelled) is None
+        assert POLICY.watch_group("someone@elsewhere.example") is None
+        assert not POLICY.is_helpdesk_mail(["someone@elsewhere.example"])
+
+
 def test_incoming_helpdesk_headers_indexes_per_name():
     names = ["Received", "X-Helpdesk-Routed", "Subject", "x-helpdesk-routed"]
     assert incoming_helpdesk_headers(names) == (("x-helpdesk-routed", 2),

@@ -61,7 +61,8 @@ def test_a_near_duplicate_is_found_before_its_original_reaches_the_disk(tmp_path
     assert on_disk(tmp_path / "state.db") == 3
 
 
-def test_once_written_the_database_answers_for_near_duplicates(tmp_path):
+def test_once_written_the_database_answers_for_near_duplicates(tmp_path, monkeypatch):
+    monkeypatch.setattr(SQLiteStore, "RECENT_ROWS", 0)   # no row on disk held in memory
     clock = Clock()
     store = SQLiteStore(tmp_path / "state.db", clock=clock)
     try:
@@ -160,3 +161,60 @@ def test_guided_senders_kept_in_memory_are_pruned(tmp_path):
                                       per_hour=1000) == "rate-limited"
     finally:
         store.close()
+
+
+def test_the_newest_rows_on_disk_answer_from_memory(tmp_path, monkeypatch):
+    """Rows already written stay in memory, the newest RECENT_ROWS of them: a lookup of
+    their keys reads no file (the store's filter of the file's keys says no)."""
+    store = SQLiteStore(tmp_path / "state.db")
+    asked = []
+    real = dedup.find_duplicate
+
+    def spy(db, *a, **k):
+        asked.append(db is not None and k.get("on_file") != [])
+        return real(db, *a, **k)
+
+    monkeypatch.setattr(dedup, "find_duplicate", spy)
+    try:
+        store.check_and_remember(fp(REQUEST, "<a@mairie>"), remember_watched)
+        store.flush()
+        assert on_disk(tmp_path / "state.db") == 1 and len(store._unwritten) == 1
+        match = store.check_and_remember(fp(RESEND, "<b@mairie>"), remember_watched)
+        assert match is not None and match.kind == "text" and match.earlier_rowid == 1
+        assert asked == [False]                     # memory answered, not the file
+    finally:
+        store.close()
+
+
+def test_rows_memory_lets_go_are_found_in_the_file(tmp_path, monkeypatch):
+    """Beyond RECENT_ROWS the oldest rows leave memory; their keys then send the
+    lookup to the file, which finds them as before: memory stays bounded and the
+    answers do not change."""
+    monkeypatch.setattr(SQLiteStore, "RECENT_ROWS", 2)
+    clock = Clock()
+    store = SQLiteStore(tmp_path / "state.db", clock=clock)
+    try:
+        store.check_and_remember(fp(REQUEST, "<a@mairie>"), remember_watched)
+        store.flush()
+        for n in range(5):
+            clock.now += 10
+            text = f"Bonjour, merci de créer le compte numéro {n} pour la bibliothèque " \
+                   f"de l'école {n} avec un accès au partage {n} des enseignants."
+            store.check_and_remember(fp(text, f"<{n}@mairie>", subject=f"compte {n}"),
+                                     remember_watched)
+            store.flush()
+        assert len(store._unwritten) == 2 and 1 not in store._unwritten._rows
+        keys = dedup.lookup_keys(fp(REQUEST, "<a@mairie>"))
+        assert store._on_file is not None and store._on_file.may_hold(keys, clock.now)
+        clock.now += 10
+        match = store.check_and_remember(fp(RESEND, "<b@mairie>"), remember_watched)
+        assert match is not None and match.kind == "text" and match.earlier_rowid == 1
+        assert match.of_message_id == "<a@mairie>"
+    finally:
+        store.close()
+
+
+def test_the_filter_masks_of_a_lookup_are_each_keys_mask():
+    rng = random.Random(7)
+    keys = [rng.randrange(-2**63, 2**63) for _ in range(2000)] + [0, -1, 2**63 - 1, -2**63]
+    assert KeyFilter.masks(keys) == [KeyFilter._mask(k) for k in keys]

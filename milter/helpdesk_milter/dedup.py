@@ -131,11 +131,16 @@ class Fingerprint:
     @property
     def scope(self) -> str:
         """Where text matches are looked for: the structure, else the sender ("" none)."""
-        if self.structure:
-            return "s:" + self.structure
-        if self.sender:
-            return "a:" + self.sender
-        return ""
+        return _scope(self.sender, self.structure)
+
+
+def _scope(sender: str, structure: str | None) -> str:
+    """:attr:`Fingerprint.scope` of a sender and structure (a stored row's, say)."""
+    if structure:
+        return "s:" + structure
+    if sender:
+        return "a:" + sender
+    return ""
 
 
 @dataclass(frozen=True)
@@ -819,19 +824,24 @@ def _text_key(scope: str, text_hash: str) -> int:
 def _band_keys(scope: str, minhash: Sequence[int]) -> list[int]:
     """``_key(b"b", scope, band number + the band's values)`` for every band (as
     ``struct.pack(">B3I", band, *values)``): the signature packed once, each band's
-    input sliced from it."""
+    input sliced from it; the hash of the common prefix taken once and copied (a
+    copy costs less than a new BLAKE2b state), the digests read as one struct."""
     if len(minhash) != SIGNATURE_SIZE:
         return []
     prefix = b"b\0" + scope.encode("utf-8", "surrogatepass") + b"\0"
     packed = struct.pack(f">{SIGNATURE_SIZE}I", *minhash)
     step = 4 * BAND_ROWS
-    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
-    return [from_bytes(blake2b(prefix + _BAND_BYTES[band] + packed[band * step:band * step + step],
-                               digest_size=8).digest(), "big", signed=True)
-            for band in range(BANDS)]
+    start = hashlib.blake2b(prefix, digest_size=8)
+    digests = []
+    for band in range(BANDS):
+        h = start.copy()
+        h.update(_BAND_BYTES[band] + packed[band * step:band * step + step])
+        digests.append(h.digest())
+    return list(_BAND_DIGESTS.unpack(b"".join(digests)))
 
 
 _BAND_BYTES = [bytes((band,)) for band in range(256)]
+_BAND_DIGESTS = struct.Struct(f">{BANDS}q")     # = int.from_bytes(d, "big", signed=True)
 
 
 def _compute_keys(fp: Fingerprint) -> tuple[list[int], list[int], list[int]]:
@@ -932,7 +942,8 @@ def lookup_keys(fp: Fingerprint) -> list[int]:
 def find_duplicate(db: sqlite_utils.Database | None, fp: Fingerprint, *, now: float,
                    window: float, threshold: float,
                    unwritten: Mapping[int, Sequence[Row]] | None = None,
-                   only: Sequence[int] | None = None) -> Match | None:
+                   only: Sequence[int] | None = None,
+                   on_file: Sequence[int] | None = None) -> Match | None:
     """The earlier message (seen at or after ``now - window``) that ``fp`` duplicates,
     or None.
 
@@ -954,7 +965,9 @@ def find_duplicate(db: sqlite_utils.Database | None, fp: Fingerprint, *, now: fl
     key), so the answer does not depend on how far the writer has got.  ``db``
     None: only ``unwritten`` is searched (the file cannot be read).  ``only``: the
     keys that may be in the window at all (the caller's filter said so of them); the
-    others are neither queried nor looked up in ``unwritten``.
+    others are neither queried nor looked up in ``unwritten``.  ``on_file``: the keys
+    the file may hold rows of that ``unwritten`` does not (None: any key); only they
+    are queried.
     """
     ids, texts, bands = fp.keys
     strength_of: dict[int, int] = {}  # key -> 3 Message-ID, 2 text, 1 band
@@ -966,11 +979,12 @@ def find_duplicate(db: sqlite_utils.Database | None, fp: Fingerprint, *, now: fl
     if not strength_of:
         return None
     per_key: dict[int, list[int]] = {}
-    if db is not None:
+    file_keys = strength_of if on_file is None else [k for k in on_file if k in strength_of]
+    if db is not None and file_keys:
         params: list[Any] = []
-        for k in strength_of:
+        for k in file_keys:
             params += [k, ROWS_PER_KEY]
-        for key, rowid in db.conn.execute(_keys_sql(len(strength_of)), params).fetchall():
+        for key, rowid in db.conn.execute(_keys_sql(len(file_keys)), params).fetchall():
             per_key.setdefault(key, []).append(rowid)
     held: dict[int, Row] = {}
     if unwritten:
@@ -1052,16 +1066,14 @@ def _near_score(fp: Fingerprint, row: dict[str, Any], threshold: float) -> float
     score = _resemblance(fp.minhash, fp.shingles, _unpack(row["minhash"]), row["shingles"] or 0)
     if score < threshold:
         return None
-    earlier = Fingerprint(message_id="", text_hash="", minhash=(),
-                          sender=row["sender"] or "", structure=row["structure"],
-                          idents=_unpack(row["idents"]))
-    if not fp.scope or earlier.scope != fp.scope:
+    scope = fp.scope
+    if not scope or _scope(row["sender"] or "", row["structure"]) != scope:
         return None  # also a 64-bit key collision across scopes
-    return None if identifiers_conflict(fp.idents, earlier.idents) else score
+    return None if identifiers_conflict(fp.idents, _unpack(row["idents"])) else score
 
 
 def _match(row: dict[str, Any], kind: str, score: float, scope: str) -> Match:
-    earlier_scope = Fingerprint("", "", (), row["sender"] or "", row["structure"]).scope
+    earlier_scope = _scope(row["sender"] or "", row["structure"])
     return Match(kind=kind, of_message_id=row["message_id"] or "",
                  earlier_time=float(row["time"]), earlier_rowid=int(row["id"]),
                  earlier_assistance=row["assistance"] or None,

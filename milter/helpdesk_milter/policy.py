@@ -19,6 +19,7 @@ The safety rules kept here, and tested in ``tests/test_policy.py``:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -215,6 +216,9 @@ class Policy:
             + "@" + re.escape(domain) + "$", re.IGNORECASE)
         self._internal = tuple(config.addresses.internal_domains)
         self.scanner = SecretScanner(disabled_kinds=config.secrets.disabled_kinds)
+        # Each recipient is looked at four times per message (steps_out, then routing;
+        # is_assistance inside watch_group): the answer depends on the address only.
+        self._recipient = functools.lru_cache(maxsize=4096)(self._classify_recipient)
 
     def is_internal(self, address: str) -> bool:
         """True for an address of an internal domain (``addresses.internal_domains``)."""
@@ -223,19 +227,20 @@ class Policy:
     # --- recipients -----------------------------------------------------------
 
     def is_assistance(self, address: str) -> bool:
-        address = strip_brackets(address).lower()
-        return address == self.config.addresses.fallback or bool(
-            self._assistance_re.match(address))
+        return self._recipient(strip_brackets(address).lower())[0]
 
     def watch_group(self, address: str) -> WatchGroup | None:
         """The first watch group that lists this address (assistance is never watched)."""
-        address = strip_brackets(address).lower()
-        if self.is_assistance(address):
-            return None
+        return self._recipient(strip_brackets(address).lower())[1]
+
+    def _classify_recipient(self, address: str) -> tuple[bool, WatchGroup | None]:
+        """(is it an assistance address, its watch group) of a bare, lower-case address."""
+        if address == self.config.addresses.fallback or self._assistance_re.match(address):
+            return True, None
         for group in self.config.watch:
             if group.matches(address):
-                return group
-        return None
+                return False, group
+        return False, None
 
     def is_helpdesk_mail(self, rcpts: Sequence[str]) -> bool:
         """True when a recipient is watched or an assistance address: the helpdesk's mail.

@@ -318,11 +318,14 @@ class SQLiteStore:
 
     Duplicate lookups first ask an in-memory filter of the window's lookup keys
     (``KeyFilter``): most messages share no key with anything remembered and
-    cost no SQLite trip.  The others read the file through one shared read
-    connection, together with the rows decided but not on disk yet
-    (``_Unwritten``), so that two copies of one request arriving in parallel
-    transactions see each other, and the answer is the same whether or not the
-    writer has caught up.
+    cost no SQLite trip.  The others are looked up among the rows held in memory
+    (``_Recent``: the rows decided but not on disk yet, so that two copies of one
+    request arriving in parallel transactions see each other, and the newest
+    ``RECENT_ROWS`` of those on disk), and in the file, through one shared read
+    connection, only for the keys a second filter (``_on_file``: the keys of the
+    rows the file held at start-up and of the rows memory let go) may hold.  The
+    answer is the same whether or not the writer has caught up, and whether a row
+    is read from memory or from the file.
     """
 
     limits_in_claim = False   # a local read first spares the DKIM check when limited
@@ -333,6 +336,7 @@ class SQLiteStore:
     GUIDED_MAX = 10_000        # senders guided, kept in memory before a prune
     RECHECK = 1.0              # seconds between checks that the file is still ours
     EXPIRE_EVERY = 60.0        # seconds between expiry runs on the writer thread
+    RECENT_ROWS = 1024         # fingerprint rows on disk still held in memory (~7 MB)
 
     def __init__(self, path: str | Path, *, window: float = 72 * 3600,
                  similarity: float = 0.75, clock: Callable[[], float] = time.time,
@@ -351,8 +355,10 @@ class SQLiteStore:
         self._lock = threading.Lock()
         # Fingerprint rows decided and maybe not on disk yet, by lookup key; the
         # filter of every key of the window (None: no filter, always ask the file).
-        self._unwritten = _Unwritten()
+        self._unwritten = _Recent(self.RECENT_ROWS, self._let_go)
         self._filter: KeyFilter | None = None
+        # keys the file may hold that memory does not (None: ask the file for every key)
+        self._on_file: KeyFilter | None = None
         self._next_id = 1
         # guidance queued by this process and maybe not on disk yet (rate limits)
         self._guided: dict[str, float] = {}
@@ -384,7 +390,8 @@ class SQLiteStore:
             match = None
             # only the keys the filter may hold are looked up (most of a message's LSH
             # bands are new even when one matches): a shorter query, the same answer
-            held = None if self._filter is None else self._filter.holding(keys, now)
+            masks = KeyFilter.masks(keys)
+            held = None if self._filter is None else self._filter.holding(keys, now, masks)
             if held is None or held:
                 match = self._find(fp, now, held)
             remember = plan(match)
@@ -395,7 +402,7 @@ class SQLiteStore:
                                    assistance=remember.assistance, routed=remember.routed)
                 self._unwritten.add(row, keys)
                 if self._filter is not None:
-                    self._filter.add(keys, now)
+                    self._filter.add(keys, now, masks)
                 self._emit(("fingerprint", fp, remember, now, rowid), pending)
                 if pending is not None:
                     # the filter keeps the keys: a false "maybe" costs one lookup
@@ -404,26 +411,42 @@ class SQLiteStore:
 
     def _find(self, fp: dedup.Fingerprint, now: float,
               keys: Sequence[int] | None = None) -> dedup.Match | None:
-        """The earlier copy of ``fp`` in the file and in the rows not on it yet (lock held),
-        looked up by ``keys`` (None: all of ``fp``'s).
+        """The earlier copy of ``fp`` in the file and in the rows held in memory (lock
+        held), looked up by ``keys`` (None: all of ``fp``'s).  The file is read only
+        for the keys it may hold beyond memory's rows (``_on_file``): often none.
         A failing database costs the lookup of what is on disk, never the message."""
-        try:
-            db: sqlite_utils.Database | None = self._reader()
-        except Exception as exc:
-            log.error("state database %s: duplicate lookup failed: %s", self.path,
-                      _describe(exc))
-            db = None
+        by_key = self._unwritten.by_key
+        if keys is None or self._on_file is None:
+            on_file: Sequence[int] | None = None
+            unwritten: dict[int, list[dedup.Row]] = by_key
+        else:
+            on_file = self._on_file.holding(keys, now)
+            # A key's rows are in id order: its ROWS_PER_KEY newest are all a lookup
+            # can rank (find_duplicate), however many memory holds.
+            unwritten = {k: by_key[k][-dedup.ROWS_PER_KEY:] for k in keys if k in by_key}
+        db: sqlite_utils.Database | None = None
+        if on_file is None or on_file:
+            try:
+                db = self._reader()
+            except Exception as exc:
+                log.error("state database %s: duplicate lookup failed: %s", self.path,
+                          _describe(exc))
         try:
             return dedup.find_duplicate(db, fp, now=now, window=self.window,
-                                        threshold=self.similarity,
-                                        unwritten=self._unwritten.by_key, only=keys)
+                                        threshold=self.similarity, unwritten=unwritten,
+                                        only=keys, on_file=on_file)
         except Exception as exc:
             log.error("state database %s: duplicate lookup failed: %s", self.path,
                       _describe(exc))
             self._drop_reader()
             return dedup.find_duplicate(None, fp, now=now, window=self.window,
-                                        threshold=self.similarity,
-                                        unwritten=self._unwritten.by_key, only=keys)
+                                        threshold=self.similarity, unwritten=unwritten,
+                                        only=keys)
+
+    def _let_go(self, keys: Sequence[int], when: float) -> None:
+        """A row on disk leaves memory (``_Recent``): the file answers for its keys."""
+        if self._on_file is not None:
+            self._on_file.add(keys, when)
 
     def _load_keys(self) -> None:
         """Start the filter and the row numbering from the file: every lookup key of
@@ -443,8 +466,10 @@ class SQLiteStore:
         finally:
             db.close()
         self._filter = KeyFilter(self.window, capacity=2 * len(keys))
+        self._on_file = KeyFilter(self.window, capacity=2 * len(keys))
         if keys:
             self._filter.load(keys, oldest=oldest or since, newest=newest)
+            self._on_file.load(keys, oldest=oldest or since, newest=newest)
         # The read connection is opened now, not at the first lookup the filter
         # lets through: a process's open files stay the same from the start.
         with contextlib.suppress(Exception):
@@ -692,8 +717,13 @@ class SQLiteStore:
                              queue_id=remember.queue_id, rowid=rowid)
 
     def _written(self, batch: list[Any]) -> None:
-        """The batch is on disk: the file now answers for its fingerprints."""
-        self._lost(batch)
+        """The batch is on disk: the file now answers for its fingerprints too; memory
+        keeps the newest of them (``_Recent``), so their lookups need no file read."""
+        rowids = [item[4] for item in batch if isinstance(item, tuple)]
+        if rowids:
+            with self._lock:
+                for rowid in rowids:
+                    self._unwritten.written(rowid)
 
     def _lost(self, batch: list[Any]) -> None:
         """Forget the fingerprint rows of ``batch`` held in memory: on disk now, or
@@ -738,9 +768,45 @@ class _Unwritten:
         for key in keys:
             rows = self.by_key.get(key)
             if rows is not None:
-                rows[:] = [r for r in rows if r is not row]
+                if rows[0] is row:
+                    del rows[0]           # the oldest: what _Recent lets go of
+                else:
+                    rows[:] = [r for r in rows if r is not row]
                 if not rows:
                     del self.by_key[key]
+
+
+class _Recent(_Unwritten):
+    """The rows not on disk yet (``_Unwritten``), and the newest ``retain`` rows the
+    writer has put on disk: a lookup of their keys needs no file read.
+
+    Each key's rows stay in id order (rows are added as they are numbered, under
+    the store's lock).  A row on disk that leaves (the oldest first, beyond
+    ``retain``) is handed to ``let_go`` with its keys and time, so that the
+    file is asked for those keys from then on.  Not thread-safe: the store's lock
+    guards it.
+    """
+
+    def __init__(self, retain: int, let_go: Callable[[Sequence[int], float], None]):
+        super().__init__()
+        self.retain = retain
+        self._let_go = let_go
+        self._on_disk: dict[int, None] = {}   # rowids written and still held, oldest first
+
+    def written(self, rowid: int) -> None:
+        """The row ``rowid`` is on disk: keep it while it is among the newest."""
+        if rowid not in self._rows:
+            return                            # forgotten meanwhile (an abort)
+        self._on_disk[rowid] = None
+        while len(self._on_disk) > self.retain:
+            oldest = next(iter(self._on_disk))
+            row, keys = self._rows[oldest]
+            self._let_go(keys, row["time"])
+            self.remove(oldest)
+
+    def remove(self, rowid: int) -> None:
+        self._on_disk.pop(rowid, None)
+        super().remove(rowid)
 
 
 class KeyFilter:
@@ -769,6 +835,14 @@ class KeyFilter:
         return (1 << (h & 63) | 1 << (h >> 6 & 63) | 1 << (h >> 12 & 63)
                 | 1 << (h >> 18 & 63) | 1 << (h >> 24 & 63))
 
+    @staticmethod
+    def masks(keys: Sequence[int]) -> list[int]:
+        """``_mask`` of each key, in one comprehension (no call per key): a lookup
+        computes them once for ``holding`` and ``add``."""
+        return [1 << (h & 63) | 1 << (h >> 6 & 63) | 1 << (h >> 12 & 63)
+                | 1 << (h >> 18 & 63) | 1 << (h >> 24 & 63)
+                for h in [key >> 34 for key in keys]]
+
     def may_hold(self, keys: Sequence[int], now: float) -> bool:
         since = now - self.window
         for gen in self._gens:
@@ -781,24 +855,26 @@ class KeyFilter:
                     return True
         return False
 
-    def holding(self, keys: Sequence[int], now: float) -> list[int]:
+    def holding(self, keys: Sequence[int], now: float,
+                masks: Sequence[int] | None = None) -> list[int]:
         """The ``keys`` that may be held (``may_hold`` key by key): the others are
-        certainly not in the window."""
+        certainly not in the window.  ``masks``: ``masks(keys)``, when known."""
         since = now - self.window
         gens = [(gen.words, gen.size) for gen in self._gens if gen.newest >= since]
         if not gens:
             return []
-        mask_of = self._mask
         out = []
-        for key in keys:
-            mask = mask_of(key)
+        for key, mask in zip(keys, self.masks(keys) if masks is None else masks,
+                             strict=True):
             for words, size in gens:
                 if words[key & size] & mask == mask:
                     out.append(key)
                     break
         return out
 
-    def add(self, keys: Sequence[int], now: float) -> None:
+    def add(self, keys: Sequence[int], now: float,
+            masks: Sequence[int] | None = None) -> None:
+        """Hold ``keys``, seen at ``now`` (``masks``: ``masks(keys)``, when known)."""
         gen = self._gens[-1] if self._gens else None
         if gen is None or gen.count + len(keys) > gen.capacity \
                 or gen.oldest < now - self.window / 2:
@@ -809,8 +885,8 @@ class KeyFilter:
             # the generations wholly out of the window go
             self._gens = [g for g in self._gens if g.newest >= now - self.window] + [gen]
         words, size = gen.words, gen.size
-        for key in keys:
-            words[key & size] |= self._mask(key)
+        for key, mask in zip(keys, self.masks(keys) if masks is None else masks, strict=True):
+            words[key & size] |= mask
         gen.count += len(keys)
         gen.newest = max(gen.newest, now)
 
