@@ -23,7 +23,7 @@ from helpdesk_milter.store import SQLiteStore
 from support.milterproc import dump_toml
 from support.world import example_sections
 
-MIX = generate(300, seed=1)
+MIX = generate(200, seed=1)
 
 
 def decisions(tmp_path, name: str, writer: str) -> list[object]:

@@ -35,7 +35,10 @@ The contract of :func:`redact_message`:
   bytes carried through unchanged (``surrogateescape``); unknown charsets are scanned
   as UTF-8 the same way, so the bytes around a redaction are preserved exactly.
 - Cost is linear in the message size; a part without any detector trigger costs one
-  decode and a few substring searches.
+  decode and a few substring searches.  Memory is bounded: besides the message, a
+  part's decoded text, one scan window's working copies (see "Long texts"), its edits
+  held compactly, and the new body, written as the walk goes and never built twice
+  (``tests/bench/memory.py``: 3.3-3.7 times a plain-text log near the 10 MB scan cap).
 - No secret value ever appears in the result except in the new body/subject, where it
   has been replaced: ``where`` and ``defects`` name locations and kinds only.
 """
@@ -60,7 +63,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from .message import TEXT_LIMIT
-from .secrets import DEFAULT_MARKER, SecretScanner, redact_spans
+from .secrets import DEFAULT_MARKER, Finding, SecretScanner, redact_spans
 
 MAX_DEPTH = 64
 
@@ -109,8 +112,10 @@ class Redaction:
     # (content type, marked as attachment, text), with their secrets replaced by
     # markers whether or not the message is changed: the classifier's and the
     # duplicate fingerprint's input comes from here, so the message is walked and
-    # decoded once, and no hash of a secret is ever stored.  None when the walk
-    # did not finish (the caller parses the message itself then).
+    # decoded once, and no hash of a secret is ever stored.  Each text is cut to
+    # what ParsedMessage.adopt_texts reads of it (empty for an attachment, or a part
+    # past what it reads).  None when the walk did not finish (the caller parses the
+    # message itself then).
     texts: tuple[tuple[str, bool, str], ...] | None = field(default=None, compare=False,
                                                             repr=False)
     # The Subject as read, its secrets replaced by markers; None when it holds none.
@@ -402,20 +407,20 @@ _CELL_TAG_TEXT = re.compile(r"<[tT][dDhH][ \t\n\r\f\v>]")
 _DOTTED_I = "\u0130"
 
 
-def _scan_text(scanner: SecretScanner, text: str) -> list[_Edit]:
+def _scan_text(scanner: SecretScanner, text: str) -> _Edits:
     """``scanner.scan(text)`` as (start, end, kind), in bounded memory for long texts
-    (see above).  Tuples: a log full of session ids has tens of thousands of findings,
-    and a tuple costs half a Finding."""
+    (see above), held as :class:`_Edits`: a log full of session ids has tens of
+    thousands of findings, and a Finding (or a tuple) costs several times its share of
+    the text."""
     n = len(text)
     # Not ASCII, a window costs about three times as much (lower-casing goes through
     # 12 bytes a character): half the window.
     core = _SCAN_CORE if text.isascii() else _SCAN_CORE // 2
     if n <= core + 2 * _SCAN_OVERLAP:
-        findings = scanner.scan(text)
-        return [(f.start, f.end, f.kind) for f in findings] if findings else []
+        return _Edits.of(scanner.scan(text))
     has_cells = _CELL_TAG_TEXT.search(text) is not None
     has_dotted_i = _DOTTED_I in text
-    found: list[_Edit] = []
+    found = _Edits()
     core_start = 0
     while core_start < n:
         core_end = core_start + core
@@ -445,12 +450,12 @@ def _scan_text(scanner: SecretScanner, text: str) -> list[_Edit]:
         for f in scanner.scan(window):
             start = f.start + shift
             if core_start <= start < core_end:
-                found.append((start, f.end + shift, f.kind))
+                found.append(start, f.end + shift, f.kind)
         del window
         core_start = core_end
-    if any(a[1] > b[0] for a, b in itertools.pairwise(found)):
+    if any(end > start for end, start in zip(found.ends[:-1], found.starts[1:], strict=True)):
         # cannot happen (see above); stay exact
-        return [(f.start, f.end, f.kind) for f in scanner.scan(text)]
+        return _Edits.of(scanner.scan(text))
     return found
 
 
@@ -819,7 +824,44 @@ def _escape_marker(marker: str, context: str) -> str:
 _Edit = tuple[int, int, str]
 
 
-def _apply_edits(text: str, edits: list[_Edit], offset: int = 0) -> str:
+class _Edits:
+    """Edits (start, end, replacement) of a text, in order, held in two arrays and a
+    list: 24 bytes an edit, where a tuple of three took some 130.  A 10 MB log full of
+    session ids makes 84,000 of them, held from the scan until the new body is built.
+    Iterating gives the (start, end, replacement) tuples.  The scan puts the kind in
+    the replacement's place; the part's walk swaps it for the marker."""
+
+    __slots__ = ("ends", "repls", "starts")
+
+    def __init__(self) -> None:
+        self.starts = array("q")
+        self.ends = array("q")
+        self.repls: list[str] = []
+
+    @classmethod
+    def of(cls, findings: Iterable[Finding]) -> _Edits:
+        edits = cls()
+        for f in findings:
+            edits.append(f.start, f.end, f.kind)
+        return edits
+
+    def append(self, start: int, end: int, repl: str) -> None:
+        self.starts.append(start)
+        self.ends.append(end)
+        self.repls.append(repl)
+
+    def __len__(self) -> int:
+        return len(self.repls)
+
+    def __iter__(self) -> Iterator[_Edit]:
+        return zip(self.starts, self.ends, self.repls, strict=True)
+
+
+
+_EditSeq = list[_Edit] | _Edits
+
+
+def _apply_edits(text: str, edits: Iterable[_Edit], offset: int = 0) -> str:
     out = []
     pos = 0
     for s, e, repl in edits:
@@ -830,13 +872,34 @@ def _apply_edits(text: str, edits: list[_Edit], offset: int = 0) -> str:
     return "".join(out)
 
 
-# A rewritten part is returned as pieces: new bytes, and memoryviews of the unchanged
-# stretches of the message, joined once into the new body (redact_message) instead of
-# being copied out of the message and joined part by part.
-_Pieces = list[bytes | memoryview]
+def _edited_chunks(text: str, edits: Iterable[_Edit], size: int) -> Iterator[str]:
+    """``_apply_edits(text, edits)`` in pieces of about ``size`` characters (at least
+    ``size``, but the last), without building the whole edited text."""
+    pending: list[str] = []
+    have = pos = 0
+    for s, e, repl in itertools.chain(edits, ((len(text), len(text), ""),)):
+        while pos < s:
+            take = min(s, pos + size - have)
+            pending.append(text[pos:take])
+            have += take - pos
+            pos = take
+            if have >= size:
+                yield "".join(pending)
+                pending.clear()
+                have = 0
+        if repl:
+            pending.append(repl)
+            have += len(repl)
+            if have >= size:
+                yield "".join(pending)
+                pending.clear()
+                have = 0
+        pos = e
+    if pending:
+        yield "".join(pending)
 
 
-def _edited_prefix(text: str, edits: list[_Edit], limit: int) -> str:
+def _edited_prefix(text: str, edits: Iterable[_Edit], limit: int) -> str:
     """``_apply_edits(text, edits)[:limit]``, without building the rest."""
     out = []
     size = pos = 0
@@ -856,7 +919,7 @@ def _edited_prefix(text: str, edits: list[_Edit], limit: int) -> str:
     return "".join(out)[:limit]
 
 
-def _text_to_read(text: str, edits: list[_Edit]) -> str:
+def _text_to_read(text: str, edits: _EditSeq) -> str:
     """What ``Redaction.texts`` keeps of a part: its text with the secrets replaced, cut
     to what ``ParsedMessage.adopt_texts`` can read of it (at most ``4 * TEXT_LIMIT``
     characters of HTML, fewer of plain text; a text that is not ASCII may lose up to 4
@@ -915,17 +978,17 @@ def _qp_encode(text: str, codec: str, eol: bytes) -> bytes:
 _ENCODE_CHUNK = 64 * 1024     # characters encoded at a time into a new base64 body
 
 
-def _base64_encode(text: str, codec: str, raw: bytes, start: int, end: int) -> bytes:
-    """``text`` encoded and in base64, laid out as the original ``raw[start:end]`` was:
-    its line length (76 when it cannot be reused), its line ending, a final line break
-    if it had one.  Built line by line into one buffer (a non-stateful codec encodes
-    character by character, so the text is encoded a chunk at a time)."""
+def _base64_write(out: io.BytesIO, chunks: Iterable[str], codec: str, raw: bytes,
+                  start: int, end: int) -> None:
+    """The text given as ``chunks``, encoded and in base64, written to ``out``, laid out
+    as the original ``raw[start:end]`` was: its line length (76 when it cannot be
+    reused), its line ending, a final line break if it had one.  A non-stateful codec
+    encodes character by character, so the text is encoded a chunk at a time."""
     eol = b"\r\n" if raw.find(b"\r\n", start, end) >= 0 else b"\n"
     nl = raw.find(b"\n", start, end)
     first = raw[start:nl if nl >= 0 else end].strip()
     width = len(first) if 4 <= len(first) <= 76 and len(first) % 4 == 0 else 76
     step = width // 4 * 3                       # bytes per line
-    out = io.BytesIO()
     lines = 0
 
     def emit(data: bytes | memoryview) -> None:
@@ -935,13 +998,13 @@ def _base64_encode(text: str, codec: str, raw: bytes, start: int, end: int) -> b
         out.write(binascii.b2a_base64(data, newline=False))
         lines += 1
 
+    encoded: Iterable[bytes]
     if _stateful(codec):
-        chunks: Iterable[bytes] = (text.encode(codec, "surrogateescape"),)
+        encoded = ("".join(chunks).encode(codec, "surrogateescape"),)
     else:
-        chunks = (text[i:i + _ENCODE_CHUNK].encode(codec, "surrogateescape")
-                  for i in range(0, len(text), _ENCODE_CHUNK))
+        encoded = (chunk.encode(codec, "surrogateescape") for chunk in chunks)
     pending = b""
-    for chunk in chunks:
+    for chunk in encoded:
         data = pending + chunk if pending else chunk
         view = memoryview(data)
         full = len(data) - len(data) % step
@@ -956,24 +1019,31 @@ def _base64_encode(text: str, codec: str, raw: bytes, start: int, end: int) -> b
         k -= 1
     if k >= start and raw[k] == 0x0A:
         out.write(eol)
-    return out.getvalue()
 
 
-def _rewrite(raw: bytes, start: int, end: int, cte: str, codec: str, text: str,
-             edits: list[_Edit]) -> _Pieces:
-    """The part body ``raw[start:end]`` with ``edits`` (in decoded-text coordinates)
-    applied and re-encoded, as pieces."""
+def _rewrite(out: io.BytesIO, raw: bytes, start: int, end: int, cte: str, codec: str,
+             text: str, edits: _EditSeq) -> None:
+    """Write to ``out`` the part body ``raw[start:end]`` with ``edits`` (in decoded-text
+    coordinates) applied and re-encoded.
+
+    Streamed: near the scan cap neither the whole edited text nor the part's whole new
+    encoding is ever built apart from ``out`` (the new body), except for the rare part
+    re-encoded whole below (a stateful charset, or lines that do not decode one by one
+    to the part's text)."""
     if cte == "base64":
-        return [_base64_encode(_apply_edits(text, edits), codec, raw, start, end)]
+        _base64_write(out, _edited_chunks(text, edits, _ENCODE_CHUNK), codec, raw, start, end)
+        return
     eol = b"\r\n" if raw.find(b"\r\n", start, end) >= 0 else b"\n"
     if not _stateful(codec):
-        pieces = _rewrite_units(raw, start, end, cte, codec, text, edits, eol)
-        if pieces is not None:
-            return pieces
+        units = _unit_offsets(raw, start, end, cte, codec, text)
+        if units is not None:
+            _write_units(out, raw, start, end, cte, codec, edits, units, eol)
+            return
     new_text = _apply_edits(text, edits)
     if cte == "quoted-printable":
-        return [_qp_encode(new_text, codec, eol)]
-    return [new_text.encode(codec, "surrogateescape")]
+        out.write(_qp_encode(new_text, codec, eol))
+    else:
+        out.write(new_text.encode(codec, "surrogateescape"))
 
 
 def _decode_unit(data: bytes, cte: str, codec: str) -> str:
@@ -982,11 +1052,13 @@ def _decode_unit(data: bytes, cte: str, codec: str) -> str:
     return data.decode(codec, "surrogateescape")
 
 
-def _rewrite_units(raw: bytes, start: int, end: int, cte: str, codec: str, text: str,
-                   edits: list[_Edit], eol: bytes) -> _Pieces | None:
-    """Re-encode only the units (lines) that hold an edit; None when decoding unit by
-    unit does not give ``text`` (then the caller re-encodes the whole part)."""
-    starts = array("q")        # each unit's offset in text, and its offset in raw
+def _unit_offsets(raw: bytes, start: int, end: int, cte: str, codec: str,
+                  text: str) -> tuple[array[int], array[int]] | None:
+    """(each unit's offset in ``text``, its offset in ``raw`` then ``end``) for the units
+    (lines) of ``raw[start:end]``; None when decoding unit by unit does not give
+    ``text`` (then the part is re-encoded whole).  When it does, a run of units decodes
+    to the text between their offsets."""
+    starts = array("q")
     bounds = array("q")
     pos = 0
     for s in _units(raw, start, end, cte):
@@ -1005,37 +1077,49 @@ def _rewrite_units(raw: bytes, start: int, end: int, cte: str, codec: str, text:
     if pos != len(text):
         return None
     bounds.append(end)
-    # group the edits by the run of units they touch
-    groups: list[tuple[int, int, list[_Edit]]] = []
-    for edit in edits:
-        s, e, _ = edit
-        first = max(0, bisect.bisect_right(starts, s) - 1)
-        last = max(first, bisect.bisect_right(starts, max(s, e - 1)) - 1)
-        if groups and first <= groups[-1][1]:
-            g = groups[-1]
-            groups[-1] = (g[0], max(g[1], last), [*g[2], edit])
-        else:
-            groups.append((first, last, [edit]))
-    # Written as it goes into one buffer: a log full of session ids can make tens of
-    # thousands of groups, and a piece per gap would cost more than the part itself.
+    return starts, bounds
+
+
+def _write_units(out: io.BytesIO, raw: bytes, start: int, end: int, cte: str, codec: str,
+                 edits: Iterable[_Edit], units: tuple[array[int], array[int]],
+                 eol: bytes) -> None:
+    """Write ``raw[start:end]`` re-encoding only the units (lines) that hold an edit: each
+    run of units that edits touch is decoded again from ``raw``, edited and encoded,
+    one run at a time (a log full of session ids makes tens of thousands of runs)."""
+    starts, bounds = units
     view = memoryview(raw)
-    out = io.BytesIO()
     pos = start
-    for first, last, group_edits in groups:
-        bstart, bend = bounds[first], bounds[last + 1]
-        tstart = starts[first]
-        tend = starts[last + 1] if last + 1 < len(starts) else len(text)
-        new_text = _apply_edits(text[tstart:tend], group_edits, offset=tstart)
+
+    def write_run(first: int, last: int, run: list[_Edit]) -> None:
+        nonlocal pos
+        text = "".join(_decode_unit(raw[bounds[k]:bounds[k + 1]], cte, codec)
+                       for k in range(first, last + 1))
+        new_text = _apply_edits(text, run, offset=starts[first])
         if cte == "quoted-printable":
             encoded = _qp_encode(new_text, codec, eol)
         else:
             encoded = new_text.encode(codec, "surrogateescape")
-        out.write(view[pos:bstart])
+        out.write(view[pos:bounds[first]])
         out.write(encoded)
-        pos = bend
+        pos = bounds[last + 1]
+
+    run: list[_Edit] = []
+    first = last = 0
+    for edit in edits:
+        s, e, _ = edit
+        f = max(0, bisect.bisect_right(starts, s) - 1)
+        g = max(f, bisect.bisect_right(starts, max(s, e - 1)) - 1)
+        if run and f <= last:           # touches the run's units: one run
+            last = max(last, g)
+            run.append(edit)
+            continue
+        if run:
+            write_run(first, last, run)
+        first, last, run = f, g, [edit]
+    if run:
+        write_run(first, last, run)
     out.write(view[pos:end])
     view.release()
-    return [out.getvalue()]
 
 
 # --------------------------------------------------------------------------------------
@@ -1119,10 +1203,16 @@ class _Walker:
         self.is_bounce = is_bounce
         self.where: list[tuple[str, str]] = []
         self.defects: list[str] = []
-        self.replacements: list[tuple[int, int, _Pieces]] = []
+        # The new body, written as the walk goes (it meets the parts in the order of
+        # their bytes): the message up to a replaced range, then the range's new bytes.
+        # Near the scan cap this is the one copy of the message the rewrite makes.
+        self.replacements: list[tuple[int, int]] = []
+        self._out: io.BytesIO | None = None
+        self._copied = 0          # raw is in _out up to here
         self.subject_text: str | None = None
         self.body_start = 0
         self.texts: list[tuple[str, bool, str]] = []
+        self._text_kept = [0, 0]      # characters adopt_texts reads of texts: HTML, plain
         self._delims: dict[bytes, list[int]] | None = None
         self._closes: dict[bytes, list[int]] = {}
         # multipart/alternative: each child's start -> its parent's start; the
@@ -1133,16 +1223,38 @@ class _Walker:
     def kinds(self) -> tuple[str, ...]:
         return tuple(sorted({k for _, k in self.where}))
 
+    def replace(self, start: int, end: int, write: Callable[[io.BytesIO], object]) -> None:
+        """Put what ``write`` writes in place of ``raw[start:end]`` in the new body.  If
+        ``write`` raises, the range stays as it was (and the exception goes on)."""
+        if self._out is None:
+            self._out = io.BytesIO()
+            self._copied = self.body_start
+        out = self._out
+        if start < self._copied:
+            # cannot happen (the walk meets the parts in the order of their bytes, and
+            # parts do not overlap); if it did, this range would stay unchanged and be
+            # named in defects, as a part that cannot be processed is
+            raise RuntimeError("replacements out of order")
+        with memoryview(self.raw) as view:
+            out.write(view[self._copied:start])
+        self._copied = start
+        mark = out.tell()
+        try:
+            write(out)
+        except BaseException:
+            out.seek(mark)
+            out.truncate()
+            raise
+        self._copied = end
+        self.replacements.append((start, end))
+
     def new_body(self) -> bytes:
-        view = memoryview(self.raw)
-        out: _Pieces = []
-        pos = self.body_start
-        for s, e, pieces in sorted(self.replacements, key=lambda r: (r[0], r[1])):
-            out.append(view[pos:s])
-            out.extend(pieces)
-            pos = e
-        out.append(view[pos:])
-        return b"".join(out)
+        out = self._out
+        assert out is not None
+        with memoryview(self.raw) as view:
+            out.write(view[self._copied:])
+        self._out = None
+        return out.getvalue()
 
     # ---------------------------------------------------------------- tree
 
@@ -1205,9 +1317,9 @@ class _Walker:
                 if new is not None and self.change:
                     eol = b"\r\n" if raw[inner_subject.start:inner_subject.end].endswith(
                         b"\r\n") else b"\n"
-                    self.replacements.append((inner_subject.start, inner_subject.end,
-                                              [b"Subject: " + _encode_subject(new).encode(
-                                                  "ascii") + eol]))
+                    line = b"Subject: " + _encode_subject(new).encode("ascii") + eol
+                    self.replace(inner_subject.start, inner_subject.end,
+                                 lambda out: out.write(line))
             return [_Entity(bstart, ent.end, f"{ent.leaf_path}.1", ent.leaf_path,
                             ent.depth + 1, ent.bounce, "text/plain")]
         if ctype.startswith("text/") or ctype in _TEXTUAL_APPLICATION or info.text_name:
@@ -1324,27 +1436,49 @@ class _Walker:
             del data, body
         is_html = info.ctype in ("text/html", "application/xhtml+xml")
         parent = self._alt_parent.get(ent.start)
+        edits: _EditSeq
         if is_html:
             plain = None if parent is None or info.attachment else self._alt_plain.get(parent)
             edits = self._html_edits(text, location, codec, cte, plain)
         else:
-            edits = _scan_text(self.scanner, text)
-            if (parent is not None and not edits and info.ctype == "text/plain"
+            found = edits = _scan_text(self.scanner, text)
+            if (parent is not None and not found and info.ctype == "text/plain"
                     and not info.attachment):
                 self._alt_plain[parent] = text
-            if edits:
-                self.where.extend((location, kind) for _, _, kind in edits)
+            if found:
+                # one (location, kind) tuple per kind, referred to once per secret
+                kinds = set(found.repls)
+                pairs = {kind: (location, kind) for kind in kinds}
+                self.where.extend(map(pairs.__getitem__, found.repls))
                 marker = self._part_marker(codec, cte)
-                markers = {kind: marker(kind) for _, _, kind in edits}
-                for i, (start, end, kind) in enumerate(edits):     # in place: held once
-                    edits[i] = (start, end, markers[kind])
+                markers = {kind: marker(kind) for kind in kinds}
+                found.repls = list(map(markers.__getitem__, found.repls))
         if info.ctype in ("text/plain", "text/html"):
-            self.texts.append((info.ctype, info.attachment, _text_to_read(text, edits)))
+            self.texts.append((info.ctype, info.attachment,
+                               self._text_to_keep(info, text, edits)))
         if not edits or not self.change:
             return
-        self.replacements.append((bstart, ent.end, _rewrite(
-            raw, bstart, ent.end, "quoted-printable" if cte == "quoted-printable" else
-            ("base64" if cte == "base64" else "identity"), codec, text, edits)))
+        kind = "quoted-printable" if cte == "quoted-printable" else \
+            ("base64" if cte == "base64" else "identity")
+        self.replace(bstart, ent.end, lambda out: _rewrite(
+            out, raw, bstart, ent.end, kind, codec, text, edits))
+
+    def _text_to_keep(self, info: _PartInfo, text: str, edits: _EditSeq) -> str:
+        """What ``Redaction.texts`` keeps of a part: what ``ParsedMessage.adopt_texts``
+        can read of it.  It reads no attachment, and of the other parts the first
+        ``TEXT_LIMIT`` characters of the plain ones joined (``4 * TEXT_LIMIT`` of the
+        HTML ones): a part past that gets an empty text.  (Several large parts' texts,
+        held to the end of the walk, cost half a message near the scan cap.)"""
+        if info.attachment:
+            return ""
+        plain = info.ctype == "text/plain"
+        if self._text_kept[plain] >= (TEXT_LIMIT if plain else 4 * TEXT_LIMIT):
+            return ""
+        kept = _text_to_read(text, edits)
+        # what adopt_texts reads of it at least (see _text_to_read), and the line break
+        # that joins it to the next part
+        self._text_kept[plain] += (len(kept) if kept.isascii() else len(kept) // 4) + 1
+        return kept
 
     def _part_marker(self, codec: str, cte: str) -> Callable[[str], str]:
         """The marker for a kind, representable in this part (see the module docstring)."""

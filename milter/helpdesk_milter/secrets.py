@@ -294,6 +294,7 @@ def _alternation(words: Iterable[bytes]) -> bytes:
 
 _GATE = re.compile(rb"[\x00-\x2f\x3a-\x40\x5b-\x60\x7b-\x7f](?:"
                    + _alternation(w.encode() for w in _GATE_WORDS) + b")")
+_GATE_AT_START = re.compile(_alternation(w.encode() for w in _GATE_WORDS))
 # one search per capital letter: a pattern that starts with one literal byte is searched
 # for with a memchr-like loop, several times faster than one that starts with a class
 _CAMEL_GATES = tuple(
@@ -330,7 +331,10 @@ class _Haystack:
 
     def gated(self) -> bool:
         """False when no detector can find anything in the text (see _GATE)."""
-        return (_GATE.search(b" " + self.folded) is not None
+        # a gate word at the very start has no byte before it: matched there apart,
+        # rather than searching a copy of the text with a space in front
+        folded = self.folded
+        return (_GATE.search(folded) is not None or _GATE_AT_START.match(folded) is not None
                 or any(g.search(self.cased) is not None for g in _CAMEL_GATES))
 
     def quiet(self) -> bool:
