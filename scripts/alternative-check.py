@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,20 +25,7 @@ sys.path[:0] = [str(ROOT / "milter"), str(ROOT / "tests")]
 
 from helpdesk_milter import redact  # noqa: E402
 from helpdesk_milter.secrets import SecretScanner  # noqa: E402
-
-
-def messages(mix: int) -> Iterator[tuple[str, bytes]]:
-    for folder in ("corpus", "secrets_corpus", "public_mail", "dedup_pairs"):
-        for path in sorted((ROOT / "tests" / folder).rglob("*.eml")):
-            yield str(path.relative_to(ROOT)), path.read_bytes()
-    for path in sorted((ROOT / "tests" / "blind").glob("*/messages/*.eml")):
-        if "heldout" in path.parts[-3]:
-            continue
-        yield str(path.relative_to(ROOT)), path.read_bytes()
-    if mix:
-        from bench import mix as mixmod
-        for m in mixmod.generate(mix, seed=1):
-            yield f"mix #{m.index}", m.raw
+from support.whole_mail import whole_messages  # noqa: E402
 
 
 def main() -> int:
@@ -61,7 +47,7 @@ def main() -> int:
 
     n = differ = 0
     cpu = {"with": 0.0, "without": 0.0}
-    for name, raw in messages(args.mix):
+    for name, raw in whole_messages(args.mix):
         n += 1
         results = {}
         for label, check in (("without", never), ("with", counting)):

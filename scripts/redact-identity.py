@@ -36,6 +36,7 @@ sys.path[:0] = [str(ROOT / "milter"), str(ROOT / "tests")]
 from helpdesk_milter import redact  # noqa: E402
 from helpdesk_milter.message import ParsedMessage  # noqa: E402
 from helpdesk_milter.secrets import SecretScanner  # noqa: E402
+from support.whole_mail import whole_messages  # noqa: E402
 
 
 def load_reference(source: str) -> ModuleType:
@@ -51,17 +52,7 @@ def load_reference(source: str) -> ModuleType:
 
 
 def messages(mix: int, large_mib: float) -> Iterator[tuple[str, bytes]]:
-    for folder in ("corpus", "secrets_corpus", "public_mail", "dedup_pairs"):
-        for path in sorted((ROOT / "tests" / folder).rglob("*.eml")):
-            yield str(path.relative_to(ROOT)), path.read_bytes()
-    for path in sorted((ROOT / "tests" / "blind").glob("*/messages/*.eml")):
-        if "heldout" in path.parts[-3]:
-            continue
-        yield str(path.relative_to(ROOT)), path.read_bytes()
-    if mix:
-        from bench import mix as mixmod
-        for m in mixmod.generate(mix, seed=1):
-            yield f"mix #{m.index}", m.raw
+    yield from whole_messages(mix)
     if large_mib:
         sys.path.insert(0, str(ROOT / "tests" / "bench"))
         import memory

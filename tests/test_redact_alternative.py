@@ -11,16 +11,15 @@ from __future__ import annotations
 
 from email.message import EmailMessage
 from email.policy import SMTP
-from pathlib import Path
 
 import pytest
 
 from helpdesk_milter import redact
 from helpdesk_milter.redact import redact_message
 from helpdesk_milter.secrets import SecretScanner
+from support.whole_mail import whole_messages
 
 SCANNER = SecretScanner()
-TESTS = Path(__file__).parent
 
 PLAIN = """Bonjour Mme Lefèvre,
 
@@ -127,19 +126,10 @@ def test_html_first_is_read_in_full(spared: list[bool]) -> None:
     assert spared == []
 
 
-def _whole_messages() -> list[Path]:
-    paths = []
-    for folder in ("corpus", "secrets_corpus", "public_mail", "dedup_pairs"):
-        paths += sorted((TESTS / folder).rglob("*.eml"))
-    paths += sorted(p for p in (TESTS / "blind").glob("*/messages/*.eml")
-                    if "heldout" not in p.parts[-3])
-    return paths
-
-
 def test_same_redactions_with_and_without_the_shortcut(monkeypatch: pytest.MonkeyPatch
                                                        ) -> None:
-    paths = _whole_messages()
-    assert len(paths) > 1000
+    messages = list(whole_messages())
+    assert len(messages) > 1000
     check = redact._said_in
     spared = 0
 
@@ -149,15 +139,14 @@ def test_same_redactions_with_and_without_the_shortcut(monkeypatch: pytest.Monke
         spared += yes
         return yes
     differ = []
-    for path in paths:
-        raw = path.read_bytes()
+    for name, raw in messages:
         results = []
         for fn in (lambda m, p, s: False, counting):
             monkeypatch.setattr(redact, "_said_in", fn)
             r = redact_message(raw, SCANNER)
             results.append((r.count, r.kinds, r.body, r.subject, r.where))
         if results[0] != results[1]:
-            differ.append(path.name)
+            differ.append(name)
     assert differ == []
     assert spared > 100                     # the shortcut is taken, not only allowed
 
