@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from helpdesk_milter import redact
 from helpdesk_milter.message import ParsedMessage
-from helpdesk_milter.redact import redact_message
+from helpdesk_milter.redact import Redaction, redact_message
 from helpdesk_milter.secrets import DEFAULT_MARKER, Finding, SecretScanner, redact_spans
 
 SNIPPETS = [s["text"].strip("\n") for s in tomllib.loads(
@@ -206,6 +206,18 @@ def test_texts_of_a_long_part_read_as_the_whole_parse(tail: bytes) -> None:
 # --------------------------------------------------------------------------------------
 # The bound.
 
+def _redacted_with_peak(raw: bytes) -> tuple[Redaction, int]:
+    """``redact_message(raw)`` and the peak of Python allocations while it ran."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        found = redact_message(raw, SCANNER)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return found, peak
+
+
 def test_peak_allocations_of_a_6mb_text_message_stay_under_5x() -> None:
     """Was 18x (a 9.5 MiB log: the scanner's lower-cased copy of the whole text).  Now
     4.75x: the text, and the scan's working copies of one window (about 23 MB when the
@@ -214,13 +226,7 @@ def test_peak_allocations_of_a_6mb_text_message_stay_under_5x() -> None:
     lines.insert(len(lines) - 20, "Le mot de passe admin est : Xk7#pQ2vLm9z ; merci\n")
     raw = _message("".join(lines).replace("\n", "\r\n").encode("utf-8"), "8bit")
     del lines
-    gc.collect()
-    tracemalloc.start()
-    try:
-        found = redact_message(raw, SCANNER)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    found, peak = _redacted_with_peak(raw)
     assert found.count >= 1 and found.body is not None
     assert peak < 5 * len(raw), f"peak {peak / len(raw):.1f}x the message size"
 
@@ -254,12 +260,6 @@ def test_rewriting_a_log_full_of_findings_stays_under_4x(monkeypatch: pytest.Mon
     raw = _message(_encode(text, cte), cte)
     findings = text.count("\n")
     del text
-    gc.collect()
-    tracemalloc.start()
-    try:
-        found = redact_message(raw, SCANNER)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    found, peak = _redacted_with_peak(raw)
     assert found.count >= findings * 0.9 and found.body is not None
     assert peak < 4 * len(raw), f"peak {peak / len(raw):.1f}x the message size"
