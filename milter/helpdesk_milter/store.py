@@ -831,6 +831,7 @@ class KeyFilter:
 
     @staticmethod
     def _mask(key: int) -> int:
+        """The bits a key sets in its block (``masks`` computes the same for many)."""
         h = key >> 34                 # the block index uses the low bits
         return (1 << (h & 63) | 1 << (h >> 6 & 63) | 1 << (h >> 12 & 63)
                 | 1 << (h >> 18 & 63) | 1 << (h >> 24 & 63))
@@ -844,16 +845,8 @@ class KeyFilter:
                 for h in [key >> 34 for key in keys]]
 
     def may_hold(self, keys: Sequence[int], now: float) -> bool:
-        since = now - self.window
-        for gen in self._gens:
-            if gen.newest < since:
-                continue
-            words, size = gen.words, gen.size
-            for key in keys:
-                mask = self._mask(key)
-                if words[key & size] & mask == mask:
-                    return True
-        return False
+        """Whether any of ``keys`` may be held (see ``holding``)."""
+        return bool(self.holding(keys, now))
 
     def holding(self, keys: Sequence[int], now: float,
                 masks: Sequence[int] | None = None) -> list[int]:
@@ -894,8 +887,8 @@ class KeyFilter:
         """One generation of ``keys`` seen from ``oldest`` to ``newest`` (start-up)."""
         gen = _Generation(max(self.MIN_CAPACITY, 2 * len(keys)), oldest)
         words, size = gen.words, gen.size
-        for key in keys:
-            words[key & size] |= self._mask(key)
+        for key, mask in zip(keys, self.masks(keys), strict=True):
+            words[key & size] |= mask
         gen.count, gen.newest = len(keys), newest
         self._gens.append(gen)
 
