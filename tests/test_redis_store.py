@@ -372,6 +372,26 @@ def test_a_flushed_redis_forgets_but_this_host_sends_no_second_guidance(server, 
     a.close()
 
 
+def test_after_a_flush_a_reused_row_id_brings_back_the_new_row_not_the_old(server, tmp_path):
+    # The store keeps rows it read decoded; a flushed Redis numbers rows from 1 again,
+    # so a row id alone must never bring back the row it named before the flush.
+    a = StateBackend("redis", server).make(tmp_path / "a.db")
+    other = ("Hello, since this morning nobody in the accounts office can open the shared "
+             "drive, it says access denied for every folder, could someone look at it?")
+    a.check_and_remember(fp("<f@x>"), remember)
+    a.flush()
+    first = a.check_and_remember(fp("<f@x>"), remember)   # read back: now kept decoded
+    assert first is not None and first.of_message_id == "<f@x>"
+    a.flush()
+    redis.Redis(port=server.port).flushall()
+    assert a.check_and_remember(fp("<g@y>", other, "Shared drive"), remember) is None
+    a.flush()
+    again = a.check_and_remember(fp("<g@y>", other, "Shared drive"), remember)
+    assert again is not None and again.of_message_id == "<g@y>", again
+    assert again.earlier_rowid == first.earlier_rowid   # the same id, another row
+    a.close()
+
+
 # --- configuration ------------------------------------------------------------------
 
 def test_open_store_reads_the_password_from_a_file(tmp_path, caplog):

@@ -258,6 +258,29 @@ def _decode_row(rowid: int, blob: bytes) -> dedup.Row:
             "minhash": binascii.a2b_base64(minhash), "idents": binascii.a2b_base64(idents)}
 
 
+class _DecodedRows:
+    """Rows decoded from their Redis form, the newest ``size`` kept (not thread-safe).
+
+    Keyed by the stored bytes, not by the id alone: a flushed Redis numbers rows
+    from 1 again, and an id must never bring back another row.  The rows handed out
+    are shared: nobody changes a row once it is made.
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._rows: dict[bytes, dedup.Row] = {}
+
+    def get(self, rowid: int, blob: bytes) -> dedup.Row:
+        row = self._rows.get(blob)
+        if row is None or row["id"] != rowid:
+            row = _decode_row(rowid, blob)
+            rows = self._rows
+            if len(rows) >= self.size:
+                del rows[next(iter(rows))]       # the oldest decoded
+            rows[blob] = row
+        return row
+
+
 class RedisStore:
     """A ``Store`` sharing duplicates and guidance limits between hosts through Redis.
 
@@ -274,6 +297,7 @@ class RedisStore:
     MAX_CONNECTIONS = 64
     BATCH = 200               # rows filed per round trip at most
     QUEUE_MAX = 20_000
+    DECODED_ROWS = 2048       # rows kept decoded (about 2 KB each)
 
     def __init__(self, url: str, *, local: SQLiteStore, window: float = 72 * 3600,
                  similarity: float = 0.75, key_prefix: str = "helpdesk-milter:",
@@ -321,6 +345,9 @@ class RedisStore:
         self._seq = itertools.count(1)
         # rows decided on this host and not filed yet, looked up beside Redis's
         self._unwritten = _Unwritten()
+        # rows as read from Redis, decoded (lock held): the same candidates come back
+        # lookup after lookup, and decoding is most of this store's own CPU time
+        self._decoded = _DecodedRows(self.DECODED_ROWS)
         self._queue: queue.Queue[_Row | None] = queue.Queue(self.QUEUE_MAX)
         self._dropped = 0
         self._writer = threading.Thread(target=self._write_loop, name="redis-writer",
@@ -448,7 +475,8 @@ class RedisStore:
                 lists.append((keys[int(position) - 1], [int(x) for x in listed.split(",")]))
             # only the rows find_duplicate would read: the others are left out of
             # the lists too, so that it ranks exactly these
-            rows = {int(reply[j]): _decode_row(int(reply[j]), reply[j + 1])
+            decoded = self._decoded.get
+            rows = {int(reply[j]): decoded(int(reply[j]), reply[j + 1])
                     for j in range(2, len(reply) - 1, 2)}
             for key, rowids in lists:
                 found = [rows[r] for r in rowids if r in rows]
