@@ -72,7 +72,7 @@ def _long_text(rng: random.Random, placed: list[tuple[str, int]], *, size: int,
     starts ``offset`` characters before a nominal window boundary."""
     lines = _filler(rng, size, accent=accent)
     text = "".join(lines)
-    core = CORE if text.isascii() else CORE // 2
+    core = CORE if text.isascii() else CORE // 3    # as redact._core
     inserts = []
     for k, (snippet, offset) in enumerate(placed):
         boundary = core * (k % max(1, size // core - 1) + 1)
@@ -124,6 +124,38 @@ def test_windowed_scan_finds_what_the_whole_text_scan_finds(
     text = _long_text(random.Random(seed), placed, size=8 * CORE, accent=accent)
     assert list(redact._scan_text(SCANNER, text)) == _spans(SCANNER.scan(text))
 
+
+_PEM_KEY = ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
+            + "".join(base64.b64encode(random.Random(7 + i).randbytes(51)).decode() + "\n"
+                      for i in range(8))
+            + "-----END OPENSSH PRIVATE KEY-----\n")
+_PUTTY_KEY = ("PuTTY-User-Key-File-3: ssh-ed25519\nEncryption: none\n"
+              "Comment: eddsa-key-20240501\nPublic-Lines: 2\n"
+              "AAAAC3NzaC1lZDI1NTE5AAAAIOuF2r1QWQ6Kp5HbMmL1Zc2qGf1d3Q9rX0aYvK7eN3Tn\n"
+              "Private-Lines: 1\nAAAAIFk2n6oUq8ZbX1xC7wL3vT9yR4dA0eM5pH2sJ6kN8qBz\n"
+              "Private-MAC: 5e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7\n")
+
+
+@pytest.mark.usefixtures("small_windows")
+@pytest.mark.parametrize(("key", "accent", "cut"), [
+    (_PEM_KEY, True, 40), (_PEM_KEY, False, 200), (_PUTTY_KEY, True, 120),
+    (_PUTTY_KEY, False, 40)], ids=["pem-latin", "pem-ascii", "putty-latin", "putty-ascii"])
+def test_a_key_cut_by_the_head_does_not_take_a_later_keys_end(key: str, accent: bool,
+                                                               cut: int) -> None:
+    # Every window after the first is read after the text's first _SCAN_HEAD
+    # characters.  A key block that the head's cut leaves open (found by hypothesis:
+    # its BEGIN line took the END line of the next key, in the window, for its own,
+    # and that key was lost) must be closed there.
+    rng = random.Random(cut)
+    lines = _filler(rng, redact._SCAN_HEAD - cut, accent=accent)
+    first = "".join(lines)
+    first = first[:first.rfind("\n", 0, redact._SCAN_HEAD - cut) + 1]
+    later = "".join(_filler(rng, redact._SCAN_HEAD + 3 * OVERLAP, accent=accent))
+    text = first + key + later + key + "".join(_filler(rng, CORE // 2, accent=accent))
+    assert len(first) < redact._SCAN_HEAD < len(first) + len(key)
+    whole = SCANNER.scan(text)
+    assert sum(f.kind == "private-key" for f in whole) == 2
+    assert list(redact._scan_text(SCANNER, text)) == _spans(whole)
 
 @pytest.mark.usefixtures("small_windows")
 @pytest.mark.parametrize("accent", [False, True], ids=["ascii", "latin"])

@@ -63,7 +63,15 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from .message import TEXT_LIMIT
-from .secrets import DEFAULT_MARKER, Finding, SecretScanner, redact_spans
+from .secrets import (  # the private-key patterns: see _head
+    _PEM_BEGIN,
+    _PUTTY_BEGIN,
+    _PUTTY_END,
+    DEFAULT_MARKER,
+    Finding,
+    SecretScanner,
+    redact_spans,
+)
 
 MAX_DEPTH = 64
 
@@ -407,20 +415,62 @@ _CELL_TAG_TEXT = re.compile(r"<[tT][dDhH][ \t\n\r\f\v>]")
 _DOTTED_I = "\u0130"
 
 
+def _head(text: str) -> str:
+    """The text's first ``_SCAN_HEAD`` characters as read before every window after the
+    first, closed so that nothing in them reads on into the window: the head's cut
+    may fall inside a private key block, whose BEGIN line would then take the END
+    line of another key in the window for its own (one finding from the head to
+    there, dropped as starting outside the core, and the window's key with it).  A
+    block left open gets its END line (PuTTY: its MAC line), and two blank lines end
+    a table.  All of it lies past the first 20,000 characters, which is all that is
+    read of the head (see above)."""
+    head = text[:_SCAN_HEAD]
+    closing = []
+    for m in _PEM_BEGIN.finditer(head):
+        end_line = f"-----END {m.group('label')}-----"
+        if end_line not in head[m.end():] and end_line not in closing:
+            closing.append(end_line)
+    if any(_PUTTY_END.search(head, m.end()) is None for m in _PUTTY_BEGIN.finditer(head)):
+        closing.append("Private-MAC: " + "0" * 40)
+    return head + "".join("\n" + line for line in closing) + "\n\n\n"
+
+
+def _core(text: str) -> int:
+    """The core of a window of ``text``.  Not ASCII, the scan of a window holds about
+    15 times the window (an ASCII one 3 to 6: `tests/bench/memory.py`'s logs; the
+    UTF-8 copies, lower-casing and findings all cost more): a third of the core."""
+    return _SCAN_CORE if text.isascii() else _SCAN_CORE // 3
+
+
+def _could_match(scanner: SecretScanner, text: str) -> bool:
+    """``scanner.could_match(text)``, asked of windows of a long text: the pre-check
+    holds a few copies of what it reads (bytes, lower-cased bytes, lower-cased text),
+    and near the scan cap that was the walk's peak.  Each window reaches
+    ``_SCAN_OVERLAP`` past its core; everything that makes the pre-check say yes
+    lies within that reach (see above), so a yes of the whole text is a yes of the
+    window whose core holds its start.  A window may say yes where the whole text
+    would not (its edge cuts a word): that only costs the full scan, which decides."""
+    n = len(text)
+    core = _core(text)
+    if n <= core + 2 * _SCAN_OVERLAP:
+        return scanner.could_match(text)
+    return any(scanner.could_match(text[start:start + core + _SCAN_OVERLAP])
+               for start in range(0, n, core))
+
+
 def _scan_text(scanner: SecretScanner, text: str) -> _Edits:
     """``scanner.scan(text)`` as (start, end, kind), in bounded memory for long texts
     (see above), held as :class:`_Edits`: a log full of session ids has tens of
     thousands of findings, and a Finding (or a tuple) costs several times its share of
     the text."""
     n = len(text)
-    # Not ASCII, a window costs about three times as much (lower-casing goes through
-    # 12 bytes a character): half the window.
-    core = _SCAN_CORE if text.isascii() else _SCAN_CORE // 2
+    core = _core(text)
     if n <= core + 2 * _SCAN_OVERLAP:
         return _Edits.of(scanner.scan(text))
     has_cells = _CELL_TAG_TEXT.search(text) is not None
     has_dotted_i = _DOTTED_I in text
     found = _Edits()
+    head: str | None = None
     core_start = 0
     while core_start < n:
         core_end = core_start + core
@@ -444,7 +494,8 @@ def _scan_text(scanner: SecretScanner, text: str) -> _Edits:
         elif switches:                          # the last window: its far edge is its start
             before = switches + "\n"
         if lo > 0:
-            before = text[:_SCAN_HEAD] + "\n" + before
+            head = head if head is not None else _head(text)
+            before = head + before
         window = "".join((before, text[lo:hi], after)) if before or after else text[lo:hi]
         shift = lo - len(before)
         for f in scanner.scan(window):
@@ -1499,7 +1550,7 @@ class _Walker:
                     plain: str | None = None) -> list[_Edit]:
         if plain is not None and _said_in(markup, plain, self.scanner):
             return []
-        if not self.scanner.could_match(markup):
+        if not _could_match(self.scanner, markup):
             return []
         # The texts first (no map); the map only for a part that holds a secret.
         vis, attrs = _html_streams(markup, mapped=False)
