@@ -111,6 +111,15 @@ def test_a_message_waits_for_one_round_trip_and_costs_two(redis_server,  # noqa:
     store.check_and_remember(fp("<miss@x>"), lambda m: None)   # nothing to remember
     store.flush()
     assert len(sent) == 1
+    # a server that forgot the script (restarted, flushed): it comes with the lookup
+    redis.Redis(port=redis_server.port).script_flush()
+    sent.clear()
+    assert store.check_and_remember(fp("<0@x>", text=f"{TEXT} numéro 0"),
+                                    lambda m: None) is not None
+    assert len(sent) == 2, sent                # EVALSHA refused, then EVAL
+    sent.clear()
+    store.check_and_remember(fp("<miss2@x>"), lambda m: None)
+    assert len(sent) == 1, sent                # and it is known again
     store.close()
 
 
