@@ -18,24 +18,19 @@ from support.blind_secrets import ROOT, measure_secrets
 TUNE = ROOT / "tests" / "blind"
 # recall reached on each tuning set (rounded down); no decoy may be damaged
 BARS = {"secrets-tune-a": 0.98, "secrets-tune-b": 1.0, "secrets-tune-c": 0.97,
-        "secrets-tune-d": 0.97, "secrets-tune-e": 0.99, "secrets-tune-f": 0.98,
+        "secrets-tune-d": 0.97, "secrets-tune-e": 1.0, "secrets-tune-f": 0.98,
         "secrets-tune-g": 0.95, "secrets-tune-h": 0.95, "secrets-tune-i": 0.97,
-        "secrets-tune-j": 0.92, "secrets-tune-k": 0.90}
+        "secrets-tune-j": 0.94, "secrets-tune-k": 0.94, "secrets-tune-l": 0.95,
+        "secrets-tune-m": 1.0}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h: "AWS_ACCESS_KEY_ID=AKIA..." beside its secret key, a decoy there, a secret for i
 #   and the project's corpus: still redacted (AWS's git-secrets, gitleaks and GitHub's
-#   secret scanning all flag AKIA ids);
+#   secret scanning all flag AKIA ids); AWS's documented example keys
+#   ("AKIAIOSFODNN7EXAMPLE", "...EXAMPLEKEY", a decoy for k) are left, as gitleaks does;
 # - e: a Sentry DSN's key in the URL's user part, a decoy there, a secret for i, j and k
 #   (five times): redacted, as every token standing as a URL's user with no password.
-# Two are not handled yet:
-# - j: "code vendeur c'est le 0417" (a seller's number at a till) is read as a code (the
-#   "code utilisateur" of a copier is a PIN);
-# - k: AWS's documentation example keys ("AKIAIOSFODNN7EXAMPLE", two decoys) are still
-#   redacted while the project's own tests and bench mix use them as live secrets; a
-#   Pushover "user key" (the user's identifier) is read as a key.
-DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-j": 1,
-                           "secrets-tune-k": 3}
+DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))

@@ -75,9 +75,9 @@ def found(text: str) -> list[tuple[str, str]]:
     ("https://jdupont:Soleil2024@cloud.example.org/dav", "url-credentials", "Soleil2024"),
     ("https://x.example/login?user=j&password=Extranet2024", "url-credentials", "Extranet2024"),
     # provider tokens
-    ("AKIAIOSFODNN7EXAMPLE", "aws-access-key", "AKIAIOSFODNN7EXAMPLE"),
-    ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws-secret-key",
-     "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+    ("AKIA4HQ2JX7KZP3MW6RT", "aws-access-key", "AKIA4HQ2JX7KZP3MW6RT"),
+    ("aws_secret_access_key = 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", "aws-secret-key",
+     "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzq8Hd3Lw2T"),
     ("token ghp_16C7e42F292c6912E7710c838347Ae178B4a here", "github-token",
      "ghp_16C7e42F292c6912E7710c838347Ae178B4a"),
     ("github_pat_11ABCDEFG0123456789abc_" + "x1" * 30, "github-token",
@@ -208,7 +208,7 @@ def test_unknown_kind_is_named() -> None:
 
 def test_findings_sorted_and_disjoint() -> None:
     text = ("mdp : Soleil2024 et postgres://a:Pg2024x@db/x, "
-            "AKIAIOSFODNN7EXAMPLE, password: ghp_16C7e42F292c6912E7710c838347Ae178B4a")
+            "AKIA4HQ2JX7KZP3MW6RT, password: ghp_16C7e42F292c6912E7710c838347Ae178B4a")
     findings = SCANNER.scan(text)
     assert len(findings) == 4
     for a, b in itertools.pairwise(findings):
@@ -233,7 +233,7 @@ def test_redact_spans_rejects_overlap_without_leaking() -> None:
 
 def test_could_match_is_a_safe_prefilter() -> None:
     assert not SCANNER.could_match("Bonjour, l'imprimante ne marche plus. Merci !")
-    for text in ("mdp : Soleil2024", "postgres://a:b@c", "AKIAIOSFODNN7EXAMPLE"):
+    for text in ("mdp : Soleil2024", "postgres://a:b@c", "AKIA4HQ2JX7KZP3MW6RT"):
         assert SCANNER.could_match(text)
 
 
@@ -324,7 +324,7 @@ PATHOLOGICAL = {
     "pem-unterminated": "-----BEGIN RSA PRIVATE KEY-----\n" + "QUFB\n" * 20_000,
     "pem-many": "-----BEGIN PRIVATE KEY-----" * 3_000,
     "akia": "AKIA" * 25_000,
-    "aws-near": "AKIAIOSFODNN7EXAMPLE " + ("x" * 40 + " ") * 2_400,
+    "aws-near": "AKIA4HQ2JX7KZP3MW6RT " + ("x" * 40 + " ") * 2_400,
     "sk-dashes": "sk-" * 33_000,
     "table": "Identifiant | Mot de passe\n" + "a | b\n" * 16_000,
     "pipes": "Mot de passe | " * 6_000,

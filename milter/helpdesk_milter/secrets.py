@@ -74,6 +74,10 @@ identity word across a verb ("my login is jsmith42", "l'ID de clé 4F3A2B1C"); n
 in forwarded or quoted history that a note above says was changed; nor the login of a
 "login / password" pair; an ambiguous label ("code", "clé") reads no further than the end
 of its sentence's line, and a setting's name ("MYSQL_PASSWORD:") opens no prose window.
+Nor is a value that says what it is whatever found it: a password's hash in a known format
+(crypt, argon2, Django, LDAP), a value encrypted in place (SOPS, Ansible Vault), AWS's
+documented example keys, a placeholder ("<ask Daniel>", "XXXXX-XXXXX"), a question, or a
+value the words right after it call shareable, an example or crossed out.
 """
 
 from __future__ import annotations
@@ -197,7 +201,9 @@ _URL_TRIGGERS = (_trigger(b":", rb"://"),)
 _ANCHOR_TRIGGERS: tuple[tuple[_Trigger, tuple[tuple[str, bool], ...]], ...] = (
     (_trigger(None, rb"pass"), (("pass", False),)),
     (_trigger(None, rb"mdp"), (("mdp", True),)),
-    (_trigger(None, rb"secret"), (("secret", False),)),
+    (_trigger(None, rb"de pase\b"), (("pase", False),)),          # "mot de pase"
+    (_trigger(None, rb"secr(?:et|\xc3[\xa8\x88]te)"),        # (phrase) secrète
+     (("secret", False), ("secr\u00e8te", False))),
     (_trigger(None, rb"identifiant"), (("identifiant", False),)),
     (_trigger(None, rb"curit"), (("curit", False),)),          # sécurité, security
     (_trigger(None, rb"pin"), (("pin", True),)),
@@ -240,7 +246,8 @@ _ANY_TRIGGER = re.compile(b"|".join(sorted({
 # word is covered here.
 _GATE_WORDS = (
     # passwords in prose, tables, pairs and lists
-    "pass", "pw", "psw", "psk", "mdp", "motdepasse", "phrase", "secret", "secur",
+    "pass", "pw", "psw", "psk", "mdp", "motdepasse", "phrase", "secret", "secr\u00e8te", "pase",
+    "secr\u00c8te", "secur",
     "s\u00e9cur", "token", "jeton", "key", "cl\u00e9", "clef", "s\u00e9same", "sesame",
     "memorable", "m\u00e9morable", "m\u00c9morable",
     # "cle" unaccented as a word only (a CSV title): "client", "clear" are not triggers
@@ -253,6 +260,7 @@ _GATE_WORDS = (
     "cl\u00c9", "acc\u00c8s", "s\u00c9same", "s\u00c9cur", "r\u00c9cup",
     # commands, calls, encoded URLs, webhooks, key blocks
     "bearer", "connect", "pdo", "mysql", "lftp", "snmp", "net use", "sshpass", "pgpass",
+    "sqlplus", "rman", "expdp", "impdp", "sqlldr", "dgmgrl",
     "-u", "--user", "//", "\\/\\/", "3a%2f%2f", "----begin", "putty", "hooks", "api/",
     "webhookb2", "bot", "convertto",
     # the password options of _CLI_PASSWORD_FLAGS (after a space: "Jean-Pierre" is not
@@ -267,7 +275,9 @@ _GATE_WORDS = (
     "eyj", "sg.", "xkeysib", "xsmtpsib", "hf_", "api_org", "npm_", "pypi", "hvs.", "hvb.",
     "ops_", "a3-", "dckr_", "doo_", "dop_", "dor_", "shp", "age-", "dp.pt", "dt0c01",
     "pmak", "pul-", "pscale", "pnu_", "rubygems", "sntry", "pplx", "sq0", "eaa", "fo1_",
-    "ntn_", "aa", "sk.",
+    "ntn_", "aa", "sk.", "atatt3", "lin_api", "hrku-", "nrak-", "nrii-", "nrjs-",
+    "rdme_", "tk-us-", "ico-", "sha256~", "fio-u-", "duffel_", "shippo_", "sgp_", "live_",
+    "ck_", "cs_",
     # cookies and session ids, name/value pairs (Postman, Kubernetes env)
     "cookie", "set-cookie", "logged_in", "value",
 )
@@ -360,8 +370,14 @@ class _Haystack:
         return False
 
     def anchors(self) -> list[tuple[str, bool]]:
-        return [a for trigger, anchors in _ANCHOR_TRIGGERS if self.test((trigger,))
-                for a in anchors]
+        # (the test of each trigger inlined: this runs on every gated text, and no other
+        # test shares these patterns, so nothing is memoised)
+        out: list[tuple[str, bool]] = []
+        for (gate, pattern, cased), anchors in _ANCHOR_TRIGGERS:
+            haystack = self.cased if cased else self.folded
+            if (gate is None or gate in haystack) and pattern.search(haystack) is not None:
+                out.extend(anchors)
+        return out
 
 
 _ANCHOR_REACH = 45      # how far before/after an anchor a keyword may extend
@@ -410,7 +426,7 @@ _URL_SCHEME_BEFORE_QUERY = re.compile(r"(?i)(?:[a-z][a-z0-9+.\-]{0,30})://\S*\Z"
 # Passwords.
 
 _SP = r"[\s_\-]{0,3}"          # between the words of a multi-word keyword
-_MDP = rf"mots?{_SP}(?:de|d['’]){_SP}passe|motdepasse|mots?-?passe"
+_MDP = rf"mots?{_SP}(?:de|d['’]){_SP}pas?se|motdepasse|mots?-?passe"
 _WIFI = r"wi-?fi|wlan|wpa2?|wpa3|wep"
 
 _PW_KEYWORD = re.compile(rf"""
@@ -428,12 +444,15 @@ _PW_KEYWORD = re.compile(rf"""
          | cl[ée]f?\s+de\s+s[ée]curit[ée](?:\s+(?:du\s+)?r[ée]seau)?
          | (?:network\s+)?security\s+key)
  | (?P<kw>{_MDP}|mdp|(?:pg|db|my)?pass(?:word|wd|wort|phrase|code)?s?|pwd|pw|psw
-         |secret|code\s+(?:d['’]acc[èe]s|secret|pin|de\s+connexion|d['’]activation|
+         |secret(?:\s+(?:word|(?:question\s+)?answer|question))?
+         |code\s+(?:d['’]acc[èe]s|secret|pin|de\s+connexion|d['’]activation|
                         de\s+d[ée]verrouillage)
          |pin(?:\s+code)?|s[ée]same|phrase\s+(?:de\s+passe|secr[èe]te)
-         |memorable\s+word|mot\s+m[ée]morable)
+         |memorable\s+word|mot\s+(?:m[ée]morable|secret)
+         |(?:r[ée]ponse|answer|question)\s+(?:secr[èe]te|de\s+s[ée]curit[ée]|secret|security)
+         |security\s+(?:question\s+)?(?:answer|question))
  | (?P<skey>cl[ée]f?s?\s+(?:secr[èe]tes?|priv[ée]es?|d['’]api|api)|secret\s+(?:access\s+)?key
-          |api\s+(?:secret|key))
+          |api\s+(?:secret|key)|(?:client|app|application|consumer|shared|signing)\s+secret)
  | (?P<key>cl[ée]f?|key|code)
  | (?P<tok>jetons?|tokens?)
 )
@@ -445,8 +464,8 @@ _PW_KEYWORD_ANYCASE = re.compile(_PW_KEYWORD.pattern, re.I | re.X)
 # for these first lets _keyword_matches skip most word starts ("de", "le", "un", "the")
 # without trying the whole alternation there, which is most of the keyword search's cost.
 _KEYWORD_START = re.compile(
-    r"(?<![^\W_])(?:ac|ap|cl|co|cr|db|e-|em|id|je|ke|lo|md|me|mo|my|ne|no|pa|pg|ph|pi|ps|pw|se|sé"
-    r"|to|us|ut|we|wi|wl|wp)")
+    r"(?<![^\W_])(?:ac|an|ap|cl|co|cr|db|e-|em|id|je|ke|lo|md|me|mo|my|ne|no|pa|pg|ph|pi|ps|pw|qu"
+    r"|re|ré|se|sé|sh|si|to|us|ut|we|wi|wl|wp)")
 
 # Keywords that need a strong value or a login context: common words in other senses.
 _WEAK_KEYWORDS = frozenset({"pass", "passe", "pw", "psw", "secret", "passes"})
@@ -548,6 +567,7 @@ _BAD_IDENT_SUFFIX = frozenset({
     "history", "complexity", "minlength", "maxlength", "sent", "updated", "validation",
     "ref", "refs", "from", "source", "selector", "secretref", "template",
     "mgmt", "mgt", "management",        # "wpa_key_mgmt=WPA-PSK": the key's type
+    "maps", "map",                      # Postfix's "smtp_sasl_password_maps = hash:/..."
 })
 
 _TABLE_HEADER_CELL = re.compile(
@@ -1105,6 +1125,11 @@ _TOKEN_IDENT = re.compile(r"[^\s;&]{1,200}")
 _CODE_EXPRESSION = re.compile(r"[A-Za-z_][\w.]*(?:\[[\"']|\()")
 
 
+# A file's path, where a setting's value would be: "hash:/etc/postfix/sasl_passwd",
+# "/run/secrets/db_password", "~/.pgpass" (the file holds the secret; its name is none).
+_PATH_VALUE = re.compile(r"(?:[A-Za-z]{2,10}:)?(?:~|\.{1,2})?/(?:[\w.\-]+/)*[\w.\-]+/?")
+
+
 def _value_ok(value: str, *, clause_end: bool, strict: bool) -> bool:
     """Whether ``value`` is plausibly a password (not a stop word, form label, placeholder)."""
     if len(value) < 3 or len(value) > 128:
@@ -1114,7 +1139,8 @@ def _value_ok(value: str, *, clause_end: bool, strict: bool) -> bool:
     if (low in _STOP_VALUES or core in _STOP_VALUES or core in _NEGATIVE_QUALIFIERS
             or _is_placeholder(value)):
         return False
-    if _URLISH.match(value) or _EMAIL.fullmatch(value) or _CODE_EXPRESSION.match(value):
+    if _URLISH.match(value) or _EMAIL.fullmatch(value) or _CODE_EXPRESSION.match(value) \
+            or _PATH_VALUE.fullmatch(value):
         return False
     if strict:
         return _strong(value)
@@ -1140,7 +1166,15 @@ def _take_value(text: str, pos: int, limit: int, *, ident: bool) -> tuple[int, i
     m = (_TOKEN_IDENT if ident else _TOKEN).match(text, pos, limit)
     if not m:
         return None
+    om = _NEXT_OPTION.search(text, m.start(), m.end())
+    if om is not None and om.start() > m.start():
+        return _trim_value(text, m.start(), om.start())  # "password=X,vers=3.0,uid=1001"
     return _trim_value(text, m.start(), m.end())
+
+
+# The next option of a comma-separated list of settings (a mount's options, a DSN's
+# parameters): "...,vers=3.0", ",uid=1001".
+_NEXT_OPTION = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_.\-]{0,30}=)")
 
 
 def _kind_for_assignment(text: str, kw_start: int) -> str:
@@ -1264,6 +1298,41 @@ def _keyword_matches(text: str, windows: list[tuple[int, int]], *,
 
 # "Le mot de passe a été changé ... Le nouveau est : X", "the new one is X": a value
 # named by "the new one" after a password label earlier in the same paragraph.
+# "Je l'ai changé en Tilleul_58", "I've reset it to Winter#2025": in a text that speaks
+# of a password, a value it was changed to (the label may be sentences away); it must
+# look generated on its own (three classes of characters).
+# (read from the literal "l'a"/"l’a" or the pronoun " it "/" them ", found by str.find:
+# a regex that starts with an alternation is tried at every character)
+_CHANGED_TO = re.compile(
+    r"(?:l['’](?:ai|a|avons|avez|ont)[^\S\r\n]+(?:[ée]t[ée][^\S\r\n]+)?(?:chang[ée]e?s?|"
+    r"modifi[ée]e?s?|remplac[ée]e?s?|r[ée]initialis[ée]e?s?|mis|remis)[^\S\r\n]+"
+    r"(?:en|par|pour|à|a)"
+    r"|[ ](?:it|them)(?:" + "|".join(f"(?<={verb} {pronoun})" for verb in (
+        "set", "changed", "updated", "change", "put") for pronoun in ("it", "them")) +
+    r")[^\S\r\n]+(?:to|as|into))"
+    r"[^\S\r\n]*:?[^\S\r\n]*[«“\"']?[^\S\r\n]*(?P<v>[^\s«»“”\"']{6,64})")
+_CHANGED_TO_CUES = ("l'ai ", "l\u2019ai ", "l'a ", "l\u2019a ", "l'avons ", "l'ont ", " it to ",
+                    " it as ", " it into ", " them to ", " them as ")
+
+
+def _changed_to_values(text: str, lower: str) -> list[Finding]:
+    out: list[Finding] = []
+    if len(lower) != len(text):
+        return out
+    for cue in _CHANGED_TO_CUES:
+        i = lower.find(cue)
+        while i >= 0:
+            m = _CHANGED_TO.match(lower, i)
+            if m is not None and (cue[0] == " " or i == 0 or not lower[i - 1].isalnum()):
+                a, b = _trim_value(text, m.start("v"), m.end("v"))
+                value = text[a:b]
+                if _classes(value) >= 3 and _looks_secret(value) \
+                        and not _MODEL_NUMBER.fullmatch(value):
+                    out.append(Finding("password", a, b))
+            i = lower.find(cue, i + 1)
+    return out
+
+
 _NEW_ONE = re.compile(
     r"(?i)(?<![^\W_])(?:le|la|l['’]|the|un|une|a|mon|ma|notre|votre|my|your|our)"
     r"[^\S\r\n]+(?:nouveau|nouvelle|new)(?:[^\S\r\n]+one)?(?![^\W_])")
@@ -1298,28 +1367,62 @@ _PROSE_ASIDE = re.compile(r"[,(]?(?:[^\W_]|[^\S\n]|['’«»\"(),\-])*[^\S\n][^\
                           r"(?:[^\W_]|[^\S\n]|['’«»\"(),\-])*")     # words, no code
 
 
-def _after_aside(text: str, pos: int, keyword: str) -> Finding | None:
+# After a security question's label, its answer: "j'ai mis « nom de votre premier animal »
+# et la réponse c'est Caramel-Bijou", "the answer is: Ridgeway".
+_ANSWER = re.compile(r"(?i)(?<![^\W_])(?:r[ée]ponse|answer)(?:[^\S\n]+[^\s:=]{1,12}){0,2}?[^\S\n]*"
+                     r"(?:c['’]est|est|is|was|[:=]|->|→)[^\S\n]*:?[^\S\n]*")
+_ANSWER_REACH = 200
+
+
+def _security_answer(text: str, pos: int) -> Finding | None:
+    limit = _window_limit(text, pos, _ANSWER_REACH)
+    am = _ANSWER.search(text, pos, limit)
+    if am is None:
+        return None
+    span = _take_value(text, am.end(), limit, ident=False)
+    if span is None:
+        return None
+    a, b = _strip_quotes(text, *span)
+    value = text[a:b]
+    if not _value_ok(value, clause_end=True, strict=False) or _filler_words(value) \
+            or value.lower() in _NOT_PASSPHRASE:
+        return None
+    return Finding("password", a, b)
+
+
+def _after_aside(text: str, pos: int, keyword: str, *, verb: bool = False) -> Finding | None:
     """The value after the colon that ends an aside following a label (at ``pos``), read
-    as if the label stood right before that colon."""
+    as if the label stood right before that colon (``verb``: as if a verb stood there,
+    which an ambiguous label, "code", needs to take a value of letters and digits)."""
     am = _ASIDE_TO_COLON.match(text, pos)
     if am is None:
         return None
     aside = text[pos:am.end() - 1]
     if not _PROSE_ASIDE.fullmatch(aside) or _PW_KEYWORD_ANYCASE.search(aside) or any(
-            w.strip("(),'’").lower() in _NEGATIVE_QUALIFIERS for w in aside.split()):
+            w.strip("(),'’").lower() in _NEGATIVE_QUALIFIERS and w.lower() != "mise"
+            for w in aside.split()):            # ("qu'on a mise sur la borne": no "mise à jour")
         return None                 # another label, an address, "oublié", "ne … pas"
     colon = am.end() - 1
+    if verb and not _key_label_ok(text, max(0, pos - len(keyword)), colon):
+        return None                 # "Code d'erreur : 017-B09", "code client : 00472"
     line_end = text.find("\n", colon)
     if not text[colon + 1:line_end if line_end >= 0 else len(text)].strip():
-        return None                 # the value on the next line: the label's window reads it
-    synthetic = keyword + text[colon:min(len(text), colon + 300)]
+        # the value on the next line: a passphrase of words read here ("La phrase secrète
+        # qu'on a mise sur la borne, c'est :" then "les coulisses sentent la poussière
+        # 42"); a token, the label's window reads it
+        nl2 = text.find("\n", line_end + 1, line_end + 201) if line_end >= 0 else -1
+        nxt = text[line_end + 1:nl2 if nl2 >= 0 else min(len(text), line_end + 201)]
+        if line_end < 0 or not _word_passphrase(nxt.strip()):
+            return None
+    head = keyword + (" est" if verb else "")
+    synthetic = head + text[colon + verb:min(len(text), colon + 300)]
     m2 = _PW_KEYWORD_ANYCASE.match(synthetic)
     if m2 is None or m2.end() != len(keyword):
         return None
     found = _password_after(synthetic, m2, m2.lastgroup or "kw", keyword, len(synthetic))
     if found is None:
         return None
-    shift = colon - len(keyword)
+    shift = colon + verb - len(head)
     return Finding(found.kind, found.start + shift, found.end + shift)
 
 
@@ -1358,7 +1461,7 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
                 out.extend(rows)
                 table_until = rows[-1].end if rows else he
                 continue
-        if group == "skey" and not _key_label_ok(text, start, m.end()):
+        if group == "skey" and "secr" not in keyword and not _key_label_ok(text, start, m.end()):
             group = "key"               # "API key (client id):" is no secret's label
         if group in ("tok", "skey"):
             # "le jeton que j'ai créé c'est X": a generated value, hex included; after
@@ -1386,8 +1489,12 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
                 _LOG_PHRASE_AFTER.match(text, m.end()):
             continue                    # sshd: "Failed password for root from ..."
         finding = _password_after(text, m, group, keyword, n)
+        if finding is None and "question" in keyword:
+            finding = _security_answer(text, m.end())
         if finding is None and group in ("kw", "wifi") and keyword not in _WEAK_KEYWORDS:
             finding = _after_aside(text, m.end(), keyword)
+        elif finding is None and group == "key" and keyword == "code":
+            finding = _after_aside(text, m.end(), keyword, verb=True)
         if finding is not None:
             out.append(finding)
             out.extend(_alternatives(text, finding.end))
@@ -1405,6 +1512,7 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
                 min(n, m.end() + _WINDOW_REACH)
     if label_ends:
         out.extend(_new_one_values(text, lower, label_ends))
+        out.extend(_changed_to_values(text, lower))
     if lowered:
         # a network's key may stand near "Wi-Fi" alone: "Wi-Fi for Thursday (GH-Event /
         # Radish-Rain-12)"
@@ -1414,9 +1522,30 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
                 labels.append((i, i + len(word)))
                 i = lower.find(word, i + 1)
         labels.sort()
+    if labels and "\n>" in text:
+        labels = _quoted_labels_reach_reply(text, labels)
     if labels:
         out.extend(_strong_values(text, labels))
     return out
+
+
+def _quoted_labels_reach_reply(text: str, labels: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """A label in a quoted question ("> Avez-vous changé le mot de passe ?") also reaches
+    the reply written above the quote ("Oui, le nouveau est X"): a window is added where
+    the quoted block starts."""
+    extra = []
+    for lo, _ in labels:
+        ls = text.rfind("\n", 0, lo) + 1
+        if not text[ls:lo].lstrip(" \t").startswith(">"):
+            continue
+        qs = ls
+        for _ in range(40):             # up to the first line of the quoted block
+            prev = text.rfind("\n", 0, max(0, qs - 1)) + 1
+            if qs == 0 or not text[prev:qs].lstrip(" \t").startswith(">"):
+                break
+            qs = prev
+        extra.append((qs, qs))
+    return sorted(set(labels + extra)) if extra else labels
 
 
 _GLUE = "_-#!@$%&*+.=~^"
@@ -1645,6 +1774,9 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     if not rest.strip():
         if not sep.group("punct") and not sep.group("verb"):
             return None
+        if ident_assign or text.startswith(("=", ":="), sep.start("punct") or vpos):
+            return None                 # "MAIL_PASSWORD=" left empty: the next line is
+                                        # another setting, not its value
         nxt = line_end + 1
         if nxt >= n:
             return None
@@ -1860,6 +1992,20 @@ _PROVIDER_TOKEN = re.compile(r"""
  | ntn_[0-9]{11}[A-Za-z0-9]{35}                                   # notion
  | \d{8,10}:AA[A-Za-z0-9_\-]{31,34}                               # telegram bot
  | sk\.eyJ[A-Za-z0-9_\-]{20,400}\.[A-Za-z0-9_\-]{16,100}           # mapbox (secret)
+ | ATATT3[A-Za-z0-9_\-=]{60,250}                                  # atlassian
+ | lin_api_[A-Za-z0-9]{40}                                        # linear
+ | HRKU-AA[0-9a-zA-Z_\-]{58}                                      # heroku
+ | NRAK-[A-Za-z0-9]{27} | NRII-[A-Za-z0-9\-]{32} | NRJS-[a-f0-9]{19}   # new relic
+ | rdme_[a-z0-9]{70}                                              # readme
+ | tk-us-[A-Za-z0-9_\-]{48}                                       # scalingo
+ | ico-[A-Za-z0-9]{32}                                            # infracost
+ | sha256~[A-Za-z0-9_\-]{43}                                      # openshift
+ | fio-u-[A-Za-z0-9_\-=]{64}                                      # frame.io
+ | duffel_(?:test|live)_[A-Za-z0-9_\-=]{43}
+ | shippo_(?:live|test)_[a-fA-F0-9]{40}
+ | sgp_(?:[a-fA-F0-9]{16}_|local_)?[a-fA-F0-9]{40}                 # sourcegraph
+ | live_[A-Za-z0-9]{30,40}                  # mollie, gocardless (generated: see below)
+ | c[ks]_[a-f0-9]{40}                                             # woocommerce
 )
 (?![A-Za-z0-9_\-])
 """, re.X)
@@ -1874,15 +2020,24 @@ _PROVIDER_LITERALS = (
     b"glc_", b"eyJrIjoi", b"hvs.", b"hvb.", b"ops_", b"A3-", b"dckr_", b"_v1_", b"shp",
     b"key-", b"SK", b"AGE-", b"dp.pt", b"dt0c01", b"PMAK", b"pul-", b"pscale", b"pnu_",
     b"rubygems_", b"sntry", b"pplx", b"glrt", b"sq0", b"EAA", b"AKCp", b"fo1_", b"ntn_",
-    b":AA", b"sk.eyJ")
+    b":AA", b"sk.eyJ", b"ATATT3", b"lin_api_", b"HRKU-", b"NRAK-", b"NRII-", b"NRJS-",
+    b"rdme_", b"tk-us-", b"ico-", b"sha256~", b"fio-u-", b"duffel_", b"shippo_", b"sgp_",
+    b"live_", b"ck_", b"cs_")
+# ... of which these end words too ("olive_", "stack_", "Mexico-"): looked for at a word's
+# start only, as the token pattern starts (a false hit costs a scan of the whole text)
+_PROVIDER_WORD_START = (b"live_", b"ck_", b"cs_", b"ico-")
 _PROVIDER_PIVOTS = re.compile(
     rb"_(?:(?<=hf_)|(?<=api_org_)|(?<=npm_)|(?<=glsa_)|(?<=glc_)|(?<=ops_)|(?<=dckr_)"
-    rb"|(?<=pnu_)|(?<=rubygems_)|(?<=fo1_)|(?<=ntn_)|v1_)"
+    rb"|(?<=pnu_)|(?<=rubygems_)|(?<=fo1_)|(?<=ntn_)|v1_|(?<=lin_api_)|(?<=rdme_)"
+    rb"|(?<=duffel_)|(?<=shippo_)|(?<=sgp_)|(?<=live_)(?<![A-Za-z0-9_.\-]live_)"
+    rb"|(?<=c[ks]_)(?<![A-Za-z0-9_.\-]c[ks]_))"
     rb"|\.(?:(?<=SG\.)|(?<=hvs\.)|(?<=hvb\.)|(?<=dp\.)pt|(?<=sk\.)eyJ)"
-    rb"|-(?:(?<=sib-)|(?<=pypi-)|(?<=A3-)|(?<=key-)|(?<=AGE-)|(?<=pul-))"
+    rb"|-(?:(?<=sib-)|(?<=pypi-)|(?<=A3-)|(?<=key-)|(?<=AGE-)|(?<=pul-)|(?<=HRKU-)|(?<=NRAK-)"
+    rb"|(?<=NRII-)|(?<=NRJS-)|(?<=tk-us-)|(?<=ico-)(?<![A-Za-z0-9_.\-]ico-)|(?<=fio-u-))"
+    rb"|~(?<=sha256~)"
     rb"|:AA|0(?:(?<=dt0)c01|(?<=sq0))|K(?:(?<=SK)|(?<=AK)Cp|(?<=PMAK))"
     rb"|J(?<=eyJ)rIjoi|x(?<=pplx)")
-_PROVIDER_REST = (b"shp", b"pscale", b"sntry", b"glrt", b"EAA")
+_PROVIDER_REST = (b"shp", b"pscale", b"sntry", b"glrt", b"EAA", b"ATATT3")
 
 
 def _provider_triggered(cased: bytes) -> bool:
@@ -1937,9 +2092,21 @@ _AUTH_SCHEME = re.compile(r"(?i)(?:Bearer|Basic|Token|Digest|Bot|apikey|key)[^\S
 _VALUE_TOKEN = re.compile(r"""[^\s"'`<>,;&)\]}]{1,400}""")
 
 
+# A setting's name, then words saying whom or what it is for, then a colon:
+# "token_auth de l'utilisateur « stats-mairie » : ", "DOLAPIKEY for user api : ".
+_QUALIFIED_SEP = re.compile(r"[^\S\r\n]+(?:de|du|des|pour|for|of)[^\S\r\n]"
+                            r"[^\r\n:=;]{1,40}?[^\S\r\n]?:[^\S\r\n]+")
+# ... a name written as code: with "_", in capitals, or in camelCase
+_SETTING_NAME = re.compile(r"[A-Za-z0-9]+(?:[_.\-][A-Za-z0-9]+)+|[A-Z][A-Z0-9]{3,}|"
+                           r"[a-z]+[A-Z][A-Za-z0-9]*")
+
+
 def _secret_name(name: str) -> bool:
     """Whether an identifier names a secret (and not, say, a key's id or a token's URL)."""
     parts = [p.lower() for p in _IDENT_PART.findall(name)]
+    if "salt" in parts:
+        # Drupal's "hash_salt" signs one-time links and sessions: the salt of hashes
+        parts = [p for p in parts if p not in ("hash", "hashed")]
     if not parts or any(p in _NOT_SECRET_PART for p in parts):
         return False
     low = name.lower()
@@ -2053,9 +2220,12 @@ def _named_assignments(text: str, lower: str) -> list[Finding]:
         # the identifier around the stem: a separator must follow it soon
         after = _IDENT_CHARS.match(text, m_end)
         end = after.end() if after else m_end
+        qualified = None
         if not _ASSIGN_SEP.match(text, end) or end - m_end > 40:
-            last = end
-            continue
+            qualified = _QUALIFIED_SEP.match(text, end) if end - m_end <= 40 else None
+            if qualified is None:
+                last = end
+                continue
         start = m_start
         while start > 0 and m_start - start < 48 and text[start - 1] in _IDENT_SET:
             start -= 1
@@ -2063,6 +2233,18 @@ def _named_assignments(text: str, lower: str) -> list[Finding]:
         name = text[start:end].rstrip(".-")
         end = start + len(name)
         if not _secret_name(name):
+            continue
+        if qualified is not None:
+            # "token_auth de l'utilisateur « stats » : <value>": a setting's name, who or
+            # what it is for, then the value; only a generated one (it is prose)
+            if not _SETTING_NAME.fullmatch(name):
+                continue
+            vm = _VALUE_TOKEN.match(text, qualified.end())
+            if vm is not None:
+                a, b = _trim_value(text, vm.start(), vm.end())
+                if _entropic(text[a:b], min_len=16):
+                    out.append(Finding("api-token", a, b))
+                    last = b
             continue
         sep = _ASSIGN_SEP.match(text, end)
         if sep is None or sep.end() == end:
@@ -2098,6 +2280,8 @@ def _named_assignments(text: str, lower: str) -> list[Finding]:
 
         pw_name = any(w in lowname for w in ("pass", "pwd", "psk"))
         min_len = 8 if pw_name else (16 if wordy else 10)
+        if "salt" in lowname and not pw_name:
+            min_len = 24        # a signing salt is long; a short hex one salts one hash
         # a UUID is a reference, unless the name says it is the key ("HEROKU_API_KEY:
         # 6f2d9b41-…": Heroku's API keys are UUIDs; "HEROKU_APP_ID" is not a secret name)
         uuid_key = bool(_UUID.fullmatch(value)) and any(
@@ -2126,9 +2310,12 @@ _COMMAND_CREDENTIAL = re.compile(r"""(?x)
 | \bnet[^\S\r\n]+use\b[^\r\n]{0,120}?/user:[^\s]{1,64}[^\S\r\n]+(?P<e>[^\s/"'][^\s"']{2,200})
 | ConvertTo-SecureString[^\S\r\n]+(?:-String[^\S\r\n]+)?["'](?P<f>[^"'\r\n]{3,200})["']
 | \bsnmp(?:walk|get|bulkwalk|set)\b[^\r\n]{0,40}?[^\S\r\n]-c[^\S\r\n]+(?P<g>[^\s"']{3,100})
+| \b(?:sqlplus|rman|expdp|impdp|sqlldr|dgmgrl)\b[^\r\n]{0,40}?[^\S\r\n]["']?[A-Za-z][\w$\#]{0,63}/
+    (?P<h>[^\s@/"']{3,200})@
 """)
 _COMMAND_TRIGGER = re.compile(
-    rb"-u|--user|sshpass|lftp|mysql|net use|securestring|snmp")
+    rb"-u|--user|sshpass|lftp|mysql|net use|securestring|snmp|sqlplus|rman|expdp|impdp|sqlldr"
+    rb"|dgmgrl")
 
 # The password options of common command-line tools, one row per tool family: the
 # command's name, then the options whose argument is a password.  An option written
@@ -2349,6 +2536,21 @@ _OLD_BEFORE = re.compile(
     r"(?i)(?<![^\W_])(?:ancien(?:ne)?s?|old|previous|former|pr[ée]c[ée]dente?)"
     r"(?P<between>(?:[^\S\r\n]+[^\s(«\"“]{1,20}){0,6}?)"
     r"[^\S\r\n]*[,(:«\"“]?[^\S\r\n]*\Z")
+# ... and only when it is the value that is old: "l'ancien code X", "the old password:
+# X", "(l'ancien, X", not "le régisseur précédent nous a laissé X" or "l'accès de
+# l'ancien presta : login / X" (an old person or provider, a live value)
+_OLD_SECRET_WORDS = _words("""
+code codes digicode mot mots passe mdp password passwords pass pw pwd pin clé cle clef key
+keys one un une value valeur wifi wi-fi sésame sesame secret token jeton identifiants
+""")
+
+
+def _old_names_secret(between: str) -> bool:
+    words = [w.strip("(),:;«»\"'“”").lower() for w in between.split()]
+    words = [w.split("'")[-1].split("’")[-1] for w in words if w]
+    return not words or any(w in _OLD_SECRET_WORDS for w in words)
+
+
 # ... unless a verb gives it: "l'ancien c'était X", "the old one was X"
 _OLD_VERB = re.compile(r"(?i)(?<![^\W_])(?:c['’\s]?[ée]tait|[ée]tait|est|c['’\s]est|was|is|"
                        r"remis|remettre|restored|back)(?![^\W_])")
@@ -2434,6 +2636,7 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
         return True
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
+            and _old_names_secret(om.group("between")) \
             and not _STILL_AFTER.match(text, b, min(len(text), b + 40)):
         return True
     return bool(_HEX_VALUE.fullmatch(text, a, b) and _HASH_BEFORE.search(text, lo, a))
@@ -2607,13 +2810,95 @@ def _drop_stale_history(text: str, found: list[Finding]) -> list[Finding]:
 def _live(text: str, found: list[Finding]) -> list[Finding]:
     """``found`` without the values that are masked or filler (any kind but a key block),
     or that their context says are no live secret (the detectors that read prose and
-    names: password and generic api-token findings)."""
-    return [f for f in found if f.kind == "private-key" or (
-        not (_provider_filler(text, f) if _PRIORITY[f.kind] >= 80
-             else _MASKED.search(text, f.start, f.end))
-        and text[f.start:f.end].lower() not in _FILLER_VALUES
-        and (f.kind not in ("password", "api-token")
-             or not _context_veto(text, f.start, f.end, f.kind)))]
+    names: password and generic api-token findings; any kind that the words right after
+    it say may be shared)."""
+    return [f for f in found if f.kind == "private-key" or _alive(text, f)]
+
+
+def _alive(text: str, f: Finding) -> bool:
+    a, b = f.start, f.end
+    value = text[a:b]
+    if (_provider_filler(text, f) if _PRIORITY[f.kind] >= 80 else _MASKED.search(value)) \
+            or value.lower() in _FILLER_VALUES or "EXAMPLE" in value \
+            or _is_placeholder(value):                  # "XXXXX-XXXXX-XXXXX"
+        return False
+    # (cheap tests on the value's characters first: each look-up below is rare)
+    if ("$" in value or value[:1] in "{*" or (a and text[a - 1] in "$}")) \
+            and _in_password_hash(text, a, b):
+        return False
+    if value[:1] in "E$<[" and _ENCRYPTED_OR_PHRASE.match(text, a):
+        return False
+    if "?" in value and " " in value and _QUESTION.fullmatch(value):
+        return False
+    if f.kind in ("password", "api-token") and _context_veto(text, a, b, f.kind):
+        return False
+    after = _AFTER_CUE.search(text, b, min(len(text), b + 60))
+    return after is None or not (_CROSSED_OUT.match(text, b)
+                                 or _SHAREABLE_AFTER.match(text, b, min(len(text), b + 60)))
+
+
+# Words that the cues after a value need (_CROSSED_OUT, _SHAREABLE_AFTER): one search
+# says whether either may match.
+_AFTER_CUE = re.compile(r"(?i)barr|ray[ée]|crossed|struck|share|secret|sensi|confiden|"
+                        r"public|exampl|exempl|sample|dummy|fake|factice|fictiv|placeholder")
+
+
+# A password's hash in a known format (crypt's "$2y$10$...", "$6$salt$...", "$argon2id$...",
+# Django's "pbkdf2_sha256$...", LDAP's "{SSHA}...", MySQL's "*6BB4..."), as a database
+# dump or a shadow file holds it: it is what the server keeps instead of the password,
+# never the password itself.
+_PASSWORD_HASH = re.compile(r"""(?x)
+  (?:\d\|)?\$argon2(?:id|i|d)\$v=\d{1,3}\$m=\d{1,9},t=\d{1,4},p=\d{1,4}\$[^\s'"`,;|]{8,400}
+| (?:\d\|)?\$(?:2[abxy]?|1|5|6|md5|y|7|gy|sha1|apr1|scrypt|pbkdf2[\w\-]*)
+    \$[^\s'"`,;|]{8,400}
+| (?:pbkdf2_sha256|pbkdf2_sha1|bcrypt_sha256|bcrypt|argon2|scrypt)\$[^\s'"`,;|]{8,400}
+| \{(?:S?SHA\d*|CRYPT|S?MD5|PBKDF2[\w\-]*|ARGON2|BCRYPT)\}[^\s'"`,;|]{8,400}
+| \*[0-9A-F]{40}
+""")
+# A value encrypted in place (SOPS' "ENC[AES256_GCM,...]", Ansible Vault's "$ANSIBLE_VAULT"),
+# useless without its key; a placeholder phrase in brackets ("<ask Daniel>", "[à remplir]").
+_ENCRYPTED_OR_PHRASE = re.compile(r"ENC\[[A-Z0-9_]{3,20},|\$ANSIBLE_VAULT;|"
+                                  r"<[^<>\n]{1,40}\s[^<>\n]{1,40}>|\[[^\[\]\n]{1,40}\s[^\[\]\n]{1,40}\]")
+# A value the words right after it say is crossed out: "PIN 0000 barré et à côté 5172".
+_CROSSED_OUT = re.compile(r"(?i)[^\S\n]*[(,]?[^\S\n]*(?:barr[ée]e?s?|ray[ée]e?s?|crossed\s+out|"
+                          r"struck\s+(?:out|through))(?![^\W_])")
+# A question is no value: "La question secrète est « Quel est le nom de votre chien ? »".
+_QUESTION = re.compile(r"(?is)[^\s?]+(?:\s+[^\s?]+)+\s*\?[\s»”\"']*")
+_HASH_TOKEN_STOP = frozenset(" \t\r\n'\"`,;|()<>")
+_HASH_END_STOP = _HASH_TOKEN_STOP - {","}          # argon2's parameters hold commas
+
+
+def _in_password_hash(text: str, a: int, b: int) -> bool:
+    """Whether ``text[a:b]`` lies inside a password hash (see above)."""
+    lo = a
+    while lo > 0 and a - lo < 120 and text[lo - 1] not in _HASH_TOKEN_STOP:
+        lo -= 1
+    hi = b
+    while hi < len(text) and hi - b < 400 and text[hi] not in _HASH_END_STOP:
+        hi += 1
+    if "$" not in text[lo:hi] and not text.startswith(("{", "*"), lo):
+        return False
+    m = _PASSWORD_HASH.search(text, lo, hi)
+    return m is not None and m.start() <= a and m.end() >= b
+
+
+# The words right after a value that say it may be shared: "(that's the user, fine to
+# share)", "— c'est public", "(not a secret)", or that it is an example.  (Documentation
+# values say so in their own letters: AWS's example keys "AKIAIOSFODNN7EXAMPLE",
+# "...EXAMPLEKEY", which gitleaks' AWS rule allows; a generated secret never spells
+# EXAMPLE.)
+_SHAREABLE_AFTER = re.compile(
+    r"(?i)[\"'»”’`]?[^\S\n]*[(\[,;:\-–—][^\n()]{0,30}?(?<![^\W_])(?:"
+    r"(?:fine|safe|ok|okay)\s+to\s+(?:share|publish|post)|not\s+(?:a\s+|really\s+)?"
+    r"(?:secret|sensitive|confidential)|no\s+secret|pas\s+(?:un\s+|vraiment\s+)?"
+    r"(?:secret|sensible|confidentiel)|(?:c['’]est|it['’]s|is|est)\s+public(?:que)?"
+    r"(?![^\W_])|public(?:que)?\s+(?:by\s+design|par\s+nature))"
+    # "(the example salt from the docs)", "(valeur d'exemple)": documentation; the
+    # bracket opens on it, a small word apart (not "(ticket [example #4821])", not a
+    # domain: "api.example.org")
+    r"|[\"'»”’`]?[^\S\n]*[(\[][^\S\n]*(?:(?:the|an?|un|une|just|only|juste|valeur|value)"
+    r"[^\S\n]+|d['’])?(?:example|exemple|sample|dummy|fake|factice|fictive?|placeholder)s?"
+    r"(?![\w@/\-]|\.\w|[^\S\n]*[#\d])", re.I)
 
 
 def _looks_secret(value: str) -> bool:
@@ -2679,6 +2964,20 @@ _QUOTED_PHRASE = re.compile(
     r"[^\S\r\n]*[»”\"']")
 _SEP_BEFORE = re.compile(
     r"(?:[:=]|(?<![^\W_])(?:est|c['’\s]est|is|it['’]s|soit))[^\S\r\n]*\Z", re.I)
+
+
+def _quoted_word(text: str, q: int, a: int, b: int) -> bool:
+    """A single word in quotes right after a verb or a colon, in a password label's
+    window ('Ours is "marigold"', « le mien c'est "soleil" »): quoted, a word is given as
+    a value; not an ordinary word of a sentence, an address or a form's button."""
+    value = text[a:b]
+    close = _QUOTES.get(text[q])
+    return (close is not None and a == q + 1 and text.startswith(close, b)
+            and 4 <= len(value) <= 40 and not any(c.isspace() for c in value)
+            and value.lower() not in _STOP_VALUES and value.lower() not in _NOT_PASSPHRASE
+            and value.lower() not in _NEGATIVE_QUALIFIERS and not _is_placeholder(value)
+            and not _DECOY_SHAPE.fullmatch(value) and not _EMAIL.fullmatch(value)
+            and not _URLISH.match(value) and not _FILE_NAME.fullmatch(value))
 
 
 # Cheap tests that let _window_values skip a window, or a token, that cannot give a value:
@@ -2757,9 +3056,18 @@ def _window_values(text: str, pos: int, *, first_only: bool,
                 if first_only:
                     break
                 continue
+            if not token and not strict and _quoted_word(text, tm.start(), a, b):
+                out.append(Finding("password", a, b))       # 'Ours is "marigold"'
+                if first_only:
+                    break
+                continue
         if token:
+            if "<" in value:            # HTML source: "X<br>"
+                b = text.find("<", a, b)
+                value = text[a:b]
             if not wrapped and (_entropic(value, min_len=16)
-                                or (uuid and _UUID.fullmatch(value) is not None)) \
+                                or ((uuid or tm.start() - pos <= 3)     # "server token <uuid>"
+                                    and _UUID.fullmatch(value) is not None)) \
                     and not any(c in value for c in "/@=") and "." not in value.strip(".") \
                     and not _named_by(_recent(text, pos, tm.start())):
                 out.append(Finding("api-token", a, b))
@@ -2975,6 +3283,8 @@ def _word_passphrase(value: str) -> bool:
     words = value.split()
     if not 3 <= len(words) <= 8 or len(value) > 80:
         return False
+    if words[-1].isdigit() and len(words[-1]) <= 4 and len(words) >= 4:
+        words = words[:-1]          # "les coulisses sentent la poussière 42"
     return all(w.isalpha() and w.islower() and w not in _NOT_PASSPHRASE
                and w not in _NEGATIVE_QUALIFIERS for w in words) and \
         _REFERENCE_PHRASE.match(value) is None
@@ -3018,11 +3328,12 @@ def _strip_quotes(text: str, a: int, b: int) -> tuple[int, int]:
 _STRONG_CHARS = r"[A-Za-z0-9!#$%&*+?@_.\-]"
 _STRONG_TOKEN = re.compile(
     rf"""(?<![^\s(«"“'>])(?![-_.])(?={_STRONG_CHARS}*?\d)(?={_STRONG_CHARS}*?[a-z])"""
-    rf"""(?={_STRONG_CHARS}*?[A-Z])(?={_STRONG_CHARS}*?[!#$%&*+?@_\-])"""
+    rf"""(?={_STRONG_CHARS}*?[A-Z])(?={_STRONG_CHARS}*?[!#$%&*+?@_.\-])"""
     rf"""{_STRONG_CHARS}{{8,25}}(?!{_STRONG_CHARS}|[/@:=])""")
 _STRONG_REACH = 200         # from a label, either side
 # (a digit first: the regex engine skips to digits fast; then what stands beside it)
-_STRONG_SEED = re.compile(r"[0-9](?:(?<=[A-Za-z!#$%&*+?@_\-][0-9])|(?=[A-Za-z!#$%&*+?@_\-]))")
+_STRONG_SEED = re.compile(r"[0-9](?:(?<=[A-Za-z!#$%&*+?@_\-][0-9])|(?<=[A-Za-z]\.[0-9])"
+                          r"|(?=[A-Za-z!#$%&*+?@_\-]))")
 _STRONG_BACK = re.compile(rf"{_STRONG_CHARS}{{1,26}}\Z")
 _STRONG_RUN = re.compile(rf"{_STRONG_CHARS}{{1,26}}")
 _WHITESPACE = re.compile(r"\s")
@@ -3074,10 +3385,18 @@ def _strong_values(text: str, windows: list[tuple[int, int]]) -> list[Finding]:
                     or _TERM.match(value):
                 continue
             if not _looks_secret(value) or _binary_line(text, a) or _named_next(text, a) \
-                    or _named_by(_recent(text, max(0, a - 60), a)):
+                    or _named_by(_recent(text, max(0, a - 60), a)) or _dotted_name(value):
                 continue
             out.append(Finding("password", a, b))
     return out
+
+
+def _dotted_name(value: str) -> bool:
+    """"Assist.Sociale3", "Srv01.Mairie": a login, a host or a file's name, when a dot is
+    the only symbol; a password has only digits after its dot ("Tournesol.48")."""
+    if any(c in value for c in "!#$%&*+?@_-"):
+        return False
+    return not all(part.isdigit() for part in value.split(".")[1:])
 
 
 # With no password label at all, a strong value near a login or account word, when it
@@ -3111,7 +3430,7 @@ def _account_values(text: str, hay: _Haystack) -> list[Finding]:
 # optional letter or # / *, also spaced or dashed ("8 3 5 1", "7-3-9-1").
 _CODE_LABEL = re.compile(
     r"(?i)(?<![^\W_])(?:digicode|codes?|pin|puk|passcode|combinaison|combination|"
-    r"keypad|lockbox|cadenas|alarme|alarm)(?![^\W_])")
+    r"keypad|lockbox|key[^\S\r\n]?box|cadenas|alarme|alarm)(?![^\W_])")
 # Labels that name a device, not its code: the value must follow closely ("alarme : 7391").
 _DEVICE_CODE_LABELS = frozenset({"alarme", "alarm"})
 # "l'alarme se désactive avec le 7319", "the alarm is disarmed with 1 9 7 3"
@@ -3154,7 +3473,7 @@ def _code_decoy(value: str) -> bool:
         return 1 <= b <= 12 and 1 <= c <= 31
     return (1 <= a <= 31 and 1 <= b <= 12) or (1 <= a <= 12 and 1 <= b <= 31)
 _NOT_ACCESS_CODE = _NOT_SECRET_QUALIFIER
-_CODE_TRIGGER = re.compile(rb"code|pin|puk|combin|keypad|lockbox|cadenas|alarm")
+_CODE_TRIGGER = re.compile(rb"code|pin|puk|combin|keypad|lockbox|key ?box|cadenas|alarm")
 # Literal searches (bytes.find is a memchr loop; an alternation in a regex is not).
 _GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth", b"cred",
                   b"salt", b"sess", b"sig", b"code", b"pin", b"puk", b"combin", b"lockbox",
@@ -3163,21 +3482,24 @@ _GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth",
                   b"securestring", b"-u", b":\\/\\/", b"%3a%2f%2f", b"/hooks/", b"/api/",
                   b"webhookb2/", b"/bot", b"bearer", b"pgpass", b"connect", b"new pdo",
                   b"identified", b"imap_open", b"ldap_bind", b"ftp_login", b"ssh2_auth",
-                  b"cookie", b"logged_in", b"value", b"sid=", b"remember")
+                  b"cookie", b"logged_in", b"value", b"sid=", b"remember", b"sqlplus", b"rman",
+                  b"expdp", b"impdp", b"sqlldr", b"dgmgrl")
 _STEMS = ("pass", "pwd", "psk", "secret", "token", "key", "auth", "cred", "salt", "sess",
           "sig")
-_CODE_WORDS = ("code", "pin", "puk", "combin", "keypad", "lockbox", "cadenas", "alarm")
+_CODE_WORDS = ("code", "pin", "puk", "combin", "keypad", "lockbox", "cadenas", "alarm",
+               "key box", "keybox")
 _PAIR_WORDS = (b"compte", b"account", b"identifiant", b"login", b"acc", b"user", b"admin",
                b"utilisateur", b"credential", b"mdp", b"password", b"mot de passe", b"pw",
-               b"connexion", b"session")
+               b"connexion", b"session", b"passwd")
 # pair words that _GENERIC_WORDS does not already cover ("pass", "user", "compte"...)
 _PAIR_ONLY = (b"acc\xc3\xa8s", b"acc\xc3\x88s", b"acces", b"admin")
 _COMMAND_WORDS = (b"-u", b"--user", b"sshpass", b"lftp", b"mysql", b"net use",
-                  b"securestring", b"snmp")
+                  b"securestring", b"snmp", b"sqlplus", b"rman", b"expdp", b"impdp", b"sqlldr",
+                  b"dgmgrl")
 _LIST_WORDS = (b"code", b"pin", b"mots de passe", b"passwords", b"cl\xc3\xa9s", b"keys",
                b"recovery", b"backup", b"secours", b"cup\xc3\xa9ration", b"recuperation",
                b"acc\xc3\xa8s", b"acces", b"logins", b"identifiants", b"credentials")
-_YEAR = re.compile(r"(?:19[5-9]\d|20[0-4]\d)")
+_YEAR = re.compile(r"(?:19[5-9]\d|20[0-2]\d|203[0-5])")     # (2048 is a code, not a year)
 
 
 def _list_intro_line(text: str, pos: int) -> tuple[int, int] | None:
@@ -3203,6 +3525,13 @@ def _list_intro_line(text: str, pos: int) -> tuple[int, int] | None:
     return None
 
 
+def _last_sentence(text: str, lo: int, hi: int) -> int:
+    """Where the last sentence of ``text[lo:hi]`` starts ("Dear customer, ... Please keep
+    the following safe:": the heading is the last sentence)."""
+    end = max(text.rfind(". ", lo, hi), text.rfind("! ", lo, hi), text.rfind("? ", lo, hi))
+    return end + 2 if end >= 0 else lo
+
+
 def _code_before(text: str, label: int) -> Finding | None:
     """A code written before its label, as _value_before reads a password's."""
     lo = max(0, label - 60, text.rfind("\n", max(0, label - 60), label) + 1)
@@ -3218,6 +3547,17 @@ def _code_before(text: str, label: int) -> Finding | None:
             [_recent_word(w) for w in text[lo:a].split()[-4:]]):
         return None
     return Finding("password", a, b)
+
+
+# A password announced right after a code: the code was the login of the pair.
+_PASSWORD_NEXT = re.compile(
+    r"(?i)[^\S\n]*[,;]?[^\S\n]*(?:et|and|&|\+|with|avec|puis|then)[^\S\n]+(?:(?:le|la|l['’]|"
+    r"mon|ma|son|sa|votre|the|my|his|her|its|your|un|a)[^\S\n]*)?(?:mot[^\S\n]+de[^\S\n]+passe|"
+    r"mdp|password|passwort|passe|pwd|pass)(?![^\W_])")
+
+
+# "celui de Lucas 2048", "the one of Paul 7731": another person's code in a list
+_WHOSE = frozenset({"celui", "celle", "ceux", "one", "that"})
 
 
 def _access_codes(text: str, lower: str) -> list[Finding]:
@@ -3236,7 +3576,8 @@ def _access_codes(text: str, lower: str) -> list[Finding]:
         if _NOT_ACCESS_CODE.search(text, lo, hi):
             continue
         intro = _list_intro_line(text, m.start())
-        if intro is not None and _NOT_ACCESS_CODE.search(text, *intro):
+        if intro is not None and _NOT_ACCESS_CODE.search(text, _last_sentence(text, *intro),
+                                                         intro[1]):
             continue                    # under "un code pour le comptage des copies :"
         before = _code_before(text, w0)
         if before is not None:
@@ -3259,11 +3600,15 @@ def _access_codes(text: str, lower: str) -> list[Finding]:
             words = [w.strip("()[]«»\"'") for w in
                      text[max(m.end(), v.start() - 30):v.start()].lower().split()]
             if set(words[-1:]) & _CODE_NAMING_FIRST or (
-                    not first and set(words[-2:]) & _CODE_NAMING) or _identity_named(
+                    not first and set(words[-2:]) & _CODE_NAMING
+                    and not set(words[-4:-1]) & _WHOSE) or _identity_named(
                     # (the label first: "code utilisateur = 3864" qualifies the code)
                     ["code", *(_recent_word(w) for w in
                                text[max(m.end(), v.start() - 40):v.start()].split())]):
                 continue        # "extension 2204", "badge 0457", "mon badge c'est le 0457"
+            if _PASSWORD_NEXT.match(text, v.end(), min(n, v.end() + 40)):
+                continue        # "mon code vendeur c'est le 0417 et le mot de passe X":
+                                # the login half of a pair, as "identifiant X et mdp Y"
             out.append(Finding("password", v.start(), v.end()))
             first = False
             last = v.end()
@@ -3409,7 +3754,7 @@ _LOGIN_PAIR = re.compile(
     r"(?P<v>[^\s,;/?&=]{6,64})(?![^\s,;])")
 _PAIR_CONTEXT = re.compile(
     r"(?i)compte|account|identifiant|login|acc[eè]s|user|utilisateur|credential|mdp|"
-    r"password|mot de passe|\bpw\b|\bpwd\b|connexion|\badmin\b|\bsession\b")
+    r"password|passwd|mot de passe|\bpw\b|\bpwd\b|connexion|\badmin\b|\bsession\b|\bcodes\b")
 _COMMON_LOGINS = frozenset({"admin", "root", "administrateur", "administrator", "user",
                             "guest", "invite", "invité", "support", "operator"})
 
@@ -3465,7 +3810,23 @@ def _find_all(text: str, sep: str) -> Iterable[int]:
         i = text.find(sep, i + 1)
 
 
-_PAIR_SEPARATORS = (" /", "/ ", ", ", ",\t", "/\t", ":", " et ", " and ", " – ", " - ", "; ")
+_PAIR_SEPARATORS = (" /", "/ ", ", ", ",\t", "/\t", ":", " et ", " and ", " – ", " - ", "; ",
+                    " puis ", " then ")
+
+
+# Each separator followed by what _PAIR_VALUE needs (a digit in the token after it): the
+# positions where a value can follow, found in C (", " is in every sentence; most are
+# followed by words).
+_PAIR_SEP_VALUE = {sep: re.compile(re.escape(sep) + r"[ \t]*(?=(?:[^\s,;/?&=]|&(?!\w{1,20}=))"
+                                   r"{0,63}\d)") for sep in _PAIR_SEPARATORS if sep != ":"}
+
+
+def _find_valued(text: str, pattern: re.Pattern[str]) -> Iterator[int]:
+    """Where ``pattern`` matches, overlapping matches included (as _find_all's)."""
+    m = pattern.search(text)
+    while m is not None:
+        yield m.start()
+        m = pattern.search(text, m.start() + 1)
 
 
 def _login_pairs(text: str) -> list[Finding]:
@@ -3474,7 +3835,7 @@ def _login_pairs(text: str) -> list[Finding]:
     for sep in _PAIR_SEPARATORS:
         # "login:password" is written in one piece, between letters
         positions = (m.start() for m in _COLON_PAIR.finditer(text)) if sep == ":" \
-            else _find_all(text, sep)
+            else _find_valued(text, _PAIR_SEP_VALUE[sep])
         for i in positions:
             j = i + len(sep)
             while j < len(text) and text[j] in " \t":
@@ -3500,10 +3861,13 @@ def _login_pairs(text: str) -> list[Finding]:
                     or login.lower() in _COMMON_LOGINS or named or plain_pair) \
                     or login[-1] in ".-":
                 continue
-            if (login.isdigit() or sep.strip() in ("et", "and", "–", "-", ";")) and not named:
+            if (login.isdigit() or sep.strip() in ("et", "and", "–", "-", ";", "puis", "then")) \
+                    and not named and not (sep.strip() in ("puis", "then")
+                                           and login.lower() in _COMMON_LOGINS):
                 continue            # "12345, Abc123" or "x et Y7!": only after a login label
-            if sep == ":" and not any(c in login for c in "._@"):
-                continue
+            if sep == ":" and (not any(c in login for c in "._@")
+                               or ":" in text[vm.start():vm.end()]):
+                continue            # ("host:5432:db:user:password" is a record)
             a, b = _trim_value(text, vm.start(), vm.end())
             a, b = _strip_quotes(text, a, b)
             value = text[a:b]
@@ -3587,6 +3951,11 @@ _STRING_ARG = re.compile(r"'((?:[^'\\\n]|\\.){0,200})'|" + r'"((?:[^"\\\n]|\\.){
 _APP_PASSWORD = re.compile(
     r"(?<![\w\-])(?:[A-Za-z0-9]{4}(?: [A-Za-z0-9]{4}){5}|[A-Za-z0-9]{5}(?:-[A-Za-z0-9]{5}){4})"
     r"(?![\w\-])")
+# Google's app passwords: four groups of four lower-case letters, on a line of their own
+# after the words that name one ("Gmail made me create an app password, it gave me").
+_GOOGLE_APP_PASSWORD = re.compile(r"(?m)^[ \t>]*(?P<v>[a-z]{4}(?: [a-z]{4}){3})[ \t]*\r?$")
+_APP_PASSWORD_CUE = re.compile(r"(?i)app(?:lication)?[ _\-]?passwords?|mots? de passe "
+                               r"(?:d['’]|pour )(?:une )?appli")
 # A BitLocker recovery key: eight groups of six digits.
 _BITLOCKER_KEY = re.compile(r"(?<![\w\-])\d{6}(?:-\d{6}){7}(?![\w\-])")
 
@@ -3827,7 +4196,9 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
         lower = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
     if hay.provider():
         found.extend(Finding("api-token", m.start(), m.end())
-                     for m in _PROVIDER_TOKEN.finditer(text))
+                     for m in _PROVIDER_TOKEN.finditer(text)
+                     # "live_" alone is a prefix of many words: the rest must be generated
+                     if not m.group(0).startswith("live_") or _classes(m.group(0)[5:]) >= 3)
     if not present.isdisjoint(_WEBHOOK_SET):
         found.extend(Finding("api-token", m.start(g), m.end(g))
                      for m in _WEBHOOK_PATH.finditer(text) if (g := m.lastgroup))
@@ -3859,6 +4230,9 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
     if not present.isdisjoint(_APP_SET):
         found.extend(Finding("api-token", m.start(), m.end())
                      for m in _APP_PASSWORD.finditer(text) if _app_password(m.group(0)))
+        found.extend(Finding("password", m.start("v"), m.end("v"))
+                     for m in _GOOGLE_APP_PASSWORD.finditer(text)
+                     if _APP_PASSWORD_CUE.search(text, max(0, m.start() - 300), m.start()))
     if not present.isdisjoint(_RECOVERY_SET) and folded.count(b"-") >= 7:
         found.extend(Finding("password", m.start(), m.end())
                      for m in _BITLOCKER_KEY.finditer(text))
