@@ -174,7 +174,7 @@ SECRETS = (
     "le nouveau mot de passe du compte admin est Chaton#1987",
     "password: Hunter2-Summer24",
     "https://admin:Sup3rS3cret@cloud.mairie-exemple.fr/index.php/login",
-    "AWS key AKIAIOSFODNN7EXAMPLE secret wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+    "AWS key AKIA4HQ2JX7KZP3MW6RT secret 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",
     "token ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R",
     ("-----BEGIN OPENSSH PRIVATE KEY-----\n"
      "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW\n"
