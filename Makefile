@@ -41,8 +41,12 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
+# pytest-xdist workers: each has its own Postfix, sink, milters, DNS and Redis servers
+# (free loopback ports, its own temp dirs). `make test PYTEST_WORKERS=0`: one process.
+PYTEST_WORKERS ?= 2
+
 test: venv lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
 bench: venv
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'

@@ -209,16 +209,20 @@ def test_memory_for_a_message_just_under_the_scan_cap_is_bounded(engine):
                    queue_id="COREUNDERCAP")
     tracemalloc.start()
     try:
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.thread_time()
         d = engine.process_raw(env, raw).decision
         elapsed = time.monotonic() - started
+        # The decision runs in this thread: its CPU time is its cost whatever else the
+        # machine runs (the wall time of this traced decision, 4.6 s alone, took 13-18 s
+        # on a loaded 2-core machine).
+        cpu = time.thread_time() - cpu_started
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    print(f"\n{size / 2**20:.1f} MiB message decided in {elapsed:.2f}s, peak Python "
-          f"allocations {peak / 2**20:.0f} MiB ({peak / size:.1f}x)")
+    print(f"\n{size / 2**20:.1f} MiB message decided in {elapsed:.2f}s ({cpu:.2f}s CPU), "
+          f"peak Python allocations {peak / 2**20:.0f} MiB ({peak / size:.1f}x)")
     assert d.secrets == 1 and SECRET.encode() not in rewrite_raw(raw, d)
-    assert elapsed < 2 * DECISION_BUDGET
+    assert cpu < 2 * DECISION_BUDGET
     # A regression guard, not a target: 17x measured when this was written (the MIME
     # walk and the redaction each hold per-line copies of the text).
     assert peak < 24 * size, f"peak {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB message"
