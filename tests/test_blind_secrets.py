@@ -49,6 +49,10 @@ def test_held_out_set_does_not_fall() -> None:
     0.957, 1 decoy damaged).  The issue's bar is recall 0.97 with no decoy damaged;
     only the aggregate is shown here, never which secret or decoy."""
     figures = measure_secrets(TUNE / "secrets-heldout")
-    print(f"\nsecrets held-out: recall {figures.recall:.3f}, {figures.damaged} damaged")
-    assert figures.recall >= 0.955 and figures.damaged <= 1, (
-        f"held-out recall {figures.recall:.3f}, {figures.damaged} decoys damaged")
+    # only the two numbers reach the assertion: pytest would print the figures object
+    # (with its list of misses) on a failure
+    recall, damaged = figures.recall, figures.damaged
+    del figures
+    print(f"\nsecrets held-out: recall {recall:.3f}, {damaged} damaged")
+    ok = recall >= 0.955 and damaged <= 1
+    assert ok, f"held-out recall {recall:.3f}, {damaged} decoys damaged"
