@@ -65,6 +65,16 @@ booking, a course, a parcel, a coupon...) are left alone, and so are fragments (
 termine par 42"), a network's or user's name right before the value, a product's model
 in a window ("un Synology DS220+") and object ids with a lower-case prefix.
 
+Also read by shape times context (see each detector's comment): a login/password pair
+written in one piece after a login label ("accès : x/Y"), after a common login and a spaced
+slash ("« admin / X »") or a portal's account area ("Espace client : x / Y"); a capitalised
+word with digits that a verb gives where the text speaks of logging in ("je tape bien X",
+"c'est X", "was changed to X"); a keypad code ("5829#") in a sentence about a door or a
+gate; lower-case words joined by hyphens with a number after a key or Wi-Fi label; a
+column gap or a mail program's line wrap as the separator after a label; a column titled
+for access codes ("Code admin", "Code porte"); a device's six-capital verification code;
+a row of accounts with no header (an address, and a value strong on its own).
+
 Precision comes last, from the words around a value whatever detector found it
 (``_live``): masked, elided and filler values ("sk_live_...9kQa", "changeme", "XXXXXX")
 are never secrets; nor is a password-like value right after an example cue ("ex.",
@@ -317,7 +327,7 @@ class _Haystack:
     """The text as UTF-8 bytes, as is and with ASCII letters lower-cased (no Unicode case
     mapping: fast), for the trigger tests."""
 
-    __slots__ = ("_literals", "_provider", "_seen", "cased", "folded")
+    __slots__ = ("_keypad", "_literals", "_provider", "_seen", "cased", "folded")
 
     def __init__(self, text: str) -> None:
         self.cased = text.encode("utf-8", "surrogatepass")
@@ -325,6 +335,7 @@ class _Haystack:
         self._seen: dict[object, bool] = {}      # memo: gate byte or pattern -> found
         self._provider: bool | None = None
         self._literals: tuple[frozenset[bytes], frozenset[bytes]] | None = None
+        self._keypad: bool | None = None
 
     def literals(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
         """The generic detectors' literals present, and present at a word start
@@ -345,7 +356,17 @@ class _Haystack:
         # rather than searching a copy of the text with a space in front
         folded = self.folded
         return (_GATE.search(folded) is not None or _GATE_AT_START.match(folded) is not None
-                or any(g.search(self.cased) is not None for g in _CAMEL_GATES))
+                or any(g.search(self.cased) is not None for g in _CAMEL_GATES)
+                or self.keypad())
+
+    def keypad(self) -> bool:
+        """Whether a keypad code's shape ("4096#", "2468*") may be there (_keypad_codes);
+        memoised."""
+        if self._keypad is None:
+            cased = self.cased
+            self._keypad = (b"#" in cased or b"*" in cased) \
+                and _KEYPAD_GATE.search(cased) is not None
+        return self._keypad
 
     def quiet(self) -> bool:
         """True when a short text holds no trigger at all (then nothing can be found)."""
@@ -380,6 +401,7 @@ class _Haystack:
         return out
 
 
+_KEYPAD_GATE = re.compile(rb"[#*](?<=[0-9][#*])")
 _ANCHOR_REACH = 45      # how far before/after an anchor a keyword may extend
 
 # --------------------------------------------------------------------------------------
@@ -570,11 +592,15 @@ _BAD_IDENT_SUFFIX = frozenset({
     "maps", "map",                      # Postfix's "smtp_sasl_password_maps = hash:/..."
 })
 
+_CODE_USE = (r"admin|administrateur|administrator|acc[eè]s|access|alarme|alarm|porte|door|"
+             r"portail|gate|digicode|d[ée]verrouillage|unlock|cadenas|padlock|coffre|safe")
 _TABLE_HEADER_CELL = re.compile(
     rf"(?i)[\W_]*(?:[^\W\d_]{{2,15}}[\s_\-]+){{0,2}}"
     rf"(?:{_MDP}|mdp|password|passwd|pwd|pass|pw|passphrase|secret|pin|totp|otp|2fa|"
     rf"token|jeton|api[\s_\-]+key|cl[ée]f?[\s_\-]+api|"
-    rf"(?:code|cl[ée]f?|key)[\s_\-]+(?:{_WIFI})|(?:{_WIFI})[\s_\-]+(?:key|password|code))"
+    rf"(?:code|cl[ée]f?|key)[\s_\-]+(?:{_WIFI})|(?:{_WIFI})[\s_\-]+(?:key|password|code)|"
+    # a column of access codes: "Code admin", "Code d'accès", "Door code", "Code alarme"
+    rf"code[\s_\-]+(?:d['’])?(?:{_CODE_USE})|(?:{_CODE_USE})[\s_\-]+code)"
     r"(?:\s*/\s*(?:jeton|token|cl[ée]f?|key|code|pin))?"
     r"(?:[\s_\-]+[^\W\d_]{2,15}){0,2}(?:\s*\(.{0,40}\))?[\W_]*")
 # Words in a column title that say its cells are not the secret ("Password changed",
@@ -662,7 +688,7 @@ class SecretScanner:
             return False
         hay = _Haystack(text)
         if not hay.gated():
-            return False
+            return _named_possible(hay)
         # The tests are or-ed: the one that says yes most often (prose that mentions a
         # password or an "accès") goes first, so that a yes costs fewer searches; the
         # generic detectors' words come next (a search of some 130 words that, when
@@ -671,7 +697,7 @@ class SecretScanner:
         anchors = hay.anchors()
         if anchors and _keyword_windows(text, text.lower(), anchors):
             return True
-        if _generic_triggered(hay):
+        if _generic_triggered(hay) or hay.keypad():
             return True
         if hay.quiet():
             return False
@@ -694,12 +720,17 @@ class SecretScanner:
             return []
         hay = _Haystack(text)
         if not hay.gated():
-            return []
+            return self._named_ungated(hay, text)
         if hay.quiet():
             quiet = [f for f in self._generic(hay, text) if f.kind in self.enabled]
             if "password" in self.enabled:
                 quiet.extend(_account_values(text, hay))
-            return _resolve(_live(text, quiet))
+                quiet.extend(_given_values(text, hay))
+                if hay.keypad():
+                    quiet.extend(_keypad_codes(text))
+                if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
+                    quiet.extend(_account_rows(text, hay.folded))
+            return _resolve(_by_shape(text, _live(text, quiet) + self._named(hay, text)))
         found: list[Finding] = []
         enabled = self.enabled
         for kind, patterns, triggers in self._tokens:
@@ -714,12 +745,15 @@ class SecretScanner:
             found.extend(f for f in _url_credentials(text) if f.kind in enabled)
         anchors = hay.anchors()
         labelled = False
+        text_lower: str | None = None
         if anchors:
-            lower = text.lower()
+            lower = text_lower = text.lower()
             windows = _keyword_windows(text, lower, anchors)
             if windows:
                 labelled = True
                 found.extend(f for f in _passwords(text, lower, windows) if f.kind in enabled)
+                if "password" in enabled and len(lower) == len(text):
+                    found.extend(_key_phrases(text, lower, anchors))
             if "password" in enabled and _CELL_TAG.search(hay.folded):
                 # HTML source in a text part: read its table cells as a table
                 masked = _mask_markup(text)
@@ -728,12 +762,22 @@ class SecretScanner:
                 if windows:
                     found.extend(_passwords(masked, lower, windows))
         found.extend(f for f in self._generic(hay, text) if f.kind in enabled)
+        if "password" in enabled:
+            found.extend(_given_values(text, hay, text_lower))
+            if hay.keypad():
+                found.extend(_keypad_codes(text))
+            if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
+                found.extend(_account_rows(text, hay.folded))
+        if "api-token" in enabled and (b"secret" in hay.folded or b"priv" in hay.folded):
+            lower = text_lower if text_lower is not None else text.lower()
+            if len(lower) == len(text):
+                found.extend(_secret_named_values(text, lower))
         if "password" in enabled and not labelled:
             found.extend(_account_values(text, hay))
         if "password" in enabled and b"wifi:" in hay.folded:
             found.extend(_wifi_qr(text))
-        return _resolve(_live(text, _join_wrapped(text, _drop_stale_history(
-            text, _drop_pair_logins(text, found)))))
+        return _resolve(_by_shape(text, _live(text, _join_wrapped(text, _drop_stale_history(
+            text, _drop_pair_logins(text, found)))) + self._named(hay, text)))
 
     @staticmethod
     def _generic(hay: _Haystack, text: str) -> list[Finding]:
@@ -745,6 +789,22 @@ class SecretScanner:
                 return _login_pairs(text)
             return []
         return _generic_findings(hay, text)
+
+    def _named(self, hay: _Haystack, text: str) -> list[Finding]:
+        """Provider tokens named by their provider (_named_provider_tokens): a shape of
+        the provider's own judged as prefixed tokens are (_own_shape_alive), the others
+        by their context as every api-token is (_live: an old value, an example, the
+        key half of a key/secret pair...)."""
+        if "api-token" not in self.enabled or hay.literals()[0].isdisjoint(_PROVIDER_NAME_SET):
+            return []
+        found = _named_provider_tokens(text)
+        return [f for f in found if _own_shape(text, f) and _own_shape_alive(text, f)] + \
+            _live(text, [f for f in found if not _own_shape(text, f)])
+
+    def _named_ungated(self, hay: _Haystack, text: str) -> list[Finding]:
+        """The same, in a text that no other detector reads (no gate word): only a shape
+        that needs no label may be there (see _PROVIDER_UNLABELLED)."""
+        return _resolve(self._named(hay, text)) if _named_possible(hay) else []
 
     def scan_subject(self, text: str) -> list[Finding]:
         """Secrets in a Subject line (decoded, unfolded): as :meth:`scan`."""
@@ -1715,11 +1775,20 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
             break
         if sep and "\t" in sep.group("ws") and sep.end() < line_end:
             break                                   # "Mot de passe<TAB>value"
+        if sep is None and qualifiers == 0 and group in ("kw", "wifi") and not weak \
+                and not ident and _LINE_START.search(text, max(0, start - 8), start):
+            # aligned columns, spaces for a tab: "passcode  sunflower-lattice" under
+            # "network   GH-Guest" (the label starts its line, a gap of 2+ spaces)
+            sep = _GAP_SEP.match(text, pos, line_end)
+            if sep is not None:
+                break
         sep = None
         if ident:
             return None
         wm = _WORD.match(text, pos, line_end)
         if not wm:
+            if not text[pos:line_end].strip():
+                return _wrapped_after_label(text, start, line_end, group, weak, qualifiers)
             return None
         word = wm.group("w")
         if word.startswith("(") and qualifiers and group in ("kw", "wifi"):
@@ -1851,6 +1920,41 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         kind = _kind_for_assignment(text, start) if sep.group("punct") == "=" else "password"
         return Finding(kind, a, b)
     return None
+
+
+_GAP_SEP = re.compile(r"(?P<ws>[^\S\r\n]{2,})(?=\S)(?:(?P<punct>:)|(?P<changed>:)|(?P<verb>:))?")
+_LINE_START = re.compile(r"(?:^|\n)[ \t>*•\-]*\Z")
+# a sentence's words before a label that its mail program wrapped: "et le mot de passe"
+_WRAP_BEFORE = re.compile(r"(?i)(?<![^\W_])(?:le|la|mon|ma|son|sa|notre|votre|leur|the|my|"
+                          r"his|her|our|your|their)[^\S\n]+\Z")
+
+
+def _wrapped_after_label(text: str, start: int, line_end: int, group: str, weak: bool,
+                         qualifiers: int) -> Finding | None:
+    """A label that a mail program's line wrap left at the end of its line, in a sentence
+    ("... et le mot de passe\nticket-samedi, ca marchait"; an article before the label
+    says it is a sentence's): the first word of the next line, when it is not letters
+    alone (a digit, a symbol or a hyphen in it) and ends its clause (a word of the
+    sentence that goes on, "Merci de", "peut-être, avant", is no value)."""
+    if group not in ("kw", "wifi") or weak or qualifiers \
+            or not _WRAP_BEFORE.search(text, max(0, start - 12), start):
+        return None
+    nxt = line_end + 1
+    if not text.startswith("\n", line_end) or nxt >= len(text):
+        return None
+    nl = text.find("\n", nxt, nxt + 200)
+    nxt_end = nl if nl >= 0 else min(len(text), nxt + 200)
+    span = _take_value(text, nxt, nxt_end, ident=False)
+    if span is None or span[0] != nxt:
+        return None                 # (an indented or quoted line is no wrap)
+    a, b = span
+    value = text[a:b]
+    if value.isalpha() or value.lower() in _DASHED_COMMON or len(value) < 6 \
+            or not _clause_end(text, b, nxt_end) \
+            or value.lower().split("'")[0] in ("n", "ne") \
+            or not _value_ok(value, clause_end=True, strict=False):
+        return None
+    return Finding("password", a, b)
 
 
 # A phrase that points elsewhere ("the one from the envelope", "celle du coffre", "le même
@@ -3426,6 +3530,343 @@ def _account_values(text: str, hay: _Haystack) -> list[Finding]:
             if _PASSWORD_SYMBOL.search(text, f.start, f.end)]
 
 
+# A value a verb gives in a text about logging in, with no label right before it ("je
+# tape bien Platane_4410", "pour la boîte de Marie c'est Hortensia1962", "the default was
+# changed to Printy-Label-55", 'I tried admin with "Regie2019"'): the shape of the value
+# (a capitalised word with digits: upper and lower case, a digit, 8 to 30 characters, a
+# run of three lower-case letters) times the strength of its context (a giving verb right
+# before it, and a word about passwords, logins or access within _GIVEN_REACH before it
+# or a little after).  Weaker shapes (letters only, digits only, no capital) stay with
+# the labelled detectors; what the words before name ("le réseau c'est ...") is no value.
+_GIVEN_WORDS = frozenset((b"mot de passe", b"mdp", b"password", b"passwd", b"login",
+                          b"connect", b"connexion", b"acc\xc3\xa8s", b"acces", b"admin",
+                          b"identifiant"))
+_GIVEN_CONTEXT = re.compile(
+    r"(?i)mots?[^\S\n]de[^\S\n]passe|(?<![^\W_])(?:mdp|passwords?|passwd|logins?|"
+    r"identifiants?|acc[eè]s|access|admin|connect\w*|connexion)(?![^\W_])")
+# ... and a device before the verb names its model, unless a password label is there too
+# ("mon NAS est Synology-DS220", not "le mot de passe du NAS c'est Regie2019!")
+_GIVEN_DEVICES = _words("""
+nas pc imprimante printer appareil device tablette tablet ordinateur computer laptop portable
+routeur router box switch caméra camera téléphone phone smartphone logiciel software app
+application appli système system os firmware modèle model version
+""")
+_GIVEN_LABELS = _words("passe mdp password pwd pass code clé cle clef key pin sésame sesame")
+_GIVEN_REACH = 400          # context before the value (after: a quarter of it)
+# a candidate: a capital first, a digit in it (the engine skips to capitals in C)
+_GIVEN_VALUE = re.compile(r"[A-Z](?:(?<=[\s«“\"'‘][A-Z])|(?<=^[A-Z]))"
+                          r"(?=[A-Za-z0-9_!#$%&*+?@.\-]{0,29}?\d)[A-Za-z0-9_!#$%&*+?@.\-]{7,29}"
+                          r"(?![A-Za-z0-9_!#$%&*+?@\-]|\.\w|[/:=])")
+_GIVEN_SHAPE = re.compile(r"(?=.*?[a-z]{3})[A-Z][A-Za-z0-9_!#$%&*+?@.\-]{7,29}")
+_GIVEN_CUE = re.compile(
+    r"(?i)(?<![^\W_])(?P<cue>c['’][^\S\n]?est|est|is|was|tape[sz]?|tap[ée]e?|saisi[st]?|"
+    r"typed?|entered|enter|changed[^\S\n]+to|chang[ée][^\S\n]+en|with|avec)"
+    r"[^\S\n]*\n?[^\S\n]*(?:(?:bien|toujours|encore|juste|still|just|always|actually|"
+    r"now|maintenant|d[ée]sormais)[^\S\n]+)?(?P<q>[«“\"'‘][^\S\n]?)?\Z")
+# "with"/"avec" gives a value only after a verb of trying ("tried admin with X")
+_TRIED_BEFORE = re.compile(r"(?i)(?<![^\W_])(?:tried|try|essay[ée]e?s?|test[ée]e?s?)"
+                           r"(?![^\W_])[^.!?\n]{0,80}\Z")
+# words before the verb that make the value a login, a network or a host, not a password
+_GIVEN_NAMED = _IDENTITY_WORDS | _words("compte account réseau reseau network serveur server "
+                                        "host hostname")
+
+
+def _given_values(text: str, hay: _Haystack, lower: str | None = None) -> list[Finding]:
+    present = _GIVEN_WORDS.intersection(hay.literals()[0])
+    if not present:
+        return []
+    # where a context word stands (found as literals, in C): the value is read in
+    # windows around them only (_GIVEN_REACH before the value, a quarter after)
+    n = len(text)
+    positions: list[int] = []
+    if len(hay.folded) == n:            # ASCII: byte and character offsets agree
+        for bw in present:
+            i = hay.folded.find(bw)
+            while i >= 0 and len(positions) < 64:
+                positions.append(i)
+                i = hay.folded.find(bw, i + 1)
+    else:
+        low = lower if lower is not None else text.lower()
+        if len(low) != n:
+            return []
+        for sw in (w.decode() for w in present):
+            i = low.find(sw)
+            while i >= 0 and len(positions) < 64:
+                positions.append(i)
+                i = low.find(sw, i + 1)
+    spans = [(max(0, i - _GIVEN_REACH // 4), min(n, i + _GIVEN_REACH)) for i in positions]
+    spans.sort()
+    out: list[Finding] = []
+    end = 0
+    for lo, hi in spans:
+        lo = max(lo, end)               # each character read once
+        if lo < hi:
+            ws = _WHITESPACE.search(text, hi, min(n, hi + 40))
+            end = hi = ws.start() if ws else min(n, hi + 40)    # no token cut at the end
+            out.extend(_given_in(text, lo, hi))
+    return out
+
+
+def _given_in(text: str, lo: int, hi: int) -> list[Finding]:
+    out: list[Finding] = []
+    # the candidates first (a capital, then a digit within the token), then the verb
+    # before each, then the context around it
+    for m in _GIVEN_VALUE.finditer(text, lo, hi):
+        cm = _GIVEN_CUE.search(text, max(0, m.start() - 48), m.start())
+        if cm is None:
+            continue
+        a, b = _trim_value(text, m.start(), m.end())
+        value = text[a:b]
+        if not _GIVEN_SHAPE.fullmatch(value) or not _looks_secret(value) \
+                or _MODEL_NUMBER.fullmatch(value) or _DEVICE_NAME.search(value) \
+                or _OBJECT_ID.match(value) or _TERM.match(value) or _dotted_name(value):
+            continue
+        if cm.group("cue").lower() in ("with", "avec") and not (
+                cm.group("q") and _TRIED_BEFORE.search(text, max(0, cm.start() - 80),
+                                                       cm.start())):
+            continue
+        if not _GIVEN_CONTEXT.search(text, max(0, a - _GIVEN_REACH),
+                                     min(len(text), b + _GIVEN_REACH // 4)):
+            continue
+        before = _recent(text, max(0, a - 60), cm.start())
+        if _binary_line(text, a) or _named_next(text, a) or _named_by(before) \
+                or not _GIVEN_NAMED.isdisjoint(before) or (
+                    not _GIVEN_DEVICES.isdisjoint(before)
+                    and _GIVEN_LABELS.isdisjoint(before)):
+            continue            # "le compte local admin est Direction2": a login;
+                                # "mon NAS est Synology-DS220": a device's model
+        out.append(Finding("password", a, b))
+    return out
+
+
+# A keypad code by its shape, with no "code" label: three to eight digits closed by the
+# keypad's "#" or "*" ("5829#", "2468*"), where the words before it in its sentence name a
+# door, a gate or a place that one enters ("door to the bike storage: 5829#", "celui de la
+# porte du garage qui est toujours 2468*").  A star or a hash before the digits (a phone
+# service: "*123#") or after them in a run ("12**") is no keypad code.
+_KEYPAD_KEY = re.compile(r"[#*](?<=\d[#*])(?![\w#*])")      # (the key first: a fast scan)
+_KEYPAD_DIGITS = re.compile(r"(?<![\w#*.,/:+\-])\d{3,8}\Z")
+_KEYPAD_PLACE = re.compile(
+    r"(?i)(?<![^\W_])(?:portes?|portails?|portillon|garage|parking|entr[ée]es?|entrance|"
+    r"doors?|gates?|locals?|storage|shed|cave|remise|b[âa]timent|building|digicode|"
+    r"interphone|cadenas|padlock|casier|locker|armoire|coffre)(?![^\W_])")
+# the value is given: a verb, a colon or "avec"/"with" right before it
+_KEYPAD_CUE = re.compile(
+    r"(?i)(?:(?<![^\W_])(?:est|c['’]est|is|now|avec|with|tape[sz]?|tapez|faites|composez|"
+    r"compose|enter|type|sera|be|devient|becomes)|[:=])[^\S\n]*(?:(?:toujours|bien|still|"
+    r"now|maintenant|d[ée]sormais|le|the|code)[^\S\n]+)?[«\"']?\Z")
+_FOOTNOTE = re.compile(r"(?:^|\n|\()[ \t]*\*[^\s*]")
+_KEYPAD_REACH = 100         # from the value back to the place, within its sentence
+
+
+def _keypad_codes(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    for km in _KEYPAD_KEY.finditer(text):
+        m = _KEYPAD_DIGITS.search(text, max(0, km.start() - 9), km.start())
+        if m is None:
+            continue
+        lo = max(0, m.start() - _KEYPAD_REACH)
+        # the sentence the value ends: from the last full stop or blank line before it
+        cut = max(text.rfind(". ", lo, m.start()), text.rfind("\n\n", lo, m.start()),
+                  text.rfind("? ", lo, m.start()))
+        lo = max(lo, cut + 1)
+        if not _KEYPAD_PLACE.search(text, lo, m.start()) or _code_decoy(m.group(0)) \
+                or not _KEYPAD_CUE.search(text, max(lo, m.start() - 40), m.start()):
+            continue
+        if text[km.start()] == "*" and _FOOTNOTE.search(text):
+            continue                # "à partir de 1500* ... (*hors taxes)": a footnote
+        words = [_recent_word(w) for w in text[lo:m.start()].split()[-3:]]
+        if set(words[-1:]) & _CODE_NAMING_FIRST or _named_by(words):
+            continue                # "badge 0457#", "n° 2204*"
+        out.append(Finding("password", m.start(), km.end()))
+    return out
+
+
+# A row of accounts with no header (HTML source or a plain list): one cell holds an
+# e-mail address, another, alone in its cell, a value strong on its own (upper and lower
+# case, a digit and a symbol, 8 to 40 characters; "&lt;" and "&gt;" read as written),
+# where the row or the text above it speaks of passwords, logins or access:
+# "<tr><td>Shopify admin</td><td>ops@x.example</td><td>Cactus!Bloom-64</td></tr>",
+# "  Aiko Tanaka  - aiko.tanaka@x.example   - Moss<Rock>17" under "their initial passwords".
+_ROW_TR = re.compile(r"(?is)<tr\b[^<>]{0,300}>(?P<body>.{0,3000}?)</tr\s*>")
+_ROW_CELL = re.compile(r"(?is)<t[dh]\b[^<>]{0,300}>(?P<c>.{0,1000}?)</t[dh]\s*>")
+_ROW_TAG = re.compile(r"<[^<>]{0,500}>")
+_ROW_TEXT_SEP = re.compile(r"[ \t]+[-–|;][ \t]+|\t+|[ ]{2,}")
+_ROW_REACH = 400            # the context above the row
+_ROW_WORDS = _GIVEN_WORDS | frozenset((b"compte", b"account", b"mots de passe",
+                        b"credential"))
+_ROW_VALUE = re.compile(r"[A-Za-z0-9!#$%&*+?@_.<>\-]{8,40}")
+
+
+def _row_value(value: str) -> bool:
+    return bool(_ROW_VALUE.fullmatch(value)) and _classes(value) >= 4 and not (
+        value[0] in "<>" or value[-1] in "<>") and _looks_secret(value.replace("<", "(")
+                                                                 .replace(">", ")"))
+
+
+_ROW_CONTEXT = re.compile(
+    r"(?i)mots?[^\S\n]de[^\S\n]passe|(?<![^\W_])(?:mdp|passwords?|passwd|logins?|"
+    r"identifiants?|acc[eè]s|access|accounts?|comptes?|admin|credentials?)(?![^\W_])")
+
+
+def _row_context(text: str, lo: int, hi: int) -> bool:
+    return _ROW_CONTEXT.search(text, max(0, lo - _ROW_REACH), hi) is not None
+
+
+def _account_rows(text: str, folded: bytes) -> list[Finding]:
+    out: list[Finding] = []
+    if _CELL_TAG.search(folded):
+        for rm in _ROW_TR.finditer(text):
+            cells = []
+            for cm in _ROW_CELL.finditer(text, rm.start("body"), rm.end("body")):
+                inner = html.unescape(_ROW_TAG.sub("", cm.group("c"))).strip()
+                cells.append((cm, inner))
+            if len(cells) < 2 or not any(_EMAIL.fullmatch(c) for _, c in cells) \
+                    or not _row_context(text, rm.start(), rm.end()):
+                continue
+            for cm, inner in cells:
+                raw = cm.group("c")
+                if "<" in raw or not _row_value(inner):
+                    continue                # (a value inside more markup: not read)
+                out.append(Finding("password", *_strip_span(text, cm.start("c"), cm.end("c"))))
+    # plain lists: lines of three cells or more, the value last
+    i = text.find("@")
+    last_line = -1
+    while i >= 0:
+        ls = text.rfind("\n", max(0, i - 300), i) + 1
+        le = text.find("\n", i, i + 300)
+        le = le if le >= 0 else min(len(text), i + 300)
+        if ls > last_line:
+            last_line = ls
+            line = text[ls:le].rstrip("\r")
+            pieces = _ROW_TEXT_SEP.split(line.strip())
+            if len(pieces) >= 3 and any(_EMAIL.fullmatch(p) for p in pieces[:-1]) \
+                    and _row_value(pieces[-1]) and _row_context(text, ls, le):
+                b = ls + len(line.rstrip())
+                out.append(Finding("password", b - len(pieces[-1]), b))
+        i = text.find("@", le)
+    return out
+
+
+# A generated value that only a secret's name introduces: the name ends with "secret" or
+# "private"/"privée" (a setting, "jwt_secret"; a qualifier, "clés Mailjet : publique X,
+# privée Y"), then at most a separator or an arrow and one line break, then a long
+# generated value ("occ config:app:get onlyoffice jwt_secret\n→ 4rK9vQ2m..."; "privée
+# 9d3e7a1c...").  Letters and digits, 20 characters or more; "publique", "public" or a
+# name that goes on ("secret_key_ref", "private-7c2e..." as one token) introduce nothing.
+_SECRET_NAME_STEMS = ("secret", "priv")
+_SECRET_NAME = re.compile(r"(?i)(?:secret|priv(?:ate|[ée]e?s?)?|secr[èe]te)(?![\w.\-])")
+_IDENT_BACK = re.compile(r"[A-Za-z0-9_.\-]{0,40}\Z")
+_SECRET_VALUE_AFTER = re.compile(
+    r"[\"']?[^\S\n]*(?:[:=]|→|->|=>)?[^\S\n]*(?:\r?\n[^\S\n]*(?:→|->|=>|>)?[^\S\n]*)?[\"']?"
+    r"(?P<v>[A-Za-z0-9+/_\-]{20,128}={0,2})(?![A-Za-z0-9+/_\-=@:]|\.\w)")
+
+
+def _secret_named_values(text: str, lower: str) -> list[Finding]:
+    out: list[Finding] = []
+    for stem in _SECRET_NAME_STEMS:
+        i = lower.find(stem)
+        while i >= 0 and len(out) < 64:
+            nm = _SECRET_NAME.match(text, i)
+            if nm is not None and (i == 0 or text[i - 1] in "_.-" or not text[i - 1].isalnum()):
+                vm = _SECRET_VALUE_AFTER.match(text, nm.end())
+                if vm is not None:
+                    value = vm.group("v")
+                    name_start = _IDENT_BACK.search(text, max(0, i - 40), i)
+                    if _mixed(value) and _entropic(value, min_len=20) \
+                            and not _binary_line(text, vm.start("v")) and not (
+                            name_start and text[name_start.start():i].lower().endswith(
+                                ("pub_", "public_", "public-"))):
+                        out.append(Finding("api-token", vm.start("v"), vm.end("v")))
+            i = lower.find(stem, i + 1)
+    return out
+
+
+# A device's verification code (the six capitals printed on a camera's or a video
+# recorder's label, that link it to an account in the maker's app: Hikvision, EZVIZ):
+# after "code de vérification" / "verification code", within its sentence, six capital
+# letters that read as no word (two vowels at most): "Code de vérification (appli
+# mobile) : KPLMXH", "c'est un code de vérification 6 lettres ABCXYZ".
+_VERIFICATION_CODE = re.compile(
+    r"(?i:code[^\S\n]+de[^\S\n]+v[ée]rification|verification[^\S\n]+code)"
+    r"(?P<gap>[^\n.!?]{0,40}?)(?<![A-Za-z0-9\-])(?P<v>[A-Z]{6})(?![A-Za-z0-9\-])")
+
+
+def _verification_codes(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    for m in _VERIFICATION_CODE.finditer(text):
+        value = m.group("v")
+        if sum(c in "AEIOU" for c in value) > 2 or len(set(value)) < 4 \
+                or _named_by(_recent(text, max(0, m.start("v") - 60), m.start("v"))):
+            continue
+        out.append(Finding("password", m.start("v"), m.end("v")))
+    return out
+
+
+# A Wi-Fi key or a key made of lower-case words joined by hyphens, with a number among
+# them ("the key we use is 7cafe-du-port-7", "the key we give to visitors is written on the
+# whiteboard: sunflower-4410-river", "la clé c'est la devise du club ..., soit
+# on-roule-ensemble-depuis-1982"): after a key or Wi-Fi label, in its paragraph and within
+# _KEY_PHRASE_REACH, right after a giving verb or a colon.  Three to eight parts, each
+# lower-case letters, digits, or digits glued to letters ("7cafe"); two words of three
+# letters or more; a digit somewhere (a pod's or a host's name mixes letters and digits
+# inside its parts: "api-6d9f7c5b8-x2kq4" is no phrase).
+_KEY_PHRASE_LABELS = ("key", "cl\u00e9", "clef", "wifi", "wi-fi", "passphrase")
+_KEY_PHRASE_REACH = 200
+_JOINED = re.compile(r"-(?<=[a-z0-9]-)(?=[a-z0-9])")
+_NETWORK_NEAR = re.compile(r"(?<![^\W_])(?:wi-?fi|wpa\d?|wlan|r[ée]seau|network|ssid)(?![^\W_])")
+_KEY_PHRASE = re.compile(
+    r"(?i)(?:(?<![^\W_])(?:is|est|c['’][^\S\n]?est|soit|was|sera)|(?<=[^\W_]):)"
+    r"[^\S\n]*\n?[^\S\n]*"
+    r"[«“\"']?[^\S\n]?(?P<v>[a-z0-9]+(?:-[a-z0-9]+){2,7})(?![\w\-]|\.\w)")
+_SETTING_BEFORE = re.compile(r"(?:[A-Za-z0-9]+[_.][A-Za-z0-9_.]+|[A-Z]{2,}[A-Z0-9]*)\Z")
+_PHRASE_PART = re.compile(r"[a-z]+|\d+|\d{1,4}[a-z]{2,}|[a-z]{2,}\d{1,4}")
+
+
+def _hyphen_phrase(value: str) -> bool:
+    parts = value.split("-")
+    return (10 <= len(value) <= 60 and value.lower() not in _DASHED_COMMON
+            and all(_PHRASE_PART.fullmatch(p) for p in parts)
+            and sum(sum(c.isalpha() for c in p) >= 3 for p in parts) >= 2
+            and any(c.isdigit() for c in value))
+
+
+def _key_phrases(text: str, lower: str, anchors: list[tuple[str, bool]]) -> list[Finding]:
+    out: list[Finding] = []
+    n = len(text)
+    until = -1
+    names = {a for a, _ in anchors}
+    for w in _KEY_PHRASE_LABELS:
+        if w not in names and not (w == "passphrase" and "pass" in names):
+            continue
+        i = lower.find(w)
+        while i >= 0:
+            end = i + len(w)
+            # ("clé"/"key" alone may be a door's: a network must be named near it)
+            if i >= until and (i == 0 or not lower[i - 1].isalnum()) \
+                    and not lower[end:end + 1].isalnum() and _key_label_ok(text, i, end) \
+                    and (w not in ("key", "cl\u00e9", "clef") or _NETWORK_NEAR.search(
+                        lower, max(0, i - _KEY_PHRASE_REACH), end + _KEY_PHRASE_REACH)):
+                hi = min(n, end + _KEY_PHRASE_REACH)
+                stop = _WINDOW_STOP.search(text, end, hi)
+                hi = stop.start() if stop else hi
+                # (most windows hold no word joined by a hyphen: a literal-first search)
+                phrases = _KEY_PHRASE.finditer(text, end, hi) \
+                    if _JOINED.search(lower, end, hi) else ()
+                for m in phrases:
+                    value = m.group("v")
+                    # (a colon after a setting's name, "DD_HOSTNAME:", gives no key)
+                    if value.islower() and _hyphen_phrase(value) and not (
+                            text[m.start()] == ":" and _SETTING_BEFORE.search(
+                                text, max(0, m.start() - 40), m.start())) \
+                            and not _named_by(_recent(text, max(0, m.start() - 60),
+                                                      m.start("v"))):
+                        out.append(Finding("password", m.start("v"), m.end("v")))
+                until = hi
+            i = lower.find(w, i + 1)
+    return out
+
+
 # Access codes: door, alarm, padlock, SIM (PIN, PUK), keypad, lockbox; digits with an
 # optional letter or # / *, also spaced or dashed ("8 3 5 1", "7-3-9-1").
 _CODE_LABEL = re.compile(
@@ -3488,9 +3929,12 @@ _STEMS = ("pass", "pwd", "psk", "secret", "token", "key", "auth", "cred", "salt"
           "sig")
 _CODE_WORDS = ("code", "pin", "puk", "combin", "keypad", "lockbox", "cadenas", "alarm",
                "key box", "keybox")
+# a portal's account area names the pair after it ("Espace client : theatre-port / X");
+# (no gate word of its own: "e" starts too many words for the gate's cost)
+_ACCOUNT_AREAS = (b"espace client", b"espace adh", b"espace membre", b"espace pro", b"extranet")
 _PAIR_WORDS = (b"compte", b"account", b"identifiant", b"login", b"acc", b"user", b"admin",
                b"utilisateur", b"credential", b"mdp", b"password", b"mot de passe", b"pw",
-               b"connexion", b"session", b"passwd")
+               b"connexion", b"session", b"passwd", *_ACCOUNT_AREAS)
 # pair words that _GENERIC_WORDS does not already cover ("pass", "user", "compte"...)
 _PAIR_ONLY = (b"acc\xc3\xa8s", b"acc\xc3\x88s", b"acces", b"admin")
 _COMMAND_WORDS = (b"-u", b"--user", b"sshpass", b"lftp", b"mysql", b"net use",
@@ -3754,7 +4198,8 @@ _LOGIN_PAIR = re.compile(
     r"(?P<v>[^\s,;/?&=]{6,64})(?![^\s,;])")
 _PAIR_CONTEXT = re.compile(
     r"(?i)compte|account|identifiant|login|acc[eè]s|user|utilisateur|credential|mdp|"
-    r"password|passwd|mot de passe|\bpw\b|\bpwd\b|connexion|\badmin\b|\bsession\b|\bcodes\b")
+    r"password|passwd|mot de passe|\bpw\b|\bpwd\b|connexion|\badmin\b|\bsession\b|\bcodes\b|"
+    r"espace (?:client|adh[ée]rent|membre|pro)|extranet")
 _COMMON_LOGINS = frozenset({"admin", "root", "administrateur", "administrator", "user",
                             "guest", "invite", "invité", "support", "operator"})
 
@@ -3769,13 +4214,17 @@ _LOGIN_BEFORE = re.compile(
 
 _LOGIN_LABEL_BEFORE = re.compile(
     r"(?i)(?<![^\W_])(?:login|logins|identifiants?|credentials|creds|user(?:name)?|"
-    r"utilisateur|compte|account|acc[eè]s|session)(?![^\W_])"
+    r"utilisateur|compte|account|acc[eè]s|session|extranet|"
+    # a portal's account area: "Espace client pro billetterie : theatre-port / X"
+    r"espace[^\S\n]+(?:client|adh[ée]rent|membre|pro))(?![^\W_])"
     # what the access is to, in a few words: "l'accès au Dolibarr avec", "identifiants
     # Dolibarr asso (", "l'accès à l'admin de la boutique c'est"
     r"(?:(?:[^\n:;.!?]{0,60}(?=:))|(?:[^\S\n]+[^\s:;.!?/()«»\"]{1,20}){1,6}?)?[^\n\w]{0,12}"
     r"(?:(?:sont|are|is|c['’\s]?est|:)[^\n\w]{0,4})?\Z")
 
 
+# a login label and a colon on the line, right before the login ("les accès du PC : ")
+_LOGIN_LINE_LABEL = re.compile(r"[^\S\n]*:[^\S\n]*\Z")
 _COLON_PAIR = re.compile(r":(?<=[A-Za-z]:)(?=[A-Za-z])(?!//)")
 
 
@@ -3811,7 +4260,7 @@ def _find_all(text: str, sep: str) -> Iterable[int]:
 
 
 _PAIR_SEPARATORS = (" /", "/ ", ", ", ",\t", "/\t", ":", " et ", " and ", " – ", " - ", "; ",
-                    " puis ", " then ")
+                    " puis ", " then ", "/")
 
 
 # Each separator followed by what _PAIR_VALUE needs (a digit in the token after it): the
@@ -3819,6 +4268,11 @@ _PAIR_SEPARATORS = (" /", "/ ", ", ", ",\t", "/\t", ":", " et ", " and ", " – 
 # followed by words).
 _PAIR_SEP_VALUE = {sep: re.compile(re.escape(sep) + r"[ \t]*(?=(?:[^\s,;/?&=]|&(?!\w{1,20}=))"
                                    r"{0,63}\d)") for sep in _PAIR_SEPARATORS if sep != ":"}
+# "login/password" written in one piece ("les accès du PC : biblio-pret3/Roman@Noir77"):
+# one slash between a letter or digit and the value, in a token that holds no other
+# slash (a path, a date or a URL holds several, or a scheme); only after a login label.
+_PAIR_SEP_VALUE["/"] = re.compile(r"/(?<=[A-Za-z0-9]/)(?=[^\s/:]{0,63}\d)(?=[^\s/:]{6,64}"
+                                  r"(?:[\s,;]|\Z))")
 
 
 def _find_valued(text: str, pattern: re.Pattern[str]) -> Iterator[int]:
@@ -3872,10 +4326,18 @@ def _login_pairs(text: str) -> list[Finding]:
             a, b = _strip_quotes(text, a, b)
             value = text[a:b]
             if not (_looks_secret(value) or _at_password(value)) or (
-                    sep == ":" and _classes(value) < 3):
+                    sep in (":", "/") and _classes(value) < 3):
                 continue
+            if sep == "/" and not (named and _LOGIN_LINE_LABEL.search(
+                    text, max(0, lm.start() - 100), lm.start())):
+                continue            # "x/Y7-z" in one piece: only after "accès ... :"
+            # "« admin / Pins2017box »": a common login, a spaced slash and a value of
+            # three classes say what they are without a word about accounts around
+            common_pair = sep.strip() == "/" and sep != "/" \
+                and login.lower() in _COMMON_LOGINS and _classes(value) >= 3
             if not _PAIR_CONTEXT.search(text, max(0, lm.start() - 400), lm.start()) and not (
-                    plain_pair and _PAIR_CONTEXT.search(text, b, min(len(text), b + 200))):
+                    plain_pair and _PAIR_CONTEXT.search(text, b, min(len(text), b + 200))) \
+                    and not common_pair:
                 continue
             seen.add(j)
             out.append(Finding("password", a, b))
@@ -3994,6 +4456,144 @@ def _connect_arguments(text: str, lower: str) -> list[Finding]:
     return out
 
 
+# --------------------------------------------------------------------------------------
+# Provider tokens with no prefix of their own, named by the provider before them
+# (``_named_provider_tokens``).  As gitleaks' rules for such providers do
+# (config/gitleaks.toml, e.g. "mailchimp-api-key": the keyword "mailchimp", a few
+# characters, then 32 hex digits, "-us" and two digits), the provider's name opens a
+# short reach (its paragraph, at most _NAMED_REACH characters on) in which a value of
+# that provider's documented shape is taken.  A shape that other things share (a UUID;
+# a long generated run of letters and digits) needs besides a word that names a secret
+# before it on its line, or ending the line above ("secret key", "client_secret",
+# "jeton serveur", "privée"), with no word after that one saying it is an identifier or
+# public ("client_id", "(ID …)", "publique").  The shapes, from the providers' documents:
+#   Scaleway: access key "SCW" and 17 upper-case letters or digits; secret key a UUID.
+#   Mailchimp: 32 hex digits, then the data centre: "-us" and one or two digits.
+#   Postmark: server and account tokens are UUIDs (X-Postmark-Server-Token).
+#   Bitwarden (and Vaultwarden): an API key's client_secret, 30 letters and digits (its
+#     client_id, "user." or "organization." and a UUID, is an identifier).
+#   Mollie: "live_" or "test_" and 30 letters and digits; OAuth "access_" and 40.
+#   HelloAsso: an OAuth client_secret; Mailjet: a private (secret) key of 32 hex digits.
+#   New Relic: a licence (ingest) key, region and "xx", 30 hex digits, then "NRAL".
+_PROVIDER_NAMES = (b"scaleway", b"scw", b"mailchimp", b"postmark", b"bitwarden",
+                   b"vaultwarden", b"mollie", b"helloasso", b"mailjet", b"new_relic",
+                   b"newrelic", b"new relic")
+_PROVIDER_NAME_SET = frozenset(_PROVIDER_NAMES)
+_PROVIDER_NAME = re.compile(r"(?i)(?<![^\W_])(?:scaleway|scw|mailchimp|postmark|bitwarden|"
+                            r"vaultwarden|mollie|helloasso|mailjet|new[_ ]?relic)(?![^\W_])")
+_PROVIDER_ALIAS = {"scw": "scaleway", "vaultwarden": "bitwarden", "new_relic": "newrelic",
+                   "new relic": "newrelic"}
+# What a value of a shape that needs no label holds, as written ("SCW", "-us", "NRAL"):
+# a text that no gate word opens is read for those only (a Mollie key's "live_" opens it).
+_PROVIDER_UNLABELLED = (b"SCW", b"-us", b"NRAL")
+_NAMED_REACH = 300
+_PARAGRAPH_END = re.compile(r"\n[ \t>]*\r?\n")
+# A value is a whole token: after a space, a quote, a separator or a bracket, and before
+# a space, a quote, a closing bracket or a sentence's end ("Vw7!hQ2z…" is one token).
+_B = r"(?<![^\s\"'`:=,;(\[{<>])"
+_E = r"(?=[\s\"'`,;)\]}<>]|[.:](?!\w)|\Z)"
+_NAMED_UUID = re.compile(_B + _UUID.pattern + _E)
+_NAMED_GENERATED = re.compile(_B + r"[A-Za-z0-9][A-Za-z0-9_\-+/]{15,199}={0,2}" + _E)
+# Each provider's shapes: (pattern, whether a word naming a secret must come before it).
+# Every provider also takes a generated value after such a word (_NAMED_GENERATED).
+_PROVIDER_SHAPES: dict[str, tuple[tuple[re.Pattern[str], bool], ...]] = {
+    "scaleway": ((re.compile(_B + r"SCW(?=[A-Z]*\d)[A-Z0-9]{17}" + _E), False),
+                 (_NAMED_UUID, True)),
+    "mailchimp": ((re.compile(_B + r"[0-9a-f]{32}-us\d{1,2}" + _E), False),),
+    "postmark": ((_NAMED_UUID, True),),
+    "bitwarden": (),
+    "mollie": ((re.compile(_B + r"(?:live|test)_[A-Za-z0-9]{30,40}" + _E), False),
+               (re.compile(_B + r"access_[A-Za-z0-9]{40}" + _E), False)),
+    "helloasso": (),
+    "mailjet": (),
+    "newrelic": ((re.compile(_B + r"[a-z]{2}\d{2}xx[0-9a-f]{30}NRAL" + _E), False),),
+}
+# A shape of the provider's own (a suffix "-us21" or "NRAL", a prefix "live_") is judged
+# as prefixed tokens are (_own_shape_alive); the others by their context, as every
+# api-token is (_live), so that Scaleway's "SCW…" access key beside its secret key stays
+# as the pair's identifier, as OVH's application key and S3's access key do
+# (_identifier_half).
+_OWN_SHAPE = re.compile(r"[0-9a-f]{32}-us\d{1,2}|(?:live|test)_[A-Za-z0-9]{30,40}|"
+                        r"access_[A-Za-z0-9]{40}|[a-z]{2}\d{2}xx[0-9a-f]{30}NRAL")
+_SECRET_WORD = re.compile(
+    r"(?i)(?<![^\W_])(?:secrets?|secr[eè]te|tokens?|jetons?|priv[ée]e?|private|"
+    r"api[\s_\-]?key|cl[ée]f?[\s_\-]+(?:d['’]\s?)?api)(?![^\W_])")
+_NOT_SECRET_WORD = re.compile(
+    r"(?i)(?<![^\W_])(?:ids?|identifiant|identifier|projet|project|organi[sz]ation|"
+    r"public|publique|publishable|user|username|login|url|endpoint|licen[cs]e|"
+    r"fingerprint|empreinte|hash|ssh|gpg|pgp|exemple|example)(?![^\W_])")
+
+
+def _named_possible(hay: _Haystack) -> bool:
+    """Whether a text that no gate word opens may hold a named provider token."""
+    return any(w in hay.cased for w in _PROVIDER_UNLABELLED) and any(
+        w in hay.folded for w in _PROVIDER_NAMES)
+
+
+def _own_shape(text: str, f: Finding) -> bool:
+    return _OWN_SHAPE.fullmatch(text, f.start, f.end) is not None
+
+
+def _own_shape_alive(text: str, f: Finding) -> bool:
+    """A token whose shape names its provider: no filler, no example, and not called
+    shareable or crossed out by the words right after it (as _alive for prefixes)."""
+    value = text[f.start:f.end]
+    if _provider_filler(text, f) or _MASKED.search(value) or "EXAMPLE" in value:
+        return False
+    b = f.end
+    return _AFTER_CUE.search(text, b, min(len(text), b + 60)) is None or not (
+        _CROSSED_OUT.match(text, b) or _SHAREABLE_AFTER.match(text, b, min(len(text), b + 60)))
+
+
+def _secret_named_before(text: str, a: int) -> bool:
+    """Whether a word naming a secret stands before ``a`` on its line (within 80
+    characters), with no identifier's or public word between it and ``a``; or, when the
+    value opens its line, ends the line above ("…, privée" / "9d3e…": a wrapped line)."""
+    ls = text.rfind("\n", max(0, a - 80), a) + 1
+    if text[ls:a].strip(" \t>"):
+        lo, hi = max(ls, a - 80), a
+    elif ls > 0:
+        hi = ls - 1
+        lo = max(text.rfind("\n", max(0, hi - 80), hi) + 1, hi - 80)
+    else:
+        return False
+    last = None
+    for m in _SECRET_WORD.finditer(text, lo, hi):
+        last = m
+    if last is None or _NOT_SECRET_WORD.search(text, last.end(), hi) is not None:
+        return False
+    return hi == a or not text[last.end():hi].strip(" \t\r:=,")
+
+
+def _named_provider_tokens(text: str) -> list[Finding]:
+    """Values of a provider's shapes within reach after its name (see above)."""
+    out: list[Finding] = []
+    n = len(text)
+    done: dict[str, int] = {}           # how far each provider's reach was read (linear)
+    for nm in _PROVIDER_NAME.finditer(text):
+        name = nm.group(0).lower()
+        name = _PROVIDER_ALIAS.get(name, name)
+        start = max(nm.end(), done.get(name, 0))
+        limit = min(n, nm.end() + _NAMED_REACH)
+        pm = _PARAGRAPH_END.search(text, nm.end(), limit)
+        if pm is not None:
+            limit = pm.start()
+        if limit <= start:
+            continue
+        done[name] = limit
+        for shape, labelled in _PROVIDER_SHAPES[name] + ((_NAMED_GENERATED, True),):
+            for m in shape.finditer(text, start, limit):
+                value = m.group(0)
+                if labelled and not _secret_named_before(text, m.start()):
+                    continue
+                if shape is _NAMED_GENERATED and not _entropic(value, min_len=16):
+                    continue
+                if _MASKED.search(value) or _is_placeholder(value) or "EXAMPLE" in value:
+                    continue
+                out.append(Finding("api-token", m.start(), m.end()))
+    return out
+
+
 # The literal lists above as one search each: a regex alternation of literals (factored
 # by first byte) costs less than a Python loop of ``bytes.find`` on texts of any size.
 def _literals(words: Iterable[bytes]) -> re.Pattern[bytes]:
@@ -4003,7 +4603,7 @@ def _literals(words: Iterable[bytes]) -> re.Pattern[bytes]:
 # (with the words of the app-password and BitLocker detectors, which start from them)
 _GENERIC_RE = _literals((*_GENERIC_WORDS, *(w.lower() for w in _CLI_WORDS), b"bitlocker",
                          b"recovery", b"cup\xc3\xa9ration", b"recuperation", b"appli",
-                         b"app pass", b"app-pass", b"app_pass"))
+                         b"app pass", b"app-pass", b"app_pass", *_PROVIDER_NAMES))
 _CLI_LOWER = tuple(w.lower() for w in _CLI_WORDS)
 
 
@@ -4050,7 +4650,7 @@ _OTHER_LITERALS = (b":\\/\\/", b"%3a%2f%2f", b"bearer", b"pgpass", b"coo", b"val
                    *_SQL_WORDS, *_CONNECT_WORDS, *_COOKIE_WORDS)
 _ALL_LITERALS = frozenset().union(
     _GENERIC_SET, _CLI_SET, _COMMAND_SET, _PAIR_SET, _PAIR_ONLY_SET, _LIST_SET, _WEBHOOK_SET,
-    _APP_SET, _RECOVERY_SET, _OTHER_LITERALS)
+    _APP_SET, _RECOVERY_SET, _OTHER_LITERALS, _PROVIDER_NAME_SET)
 _LITERAL_SEARCH = re.compile(_longest_first(_ALL_LITERALS))
 _LITERAL_PREFIXES = {w: tuple(p for p in _ALL_LITERALS if w.startswith(p))
                      for w in _ALL_LITERALS}
@@ -4181,7 +4781,8 @@ def _wifi_qr(text: str) -> list[Finding]:
 def _generic_triggered(hay: _Haystack) -> bool:
     """Whether any generic detector may find something (literal searches only)."""
     if hay._literals is not None:
-        return not hay._literals[0].isdisjoint(_GENERIC_SET) or hay.provider()
+        return not hay._literals[0].isdisjoint(_GENERIC_SET | _PROVIDER_NAME_SET) \
+            or hay.provider()
     # one search that stops at the first hit: cheaper when that is all one asks
     return bool(_GENERIC_RE.search(hay.folded)) or hay.provider()
 
@@ -4210,6 +4811,8 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
     if b":\\/\\/" in present or b"%3a%2f%2f" in present:
         found.extend(_escaped_url_credentials(text))
     found.extend(_access_codes(text, lower))
+    if b"code" in present and b"rification" in folded:
+        found.extend(_verification_codes(text))
     if b"bearer" in present:
         for i, _ in _stem_positions(lower, ("bearer",)):
             bm = _BEARER.match(text, i + 6)
@@ -4250,3 +4853,80 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
     if not present.isdisjoint(_PAIR_SET):
         found.extend(_login_pairs(text))
     return found
+
+
+# --------------------------------------------------------------------------------------
+# Precision by shape, after every detector (``_by_shape``): a value whose own shape, or
+# the cell or line it sits in, says it is no secret, whatever detector took it.  Each
+# rule reads the value and at most its line and the line above.
+
+# A reference numbered within a year, its number zero-padded ("2026-0193", "2025/00417":
+# a member's or an invoice's number), or a structure's code of capitals between two
+# numbers ("89-CCAS-0412": a department, an organisation, a sequence): a filing system's
+# shape, never a password's or a door code's.  (The year comes first and the number is
+# padded: "7842-1936" is a recovery code, "1984-2468" may be a door's.)
+_REFERENCE = re.compile(rf"""(?x)
+  {_YEAR.pattern}[-/]0\d{{2,5}}                       # 2026-0193
+| \d{{2,5}}-[A-Z]{{3,8}}-\d{{3,6}}                    # 89-CCAS-0412
+""")
+
+# A placeholder or a "none" word, bare or in Markdown emphasis, quotes or brackets
+# ("*aucun*", "_none_", "(néant)", "`n/a`"): a table cell or a form's answer saying that
+# there is no password.
+_EMPHASIS = "*_~`\"'()[]«» \t"
+_NONE_WORDS = _words("""
+aucun aucune none néant neant nil null vide empty n/a na rien nothing sans - – —
+""")
+
+# A public key's line ("ssh-ed25519 AAAAC3Nz… backup-job", an authorized_keys entry):
+# public by design, never a secret, nor any piece of it.
+_PUBLIC_KEY_LINE = re.compile(
+    r"(?<![\w\-])(?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)|"
+    r"sk-(?:ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)[ \t]+AAAA[A-Za-z0-9+/]{16,16000}"
+    r"={0,3}(?:[ \t]+[^\s]{1,200}(?=[ \t]*\r?$))?", re.M)
+
+# The user name before a spaced slash ("admin / Mk7-qsZ2-rtP9"), taken with the password
+# by a detector that reads several words: the finding keeps what follows the slash when
+# what precedes it is one word shaped as a login (letters, maybe digits and "._-@"; at
+# most two classes of characters: "1234 / 5678" are two codes, "Kx7!a / …" a password).
+_SPACED_SLASH = re.compile(r"[^\S\r\n]+/[^\S\r\n]+")
+_LOGIN_SHAPE = re.compile(r"[^\W\d_][\w.@\-]{0,63}")
+
+# A value that a label on its line names as an identity ("Nic-handle : mp48213-ovh",
+# "User ID = …", "Identifiant : …"): a handle, a login or an id says whom, not how.
+_IDENTITY_LABEL = re.compile(
+    r"(?i)(?<![^\W_])(?:nic[\s_\-]?handle|handle|login|username|user[\s_\-]?id|"
+    r"identifiant|utilisateur)[^\S\n]{0,3}[:=][^\S\n]{0,3}\Z")
+
+def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
+    """``found`` without the values whose shape says they are no secret, and with a
+    password taken together with its user name cut down to the password."""
+    if not found:
+        return found
+    keys = [m.span() for m in _PUBLIC_KEY_LINE.finditer(text)] if "AAAA" in text else []
+    key_starts = [a for a, _ in keys]
+    out: list[Finding] = []
+    for f in found:
+        if f.kind == "private-key":
+            out.append(f)
+            continue
+        k = bisect.bisect_right(key_starts, f.start) - 1
+        if k >= 0 and f.end <= keys[k][1]:
+            continue                    # inside a public key's line
+        if f.kind not in ("password", "api-token"):
+            out.append(f)
+            continue
+        value = text[f.start:f.end]
+        inner = value.strip(_EMPHASIS).lower()
+        if _REFERENCE.fullmatch(value) or inner in _NONE_WORDS or (
+                inner != value.lower() and (inner in _STOP_VALUES or _is_placeholder(inner))):
+            continue
+        sm = _SPACED_SLASH.search(value) if f.kind == "password" else None
+        if sm is not None and _LOGIN_SHAPE.fullmatch(value, 0, sm.start()) \
+                and _classes(value[:sm.start()]) <= 2 and sm.end() < len(value):
+            f = Finding(f.kind, f.start + sm.end(), f.end)
+        ls = text.rfind("\n", max(0, f.start - 40), f.start) + 1
+        if _IDENTITY_LABEL.search(text, max(ls, f.start - 40), f.start):
+            continue
+        out.append(f)
+    return out
