@@ -49,7 +49,7 @@ def load_base(base_dir: Path, workdir: Path, name: str = "helpdesk_milter_base")
     """Copy the package as ``name`` with ``base_dir``'s files over it."""
     target = workdir / "pkgs" / name
     shutil.copytree(ROOT / "milter" / "helpdesk_milter", target,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+                    ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     for f in base_dir.glob("*.py"):
         shutil.copy(f, target / f.name)
     sys.path.insert(0, str(target.parent))

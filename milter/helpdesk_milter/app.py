@@ -61,6 +61,7 @@ from typing import IO, Any
 
 import Milter
 
+from . import build
 from .config import Config, ConfigError
 from .engine import Engine
 from .message import Envelope, strip_brackets
@@ -565,9 +566,9 @@ def serve(config: Config, engine: Engine, *,
             # libmilter creates the socket with the process umask; Postfix's smtpd
             # (user postfix) must be able to write it.
             os.umask(0o777 & ~config.milter.socket_mode)
-        log.info("helpdesk-milter listening on %s (%d watch groups, %d clients%s)", socket,
-                 len(config.watch), len(engine.policy.directory),
-                 ", observe mode: no message is changed" if engine.observing else "")
+        log.info("helpdesk-milter listening on %s (%d watch groups, %d clients, decision "
+                 "core %s%s)", socket, len(config.watch), len(engine.policy.directory),
+                 build(), ", observe mode: no message is changed" if engine.observing else "")
         _run_until_stopped(socket, config.milter.timeout, _Reloader(rebuild, _metrics))
     finally:
         if lock is not None:

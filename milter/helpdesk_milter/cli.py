@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from . import __version__, build
 from .classify import RulesError, RuleSet
 from .config import Config, ConfigError, LoggingSettings, load_config, parse_duration
 from .message import Envelope, strip_brackets
@@ -721,7 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Postfix milter that recognises support requests sent to staff "
                     "addresses and routes them to the client's assistance address.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__version__}, decision core {build()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_config(p: argparse.ArgumentParser) -> None:
