@@ -327,8 +327,10 @@ class _DecodedRows:
         return row
 
 
-class _Mirror:
-    """The newest ``size`` fingerprint rows of every host, by lookup key (lock held).
+class _Mirror(_Unwritten):
+    """The newest ``size`` fingerprint rows of every host, by lookup key (lock held):
+    the SQLite store's in-memory index (``_Unwritten``: its ``remove``), with rows
+    that may arrive out of id order and a bound.
 
     Each key's rows are kept in id order (as ``find_duplicate`` ranks them: the
     highest ids are the "newest"); rows leave in the order they came, the oldest
@@ -337,13 +339,9 @@ class _Mirror:
     """
 
     def __init__(self, size: int, let_go: Callable[[Sequence[int], float], None]):
+        super().__init__()
         self.size = size
         self._let_go = let_go
-        self.by_key: dict[int, list[dedup.Row]] = {}
-        self._rows: dict[int, tuple[dedup.Row, Sequence[int]]] = {}
-
-    def __len__(self) -> int:
-        return len(self._rows)
 
     def __contains__(self, rowid: int) -> bool:
         return rowid in self._rows
@@ -367,18 +365,6 @@ class _Mirror:
             old, old_keys = self._rows[oldest]
             self.remove(oldest)
             self._let_go(old_keys, old["time"])
-
-    def remove(self, rowid: int) -> None:
-        row, keys = self._rows.pop(rowid, (None, ()))
-        for key in keys:
-            rows = self.by_key.get(key)
-            if rows is not None:
-                if rows[0] is row:
-                    del rows[0]
-                else:
-                    rows[:] = [r for r in rows if r is not row]
-                if not rows:
-                    del self.by_key[key]
 
     def clear(self) -> None:
         self.by_key.clear()
