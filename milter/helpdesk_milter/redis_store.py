@@ -42,9 +42,9 @@ policy code does not know which backend it talks to):
 * check, plan and remember are atomic on one host: a lock spans them, and rows
   not yet in Redis are looked up in memory (``_Unwritten``, as in the SQLite
   store) until the writer has filed them.  Between hosts, a row is visible once
-  filed and received by the other host's reader: a few milliseconds after its
-  message went through (a lookup first takes in what has reached the reader's
-  socket);
+  filed and received by the other host's reader: within about ``LINGER`` (20 ms,
+  the writer gathering rows into one round trip) after its message went through
+  (a lookup first takes in what has reached the reader's socket);
 * row ids are numbered without a round trip, from blocks of ``ID_BLOCK`` ids
   that each host reserves ahead from one Redis counter (``INCRBY``).  On one
   host ids grow with the order of decisions, so the same messages in the same
@@ -401,6 +401,10 @@ class RedisStore:
     limits_in_claim = True
     MAX_CONNECTIONS = 64
     BATCH = 200               # rows filed per round trip at most
+    # seconds the writer gathers rows into one round trip: one pipeline per message
+    # cost the writer thread more CPU than the rows themselves (the SQLite store's
+    # writer waits 0.1 s; here freshness across hosts is worth more)
+    LINGER = 0.02
     QUEUE_MAX = 20_000
     DECODED_ROWS = 1024       # rows read from Redis kept decoded (about 2 KB each)
     # newest rows of every host held in memory (about 3 KB each with their keys'
@@ -1020,7 +1024,7 @@ class RedisStore:
             if first is None:
                 self._queue.task_done()
                 break
-            batch, stop = take_batch(self._queue, first, self.BATCH)
+            batch, stop = take_batch(self._queue, first, self.BATCH, self.LINGER)
 
             def write(batch: list[_Row] = batch) -> None:
                 # EVALSHA in a plain pipeline: one round trip (redis-py's script
