@@ -175,14 +175,28 @@ def test_a_message_memory_cannot_answer_waits_for_one_round_trip(redis_server,  
     store.close()
 
 
+def other_host(redis_server: RedisServer, path: Path,  # noqa: F811
+               prefix: str) -> tuple[RedisStore, list[bytes]]:
+    """A second host's store on the same Redis and key prefix, its commands counted."""
+    sent: list[bytes] = []
+    store = RedisStore(redis_server.url, local=SQLiteStore(path), key_prefix=prefix,
+                       client=counting_client(redis_server.port, sent))
+    READERS.append(store)
+    return store, sent
+
+
+def two_hosts(redis_server: RedisServer,  # noqa: F811
+              tmp_path: Path) -> tuple[RedisStore, RedisStore, list[bytes]]:
+    """Hosts a and b sharing one Redis, both readers in step; b's commands counted."""
+    a = StateBackend("redis", redis_server).make(tmp_path / "a.db")
+    b, sent = other_host(redis_server, tmp_path / "b.db", a.prefix)
+    in_step(a, b)
+    return a, b, sent
+
+
 def test_another_hosts_rows_reach_memory_through_the_stream(redis_server,  # noqa: F811
                                                             tmp_path):
-    a = StateBackend("redis", redis_server).make(tmp_path / "a.db")
-    sent: list[bytes] = []
-    b = RedisStore(redis_server.url, local=SQLiteStore(tmp_path / "b.db"),
-                   key_prefix=a.prefix, client=counting_client(redis_server.port, sent))
-    READERS.append(b)
-    in_step(a, b)
+    a, b, sent = two_hosts(redis_server, tmp_path)
     assert a.check_and_remember(fp("<s1@mairie>"), remember) is None
     a.flush()              # filed: the entry is on its way to b's reader, or there
     found = b.check_and_remember(fp("<s1@mairie>", text="TR: voir plus bas"), remember)
@@ -200,12 +214,7 @@ def test_another_hosts_rows_reach_memory_through_the_stream(redis_server,  # noq
 
 def test_a_reader_that_lost_its_place_starts_again_and_redis_answers_meanwhile(
         redis_server, tmp_path):  # noqa: F811
-    a = StateBackend("redis", redis_server).make(tmp_path / "a.db")
-    sent: list[bytes] = []
-    b = RedisStore(redis_server.url, local=SQLiteStore(tmp_path / "b.db"),
-                   key_prefix=a.prefix, client=counting_client(redis_server.port, sent))
-    READERS.append(b)
-    in_step(a, b)
+    a, b, sent = two_hosts(redis_server, tmp_path)
     before = b.resyncs
     texts = [f"{TEXT} (poste {n}, bureau {n + 10})" for n in range(4)]
     with b._lock:          # b's reader cannot take anything in meanwhile
@@ -239,10 +248,7 @@ def test_a_host_started_later_seeds_from_redis(redis_server, tmp_path):  # noqa:
     a.check_and_remember(fp("<early@x>"), remember)
     a.flush()
     a.close()
-    sent: list[bytes] = []
-    c = RedisStore(redis_server.url, local=SQLiteStore(tmp_path / "c.db"),
-                   key_prefix=a.prefix, client=counting_client(redis_server.port, sent))
-    READERS.append(c)
+    c, sent = other_host(redis_server, tmp_path / "c.db", a.prefix)
     in_step(c)
     assert c._beyond is not None and c._beyond.may_hold(dedup.lookup_keys(fp("<early@x>")),
                                                         time.time())

@@ -13,13 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpdesk_milter.secrets import SecretScanner, redact_spans
-
-SCANNER = SecretScanner()
-
-
-def redacted(text: str) -> str:
-    return redact_spans(text, SCANNER.scan(text))
+from support.secret_text import redacted
 
 
 @pytest.mark.parametrize(("text", "keep"), [

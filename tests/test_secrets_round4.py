@@ -16,22 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpdesk_milter.secrets import SecretScanner, redact_spans
-
-SCANNER = SecretScanner()
-
-
-def redacted(text: str) -> str:
-    return redact_spans(text, SCANNER.scan(text))
-
-
-def check(text: str, secrets: list[str], keep: list[str]) -> None:
-    out = redacted(text)
-    for value in secrets:
-        assert value not in out, (value, out)
-    for value in keep:
-        assert value in out, (value, out)
-
+from support.secret_text import SCANNER, check
 
 # -- login/password pairs ---------------------------------------------------------------
 
