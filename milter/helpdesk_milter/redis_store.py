@@ -197,40 +197,48 @@ end
 return out
 """
 
-# ARGV: 1 the row id, 2 the row key prefix, 3 the bucket key, 4 the row, 5 its
-# lifetime (ms), 6 rows kept per key, 7 the lookup keys, 8 the bucket's lifetime (ms),
-# 9 the stream, 10 the stream's sequence counter, 11 the stream's length (about).
-# The row is also appended to the stream the hosts' readers follow, numbered by
-# the sequence counter (one more per entry: a reader that sees a gap lost its
-# place).  The stream and its counter expire with the buckets.
+# ARGV: 1 the row key prefix, 2 a row's lifetime (ms), 3 rows kept per key, 4 the
+# buckets' lifetime (ms), 5 the stream, 6 the stream's sequence counter, 7 the
+# stream's length (about); then four per row: its id, its bucket key, the row, its
+# lookup keys.  One call files a whole batch (one command to pack and one reply to
+# read for the writer thread, however many rows).  Each row is also appended to the
+# stream the hosts' readers follow, numbered by the sequence counter (one more per
+# entry: a reader that sees a gap lost its place).  The stream and its counter
+# expire with the buckets.
 _REMEMBER = """
-local seq = redis.call('INCR', ARGV[10])
-redis.call('PEXPIRE', ARGV[10], ARGV[8])
-redis.call('XADD', ARGV[9], 'MAXLEN', '~', ARGV[11], '*', 'q', seq, 'i', ARGV[1],
-           'k', ARGV[7], 'r', ARGV[4])
-redis.call('PEXPIRE', ARGV[9], ARGV[8])
-local id = ARGV[1]
-redis.call('SET', ARGV[2] .. id, ARGV[4], 'PX', ARGV[5])
-local keep = tonumber(ARGV[6])
-local fields = {}
-for key in string.gmatch(ARGV[7], '%S+') do fields[#fields + 1] = key end
-local old = redis.call('HMGET', ARGV[3], unpack(fields))
-local pairs_ = {}
-for i = 1, #fields do
-  local value, count = id, 1
-  if old[i] then
-    for previous in string.gmatch(old[i], '[^,]+') do
-      if count >= keep then break end
-      value = value .. ',' .. previous
-      count = count + 1
+local keep = tonumber(ARGV[3])
+local filed = 0
+for base = 8, #ARGV, 4 do
+  local id, bucket, row, keys = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
+  local seq = redis.call('INCR', ARGV[6])
+  redis.call('XADD', ARGV[5], 'MAXLEN', '~', ARGV[7], '*', 'q', seq, 'i', id,
+             'k', keys, 'r', row)
+  redis.call('SET', ARGV[1] .. id, row, 'PX', ARGV[2])
+  local fields = {}
+  for key in string.gmatch(keys, '%S+') do fields[#fields + 1] = key end
+  if #fields > 0 then
+    local old = redis.call('HMGET', bucket, unpack(fields))
+    local pairs_ = {}
+    for i = 1, #fields do
+      local value, count = id, 1
+      if old[i] then
+        for previous in string.gmatch(old[i], '[^,]+') do
+          if count >= keep then break end
+          value = value .. ',' .. previous
+          count = count + 1
+        end
+      end
+      pairs_[#pairs_ + 1] = fields[i]
+      pairs_[#pairs_ + 1] = value
     end
+    redis.call('HSET', bucket, unpack(pairs_))
+    redis.call('PEXPIRE', bucket, ARGV[4])
   end
-  pairs_[#pairs_ + 1] = fields[i]
-  pairs_[#pairs_ + 1] = value
+  filed = filed + 1
 end
-redis.call('HSET', ARGV[3], unpack(pairs_))
-redis.call('PEXPIRE', ARGV[3], ARGV[8])
-return 1
+redis.call('PEXPIRE', ARGV[6], ARGV[4])
+redis.call('PEXPIRE', ARGV[5], ARGV[4])
+return filed
 """
 
 # Where a reader starts (atomic): ARGV 1 the stream, 2 its sequence counter, 3 the
@@ -488,6 +496,7 @@ class RedisStore:
         self.resyncs = 0                   # times the reader (re)started (tests, logs)
         self._run_id: bytes | None = None  # the server's run_id (a restart changes it)
         self._stopping = threading.Event()
+        self._closing = threading.Event()      # cuts the writer's linger short
         self._stream = f"{self.prefix}s"
         self._stream_seq = f"{self.prefix}sq"
         self._counter = f"{self.prefix}n"
@@ -1024,27 +1033,24 @@ class RedisStore:
             if first is None:
                 self._queue.task_done()
                 break
-            batch, stop = take_batch(self._queue, first, self.BATCH, self.LINGER)
+            batch, stop = take_batch(self._queue, first, self.BATCH, self.LINGER,
+                                     self._closing)
 
             def write(batch: list[_Row] = batch) -> None:
-                # EVALSHA in a plain pipeline: one round trip (redis-py's script
-                # pipelining would first ask SCRIPT EXISTS, a round trip per batch);
-                # a restarted Redis has forgotten the script: load it, send again.
-                for attempt in range(2):
-                    pipe = self.client.pipeline(transaction=False)
-                    for row in batch:
-                        pipe.evalsha(self._remember.sha, 0, row.rowid, f"{self.prefix}f:",
-                                     f"{self.prefix}h:{row.bucket}", row.blob(), ttl,
-                                     dedup.ROWS_PER_KEY, " ".join(map(str, row.keys)),
-                                     bucket_ttl,
-                                     self._stream, self._stream_seq, self.STREAM_MAX)
-                    results = pipe.execute(raise_on_error=False)
-                    failed = [r for r in results if isinstance(r, Exception)]
-                    if not failed:
-                        return
-                    if attempt or not isinstance(failed[0], redis.exceptions.NoScriptError):
-                        raise failed[0]
+                # the whole batch in one EVALSHA (rows beside each other in ARGV); a
+                # restarted Redis has forgotten the script: load it, send again
+                args: list[Any] = [f"{self.prefix}f:", ttl, dedup.ROWS_PER_KEY,
+                                   bucket_ttl, self._stream, self._stream_seq,
+                                   self.STREAM_MAX]
+                prefix = f"{self.prefix}h:"
+                for row in batch:
+                    args += (row.rowid, f"{prefix}{row.bucket}", row.blob(),
+                             " ".join(map(str, row.keys)))
+                try:
+                    self.client.evalsha(self._remember.sha, 0, *args)
+                except redis.exceptions.NoScriptError:
                     self.client.script_load(_REMEMBER)
+                    self.client.evalsha(self._remember.sha, 0, *args)
 
             filed = False
             try:
@@ -1182,6 +1188,7 @@ class RedisStore:
 
     def close(self) -> None:
         self._queue.put(None)
+        self._closing.set()
         self._writer.join(timeout=2 * self.timeout + 5.0)
         self._stopping.set()
         with self._lock:

@@ -365,6 +365,7 @@ class SQLiteStore:
         self._guided_times: collections.deque[float] = collections.deque()
         self._dropped = 0
         self._queue: queue.Queue[Any] = queue.Queue(self.QUEUE_MAX)
+        self._closing = threading.Event()      # cuts the writer's linger short
         if readonly:
             return
         migrate(self.path)
@@ -625,6 +626,7 @@ class SQLiteStore:
         # The writer commits what it holds when it meets the end mark (FIFO: after
         # every row queued before it), without waiting out its LINGER.
         self._queue.put(None)
+        self._closing.set()
         self._writer.join(timeout=5.0)
 
     def _write_loop(self) -> None:
@@ -638,7 +640,8 @@ class SQLiteStore:
                 break
             # Gather what arrives in the next LINGER seconds into one commit: a
             # commit per message costs more than the rows themselves.
-            batch, stop = take_batch(self._queue, first, self.BATCH, self.LINGER)
+            batch, stop = take_batch(self._queue, first, self.BATCH, self.LINGER,
+                                     self._closing)
             try:
                 if db is not None and _file_id(self.path) != db_id:
                     # deleted or replaced while we ran: start a new file rather than
@@ -944,13 +947,33 @@ class NullStore:
         pass
 
 
-def take_batch(q: queue.Queue[T | None], first: T, limit: int, linger: float = 0.0
-               ) -> tuple[list[T], bool]:
+def take_batch(q: queue.Queue[T | None], first: T, limit: int, linger: float = 0.0,
+               wake: threading.Event | None = None) -> tuple[list[T], bool]:
     """A writer thread's next batch: ``first``, then what else is queued (waiting up to
     ``linger`` seconds for more), at most ``limit`` items; and True when the end mark
     (None) was met, taken from the queue: the writer stops after this batch.  The
-    caller marks the batch's items done."""
+    caller marks the batch's items done.
+
+    With ``wake``, the writer sleeps out the linger on that event (set it to cut the
+    wait short: at close) and then takes what has been queued meanwhile: one wake-up
+    per batch.  Without it, the linger is spent in ``q.get``, which wakes the writer
+    for every item put: on a busy milter, a thread switch per message that the
+    deciding threads pay for (they wait for the interpreter lock meanwhile).
+    """
     batch = [first]
+    if wake is not None:
+        if linger > 0 and q.qsize() < limit - 1:
+            wake.wait(linger)
+        while len(batch) < limit:
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                q.task_done()
+                return batch, True
+            batch.append(item)
+        return batch, False
     deadline = time.monotonic() + linger
     while len(batch) < limit:
         try:
