@@ -34,9 +34,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
-from itertools import compress, pairwise, repeat
+from itertools import accumulate, compress, pairwise, repeat
 from pathlib import Path
 
 STEM = 5
@@ -105,6 +105,34 @@ def features(subject: str, body: str, fired: Iterable[str] = (), *,
     return out
 
 
+class _ByKind:
+    """The text weights keyed by what ``text_keys`` builds each feature's name from (a
+    word, a stem, a pair of stems): scoring then needs no name per word of the text."""
+
+    __slots__ = ("pairs", "stems", "subject", "subject_stems", "words")
+
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        self.words: dict[str, float] = {}                  # u:WORD
+        self.stems: dict[str, float] = {}                  # p:STEM
+        self.pairs: dict[tuple[str, str], float] = {}      # b:S1 S2
+        self.subject: dict[str, float] = {}                # s:WORD
+        self.subject_stems: dict[str, float] = {}          # s:STEM*
+        for key, weight in weights.items():
+            kind, _, name = key.partition(":")
+            if kind == "u":
+                self.words[name] = weight
+            elif kind == "p":
+                self.stems[name] = weight
+            elif kind == "b":
+                first, _, second = name.partition(" ")
+                self.pairs[(first, second)] = weight
+            elif kind == "s":
+                if name.endswith("*"):
+                    self.subject_stems[name[:-1]] = weight
+                else:
+                    self.subject[name] = weight
+
+
 @dataclass(frozen=True)
 class TextModel:
     """A linear model: ``logit = bias + sum(weight[f] * value[f])``."""
@@ -114,6 +142,10 @@ class TextModel:
     text_scale: float = 1.0
     source: str = "<model>"
     card: Mapping[str, object] | None = None
+    _by_kind: _ByKind = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_kind", _ByKind(self.weights))
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> TextModel:
@@ -177,6 +209,56 @@ class TextModel:
         top = sorted(candidates, key=magnitudes.__getitem__, reverse=True)[:count]
         return value * math.fsum(weights), [(keys[i], weights[i] * value) for i in top
                                             if weights[i]]
+
+    def score_words(self, subject: str, body: str, count: int,
+                    shown: float = 0.0) -> tuple[float, list[tuple[str, float]]]:
+        """``score_text(keys, text_value(keys, text_scale), count, shown)`` with ``keys =
+        text_keys(subject, body)``, the same floats and features in the same order,
+        without building a name per feature: each kind's words, stems or pairs are
+        looked up as they are (``_ByKind``), and only the strongest get their name."""
+        by_kind = self._by_kind
+        words = body[:MODEL_TEXT_LIMIT].split()
+        stems = [w[:STEM] for w in words]
+        subject_words = subject.split()
+        # each kind's features, each once, in text_keys' order (kinds never share a name)
+        unique = list(dict.fromkeys(words))
+        long_stems = list(dict.fromkeys([w[:STEM] for w in words if len(w) > STEM]))
+        pairs = list(dict.fromkeys(pairwise(stems)))
+        in_subject = list(dict.fromkeys(subject_words))
+        subject_stems = list(dict.fromkeys([w[:STEM] for w in subject_words
+                                            if len(w) > STEM]))
+        ends = list(accumulate((len(unique), len(long_stems), len(pairs), len(in_subject),
+                                len(subject_stems))))
+        if not ends[-1]:
+            return 0.0, []
+        value = self.text_scale / math.sqrt(ends[-1])
+        weights = [*map(by_kind.words.get, unique, repeat(0.0)),
+                   *map(by_kind.stems.get, long_stems, repeat(0.0)),
+                   *map(by_kind.pairs.get, pairs, repeat(0.0)),
+                   *map(by_kind.subject.get, in_subject, repeat(0.0)),
+                   *map(by_kind.subject_stems.get, subject_stems, repeat(0.0))]
+        magnitudes = list(map(abs, weights))
+        cut = shown / value
+        candidates = list(compress(range(len(weights)), map(cut.__le__, magnitudes)))
+        top = sorted(candidates, key=magnitudes.__getitem__, reverse=True)[:count]
+        strongest: list[tuple[str, float]] = []
+        for i in top:
+            weight = weights[i]
+            if not weight:
+                continue
+            if i < ends[0]:
+                key = "u:" + unique[i]
+            elif i < ends[1]:
+                key = "p:" + long_stems[i - ends[0]]
+            elif i < ends[2]:
+                first, second = pairs[i - ends[1]]
+                key = "b:" + first + " " + second
+            elif i < ends[3]:
+                key = "s:" + in_subject[i - ends[2]]
+            else:
+                key = "s:" + subject_stems[i - ends[3]] + "*"
+            strongest.append((key, weight * value))
+        return value * math.fsum(weights), strongest
 
     def explain(self, values: Mapping[str, float],
                 rule_weights: Mapping[str, float] | None = None) -> list[tuple[str, float]]:
