@@ -37,12 +37,16 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from itertools import accumulate, compress, pairwise, repeat
+from operator import itemgetter, ne
 from pathlib import Path
+from typing import Any
 
 STEM = 5
 KNOWN_CLIENT_FEATURE = "k:known-client"
 MODEL_TEXT_LIMIT = 3000
 FORMAT = 1
+
+_STEM_OF = itemgetter(slice(0, STEM))     # word -> word[:STEM], a C function
 
 
 class ModelError(ValueError):
@@ -218,45 +222,52 @@ class TextModel:
         looked up as they are (``_ByKind``), and only the strongest get their name."""
         by_kind = self._by_kind
         words = body[:MODEL_TEXT_LIMIT].split()
-        stems = [w[:STEM] for w in words]
+        stems = list(map(_STEM_OF, words))
         subject_words = subject.split()
-        # each kind's features, each once, in text_keys' order (kinds never share a name)
-        unique = list(dict.fromkeys(words))
-        long_stems = list(dict.fromkeys([w[:STEM] for w in words if len(w) > STEM]))
-        pairs = list(dict.fromkeys(pairwise(stems)))
-        in_subject = list(dict.fromkeys(subject_words))
-        subject_stems = list(dict.fromkeys([w[:STEM] for w in subject_words
-                                            if len(w) > STEM]))
-        ends = list(accumulate((len(unique), len(long_stems), len(pairs), len(in_subject),
-                                len(subject_stems))))
+        # each kind's features, each once, in text_keys' order (kinds never share a
+        # name); map/compress over C functions: no Python step per word
+        groups: tuple[dict[Any, None], ...] = (
+            dict.fromkeys(words),
+            dict.fromkeys(compress(stems, map(ne, words, stems))),   # longer than STEM
+            dict.fromkeys(pairwise(stems)),
+            dict.fromkeys(subject_words),
+            dict.fromkeys(compress(map(_STEM_OF, subject_words),
+                                   map(STEM.__lt__, map(len, subject_words)))))
+        ends = list(accumulate(map(len, groups)))
         if not ends[-1]:
             return 0.0, []
         value = self.text_scale / math.sqrt(ends[-1])
-        weights = [*map(by_kind.words.get, unique, repeat(0.0)),
-                   *map(by_kind.stems.get, long_stems, repeat(0.0)),
-                   *map(by_kind.pairs.get, pairs, repeat(0.0)),
-                   *map(by_kind.subject.get, in_subject, repeat(0.0)),
-                   *map(by_kind.subject_stems.get, subject_stems, repeat(0.0))]
-        magnitudes = list(map(abs, weights))
+        weights = [*map(by_kind.words.get, groups[0], repeat(0.0)),
+                   *map(by_kind.stems.get, groups[1], repeat(0.0)),
+                   *map(by_kind.pairs.get, groups[2], repeat(0.0)),
+                   *map(by_kind.subject.get, groups[3], repeat(0.0)),
+                   *map(by_kind.subject_stems.get, groups[4], repeat(0.0))]
         cut = shown / value
-        candidates = list(compress(range(len(weights)), map(cut.__le__, magnitudes)))
-        top = sorted(candidates, key=magnitudes.__getitem__, reverse=True)[:count]
+        candidates = list(compress(range(len(weights)), map(cut.__le__, map(abs, weights))))
+        top = sorted(candidates, key=lambda i: abs(weights[i]), reverse=True)[:count]
         strongest: list[tuple[str, float]] = []
+        listed: dict[int, list[Any]] = {}
         for i in top:
             weight = weights[i]
             if not weight:
                 continue
-            if i < ends[0]:
-                key = "u:" + unique[i]
-            elif i < ends[1]:
-                key = "p:" + long_stems[i - ends[0]]
-            elif i < ends[2]:
-                first, second = pairs[i - ends[1]]
-                key = "b:" + first + " " + second
-            elif i < ends[3]:
-                key = "s:" + in_subject[i - ends[2]]
+            kind = 0
+            while i >= ends[kind]:
+                kind += 1
+            names = listed.get(kind)
+            if names is None:
+                names = listed[kind] = list(groups[kind])
+            name = names[i - ends[kind - 1] if kind else i]
+            if kind == 0:
+                key = "u:" + name
+            elif kind == 1:
+                key = "p:" + name
+            elif kind == 2:
+                key = "b:" + name[0] + " " + name[1]
+            elif kind == 3:
+                key = "s:" + name
             else:
-                key = "s:" + subject_stems[i - ends[3]] + "*"
+                key = "s:" + name + "*"
             strongest.append((key, weight * value))
         return value * math.fsum(weights), strongest
 
