@@ -316,6 +316,7 @@ class ParsedMessage:
         self.defects: list[str] = []
         end = _HEADER_END.search(raw)
         stop = end.start() if end else len(raw)
+        self.header_end = stop      # raw[:header_end]: the top-level header block
         # The standard library ends a line at a bare CR; a milter's MTA does not
         # (Postfix turns it into a space; others pass it on in the field).  Parsed
         # as is, "X-A: a\rb" would end the header block early and hide every later
@@ -345,6 +346,13 @@ class ParsedMessage:
         """First value of a header, decoded; "" when absent."""
         value = self._first.get(name.lower())
         return "" if value is None else decode_words(undo_surrogates(value))
+
+    def header_block_mentions(self, *names: bytes) -> bool:
+        """False when no ``names`` (lower-case ASCII) occur, in any case, in the
+        top-level header block's bytes: then no field of ``header_fields`` is named
+        so, nor starts so (a field's name is in those bytes as it is read)."""
+        block = self.raw[:self.header_end].lower()
+        return any(name in block for name in names)
 
     def has_header(self, name: str) -> bool:
         return name.lower() in self._first
