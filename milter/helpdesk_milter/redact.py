@@ -759,7 +759,13 @@ def _html_streams(markup: str, *, mapped: bool = True) -> tuple[_Mapped, _Mapped
 # the scanner.  A no, or any doubt, means the HTML is read in full as before: the
 # check can only spare work, never find or change anything.
 
-_HIDDEN = re.compile(r"<!--.*?(?:-->|\Z)|<(script|style|xmp|textarea)\b.*?(?:</\1\s*>|\Z)",
+# Comments, scripts and styles: what ``<!--.*?(?:-->|\Z)|<(script|style|xmp|textarea)\b
+# .*?(?:</\1\s*>|\Z)`` matches, spelt so that ``re`` runs through their text a run of
+# characters at a time (no "<", no "-") instead of trying the end at every character
+# (a style block is most of an HTML mail's head): each loop stops exactly where the lazy
+# ``.*?`` would, at the first end mark; possessive, so nothing is retried.
+_HIDDEN = re.compile(r"<!--(?:[^-]++|-(?!->))*+(?:-->|\Z)"
+                     r"|<(script|style|xmp|textarea)\b(?:[^<]++|<(?!/\1\s*>))*+(?:</\1\s*>|\Z)",
                      re.I | re.S)
 _TABLE_CELL = re.compile(r"<t[dh][\s>/]", re.I)
 # (no "<" inside: each try stops at the next "<", so the search stays linear)
