@@ -166,28 +166,18 @@ _DEFAULT_TIME = "%Y-%m-%d %H:%M:%S"
 _DEFAULT_MSEC = "%s,%03d"
 
 
-class _Second:
-    """``time.strftime`` of the current second, kept: it changes once a second."""
-
-    __slots__ = ("text", "when")
-
-    def __init__(self) -> None:
-        self.when = -1
-        self.text = ""
-
-
-_second = _Second()
+# ``time.strftime`` of the current second, kept (it changes once a second): (second, text),
+# one tuple, so that a thread never reads one second's number with another's text
+_second: list[tuple[int, str]] = [(-1, "")]
 
 
 def _asctime(now: float) -> str:
     """``Formatter.formatTime`` of a record created at ``now`` (default formats)."""
     whole = int(now)
-    second = _second
-    if second.when != whole:
+    when, text = _second[0]
+    if when != whole:
         text = time.strftime(_DEFAULT_TIME, time.localtime(now))
-        second.text, second.when = text, whole     # (a racing thread writes the same)
-    else:
-        text = second.text
+        _second[0] = (whole, text)
     return _DEFAULT_MSEC % (text, int((now - whole) * 1000))
 
 
