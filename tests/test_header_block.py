@@ -78,3 +78,32 @@ def test_the_message_view_uses_it():
                         b"Probl=C3=A8me?=\r\n imprimante\r\n\r\nBonjour\r\n")
     assert msg.from_addr == "jean@mairie-exemple.fr"
     assert msg.subject == "Problème imprimante"
+
+
+HEADS = [
+    b"From: =?utf-8?q?Jos=C3=A9?= <j\xc3\xa9@x.fr>\r\nContent-Type: text/html\xc3\xa9; x=y\r\n",
+    b"Content-Type: \r\n\tmultipart/mixed; boundary=x\r\nFrom: a@b.c\r\n",
+    b"content-type: Multipart/Report ; x\r\nFROM: \"x\" <A@B.C>\r\nFrom: second@b.c\r\n",
+    b"Content-Type: text\r\nFrom: nobody\r\n", b"Subject: no type, no sender\r\n",
+    b"From foo@bar Mon Jan  1 00:00:00 2024\r\nFrom: a@b.c\r\nContent-Type: text/plain\r\n",
+    b"Content-Type: multipart/alternative/x; boundary=b\r\n",
+]
+
+
+@pytest.mark.parametrize("head", HEADS + [header_block(p.read_bytes()) for p in CORPUS[:20]])
+def test_fields_read_without_the_library_message_are_the_same(head):
+    """ParsedMessage answers content_type, from_addr and header_fields from the fields
+    it read, building no Message: the same answers as from the library's view."""
+    msg = ParsedMessage(head + b"\r\nbody\r\n")
+    library = parse_header_block(head)
+    assert msg.content_type == library.get_content_type()
+    assert msg.header_fields() == [(n, str(v)) for n, v in library.raw_items()]
+    assert msg.head._headers == library._headers
+    raw_from = library.get("From")
+    expected = ParsedMessage.__new__(ParsedMessage)
+    expected.__dict__.update(msg.__dict__)
+    expected._fields = None                  # the library's way
+    expected.__dict__.pop("from_addr", None)
+    expected.__dict__["head"] = library
+    assert msg.from_addr == expected.from_addr
+    assert (raw_from is None) == ("from" not in msg._first)

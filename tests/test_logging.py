@@ -11,10 +11,12 @@ queue in front of syslog drops lines rather than block a milter thread.
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import logging
 import queue
+import re
 import shutil
 import socket
 import tempfile
@@ -205,3 +207,51 @@ def test_a_stalled_syslog_drops_lines_instead_of_blocking():
     assert note.getMessage() == "3 log line(s) dropped: syslog did not keep up"
     assert records.get_nowait().getMessage() == "Q9: verdict=other"
     assert handler.dropped == 0
+
+
+# --- the line per message written straight to the stream (logs.write_info) ----------
+
+LINE = "4XyZ1C2D3E: verdict=support action=copy from=<a@b.example> rules=é"
+
+
+@pytest.mark.parametrize("fmt", ["%(asctime)s %(levelname)s %(message)s",
+                                 "%(levelname)s %(message)s", "%(message)s"])
+def test_the_short_line_writes_what_logging_writes(fmt):
+    from helpdesk_milter.engine import log, log_info
+    from helpdesk_milter.logs import write_info
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
+    try:
+        logging.basicConfig(level=logging.INFO, force=True, stream=stream, format=fmt)
+        log_info(LINE)                              # the short way
+        log.info("%s", LINE)                        # logging's own way
+        short, usual = stream.getvalue().splitlines()
+        assert write_info(log, LINE)                # (it was the short way)
+        if fmt.startswith("%(asctime)s"):
+            # the same shape; the times differ by the time between the two calls
+            stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+            assert re.fullmatch(stamp + "INFO " + re.escape(LINE), short)
+            assert re.fullmatch(stamp + "INFO " + re.escape(LINE), usual)
+            assert abs(time.mktime(time.strptime(short[:19], "%Y-%m-%d %H:%M:%S"))
+                       - time.mktime(time.strptime(usual[:19], "%Y-%m-%d %H:%M:%S"))) <= 1
+        else:
+            assert short == usual
+        # below INFO's level: nothing either way
+        root.setLevel(logging.WARNING)
+        log_info(LINE)
+        assert len(stream.getvalue().splitlines()) == 3
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+
+
+def test_the_short_line_goes_the_usual_way_when_logging_is_not_simple(caplog):
+    """A second handler (pytest's capture here), a filter or another formatter: the
+    line is an ordinary record, which the handlers and filters all see."""
+    from helpdesk_milter.engine import log_info
+    from helpdesk_milter.logs import write_info
+    caplog.set_level(logging.INFO, logger="helpdesk_milter")
+    log_info(LINE)
+    assert [r.getMessage() for r in caplog.records] == [LINE]
+    assert not write_info(logging.getLogger("helpdesk_milter"), LINE)

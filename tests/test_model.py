@@ -188,10 +188,47 @@ def test_the_fast_path_scores_as_the_plain_model_does():
     rules = RuleSet.load()
     model = load_model("shipped")
     classifier = Classifier(rules, model)
-    for path in sorted((ROOT / "tests" / "corpus" / "messages").glob("*.eml")):
+    for path in [*sorted((ROOT / "tests" / "corpus" / "messages").glob("*.eml")),
+                 *sorted((ROOT / "tests" / "blind").glob("requests-*/**/*.eml"))]:
         msg = ParsedMessage(path.read_bytes())
         for known in (False, True):
             got = classifier.score(msg.subject, msg.text, known_client=known)
             values, _ = message_features(msg.subject, msg.text, rules, known_client=known,
                                          text_scale=model.text_scale)
             assert got.score == pytest.approx(SCORE_OFFSET + model.logit(values), abs=2e-3)
+
+
+def _texts():
+    """(Subject, text) of the corpus's messages, and a few edge cases."""
+    from helpdesk_milter.message import ParsedMessage
+    out = [("", ""), ("Panne", ""), ("", "un mot"), ("Re: TR: ***", "a b a b a b"),
+           ("ordinateurs bloqués", "l'imprimante ne marche plus " * 400)]
+    for path in [*sorted((ROOT / "tests" / "corpus" / "messages").glob("*.eml")),
+                 *sorted((ROOT / "tests" / "blind").glob("requests-*/**/*.eml"))]:
+        msg = ParsedMessage(path.read_bytes())
+        out.append((msg.subject, msg.text))
+    return out
+
+
+@pytest.mark.parametrize("count,shown", [(12, 0.3), (4, 0.0), (10_000, 0.0), (3, 5.0)])
+def test_scoring_without_feature_names_is_scoring_with_them(count, shown):
+    """``score_words`` (the classifier's hot path) gives exactly what ``score_text`` on
+    ``text_keys`` gives: the same sum to the last bit, the same features in order."""
+    from helpdesk_milter.classify import prepared_texts
+    from helpdesk_milter.model import text_keys, text_value
+    model = load_model("shipped")
+    assert model is not None
+    for subject, text in _texts():
+        prepared = prepared_texts(subject, text)
+        keys = text_keys(*prepared)
+        expected = model.score_text(keys, text_value(keys, model.text_scale), count,
+                                    shown=shown)
+        assert model.score_words(*prepared, count, shown=shown) == expected
+    # a model with every kind of feature, and weights that tie
+    tied = _model({"u:panne": 1.0, "p:ordin": 1.0, "b:ne march": -1.0, "s:panne": 1.0,
+                   "s:ordin*": 1.0, "u:ne": 0.0, "r:x": 3.0})
+    for subject, text in [("Panne ordinateurs", "panne: ne marche plus, ordinateurs")]:
+        prepared = prepared_texts(subject, text)
+        keys = text_keys(*prepared)
+        assert tied.score_words(*prepared, count, shown=shown) == tied.score_text(
+            keys, text_value(keys, 1.0), count, shown=shown)

@@ -254,6 +254,24 @@ def test_incoming_helpdesk_headers_indexes_per_name():
                                                 ("X-Helpdesk-Routed", 1))
 
 
+@pytest.mark.parametrize("head", [
+    b"X-HELPDESK-Request: support\r\n", b"x-helpdesk-routed: to=x\r\n",
+    b"X-A: a\rX-Helpdesk-Request: y\r\n",                 # bare CR: one field for Postfix
+    b"From foo@bar Mon Jan  1 00:00:00 2024\r\nX-Helpdesk-Request: z\r\n",   # mbox line
+    b"Authentication-Results: mx.example.org; dkim=pass\r\n", b""])
+def test_the_quick_look_for_our_headers_finds_what_the_full_one_does(head):
+    """Policy looks for forged X-Helpdesk-* and own Authentication-Results fields only
+    when the header block's bytes mention them: the same fields go either way."""
+    raw = (b"From: <jean@mairie-exemple.fr>\r\n" + head + b"Subject: panne\r\n\r\nbody\r\n")
+    msg = ParsedMessage(raw)
+    full = incoming_helpdesk_headers(msg.header_fields(), "mx.example.org")
+    quick = full if msg.header_block_mentions(b"x-helpdesk-", b"authentication-results") \
+        else ()
+    assert quick == full
+    env = Envelope(mail_from=CLIENT, rcpts=("alice@example.org",))
+    assert POLICY.decide(env, msg).strip_headers == full
+
+
 def test_broken_message_still_gets_a_decision():
     env = Envelope(mail_from=CLIENT, rcpts=("alice@example.org",))
     raw = (b"From: =?bogus?q?x?= <\xff\xfe@\r\nSubject: =?utf-8?b?!!!?=\r\n"

@@ -607,11 +607,18 @@ class Classifier:
         if model is None:
             total = 0.0 + sum(self._rule_weights["r:" + n] for n in fired)
         else:
-            # features() and logit() in one pass: every text feature is worth the same
-            keys = text_keys(prepared_subject, prepared_body)
-            text_part, strongest = model.score_text(
-                keys, text_value(keys, model.text_scale), EXPLAIN_FEATURES * 4,
-                shown=EXPLAIN_MIN)
+            # features() and logit() in one pass: every text feature is worth the same;
+            # the features' names are needed only for the site's learned deltas
+            site = self.site() if self.site is not None else None
+            keys: list[str] = []
+            if site:
+                keys = text_keys(prepared_subject, prepared_body)
+                text_part, strongest = model.score_text(
+                    keys, text_value(keys, model.text_scale), EXPLAIN_FEATURES * 4,
+                    shown=EXPLAIN_MIN)
+            else:
+                text_part, strongest = model.score_words(
+                    prepared_subject, prepared_body, EXPLAIN_FEATURES * 4, shown=EXPLAIN_MIN)
             total = SCORE_OFFSET + model.bias + text_part
             for name in fired:
                 key = "r:" + name
@@ -620,7 +627,6 @@ class Classifier:
             if known_client:
                 total += model.weights.get(KNOWN_CLIENT_FEATURE, 0.0)
             names.extend(feature_label(key) for key in _shown(strongest))
-            site = self.site() if self.site is not None else None
             if site:
                 others = ["r:" + n for n in fired]
                 if known_client:

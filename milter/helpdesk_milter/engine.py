@@ -29,6 +29,7 @@ from .dedup import Fingerprint, Match, fingerprint
 from .directory import domain_of, in_domains
 from .guidance import build_message, compose, detect_language
 from .learn import Example, Forward, Learning, carried_forward, without_secrets
+from .logs import write_info
 from .message import Envelope, ParsedMessage, build_raw, strip_brackets
 from .policy import Decision, Policy
 from .stages import stage
@@ -48,8 +49,9 @@ log = logging.getLogger("helpdesk_milter")
 
 def log_info(line: str) -> None:
     """Log one INFO line the short way: no caller lookup (``findCaller`` walks the
-    stack on every ``log.info``), no %-formatting: the line is built once."""
-    if log.isEnabledFor(logging.INFO):
+    stack on every ``log.info``), no %-formatting: the line is built once, and when
+    logging is set up simply, written straight to its stream (``logs.write_info``)."""
+    if log.isEnabledFor(logging.INFO) and not write_info(log, line):
         log.handle(log.makeRecord(log.name, logging.INFO, "", 0, line, (), None))
 
 

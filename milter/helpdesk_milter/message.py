@@ -260,6 +260,15 @@ def parse_header_block(block: bytes) -> Message:
     (a line that is no field, a leading continuation line, an mbox "From " line)
     goes to the standard parser, which knows what to make of it.
     """
+    fields = _well_formed_fields(block)
+    if fields is None:
+        return BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+    return _message_of(fields)
+
+
+def _well_formed_fields(block: bytes) -> list[tuple[str, str]] | None:
+    """(name, raw value) of every field of ``block`` as ``parse_header_block`` reads
+    them, when every line is a field or a continuation line; else None."""
     text = block.decode("ascii", "surrogateescape")
     fields = []
     pos = 0
@@ -269,7 +278,11 @@ def parse_header_block(block: bytes) -> Message:
         fields.append((m.group(1), m.group(2).lstrip(" \t")))
         pos = m.end()
     if pos != len(text) and text[pos:] not in ("\r\n", "\n"):
-        return BytesHeaderParser(policy=policy.compat32).parsebytes(block)
+        return None
+    return fields
+
+
+def _message_of(fields: Iterable[tuple[str, str]]) -> Message:
     head = Message(policy=policy.compat32)
     for name, value in fields:
         head.set_raw(name, value)
@@ -316,6 +329,7 @@ class ParsedMessage:
         self.defects: list[str] = []
         end = _HEADER_END.search(raw)
         stop = end.start() if end else len(raw)
+        self.header_end = stop      # raw[:header_end]: the top-level header block
         # The standard library ends a line at a bare CR; a milter's MTA does not
         # (Postfix turns it into a space; others pass it on in the field).  Parsed
         # as is, "X-A: a\rb" would end the header block early and hide every later
@@ -325,12 +339,22 @@ class ParsedMessage:
         self._view = raw
         if _BARE_CR.search(raw, 0, stop):
             self._view = _BARE_CR.sub(b" ", raw[:stop]) + raw[stop:]
-        try:
-            block = self._view[:stop] + b"\r\n" if end else self._view
-            self.head: Message = parse_header_block(block)
-        except Exception as exc:  # the parser is lenient; this is the last resort
-            self.defects.append(f"unparseable headers: {type(exc).__name__}")
-            self.head = Message()
+        # The fields of a well-formed block are kept as read: most messages need no
+        # more (``head``, the standard library's view of them, is built when asked).
+        block = self._view[:stop] + b"\r\n" if end else self._view
+        self._fields: list[tuple[str, str]] | None = _well_formed_fields(block)
+        if self._fields is None:
+            try:
+                self.__dict__["head"] = BytesHeaderParser(
+                    policy=policy.compat32).parsebytes(block)
+            except Exception as exc:  # the parser is lenient; this is the last resort
+                self.defects.append(f"unparseable headers: {type(exc).__name__}")
+                self.__dict__["head"] = Message()
+
+    @cached_property
+    def head(self) -> Message:
+        """The top-level header fields as a compat32 ``Message`` (``parse_header_block``)."""
+        return _message_of(self._fields or ())
 
     @cached_property
     def msg(self) -> Message:
@@ -346,6 +370,13 @@ class ParsedMessage:
         value = self._first.get(name.lower())
         return "" if value is None else decode_words(undo_surrogates(value))
 
+    def header_block_mentions(self, *names: bytes) -> bool:
+        """False when no ``names`` (lower-case ASCII) occur, in any case, in the
+        top-level header block's bytes: then no field of ``header_fields`` is named
+        so, nor starts so (a field's name is in those bytes as it is read)."""
+        block = self.raw[:self.header_end].lower()
+        return any(name in block for name in names)
+
     def has_header(self, name: str) -> bool:
         return name.lower() in self._first
 
@@ -359,6 +390,8 @@ class ParsedMessage:
 
     def header_fields(self) -> list[tuple[str, str]]:
         """Every (name, raw value) of the top-level header block, in order."""
+        if self._fields is not None:
+            return list(self._fields)      # (what head.raw_items() gives for them)
         try:
             return [(name, str(value)) for name, value in self.head.raw_items()]
         except Exception:
@@ -366,6 +399,13 @@ class ParsedMessage:
 
     @cached_property
     def content_type(self) -> str:
+        value = self._first.get("content-type")
+        if value is not None and self._fields is not None and value.isascii():
+            # Message.get_content_type on a plain str value, without the Message
+            ctype = value.partition(";")[0].strip().lower()
+            return ctype if ctype.count("/") == 1 else "text/plain"
+        if value is None and self._fields is not None:
+            return "text/plain"
         try:
             return self.head.get_content_type()
         except Exception:
@@ -379,7 +419,14 @@ class ParsedMessage:
     def from_addr(self) -> str:
         """The From header's address, lower-cased; "" when none can be read."""
         try:
-            raw = self.head.get("From")
+            if self._fields is None:
+                raw = self.head.get("From")
+            else:
+                # head.get("From") without the Message: the first From field's raw
+                # value, unless it has 8-bit bytes (then the library's Header)
+                raw = self._first.get("from")
+                if raw is not None and not raw.isascii():
+                    raw = self.head.get("From")
             addr = from_address(_FOLD.sub("", str(raw)) if raw else "")
         except Exception:
             return ""

@@ -34,15 +34,19 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
-from itertools import compress, pairwise, repeat
+from itertools import accumulate, compress, pairwise, repeat
+from operator import itemgetter, ne
 from pathlib import Path
+from typing import Any
 
 STEM = 5
 KNOWN_CLIENT_FEATURE = "k:known-client"
 MODEL_TEXT_LIMIT = 3000
 FORMAT = 1
+
+_STEM_OF = itemgetter(slice(0, STEM))     # word -> word[:STEM], a C function
 
 
 class ModelError(ValueError):
@@ -105,6 +109,34 @@ def features(subject: str, body: str, fired: Iterable[str] = (), *,
     return out
 
 
+class _ByKind:
+    """The text weights keyed by what ``text_keys`` builds each feature's name from (a
+    word, a stem, a pair of stems): scoring then needs no name per word of the text."""
+
+    __slots__ = ("pairs", "stems", "subject", "subject_stems", "words")
+
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        self.words: dict[str, float] = {}                  # u:WORD
+        self.stems: dict[str, float] = {}                  # p:STEM
+        self.pairs: dict[tuple[str, str], float] = {}      # b:S1 S2
+        self.subject: dict[str, float] = {}                # s:WORD
+        self.subject_stems: dict[str, float] = {}          # s:STEM*
+        for key, weight in weights.items():
+            kind, _, name = key.partition(":")
+            if kind == "u":
+                self.words[name] = weight
+            elif kind == "p":
+                self.stems[name] = weight
+            elif kind == "b":
+                first, _, second = name.partition(" ")
+                self.pairs[(first, second)] = weight
+            elif kind == "s":
+                if name.endswith("*"):
+                    self.subject_stems[name[:-1]] = weight
+                else:
+                    self.subject[name] = weight
+
+
 @dataclass(frozen=True)
 class TextModel:
     """A linear model: ``logit = bias + sum(weight[f] * value[f])``."""
@@ -114,6 +146,10 @@ class TextModel:
     text_scale: float = 1.0
     source: str = "<model>"
     card: Mapping[str, object] | None = None
+    _by_kind: _ByKind = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_kind", _ByKind(self.weights))
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> TextModel:
@@ -177,6 +213,63 @@ class TextModel:
         top = sorted(candidates, key=magnitudes.__getitem__, reverse=True)[:count]
         return value * math.fsum(weights), [(keys[i], weights[i] * value) for i in top
                                             if weights[i]]
+
+    def score_words(self, subject: str, body: str, count: int,
+                    shown: float = 0.0) -> tuple[float, list[tuple[str, float]]]:
+        """``score_text(keys, text_value(keys, text_scale), count, shown)`` with ``keys =
+        text_keys(subject, body)``, the same floats and features in the same order,
+        without building a name per feature: each kind's words, stems or pairs are
+        looked up as they are (``_ByKind``), and only the strongest get their name."""
+        by_kind = self._by_kind
+        words = body[:MODEL_TEXT_LIMIT].split()
+        stems = list(map(_STEM_OF, words))
+        subject_words = subject.split()
+        # each kind's features, each once, in text_keys' order (kinds never share a
+        # name); map/compress over C functions: no Python step per word
+        groups: tuple[dict[Any, None], ...] = (
+            dict.fromkeys(words),
+            dict.fromkeys(compress(stems, map(ne, words, stems))),   # longer than STEM
+            dict.fromkeys(pairwise(stems)),
+            dict.fromkeys(subject_words),
+            dict.fromkeys(compress(map(_STEM_OF, subject_words),
+                                   map(STEM.__lt__, map(len, subject_words)))))
+        ends = list(accumulate(map(len, groups)))
+        if not ends[-1]:
+            return 0.0, []
+        value = self.text_scale / math.sqrt(ends[-1])
+        weights = [*map(by_kind.words.get, groups[0], repeat(0.0)),
+                   *map(by_kind.stems.get, groups[1], repeat(0.0)),
+                   *map(by_kind.pairs.get, groups[2], repeat(0.0)),
+                   *map(by_kind.subject.get, groups[3], repeat(0.0)),
+                   *map(by_kind.subject_stems.get, groups[4], repeat(0.0))]
+        cut = shown / value
+        candidates = list(compress(range(len(weights)), map(cut.__le__, map(abs, weights))))
+        top = sorted(candidates, key=lambda i: abs(weights[i]), reverse=True)[:count]
+        strongest: list[tuple[str, float]] = []
+        listed: dict[int, list[Any]] = {}
+        for i in top:
+            weight = weights[i]
+            if not weight:
+                continue
+            kind = 0
+            while i >= ends[kind]:
+                kind += 1
+            names = listed.get(kind)
+            if names is None:
+                names = listed[kind] = list(groups[kind])
+            name = names[i - ends[kind - 1] if kind else i]
+            if kind == 0:
+                key = "u:" + name
+            elif kind == 1:
+                key = "p:" + name
+            elif kind == 2:
+                key = "b:" + name[0] + " " + name[1]
+            elif kind == 3:
+                key = "s:" + name
+            else:
+                key = "s:" + name + "*"
+            strongest.append((key, weight * value))
+        return value * math.fsum(weights), strongest
 
     def explain(self, values: Mapping[str, float],
                 rule_weights: Mapping[str, float] | None = None) -> list[tuple[str, float]]:

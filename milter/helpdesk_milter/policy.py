@@ -360,7 +360,12 @@ class Policy:
 
     def _route(self, env: Envelope, msg: ParsedMessage, *, too_large: bool,
                state: DedupState | None) -> Decision:
-        strip = incoming_helpdesk_headers(msg.header_fields(), self.config.milter.authserv_id)
+        authserv_id = self.config.milter.authserv_id
+        # (most mail has neither kind of field: one search of the bytes says so)
+        strip = incoming_helpdesk_headers(msg.header_fields(), authserv_id) \
+            if msg.header_block_mentions(HEADER_PREFIX.encode(),
+                                         b"authentication-results" if authserv_id else
+                                         HEADER_PREFIX.encode()) else ()
 
         rcpts = [strip_brackets(r) for r in env.rcpts]
         groups: list[tuple[str, WatchGroup]] = []

@@ -759,7 +759,13 @@ def _html_streams(markup: str, *, mapped: bool = True) -> tuple[_Mapped, _Mapped
 # the scanner.  A no, or any doubt, means the HTML is read in full as before: the
 # check can only spare work, never find or change anything.
 
-_HIDDEN = re.compile(r"<!--.*?(?:-->|\Z)|<(script|style|xmp|textarea)\b.*?(?:</\1\s*>|\Z)",
+# Comments, scripts and styles: what ``<!--.*?(?:-->|\Z)|<(script|style|xmp|textarea)\b
+# .*?(?:</\1\s*>|\Z)`` matches, spelt so that ``re`` runs through their text a run of
+# characters at a time (no "<", no "-") instead of trying the end at every character
+# (a style block is most of an HTML mail's head): each loop stops exactly where the lazy
+# ``.*?`` would, at the first end mark; possessive, so nothing is retried.
+_HIDDEN = re.compile(r"<!--(?:[^-]++|-(?!->))*+(?:-->|\Z)"
+                     r"|<(script|style|xmp|textarea)\b(?:[^<]++|<(?!/\1\s*>))*+(?:</\1\s*>|\Z)",
                      re.I | re.S)
 _TABLE_CELL = re.compile(r"<t[dh][\s>/]", re.I)
 # (no "<" inside: each try stops at the next "<", so the search stays linear)
@@ -794,9 +800,8 @@ def _said_in(markup: str, plain: str, scanner: SecretScanner) -> bool:
         words = words.replace("&nbsp;", " ").replace("&#160;", " ")
     known = frozenset(plain.split())
     searches = _SAID_IN_SEARCHES    # words not in the plain part as words, looked for in it
-    for word in words.split():
-        if word in known:
-            continue
+    # (the words the plain part has as words are passed over at C speed: most of them)
+    for word in itertools.filterfalse(known.__contains__, words.split()):
         for part in html.unescape(word).split() if "&" in word else (word,):
             if part in known:
                 continue
@@ -804,11 +809,14 @@ def _said_in(markup: str, plain: str, scanner: SecretScanner) -> bool:
             if searches < 0 or part not in plain:
                 return False
     values = []
+    inert = _INERT_ATTRS
     for m in _ATTR_VALUE.finditer(shown):
-        before = shown[max(0, m.start() - 64):m.start()].rsplit(None, 1)
-        if before and before[-1].lower() in _INERT_ATTRS:
+        start = m.start()
+        before = shown[start - 64 if start > 64 else 0:start].rsplit(None, 1)
+        if before and before[-1].lower() in inert:
             continue
-        value = next(v for v in m.groups() if v is not None)
+        quoted, single, bare = m.groups()
+        value = quoted or single or bare        # (one matched; an empty value is skipped)
         if value:
             values.append(html.unescape(value) if "&" in value else value)
     return not (values and _scan_text(scanner, "\n".join(values)))
