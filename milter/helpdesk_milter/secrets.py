@@ -3009,9 +3009,20 @@ def _looks_secret(value: str) -> bool:
     """A password-like token: strong, and not an address, date, version or reference."""
     return (_strong(value) and not _DECOY_SHAPE.fullmatch(value)
             and not _URLISH.match(value) and not _EMAIL.fullmatch(value)
-            and "@" not in value and "/" not in value and "\\" not in value
+            and ("@" not in value or _at_symbol(value)) and "/" not in value
+            and "\\" not in value
             and value.lower() not in _STOP_VALUES and not _is_placeholder(value)
             and not _FINGERPRINT_PREFIX.match(value) and not _FILE_NAME.fullmatch(value))
+
+
+def _at_symbol(value: str) -> bool:
+    """"Qv8#mZ2!rL5@tK9", "Rustine!Chambre@Air9": an "@" as one symbol among others of a
+    generated or composed password, not an address's: once, inside, no host after it,
+    and the value has capitals, small letters, digits and another symbol without it."""
+    i = value.find("@")
+    rest = value[:i] + value[i + 1:]
+    return (0 < i < len(value) - 1 and "@" not in rest and "." not in value[i + 1:]
+            and _classes(rest) >= 4)
 
 
 def _leet_at(value: str) -> bool:
