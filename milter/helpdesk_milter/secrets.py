@@ -3075,10 +3075,14 @@ _SENTENCE_END = re.compile(r"[.!?][^\S\n]*\n")
 
 # A quoted passphrase right after a separator: « chat noir 1975 », "correct horse 7".
 _QUOTED_PHRASE = re.compile(
-    r"(?P<q>[«“\"'])[^\S\r\n]*(?P<v>[^\s«»“”\"']{1,30}(?:[^\S\r\n][^\s«»“”\"']{1,30}){1,5})"
+    r"(?P<q>[«“\"'])[^\S\r\n]*(?P<v>[^\s«»“”\"']{1,30}(?:[^\S\r\n][^\s«»“”\"']{1,30}){1,9})"
     r"[^\S\r\n]*[»”\"']")
 _SEP_BEFORE = re.compile(
-    r"(?:[:=]|(?<![^\W_])(?:est|c['’\s]est|is|it['’]s|soit))[^\S\r\n]*\Z", re.I)
+    r"(?:[:=]|(?<![^\W_])(?:est|c['’\s]est|is|it['’]s|soit|sera|will\s+be)"
+    r"(?:[^\S\r\n]+(?:d[ée]sormais|maintenant|toujours|actuellement|now|still|currently))?)"
+    r"[^\S\r\n]*(?:\r?\n[ \t>]*)?\Z", re.I)
+_SEP_BEFORE_REACH = 28
+
 
 
 def _quoted_word(text: str, q: int, a: int, b: int) -> bool:
@@ -3164,9 +3168,10 @@ def _window_values(text: str, pos: int, *, first_only: bool,
         wrapped = (word.startswith(("(", "[", "{")) and not bracketed) \
             or word.count(":") >= 2 or pem[0] < a < pem[1]
         if word[0] in "«“\"'" and not _named_by(_recent(text, pos, tm.start())) \
-                and _SEP_BEFORE.search(text, max(pos, tm.start() - 12), tm.start()):
+                and _SEP_BEFORE.search(text, max(pos, tm.start() - _SEP_BEFORE_REACH),
+                                       tm.start()):
             qm = _QUOTED_PHRASE.match(text, tm.start(), limit)
-            if qm is not None and _passphrase(qm.group("v")):
+            if qm is not None and _quoted_passphrase(qm.group("v")):
                 out.append(Finding("password", qm.start("v"), qm.end("v")))
                 if first_only:
                     break
@@ -3403,6 +3408,29 @@ def _word_passphrase(value: str) -> bool:
     return all(w.isalpha() and w.islower() and w not in _NOT_PASSPHRASE
                and w not in _NEGATIVE_QUALIFIERS for w in words) and \
         _REFERENCE_PHRASE.match(value) is None
+
+
+# Words that make a quoted run of words a sentence (what someone says, asks or sends),
+# not a passphrase given in quotes: pronouns, negations, giving and sending.
+_QUOTED_SENTENCE = _NOT_PASSPHRASE - _words("""
+in dans on sur by par to à au aux for pour with avec a that this ce cette ces que qui
+""")
+
+
+def _quoted_passphrase(value: str) -> bool:
+    """A passphrase given in quotes after a separator: a few words with a digit or a symbol
+    (``_passphrase``), or three to ten words of letters none of which makes it a sentence
+    ("correct horse staple margarine", « le chat du maire dort sur le registre »)."""
+    if _passphrase(value):
+        return True
+    words = value.split()
+    if not 3 <= len(words) <= 10 or len(value) > 80:
+        return False
+    if words[-1].isdigit() and len(words[-1]) <= 4:
+        words = words[:-1]
+    return all(w.isalpha() and w.lower() not in _QUOTED_SENTENCE
+               and w.lower() not in _NEGATIVE_QUALIFIERS for w in words) \
+        and _REFERENCE_PHRASE.match(value) is None
 
 
 # Two to five words, one of them with a digit, up to a bracket, a clause's end or the
