@@ -3360,11 +3360,33 @@ _KEY_NOT_SECRET = _Lexicon(" ".join(_NOT_SECRET_QUALIFIER.words) + " activation"
 _WORD_NUMBER = re.compile(r"[A-Z]?[a-z]{2,}[-_ .]?\d{1,3}|0[xX][0-9A-Fa-f]+")
 
 
+# The end of a sentence after a label: the words that qualify a label are in its own
+# sentence ("le code 914377.\nSIRET du cabinet : ..." names no SIRET code).
+_QUALIFIER_STOP = re.compile(r"[.!?][^\S\n]*(?:\n|[^\S\n](?=[A-ZÀ-Ý«\"“]))")
+
+
+def _qualifier_end(text: str, end: int, hi: int) -> int:
+    """``hi``, or the end of the label's sentence when it comes first."""
+    stop = _QUALIFIER_STOP.search(text, end, hi)
+    return stop.start() if stop is not None else hi
+
+
+def _qualifier_start(text: str, lo: int, start: int) -> int:
+    """``lo``, or the start of the label's sentence when it comes later."""
+    last = lo
+    for stop in _QUALIFIER_STOP.finditer(text, lo, start):
+        last = stop.end()
+    return last
+
+
 def _key_label_ok(text: str, start: int, end: int) -> bool:
-    """Whether the words around a "clé"/"key"/"code" label (on its line) allow a secret."""
+    """Whether the words around a "clé"/"key"/"code" label (on its line and in its
+    sentence) allow a secret."""
     lo = max(0, start - 25, text.rfind("\n", max(0, start - 25), start) + 1)
+    lo = _qualifier_start(text, lo, start)
     hi = text.find("\n", end, end + 25)
-    return not _KEY_NOT_SECRET.search(text, lo, hi if hi >= 0 else min(len(text), end + 25))
+    hi = _qualifier_end(text, end, hi if hi >= 0 else min(len(text), end + 25))
+    return not _KEY_NOT_SECRET.search(text, lo, hi)
 
 
 def _keylike(value: str) -> bool:
@@ -4055,7 +4077,8 @@ def _access_codes(text: str, lower: str) -> list[Finding]:
         if m is None or m.start() < last:
             continue
         last = m.end()
-        lo, hi = max(0, m.start() - 14), min(n, m.end() + 20)
+        lo = _qualifier_start(text, max(0, m.start() - 14), m.start())
+        hi = _qualifier_end(text, m.end(), min(n, m.end() + 20))
         if _NOT_ACCESS_CODE.search(text, lo, hi):
             continue
         intro = _list_intro_line(text, m.start())
