@@ -4212,6 +4212,20 @@ iban bic siret siren
 """)
 
 
+# A heading that announces a login and its password ("les identifiants ENT de la classe :",
+# "Login details:") rather than secrets alone: its first bare item is the login.
+_PAIR_INTRO = re.compile(r"(?i)(?<![^\W_])(?:identifiants?|credentials|logins?|acc[eè]s|access|"
+                         r"login\s+(?:details|info))(?![^\W_])")
+_SECRET_INTRO = re.compile(r"(?i)(?<![^\W_])(?:codes?|pins?|passe|mdp|passwords?|passcodes?|"
+                           r"cl[ée]s?|keys?|recovery|backup|secours)(?![^\W_])")
+
+
+def _pair_intro(text: str, intro_end: int) -> bool:
+    bol = text.rfind("\n", max(0, intro_end - 400), intro_end) + 1
+    return _PAIR_INTRO.search(text, bol, intro_end) is not None \
+        and _SECRET_INTRO.search(text, bol, intro_end) is None
+
+
 def _listed_values(text: str, lower: str) -> list[Finding]:
     out: list[Finding] = []
     n = len(text)
@@ -4219,6 +4233,8 @@ def _listed_values(text: str, lower: str) -> list[Finding]:
         pos = intro_end + 1
         blank = 0
         items = 0
+        bare: list[int] = []            # where the items with no label of their own are
+        first_out = len(out)
         while pos < n and items < 30:
             eol = text.find("\n", pos, pos + 300)
             eol = eol if eol >= 0 else min(n, pos + 300)
@@ -4242,6 +4258,8 @@ def _listed_values(text: str, lower: str) -> list[Finding]:
                 items += 1              # "Key ID: 3F2A91C4", "Login : jdupont"
                 pos = eol + 1
                 continue
+            if label is None:
+                bare.append(im.start("v"))
             code = _CODE_VALUE.fullmatch(value) is not None and not _code_decoy(value)
             if code or (_strong(value) and _looks_secret(value) and not _HEX_RUN.fullmatch(value)):
                 out.append(Finding("password", im.start("v"), im.end("v")))
@@ -4249,6 +4267,9 @@ def _listed_values(text: str, lower: str) -> list[Finding]:
                 break
             items += 1
             pos = eol + 1
+        if len(bare) == 2 and items == 2 and _pair_intro(text, intro_end):
+            # "identifiants :" then two bare lines: the login, then its password
+            out[first_out:] = [f for f in out[first_out:] if f.start != bare[0]]
     return out
 
 
