@@ -1093,6 +1093,9 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
     if split is None:
         return None
     sep, spans = split
+    if sep in (",", ";") and any(len(line[a:b].split()) > 4 for a, b in spans):
+        return None             # "Le mot de passe, comme je vous l'ai dit, c'est ...": a
+                                # sentence with commas, not a CSV header of short titles
     network = any(_ACCESS_HEADER.fullmatch(line[a:b].strip()) for a, b in spans)
     col = -1
     for i, (a, b) in enumerate(spans):
