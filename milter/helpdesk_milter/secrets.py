@@ -1772,6 +1772,8 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     qualifiers = 0
     prev = ""
     sep: re.Match[str] | None = None
+    wrapped_at = wrap_end = -1
+    plain = True
     while True:
         sep = _SEP.match(text, pos, line_end)
         if sep and (sep.group("punct") or sep.group("verb") or sep.group("changed")):
@@ -1788,12 +1790,28 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         sep = None
         if ident:
             return None
-        wm = _WORD.match(text, pos, line_end)
+        wm = (_WORD_WRAPPED if pos == wrapped_at else _WORD).match(text, pos, line_end)
         if not wm:
             if not text[pos:line_end].strip():
+                if qualifiers and wrapped_at < 0 and plain and \
+                        _soft_wrap(text, start, line_end):
+                    # "la phrase de passe du coffre\nKeePass du service : X": the words
+                    # that qualify the label go on after the mail program's line wrap
+                    # (words only: a value must then come after a separator)
+                    wrap_end = line_end
+                    wrapped_at = pos = line_end + 1
+                    nl = text.find("\n", pos, pos + _WINDOW)
+                    line_end = nl if nl >= 0 else min(n, pos + _WINDOW)
+                    continue
                 return _wrapped_after_label(text, start, line_end, group, weak, qualifiers)
             return None
         word = wm.group("w")
+        if not word.strip(".,;()«»\"'’").replace("'", "").replace("’", "").replace(
+                "-", "").isalpha():
+            if wrapped_at >= 0:
+                return _wrapped_after_label(text, start, wrap_end, group, weak, qualifiers)
+            plain = False           # (a label qualified by a value-like word is not
+                                    # continued after a line break)
         if word.startswith("(") and qualifiers and group in ("kw", "wifi"):
             close = text.find(")", wm.start("w"), min(line_end, wm.start("w") + 80))
             if close > 0:           # "la clé wifi du local (box Orange, SSID X) : value"
@@ -1857,14 +1875,26 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         line = text[nxt:nxt_end]
         if group in ("kw", "wifi") and not weak and _word_passphrase(line.strip()):
             return Finding("password", *_strip_span(text, nxt, nxt_end))
-        if not line.strip() or len(line.split()) != 1 or line.count(":") >= 2:
-            return None                 # (two colons: a record, "host:port:db:user:pw")
-        a, b = _strip_span(text, nxt, nxt_end)
-        a, b = _trim_value(text, a, b)
-        value = text[a:b]
-        if _value_ok(value, clause_end=True, strict=weak and not _login_context(text, start)):
-            return Finding("password", a, b)
-        return None
+        if not line.strip():
+            return None
+        if len(line.split()) == 1:
+            if line.count(":") >= 2:
+                return None             # (two colons: a record, "host:port:db:user:pw")
+            a, b = _strip_span(text, nxt, nxt_end)
+            a, b = _trim_value(text, a, b)
+            value = text[a:b]
+            if _value_ok(value, clause_end=True,
+                         strict=weak and not _login_context(text, start)):
+                return Finding("password", a, b)
+            return None
+        if not _wrapped_after_sep(text, start, line_end, sep):
+            return None
+        # a sentence that the mail program wrapped after its verb or colon ("la clé
+        # c'est\ntournesol2025 (tout en minuscules)"): its next line goes on as the
+        # label's own line would
+        vpos = nxt + len(line) - len(line.lstrip(" \t>"))
+        line_end = nxt_end
+        wrapped_at = nxt
 
     span = _take_value(text, vpos, line_end, ident=ident_assign)
     if span is None:
@@ -1892,12 +1922,18 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         # a pass *phrase* has spaces: take the rest of the clause
         stop = _PHRASE_END.search(text, a, line_end)
         b2 = stop.start() if stop else line_end
-        a, b = _strip_span(text, a, b2)
-        words = text[a:b].lower().split()
-        if b - a >= 8 and any(w not in _STOP_VALUES for w in words) and (
-                quoted or not _REFERENCE_PHRASE.match(text, a, b)):
-            return Finding("password", a, b)
-        return None
+        pa, pb = _strip_span(text, a, b2)
+        words = text[pa:pb].lower().split()
+        if len(words) > 1 and (len(words) > 10 or "://" in text[pa:pb] or "@" in text[pa:pb]):
+            # "... is tidal-Mercury-fennel-482 and the repo lives at ssh://...": a sentence
+            # goes on after the value; the value is the first token (judged below)
+            if not _looks_secret(text[a:b]) and not _dashed_words(text[a:b]):
+                return None
+        elif pb - pa >= 8 and any(w not in _STOP_VALUES for w in words) and (
+                quoted or not _REFERENCE_PHRASE.match(text, pa, pb)):
+            return Finding("password", pa, pb)
+        else:
+            return None
 
     value = text[a:b]
     if group == "key":
@@ -1919,6 +1955,10 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     if weak and not strict and not _mixed(value) and not value.isdigit():
         strict = not _clause_end(text, b, line_end)
     clause_end = quoted or _clause_end(text, b, line_end)
+    if wrapped_at >= 0 and not quoted:
+        strict = True               # read across a line wrap: a word of the sentence that
+                                    # goes on ("the passwords the\nrepos are unreadable")
+                                    # is no value; a password-like one is
     if _value_ok(value, clause_end=clause_end, strict=strict):
         kind = _kind_for_assignment(text, start) if sep.group("punct") == "=" else "password"
         return Finding(kind, a, b)
@@ -1958,6 +1998,33 @@ def _wrapped_after_label(text: str, start: int, line_end: int, group: str, weak:
             or not _value_ok(value, clause_end=True, strict=False):
         return None
     return Finding("password", a, b)
+
+
+_WORD_WRAPPED = re.compile(r"[^\S\r\n]*(?P<w>[^\s:=|]{1,40})")
+
+
+def _soft_wrap(text: str, start: int, line_end: int) -> bool:
+    """Whether the line break at ``line_end`` (the label at ``start`` on its line) is a mail
+    program's wrap inside a sentence: a long line of prose, then a line of text (not
+    blank, not a list item, not quoted)."""
+    ls = text.rfind("\n", 0, start) + 1
+    if line_end - ls < 50 or text.count(" ", ls, line_end) < 6 or "\t" in text[ls:line_end]:
+        return False
+    nxt = text[line_end + 1:line_end + 3]
+    return bool(nxt) and not nxt[0].isspace() and _LIST_START.match(nxt) is None
+
+
+def _wrapped_after_sep(text: str, start: int, line_end: int, sep: re.Match[str]) -> bool:
+    """Whether the line break after a label's separator is a wrap inside a sentence: after
+    a verb ("c'est", "is"), or after a colon that ends a long line of prose (the next
+    line then starts a value, not a new paragraph's sentence)."""
+    if sep.group("verb") and not sep.group(0).rstrip().endswith(":"):
+        return True
+    ls = text.rfind("\n", 0, start) + 1
+    return line_end - ls >= 60 and text.count(" ", ls, line_end) >= 6
+
+
+_LIST_START = re.compile(r"[ \t]*(?:[-*•·>|#]|\d{1,2}[.)][ \t])")
 
 
 # A phrase that points elsewhere ("the one from the envelope", "celle du coffre", "le même
