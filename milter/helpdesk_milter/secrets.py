@@ -721,6 +721,11 @@ class SecretScanner:
         hay = _Haystack(text)
         if not hay.gated():
             return self._named_ungated(hay, text)
+        if "\r\n" in text:
+            # mail's CRLF line ends read as LF ones (the same length: offsets unchanged);
+            # the detectors are written for "\n" and would otherwise see "\r" as part of
+            # a line's last cell or value
+            text = text.replace("\r\n", " \n")
         if hay.quiet():
             quiet = [f for f in self._generic(hay, text) if f.kind in self.enabled]
             if "password" in self.enabled:
@@ -1651,7 +1656,7 @@ def _join_wrapped(text: str, found: list[Finding]) -> list[Finding]:
     for f in found:
         if f.kind == "password" and f.start > 2 and text[f.start - 1] == "\n":
             ps = text.rfind("\n", max(0, f.start - 66), f.start - 1)
-            prev = text[ps + 1:f.start - 1].rstrip("\r")
+            prev = text[ps + 1:f.start - 1].rstrip("\r ")
             if ps > 0 and prev and " " not in prev.strip() and prev[-1] in _GLUE \
                     and any(c.isalpha() for c in prev) and \
                     text[:ps].rstrip(" \t\r").endswith(":"):
@@ -2557,7 +2562,7 @@ def _command_line_end(text: str, pos: int) -> int:
         nl = text.find("\n", end, limit)
         if nl < 0:
             return limit
-        if text[max(pos, nl - 2):nl].rstrip("\r").endswith(("\\", "`", "^")):
+        if text[max(pos, nl - 2):nl].rstrip("\r ").endswith(("\\", "`", "^")):
             end = nl + 1
             continue
         return nl
@@ -4504,17 +4509,22 @@ _B64_RUN = re.compile(r"[A-Za-z0-9+/=]{40,}")
 _QP_RUN = re.compile(r"(?:[^\s=]{0,8}=[0-9A-F]{2}){6,}")
 
 
+_INNER_SPACE = re.compile(r" (?!\n)")
+
+
 def _binary_line(text: str, pos: int) -> bool:
     """Whether the line holding ``pos`` is encoded binary data, never prose."""
-    if " " in text[max(0, pos - 20):pos + 20]:
+    near = text[max(0, pos - 20):pos + 20]
+    if " " in near and _INNER_SPACE.search(near):
         return False                    # encoded lines have no spaces: the common case
+                                        # (a space before a line end was a CRLF's "\r")
     lo = text.rfind("\n", max(0, pos - 200), pos) + 1
     if lo == 0 and pos > 200:
         return False
     hi = text.find("\n", pos, pos + 200)
     if hi < 0:
         hi = min(len(text), pos + 200)
-    line = text[lo:hi].rstrip("\r")
+    line = text[lo:hi].rstrip("\r ")
     if len(line) < 40 or " " in line.strip():
         return False
     return bool(_UU_LINE.fullmatch(line) or _B64_RUN.fullmatch(line)
