@@ -726,6 +726,11 @@ class SecretScanner:
             # the detectors are written for "\n" and would otherwise see "\r" as part of
             # a line's last cell or value
             text = text.replace("\r\n", " \n")
+        marked = text
+        if ">" in text and "\n>" in text:
+            # quoted history read as the text it quotes: the "> " marks become spaces (the
+            # same length); what needs to know a line was quoted is given ``marked``
+            text = _QUOTE_MARKS.sub(_blank, text)
         if hay.quiet():
             quiet = [f for f in self._generic(hay, text) if f.kind in self.enabled]
             if "password" in self.enabled:
@@ -756,7 +761,8 @@ class SecretScanner:
             windows = _keyword_windows(text, lower, anchors)
             if windows:
                 labelled = True
-                found.extend(f for f in _passwords(text, lower, windows) if f.kind in enabled)
+                found.extend(f for f in _passwords(text, lower, windows, marked)
+                             if f.kind in enabled)
                 if "password" in enabled and len(lower) == len(text):
                     found.extend(_key_phrases(text, lower, anchors))
             if "password" in enabled and _CELL_TAG.search(hay.folded):
@@ -829,6 +835,13 @@ class SecretScanner:
                 continue            # filler in the whole ("T00000000/B00000000/XXXX...")
             out.append(Finding(kind, *(m.span("v") if part else m.span())))
         return out
+
+
+_QUOTE_MARKS = re.compile(r"(?m)^(?:>[ \t]?)+")
+
+
+def _blank(m: re.Match[str]) -> str:
+    return " " * (m.end() - m.start())
 
 
 def redact_spans(text: str, findings: Sequence[Finding],
@@ -1494,7 +1507,10 @@ def _after_aside(text: str, pos: int, keyword: str, *, verb: bool = False) -> Fi
     return Finding(found.kind, found.start + shift, found.end + shift)
 
 
-def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Finding]:
+def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
+               marked: str | None = None) -> list[Finding]:
+    """Password values after (or before) their labels; ``marked`` is ``text`` with its
+    quote marks ("> ") when the scan blanked them."""
     out: list[Finding] = []
     label_ends: list[int] = []      # of the password labels, for _new_one_values
     labels: list[tuple[int, int]] = []      # where keywords are, for _strong_values
@@ -1590,8 +1606,9 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
                 labels.append((i, i + len(word)))
                 i = lower.find(word, i + 1)
         labels.sort()
-    if labels and "\n>" in text:
-        labels = _quoted_labels_reach_reply(text, labels)
+    quoted = marked if marked is not None else text
+    if labels and "\n>" in quoted:
+        labels = _quoted_labels_reach_reply(quoted, labels)
     if labels:
         out.extend(_strong_values(text, labels))
     return out
