@@ -730,7 +730,7 @@ class SecretScanner:
         if ">" in text and "\n>" in text:
             # quoted history read as the text it quotes: the "> " marks become spaces (the
             # same length); what needs to know a line was quoted is given ``marked``
-            text = _QUOTE_MARKS.sub(_blank, text)
+            text = _unquoted(text)
         if hay.quiet():
             quiet = [f for f in self._generic(hay, text) if f.kind in self.enabled]
             if "password" in self.enabled:
@@ -842,6 +842,19 @@ _QUOTE_MARKS = re.compile(r"(?m)^(?:>[ \t]?)+")
 
 def _blank(m: re.Match[str]) -> str:
     return " " * (m.end() - m.start())
+
+
+def _unquoted(text: str) -> str:
+    """``text`` with the quote marks at its line starts (``_QUOTE_MARKS``) blanked; the
+    usual "> " by a plain replace (a regex callback per line costs five times more)."""
+    if "\n> >" in text or text.startswith("> >"):
+        return _QUOTE_MARKS.sub(_blank, text)
+    text = text.replace("\n> ", "\n  ")
+    if text.startswith("> "):
+        text = "  " + text[2:]
+    if "\n>" in text or text.startswith(">"):
+        text = _QUOTE_MARKS.sub(_blank, text)
+    return text
 
 
 def redact_spans(text: str, findings: Sequence[Finding],
