@@ -283,11 +283,11 @@ _GATE_WORDS = (
     "glcbt", "glft", "glimt", "glagent", "glsoat", "gloas", "glsa_", "glc_", "gr1348941",
     "xox", "xapp", "sk", "rk_", "aiza", "akia", "asia", "abia", "acca", "akcp", "gocspx",
     "eyj", "sg.", "xkeysib", "xsmtpsib", "hf_", "api_org", "npm_", "pypi", "hvs.", "hvb.",
-    "ops_", "a3-", "dckr_", "doo_", "dop_", "dor_", "shp", "age-", "dp.pt", "dt0c01",
+    "ops_", "a3-", "dckr_", "doo_", "dop_", "dor_", "shp", "age-", "dp.pt", "dp.st", "dp.sa", "dp.ct", "dt0c01",
     "pmak", "pul-", "pscale", "pnu_", "rubygems", "sntry", "pplx", "sq0", "eaa", "fo1_",
     "ntn_", "aa", "sk.", "atatt3", "lin_api", "hrku-", "nrak-", "nrii-", "nrjs-",
     "rdme_", "tk-us-", "ico-", "sha256~", "fio-u-", "duffel_", "shippo_", "sgp_", "live_",
-    "ck_", "cs_",
+    "ck_", "cs_", "pat-eu1-", "pat-na1-",
     # cookies and session ids, name/value pairs (Postman, Kubernetes env)
     "cookie", "set-cookie", "logged_in", "value",
 )
@@ -2171,7 +2171,7 @@ _PROVIDER_TOKEN = re.compile(r"""
  | xsmtpsib-[a-f0-9]{64}-[A-Za-z0-9]{16}
  | hf_[A-Za-z0-9]{30,40}                                          # huggingface
  | api_org_[A-Za-z0-9]{30,40}
- | npm_[A-Za-z0-9]{36}                                            # npm
+ | npm_[A-Za-z0-9]{30,40}                                         # npm
  | pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{40,1000}                    # pypi
  | gl(?:sa|c)_[A-Za-z0-9_+/]{32,400}={0,3}                        # grafana
  | eyJrIjoi[A-Za-z0-9_=\-]{20,400}(?:\.[A-Za-z0-9_=\-]{16,400})?  # grafana (old)
@@ -2184,12 +2184,12 @@ _PROVIDER_TOKEN = re.compile(r"""
  | key-[a-f0-9]{32}                                               # mailgun
  | SK[0-9a-f]{32}                                                 # twilio api key
  | AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}
- | dp\.pt\.[A-Za-z0-9]{43}                                        # doppler
+ | dp\.(?:pt|st|sa|ct)\.(?:[a-z0-9_\-]{2,35}\.)?[A-Za-z0-9]{36,48}  # doppler
  | dt0c01\.[A-Za-z0-9]{24}\.[A-Za-z0-9]{64}                       # dynatrace
  | PMAK-[a-f0-9]{24}-[a-f0-9]{34}                                 # postman
  | pul-[a-f0-9]{40}                                               # pulumi
  | pscale_(?:tkn|oauth|pw)_[A-Za-z0-9_=.\-]{32,64}                # planetscale
- | pnu_[A-Za-z0-9]{36}                                            # prefect
+ | pnu_[A-Za-z0-9]{30,40}                                         # prefect
  | rubygems_[a-f0-9]{48}
  | sntry[us]_[A-Za-z0-9+/_=]{40,400}                              # sentry
  | pplx-[A-Za-z0-9]{48}
@@ -2202,7 +2202,7 @@ _PROVIDER_TOKEN = re.compile(r"""
  | \d{8,10}:AA[A-Za-z0-9_\-]{31,34}                               # telegram bot
  | sk\.eyJ[A-Za-z0-9_\-]{20,400}\.[A-Za-z0-9_\-]{16,100}           # mapbox (secret)
  | ATATT3[A-Za-z0-9_\-=]{60,250}                                  # atlassian
- | lin_api_[A-Za-z0-9]{40}                                        # linear
+ | lin_api_[A-Za-z0-9]{32,48}                                     # linear
  | HRKU-AA[0-9a-zA-Z_\-]{58}                                      # heroku
  | NRAK-[A-Za-z0-9]{27} | NRII-[A-Za-z0-9\-]{32} | NRJS-[a-f0-9]{19}   # new relic
  | rdme_[a-z0-9]{70}                                              # readme
@@ -2213,7 +2213,8 @@ _PROVIDER_TOKEN = re.compile(r"""
  | duffel_(?:test|live)_[A-Za-z0-9_\-=]{43}
  | shippo_(?:live|test)_[a-fA-F0-9]{40}
  | sgp_(?:[a-fA-F0-9]{16}_|local_)?[a-fA-F0-9]{40}                 # sourcegraph
- | live_[A-Za-z0-9]{30,40}                  # mollie, gocardless (generated: see below)
+ | live_[A-Za-z0-9]{24,40}                  # mollie, gocardless (generated: see below)
+ | pat-(?:eu|na)1-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}  # hubspot
  | c[ks]_[a-f0-9]{40}                                             # woocommerce
 )
 (?![A-Za-z0-9_\-])
@@ -2227,11 +2228,11 @@ _PROVIDER_TOKEN = re.compile(r"""
 _PROVIDER_LITERALS = (
     b"SG.", b"sib-", b"hf_", b"api_org_", b"npm_", b"pypi-", b"glsa_",
     b"glc_", b"eyJrIjoi", b"hvs.", b"hvb.", b"ops_", b"A3-", b"dckr_", b"_v1_", b"shp",
-    b"key-", b"SK", b"AGE-", b"dp.pt", b"dt0c01", b"PMAK", b"pul-", b"pscale", b"pnu_",
+    b"key-", b"SK", b"AGE-", b"dp.pt", b"dp.st", b"dp.sa", b"dp.ct", b"dt0c01", b"PMAK", b"pul-", b"pscale", b"pnu_",
     b"rubygems_", b"sntry", b"pplx", b"glrt", b"sq0", b"EAA", b"AKCp", b"fo1_", b"ntn_",
     b":AA", b"sk.eyJ", b"ATATT3", b"lin_api_", b"HRKU-", b"NRAK-", b"NRII-", b"NRJS-",
     b"rdme_", b"tk-us-", b"ico-", b"sha256~", b"fio-u-", b"duffel_", b"shippo_", b"sgp_",
-    b"live_", b"ck_", b"cs_")
+    b"live_", b"ck_", b"cs_", b"pat-eu1-", b"pat-na1-")
 # ... of which these end words too ("olive_", "stack_", "Mexico-"): looked for at a word's
 # start only, as the token pattern starts (a false hit costs a scan of the whole text)
 _PROVIDER_WORD_START = (b"live_", b"ck_", b"cs_", b"ico-")
@@ -2240,13 +2241,14 @@ _PROVIDER_PIVOTS = re.compile(
     rb"|(?<=pnu_)|(?<=rubygems_)|(?<=fo1_)|(?<=ntn_)|v1_|(?<=lin_api_)|(?<=rdme_)"
     rb"|(?<=duffel_)|(?<=shippo_)|(?<=sgp_)|(?<=live_)(?<![A-Za-z0-9_.\-]live_)"
     rb"|(?<=c[ks]_)(?<![A-Za-z0-9_.\-]c[ks]_))"
-    rb"|\.(?:(?<=SG\.)|(?<=hvs\.)|(?<=hvb\.)|(?<=dp\.)pt|(?<=sk\.)eyJ)"
+    rb"|\.(?:(?<=SG\.)|(?<=hvs\.)|(?<=hvb\.)|(?<=dp\.)(?:pt|st|sa|ct)|(?<=sk\.)eyJ)"
     rb"|-(?:(?<=sib-)|(?<=pypi-)|(?<=A3-)|(?<=key-)|(?<=AGE-)|(?<=pul-)|(?<=HRKU-)|(?<=NRAK-)"
     rb"|(?<=NRII-)|(?<=NRJS-)|(?<=tk-us-)|(?<=ico-)(?<![A-Za-z0-9_.\-]ico-)|(?<=fio-u-))"
     rb"|~(?<=sha256~)"
     rb"|:AA|0(?:(?<=dt0)c01|(?<=sq0))|K(?:(?<=SK)|(?<=AK)Cp|(?<=PMAK))"
     rb"|J(?<=eyJ)rIjoi|x(?<=pplx)")
-_PROVIDER_REST = (b"shp", b"pscale", b"sntry", b"glrt", b"EAA", b"ATATT3")
+_PROVIDER_REST = (b"shp", b"pscale", b"sntry", b"glrt", b"EAA", b"ATATT3", b"pat-eu1-",
+                  b"pat-na1-")
 
 
 def _provider_triggered(cased: bytes) -> bool:
