@@ -4241,7 +4241,7 @@ _LIST_INTRO = re.compile(
     r"passcodes|cl[ée]s|keys|recovery|backup|secours|r[ée]cup[ée]ration|acc[eè]s|logins|"
     r"identifiants|credentials)(?![^\W_])[^\n]{0,400}:[ \t]*\r?$")
 _LIST_ITEM = re.compile(
-    r"[ \t>]*(?:[-*•·][ \t]+)?(?:(?P<label>[^\n:\t]{1,60}?)"
+    r"[ \t>]*(?:(?:[-*•·]|\d{1,2}[.)])[ \t]+)?(?:(?P<label>[^\n:\t]{1,60}?)"
     r"(?:[ \t]*\.{3,}[ \t]*|[ \t]*:[ \t]+|\t+|[ \t]{2,}))?"
     r"(?P<v>\d{4} \d{4}|[^\s]{3,64})[ \t]*$")
 
