@@ -5093,6 +5093,10 @@ _IDENTITY_LABEL = re.compile(
     r"(?i)(?<![^\W_])(?:nic[\s_\-]?handle|handle|login|username|user[\s_\-]?id|"
     r"identifiant|utilisateur)[^\S\n]{0,3}[:=][^\S\n]{0,3}\Z")
 
+# An API token's id before its secret: "backup@pve!nightly=" (user@realm!tokenid=).
+_TOKEN_ID = re.compile(r"[\w.\-]{1,64}@[\w.\-]{1,64}![\w.\-]{1,64}=")
+
+
 def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
     """``found`` without the values whose shape says they are no secret, and with a
     password taken together with its user name cut down to the password."""
@@ -5116,6 +5120,11 @@ def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
         if _REFERENCE.fullmatch(value) or inner in _NONE_WORDS or (
                 inner != value.lower() and (inner in _STOP_VALUES or _is_placeholder(inner))):
             continue
+        tm = _TOKEN_ID.match(value)
+        if tm is not None and tm.end() < len(value):
+            # "user@realm!tokenid=<secret>" (Proxmox's API tokens): the id stays
+            f = Finding(f.kind, f.start + tm.end(), f.end)
+            value = value[tm.end():]
         sm = _SPACED_SLASH.search(value) if f.kind == "password" else None
         if sm is not None and _LOGIN_SHAPE.fullmatch(value, 0, sm.start()) \
                 and _classes(value[:sm.start()]) <= 2 and sm.end() < len(value):
