@@ -4070,6 +4070,25 @@ _DATE_LIKE = re.compile(r"(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})")
 _PHONE_LIKE = re.compile(r"0\d(?:[ .\-]?\d\d){4}|\+.*")
 
 
+# A combination in the shape of a date, "21-08-63": pairs of digits joined by hyphens
+# (dates in prose take slashes or a four-digit year), not after a word that introduces a
+# date ("le", "du", "until", "expire") and with no other number between label and value.
+_COMBINATION = re.compile(r"\d\d-\d\d-\d\d")
+_DATE_BEFORE = _words("""
+le du au aux depuis jusqu jusqu'au jusqu’au avant après apres dès des à partir on since
+until till before after from by expire expires expiré expiration valable valid date daté
+""")
+
+
+def _combination(text: str, label_end: int, start: int, value: str) -> bool:
+    if not _COMBINATION.fullmatch(value):
+        return False
+    between = text[label_end:start]
+    words = [w.strip("(),:;«»\"'").lower() for w in between.split()]
+    return not any(c.isdigit() for c in between) and not (
+        words and (words[-1] in _DATE_BEFORE or words[-1].split("'")[-1] in _DATE_BEFORE))
+
+
 def _code_decoy(value: str) -> bool:
     """A date, a year or a phone number in the shape of a code."""
     if _YEAR.fullmatch(value) or _PHONE_LIKE.fullmatch(value):
@@ -4204,7 +4223,8 @@ def _access_codes(text: str, lower: str) -> list[Finding]:
             value = v.group(0)
             # a year is a code only right after its label ("alarme 1966")
             if (_code_decoy(value) and not (v.start() - m.end() <= 3 and _YEAR.fullmatch(
-                    value))) or _NOT_ACCESS_CODE.search(
+                    value)) and not _combination(text, m.end(), v.start(), value)) \
+                    or _NOT_ACCESS_CODE.search(
                     text, max(m.end(), v.start() - 20), v.start()):
                 continue
             if not _DIGIT_CODE.fullmatch(value) and (
