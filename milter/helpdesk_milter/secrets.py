@@ -3304,6 +3304,7 @@ def _window_values(text: str, pos: int, *, first_only: bool,
             out.append(Finding("password", a, b))       # "correct-maple-ferry-lantern"
         elif not wrapped and _mixed(_as_read(value)) \
                 and (_looks_secret(value) or _leet_at(value)) \
+                and not _identity_label(text, pos, tm.start()) \
                 and not _HEX_RUN.fullmatch(value) and not _MODEL_NUMBER.fullmatch(value) \
                 and not any(c in value for c in "()[]{}=\"<>") \
                 and value[0] != "$" and "${" not in value and "$(" not in value \
@@ -3356,6 +3357,19 @@ _MODEL_NUMBER = re.compile(r"[A-Z]{1,5}[-]?[A-Z]{0,3}\d{2,5}[A-Za-z+]{0,3}")
 # (Velo*Rouge58)" (what is around it still decides, as for any window value).
 _BRACKETED = re.compile(r"\((?P<a>[^\s()\[\]{}]{4,64})\)[.,;:!?]*"
                         r"|\[(?P<b>[^\s()\[\]{}]{4,64})\][.,;:!?]*")
+
+
+def _identity_label(text: str, pos: int, start: int) -> bool:
+    """Whether the value at ``start`` follows its own label that names an identity, a few
+    words ending with a colon ("Serial on the back:", "N° de série au dos :"), rather
+    than the password label whose window it is in."""
+    words = _WINDOW_TOKEN.findall(text, max(pos, start - 48), start)[-5:]
+    if not words or not words[-1].endswith(":") and not (
+            words[-1] == ":" and len(words) > 1):
+        return False
+    recent = [_recent_word(w) for w in words]
+    return any(w in _IDENTITY_WORDS or w in _NAMED_BEFORE for w in recent) \
+        and not any(w in _LABEL_WORDS for w in recent)
 
 
 def _bracketed_secret(word: str) -> bool:
