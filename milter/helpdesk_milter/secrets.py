@@ -283,7 +283,8 @@ _GATE_WORDS = (
     "glcbt", "glft", "glimt", "glagent", "glsoat", "gloas", "glsa_", "glc_", "gr1348941",
     "xox", "xapp", "sk", "rk_", "aiza", "akia", "asia", "abia", "acca", "akcp", "gocspx",
     "eyj", "sg.", "xkeysib", "xsmtpsib", "hf_", "api_org", "npm_", "pypi", "hvs.", "hvb.",
-    "ops_", "a3-", "dckr_", "doo_", "dop_", "dor_", "shp", "age-", "dp.pt", "dp.st", "dp.sa", "dp.ct", "dt0c01",
+    "ops_", "a3-", "dckr_", "doo_", "dop_", "dor_", "shp", "age-", "dp.pt", "dp.st", "dp.sa",
+    "dp.ct", "dt0c01",
     "pmak", "pul-", "pscale", "pnu_", "rubygems", "sntry", "pplx", "sq0", "eaa", "fo1_",
     "ntn_", "aa", "sk.", "atatt3", "lin_api", "hrku-", "nrak-", "nrii-", "nrjs-",
     "rdme_", "tk-us-", "ico-", "sha256~", "fio-u-", "duffel_", "shippo_", "sgp_", "live_",
@@ -1809,6 +1810,7 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     sep: re.Match[str] | None = None
     wrapped_at = wrap_end = -1
     plain = True
+    quals: list[str] = []           # the qualifiers read, as _named_by reads words
     while True:
         sep = _SEP.match(text, pos, line_end)
         if sep and (sep.group("punct") or sep.group("verb") or sep.group("changed")):
@@ -1857,7 +1859,7 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         if low in _NEGATIVE_QUALIFIERS or low.split("'")[0] in ("n", "ne"):
             return None
         if (group != "creds" and qualifiers <= 3 and not weak and not pin
-                and prev not in _SOURCE_WORDS
+                and prev not in _SOURCE_WORDS and _ACCOUNT_NAMED.isdisjoint(quals[-2:])
                 and _strong(word.rstrip(".,;")) and not _URLISH.match(word)
                 and word[0] not in "([{" and _looks_secret(word.rstrip(".,;!?"))):
             a, b = _trim_value(text, wm.start("w"), wm.end("w"))
@@ -1877,6 +1879,7 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
             return None
         qualifiers += 1
         prev = low
+        quals.append(_recent_word(word))
         pos = wm.end()
 
     vpos = sep.end()
@@ -2228,7 +2231,8 @@ _PROVIDER_TOKEN = re.compile(r"""
 _PROVIDER_LITERALS = (
     b"SG.", b"sib-", b"hf_", b"api_org_", b"npm_", b"pypi-", b"glsa_",
     b"glc_", b"eyJrIjoi", b"hvs.", b"hvb.", b"ops_", b"A3-", b"dckr_", b"_v1_", b"shp",
-    b"key-", b"SK", b"AGE-", b"dp.pt", b"dp.st", b"dp.sa", b"dp.ct", b"dt0c01", b"PMAK", b"pul-", b"pscale", b"pnu_",
+    b"key-", b"SK", b"AGE-", b"dp.pt", b"dp.st", b"dp.sa", b"dp.ct", b"dt0c01", b"PMAK",
+    b"pul-", b"pscale", b"pnu_",
     b"rubygems_", b"sntry", b"pplx", b"glrt", b"sq0", b"EAA", b"AKCp", b"fo1_", b"ntn_",
     b":AA", b"sk.eyJ", b"ATATT3", b"lin_api_", b"HRKU-", b"NRAK-", b"NRII-", b"NRJS-",
     b"rdme_", b"tk-us-", b"ico-", b"sha256~", b"fio-u-", b"duffel_", b"shippo_", b"sgp_",
@@ -2697,6 +2701,11 @@ number n° no ref réf référence reference version modèle modele model erreur
 commit hash checksum empreinte fingerprint iban siret siren imei matricule badge
 utilisateur user
 """)
+# Qualifiers of a password label after which a word is the account's name, not its
+# password ("le mot de passe du compte partagé classe.ce2 ... : X").
+_ACCOUNT_NAMED = _IDENTITY_WORDS | _words("compte account comptes accounts")
+
+
 _LINKING_WORDS = _words("""
 is est c'est c’est was sera will be :  = - → de du des d' d’ of the le la l' l’ it's it’s
 sont are était mon ma my his her son sa un une a an
@@ -3305,6 +3314,7 @@ def _window_values(text: str, pos: int, *, first_only: bool,
         elif not wrapped and _mixed(_as_read(value)) \
                 and (_looks_secret(value) or _leet_at(value)) \
                 and not _identity_label(text, pos, tm.start()) \
+                and _ACCOUNT_NAMED.isdisjoint(_recent(text, pos, tm.start())[-2:]) \
                 and not _HEX_RUN.fullmatch(value) and not _MODEL_NUMBER.fullmatch(value) \
                 and not any(c in value for c in "()[]{}=\"<>") \
                 and value[0] != "$" and "${" not in value and "$(" not in value \
@@ -3364,8 +3374,8 @@ def _identity_label(text: str, pos: int, start: int) -> bool:
     words ending with a colon ("Serial on the back:", "N° de série au dos :"), rather
     than the password label whose window it is in."""
     words = _WINDOW_TOKEN.findall(text, max(pos, start - 48), start)[-5:]
-    if not words or not words[-1].endswith(":") and not (
-            words[-1] == ":" and len(words) > 1):
+    if not words or (not words[-1].endswith(":") and not (
+            words[-1] == ":" and len(words) > 1)):
         return False
     recent = [_recent_word(w) for w in words]
     return any(w in _IDENTITY_WORDS or w in _NAMED_BEFORE for w in recent) \
