@@ -1235,7 +1235,7 @@ def _value_ok(value: str, *, clause_end: bool, strict: bool) -> bool:
             or _is_placeholder(value)):
         return False
     if _URLISH.match(value) or _EMAIL.fullmatch(value) or _CODE_EXPRESSION.match(value) \
-            or _PATH_VALUE.fullmatch(value):
+            or _PATH_VALUE.fullmatch(value) or _QP_ESCAPES.fullmatch(value):
         return False
     if strict:
         return _strong(value)
@@ -3212,7 +3212,12 @@ def _quoted_word(text: str, q: int, a: int, b: int) -> bool:
             and value.lower() not in _STOP_VALUES and value.lower() not in _NOT_PASSPHRASE
             and value.lower() not in _NEGATIVE_QUALIFIERS and not _is_placeholder(value)
             and not _DECOY_SHAPE.fullmatch(value) and not _EMAIL.fullmatch(value)
-            and not _URLISH.match(value) and not _FILE_NAME.fullmatch(value))
+            and not _URLISH.match(value) and not _FILE_NAME.fullmatch(value)
+            and not _QP_ESCAPES.fullmatch(text[max(0, a - 1):b]))
+
+
+# Quoted-printable escapes only ("=C3=A8": an encoded letter quoted in prose)
+_QP_ESCAPES = re.compile(r"=?[0-9A-F]{2}(?:=[0-9A-F]{2})+")
 
 
 # Cheap tests that let _window_values skip a window, or a token, that cannot give a value:
