@@ -1869,7 +1869,7 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         if group == "key" and qualifiers == 0:
             a, b = _trim_value(text, wm.start("w"), wm.end("w"))
             return Finding("password", a, b) if _keylike(text[a:b]) else None
-        if word[-1:] in ".,;!?" or qualifiers >= 6 or wm.end() - m.end() > 80:
+        if word[-1:] in ".,;!?" or qualifiers >= 8 or wm.end() - m.end() > 80:
             return None
         if group in ("pair", "creds") and qualifiers >= 3:
             return None
