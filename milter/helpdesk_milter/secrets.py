@@ -468,6 +468,7 @@ _PW_KEYWORD = re.compile(rf"""
          | (?:network\s+)?security\s+key)
  | (?P<kw>{_MDP}|mdp|(?:pg|db|my)?pass(?:word|wd|wort|phrase|code)?s?|pwd|pw|psw
          |secret(?:\s+(?:word|(?:question\s+)?answer|question))?
+               (?!\s+(?:d['’]|de\s+l['’]|du\s+)\s?(?:application|appli|app|api|client)(?![^\W_]))
          |code\s+(?:d['’]acc[èe]s|secret|pin|de\s+connexion|d['’]activation|
                         de\s+d[ée]verrouillage)
          |pin(?:\s+code)?|s[ée]same|phrase\s+(?:de\s+passe|secr[èe]te)
@@ -475,7 +476,8 @@ _PW_KEYWORD = re.compile(rf"""
          |(?:r[ée]ponse|answer|question)\s+(?:secr[èe]te|de\s+s[ée]curit[ée]|secret|security)
          |security\s+(?:question\s+)?(?:answer|question))
  | (?P<skey>cl[ée]f?s?\s+(?:secr[èe]tes?|priv[ée]es?|d['’]api|api)|secret\s+(?:access\s+)?key
-          |api\s+(?:secret|key)|(?:client|app|application|consumer|shared|signing)\s+secret)
+          |api\s+(?:secret|key)|(?:client|app|application|consumer|shared|signing)\s+secret
+          |secret\s+(?:d['’]|de\s+l['’]|du\s+)\s?(?:application|appli|app|api|client))
  | (?P<key>cl[ée]f?|key|code)
  | (?P<tok>jetons?|tokens?)
 )
