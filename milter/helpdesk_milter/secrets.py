@@ -4154,7 +4154,7 @@ _PAIR_WORDS = (b"compte", b"account", b"identifiant", b"login", b"acc", b"user",
                b"utilisateur", b"credential", b"mdp", b"password", b"mot de passe", b"pw",
                b"connexion", b"session", b"passwd", *_ACCOUNT_AREAS)
 # pair words that _GENERIC_WORDS does not already cover ("pass", "user", "compte"...)
-_PAIR_ONLY = (b"acc\xc3\xa8s", b"acc\xc3\x88s", b"acces", b"admin")
+_PAIR_ONLY = (b"acc\xc3\xa8s", b"acc\xc3\x88s", b"acces", b"admin", b"utilisateur")
 _COMMAND_WORDS = (b"-u", b"--user", b"sshpass", b"lftp", b"mysql", b"net use",
                   b"securestring", b"snmp", b"sqlplus", b"rman", b"expdp", b"impdp", b"sqlldr",
                   b"dgmgrl")
@@ -4436,7 +4436,7 @@ def _listed_values(text: str, lower: str) -> list[Finding]:
 _LOGIN_PAIR = re.compile(
     r"(?<![^\s(:«\"'])(?P<login>[A-Za-z][\w.\-]{1,40}(?:@[\w\-]+(?:\.[\w\-]+)+)?)"
     r"(?:[^\S\r\n]+/[^\S\r\n]*|[^\S\r\n]*/[^\S\r\n]+|[^\S\r\n]*,[^\S\r\n]+)"
-    r"(?P<v>[^\s,;/?&=]{6,64})(?![^\s,;])")
+    r"(?P<v>(?:[^\s,;/?&=]|&(?!\w{1,20}=)){6,64})(?![^\s,;])")
 _PAIR_CONTEXT = re.compile(
     r"(?i)compte|account|identifiant|login|acc[eè]s|user|utilisateur|credential|mdp|"
     r"password|passwd|mot de passe|\bpw\b|\bpwd\b|connexion|\badmin\b|\bsession\b|\bcodes\b|"
@@ -4550,7 +4550,7 @@ def _login_pairs(text: str) -> list[Finding]:
                 or _listed_under_login_intro(text, lm.start())
             # a plain name ("tlemoine / Soleil_du_Sud88") with a password of all four
             # classes after it: the pair says what it is where the text speaks of accounts
-            plain_pair = sep.strip() == "/" and login.isalpha() and login.islower() \
+            plain_pair = sep.strip() in ("/", ",") and login.isalpha() and login.islower() \
                 and 4 <= len(login) <= 20 and _classes(text[vm.start():vm.end()]) >= 4
             if not (any(c in login for c in "._@-") or any(c.isdigit() for c in login)
                     or login.lower() in _COMMON_LOGINS or named or plain_pair) \
