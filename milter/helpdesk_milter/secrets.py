@@ -4421,8 +4421,9 @@ def _listed_values(text: str, lower: str) -> list[Finding]:
             code = _CODE_VALUE.fullmatch(value) is not None and not _code_decoy(value)
             if code or (_strong(value) and _looks_secret(value) and not _HEX_RUN.fullmatch(value)):
                 out.append(Finding("password", im.start("v"), im.end("v")))
-            elif im.group("label") is None:
-                break
+            elif im.group("label") is None and not (
+                    items == 0 and _pair_intro(text, intro_end)):
+                break                   # (a credentials heading's first line: the login)
             items += 1
             pos = eol + 1
         if len(bare) == 2 and items == 2 and _pair_intro(text, intro_end):
