@@ -2249,12 +2249,12 @@ _PROVIDER_PIVOTS = re.compile(
     rb"|(?<=c[ks]_)(?<![A-Za-z0-9_.\-]c[ks]_))"
     rb"|\.(?:(?<=SG\.)|(?<=hvs\.)|(?<=hvb\.)|(?<=dp\.)(?:pt|st|sa|ct)|(?<=sk\.)eyJ)"
     rb"|-(?:(?<=sib-)|(?<=pypi-)|(?<=A3-)|(?<=key-)|(?<=AGE-)|(?<=pul-)|(?<=HRKU-)|(?<=NRAK-)"
-    rb"|(?<=NRII-)|(?<=NRJS-)|(?<=tk-us-)|(?<=ico-)(?<![A-Za-z0-9_.\-]ico-)|(?<=fio-u-))"
+    rb"|(?<=NRII-)|(?<=NRJS-)|(?<=tk-us-)|(?<=ico-)(?<![A-Za-z0-9_.\-]ico-)|(?<=fio-u-)"
+    rb"|(?<=pat-eu1-)|(?<=pat-na1-))"
     rb"|~(?<=sha256~)"
     rb"|:AA|0(?:(?<=dt0)c01|(?<=sq0))|K(?:(?<=SK)|(?<=AK)Cp|(?<=PMAK))"
     rb"|J(?<=eyJ)rIjoi|x(?<=pplx)")
-_PROVIDER_REST = (b"shp", b"pscale", b"sntry", b"glrt", b"EAA", b"ATATT3", b"pat-eu1-",
-                  b"pat-na1-")
+_PROVIDER_REST = (b"shp", b"pscale", b"sntry", b"glrt", b"EAA", b"ATATT3")
 
 
 def _provider_triggered(cased: bytes) -> bool:
@@ -4529,6 +4529,8 @@ def _login_pairs(text: str) -> list[Finding]:
     out = []
     seen: set[int] = set()
     for sep in _PAIR_SEPARATORS:
+        if sep not in text:
+            continue                # (a substring test in C: most separators are absent)
         # "login:password" is written in one piece, between letters
         positions = (m.start() for m in _COLON_PAIR.finditer(text)) if sep == ":" \
             else _find_valued(text, _PAIR_SEP_VALUE[sep])
