@@ -2900,8 +2900,9 @@ def _not_secret_value(text: str, a: int, b: int, lo: int) -> bool:
     if nm is None:
         return False
     name = nm.group("name")
-    if _ID_NAME.search(name):
-        return True                 # "VersionId:", "request_id=", "X-Trace-ID:"
+    if _ID_NAME.search(name) and "sess" not in name.lower():
+        return True                 # "VersionId:", "request_id=", "X-Trace-ID:" (a
+                                    # session's id is its key: "nc_session_id=")
     # "RECAPTCHA_SITE_KEY=", "ALGOLIA_SEARCH_KEY": a key or token the name says is public
     # (never a password or a secret: "REDIS_HOST_PASSWORD", "SESSION_SECRET")
     if not any(c in name for c in "_.-"):
