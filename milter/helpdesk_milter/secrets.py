@@ -2085,12 +2085,28 @@ _ALTERNATIVE = re.compile(
     r"encore)[^\S\r\n]+)?", re.I)
 
 
+# "mdp X\net pour le BIOS c'est Y", "password X, and for the NAS it's Y": a clause that
+# gives the same label's value for another thing
+_PARALLEL = re.compile(
+    r"[^\S\r\n]*[,;]?[^\S\r\n]*(?:\r?\n[^\S\r\n]*)?(?:et|and)[^\S\r\n]+(?:pour|for|sur|on)"
+    r"[^\S\r\n]+(?:[^\s:,.;!?]{1,20}[^\S\r\n]+){0,3}?(?:c['’][^\S\r\n]?est|est|is|it['’]s|:)"
+    r"[^\S\r\n]+", re.I)
+
+
 def _alternatives(text: str, pos: int) -> list[Finding]:
     out: list[Finding] = []
     n = len(text)
     for _ in range(3):
         am = _ALTERNATIVE.match(text, pos, min(n, pos + 40))
         if am is None:
+            pm = _PARALLEL.match(text, pos, min(n, pos + 80))
+            if pm is not None:
+                line_end = text.find("\n", pm.end(), pm.end() + 200)
+                line_end = line_end if line_end >= 0 else min(n, pm.end() + 200)
+                span = _take_value(text, pm.end(), line_end, ident=False)
+                if span is not None and _mixed(text[span[0]:span[1]]) \
+                        and _looks_secret(text[span[0]:span[1]]):
+                    out.append(Finding("password", *span))
             break
         line_end = text.find("\n", am.end(), am.end() + 200)
         line_end = line_end if line_end >= 0 else min(n, am.end() + 200)
