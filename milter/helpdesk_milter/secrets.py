@@ -1133,16 +1133,22 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
         return None             # "Le mot de passe, comme je vous l'ai dit, c'est ...": a
                                 # sentence with commas, not a CSV header of short titles
     network = any(_ACCESS_HEADER.fullmatch(line[a:b].strip()) for a, b in spans)
+    # a column titled "key" alone ("service,account,key,created"): its cells are secrets
+    # when they look generated (a long random token or a UUID), whatever the row
+    keyish = {i for i, (a, b) in enumerate(spans)
+              if len(spans) >= 3 and not network and _KEY_HEADER.fullmatch(line[a:b].strip())
+              and not _header_cell(line[a:b].strip())}
     col = -1
     for i, (a, b) in enumerate(spans):
-        if ls + a <= kw_start < ls + b and _header_cell(line[a:b].strip(), network=network):
+        if ls + a <= kw_start < ls + b and (
+                _header_cell(line[a:b].strip(), network=network) or i in keyish):
             col = i
             break
     if col < 0:
         return None
     # every secret column of the header ("password" and "totp" in an export)
     cols = [i for i, (a, b) in enumerate(spans)
-            if i == col or _header_cell(line[a:b].strip(), network=network)]
+            if i == col or i in keyish or _header_cell(line[a:b].strip(), network=network)]
     if col == 0 and len(spans) == 2:
         other = line[spans[1][0]:spans[1][1]].strip().lower().strip("*:# ")
         if other not in _HEADER_WORDS:
@@ -1175,6 +1181,8 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
                 continue
             a, b = _strip_span(row, *cells[c])
             value = row[a:b]
+            if c in keyish and not (_entropic(value, min_len=16) or _UUID.fullmatch(value)):
+                continue
             if len(value) >= 3 and not _is_placeholder(value) and not any(
                     ch.isspace() for ch in value) and value[0] not in "(-" \
                     and value.lower().strip(".,;") not in _STOP_VALUES:
