@@ -78,6 +78,16 @@ from support.secret_text import SCANNER, check, redacted
         "dp.st.dev.Lq7Xz2Rm9Tb4Wk8Np1Yv6Hc3Sd0Fg5Ja2Ue7Io3Km"], []),
     ("HubSpot: pat-na1-0b8e4c2a-7f31-4d95-a6c0-e2b9d4f1a873", [
         "pat-na1-0b8e4c2a-7f31-4d95-a6c0-e2b9d4f1a873"], []),
+    # a session's id is its key, a request's id is a reference
+    ("Cookie: app_session_id=q8w2e7r4t1y9u3i6o0p5a2s8; request_id=Rq7Lm2Xv9Tb4Wk8Np1Yc",
+     ["q8w2e7r4t1y9u3i6o0p5a2s8"], ["request_id=Rq7Lm2Xv9Tb4Wk8Np1Yc"]),
+    # a parallel clause after a password
+    ("mdp du poste : Accueil#Rdc5\net pour le NAS c'est nasrdc2031 (merci)",
+     ["Accueil#Rdc5", "nasrdc2031"], []),
+    # a column titled "key" alone: generated cells only
+    ("tool,owner,key,since\nBrevo,news,0f3b9a7c-2d41-4e86-b5c0-9a7e1d3f2b64,2025-04-01\n"
+     "Matomo,web,none,2025-05-02\n", ["0f3b9a7c-2d41-4e86-b5c0-9a7e1d3f2b64"],
+     ["2025-04-01", "none"]),
 ])
 def test_round5_mechanisms(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)
