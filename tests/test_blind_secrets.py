@@ -22,7 +22,7 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-g": 0.96, "secrets-tune-h": 0.97, "secrets-tune-i": 0.99,
         "secrets-tune-j": 0.98, "secrets-tune-k": 0.97, "secrets-tune-l": 0.98,
         "secrets-tune-m": 1.0, "secrets-tune-n": 0.97, "secrets-tune-o": 0.99,
-        "secrets-tune-p": 0.94, "secrets-tune-q": 0.98}
+        "secrets-tune-p": 0.95, "secrets-tune-q": 0.98}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
