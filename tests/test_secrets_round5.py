@@ -88,6 +88,9 @@ from support.secret_text import SCANNER, check, redacted
     ("tool,owner,key,since\nBrevo,news,0f3b9a7c-2d41-4e86-b5c0-9a7e1d3f2b64,2025-04-01\n"
      "Matomo,web,none,2025-05-02\n", ["0f3b9a7c-2d41-4e86-b5c0-9a7e1d3f2b64"],
      ["2025-04-01", "none"]),
+    # a login, a slash, and the password after the mail program's wrap
+    ("Bonjour, les accès à l'interface d'administration de la box du local sont admin /\n"
+     "Xr7-kqP2-wm9T (merci de ne pas diffuser)", ["Xr7-kqP2-wm9T"], ["admin /"]),
 ])
 def test_round5_mechanisms(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

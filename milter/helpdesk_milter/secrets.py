@@ -2993,7 +2993,7 @@ def _provider_filler(text: str, f: Finding) -> bool:
 _TOKEN_PARTS = re.compile(r"[/.:]")
 
 
-_SLASH = re.compile(r"[^\S\r\n]+/[^\S\r\n]+")
+_SLASH = re.compile(r"[^\S\r\n]+/(?:[^\S\r\n]*\n[ \t]*(?=\S)|[^\S\r\n]+)")   # (or a wrap)
 
 
 def _drop_pair_logins(text: str, found: list[Finding]) -> list[Finding]:
@@ -5167,7 +5167,7 @@ _PUBLIC_KEY_LINE = re.compile(
 # by a detector that reads several words: the finding keeps what follows the slash when
 # what precedes it is one word shaped as a login (letters, maybe digits and "._-@"; at
 # most two classes of characters: "1234 / 5678" are two codes, "Kx7!a / …" a password).
-_SPACED_SLASH = re.compile(r"[^\S\r\n]+/[^\S\r\n]+")
+_SPACED_SLASH = re.compile(r"[^\S\r\n]+/(?:[^\S\r\n]*\n[ \t]*(?=\S)|[^\S\r\n]+)")   # (or a wrap)
 _LOGIN_SHAPE = re.compile(r"[^\W\d_][\w.@\-]{0,63}")
 
 # A value that a label on its line names as an identity ("Nic-handle : mp48213-ovh",
