@@ -4244,8 +4244,8 @@ def _code_before(text: str, label: int) -> Finding | None:
 
 # A password announced right after a code: the code was the login of the pair.
 _PASSWORD_NEXT = re.compile(
-    r"(?i)[^\S\n]*[,;]?[^\S\n]*(?:et|and|&|\+|with|avec|puis|then)[^\S\n]+(?:(?:le|la|l['’]|"
-    r"mon|ma|son|sa|votre|the|my|his|her|its|your|un|a)[^\S\n]*)?(?:mot[^\S\n]+de[^\S\n]+passe|"
+    r"(?i)[^\S\n]*[,;]?[^\S\n]*(?:et|and|&|\+|with|avec|puis|then)\s+(?:(?:le|la|l['’]|"
+    r"mon|ma|son|sa|votre|the|my|his|her|its|your|un|a)\s*)?(?:mot\s+de\s+passe|"
     r"mdp|password|passwort|passe|pwd|pass)(?![^\W_])")
 
 
