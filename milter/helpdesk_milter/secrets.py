@@ -4213,9 +4213,26 @@ def _list_intro_line(text: str, pos: int) -> tuple[int, int] | None:
         if not line:
             return None
         if line.endswith(":"):
-            return prev, start - 1
+            return _wrapped_start(text, prev), start - 1
         start = prev
     return None
+
+
+def _wrapped_start(text: str, start: int) -> int:
+    """Where the sentence ending on the line at ``start`` begins, when a mail program
+    wrapped it over up to two lines above ("Chaque service a un code pour le comptage
+    des copies\nsur le Canon :"): the earliest of those lines that goes on, unbroken by
+    a blank line, a sentence's end, a colon or a list row."""
+    for _ in range(2):
+        if start == 0:
+            break
+        prev = text.rfind("\n", max(0, start - 301), start - 1) + 1
+        line = text[prev:start - 1].rstrip()
+        if not line or line[-1] in ".!?:;" or text.startswith((" ", "\t", ">"), prev) \
+                or _LIST_MARKER.match(text, prev):
+            break
+        start = prev
+    return start
 
 
 def _last_sentence(text: str, lo: int, hi: int) -> int:
@@ -4410,7 +4427,7 @@ _SECRET_INTRO = re.compile(r"(?i)(?<![^\W_])(?:codes?|pins?|passe|mdp|passwords?
 
 
 def _pair_intro(text: str, intro_end: int) -> bool:
-    bol = text.rfind("\n", max(0, intro_end - 400), intro_end) + 1
+    bol = _wrapped_start(text, text.rfind("\n", max(0, intro_end - 400), intro_end) + 1)
     return _PAIR_INTRO.search(text, bol, intro_end) is not None \
         and _SECRET_INTRO.search(text, bol, intro_end) is None
 
