@@ -448,7 +448,7 @@ _URL_SCHEME_BEFORE_QUERY = re.compile(r"(?i)(?:[a-z][a-z0-9+.\-]{0,30})://\S*\Z"
 # --------------------------------------------------------------------------------------
 # Passwords.
 
-_SP = r"[\s_\-]{0,4}"          # between the words of a multi-word keyword
+_SP = r"[\s_\-]{0,6}"          # between the words of a multi-word keyword
 _MDP = rf"mots?{_SP}(?:de|d['’]){_SP}pas?se|motdepasse|mots?-?passe"
 _WIFI = r"wi-?fi|wlan|wpa2?|wpa3|wep"
 
