@@ -5,7 +5,7 @@ finds exactly the same things.
     .venv/bin/python scripts/secrets-findings.py [--out FILE] [--mix N]
 
 One line per input: the snippets of the secrets tuning sets
-(``tests/blind/secrets-tune-X`` for the letters of ``--sets``, a to m by default; never a
+(``tests/blind/secrets-tune-X`` for the letters of ``--sets``, a to q by default; never a
 held-out set) and of ``tests/secrets_corpus`` (``scan`` or ``scan_subject``: kind and
 offsets of each finding); every message file of those sets, of
 ``tests/corpus``, ``tests/public_mail`` and of the bench mix (``--mix``, 1000 by
@@ -32,7 +32,7 @@ from helpdesk_milter.secrets import Finding, SecretScanner  # noqa: E402
 
 # The tuning sets the dump reads: fixed, so that a set being written meanwhile does not
 # change it (give others with --sets).
-TUNING = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m")
+TUNING = ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l", "m", "n", "o", "p", "q")
 
 
 def tuning_sets(letters: tuple[str, ...] = TUNING) -> list[Path]:
@@ -96,7 +96,7 @@ def main() -> int:
     parser.add_argument("--mix", type=int, default=1000,
                         help="messages of the bench mix to include (0: none)")
     parser.add_argument("--sets", default=",".join(TUNING),
-                        help="letters of the secrets-tune-* sets to read (default a to m)")
+                        help="letters of the secrets-tune-* sets to read (default a to q)")
     args = parser.parse_args()
     letters = tuple(x.strip() for x in args.sets.split(",") if x.strip())
     scanner = SecretScanner()

@@ -17,20 +17,22 @@ from support.blind_secrets import ROOT, measure_secrets
 
 TUNE = ROOT / "tests" / "blind"
 # recall reached on each tuning set (rounded down); no decoy may be damaged
-BARS = {"secrets-tune-a": 0.98, "secrets-tune-b": 1.0, "secrets-tune-c": 0.97,
-        "secrets-tune-d": 0.97, "secrets-tune-e": 1.0, "secrets-tune-f": 0.98,
-        "secrets-tune-g": 0.95, "secrets-tune-h": 0.95, "secrets-tune-i": 0.97,
-        "secrets-tune-j": 0.94, "secrets-tune-k": 0.94, "secrets-tune-l": 0.95,
-        "secrets-tune-m": 1.0}
+BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
+        "secrets-tune-d": 0.98, "secrets-tune-e": 1.0, "secrets-tune-f": 0.99,
+        "secrets-tune-g": 0.96, "secrets-tune-h": 0.97, "secrets-tune-i": 0.99,
+        "secrets-tune-j": 0.98, "secrets-tune-k": 0.97, "secrets-tune-l": 0.98,
+        "secrets-tune-m": 1.0, "secrets-tune-n": 0.97, "secrets-tune-o": 0.99,
+        "secrets-tune-p": 0.95, "secrets-tune-q": 0.98}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
-# - h: "AWS_ACCESS_KEY_ID=AKIA..." beside its secret key, a decoy there, a secret for i
-#   and the project's corpus: still redacted (AWS's git-secrets, gitleaks and GitHub's
+# - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
+#   beside its secret key, a decoy there, a secret for i, j, n, o, q and the project's
+#   corpus: still redacted (AWS's git-secrets, gitleaks and GitHub's
 #   secret scanning all flag AKIA ids); AWS's documented example keys
 #   ("AKIAIOSFODNN7EXAMPLE", "...EXAMPLEKEY", a decoy for k) are left, as gitleaks does;
 # - e: a Sentry DSN's key in the URL's user part, a decoy there, a secret for i, j and k
 #   (five times): redacted, as every token standing as a URL's user with no password.
-DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1}
+DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-p": 1}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))

@@ -283,11 +283,12 @@ _GATE_WORDS = (
     "glcbt", "glft", "glimt", "glagent", "glsoat", "gloas", "glsa_", "glc_", "gr1348941",
     "xox", "xapp", "sk", "rk_", "aiza", "akia", "asia", "abia", "acca", "akcp", "gocspx",
     "eyj", "sg.", "xkeysib", "xsmtpsib", "hf_", "api_org", "npm_", "pypi", "hvs.", "hvb.",
-    "ops_", "a3-", "dckr_", "doo_", "dop_", "dor_", "shp", "age-", "dp.pt", "dt0c01",
+    "ops_", "a3-", "dckr_", "doo_", "dop_", "dor_", "shp", "age-", "dp.pt", "dp.st", "dp.sa",
+    "dp.ct", "dt0c01",
     "pmak", "pul-", "pscale", "pnu_", "rubygems", "sntry", "pplx", "sq0", "eaa", "fo1_",
     "ntn_", "aa", "sk.", "atatt3", "lin_api", "hrku-", "nrak-", "nrii-", "nrjs-",
     "rdme_", "tk-us-", "ico-", "sha256~", "fio-u-", "duffel_", "shippo_", "sgp_", "live_",
-    "ck_", "cs_",
+    "ck_", "cs_", "pat-eu1-", "pat-na1-",
     # cookies and session ids, name/value pairs (Postman, Kubernetes env)
     "cookie", "set-cookie", "logged_in", "value",
 )
@@ -447,7 +448,7 @@ _URL_SCHEME_BEFORE_QUERY = re.compile(r"(?i)(?:[a-z][a-z0-9+.\-]{0,30})://\S*\Z"
 # --------------------------------------------------------------------------------------
 # Passwords.
 
-_SP = r"[\s_\-]{0,3}"          # between the words of a multi-word keyword
+_SP = r"[\s_\-]{0,6}"          # between the words of a multi-word keyword
 _MDP = rf"mots?{_SP}(?:de|d['’]){_SP}pas?se|motdepasse|mots?-?passe"
 _WIFI = r"wi-?fi|wlan|wpa2?|wpa3|wep"
 
@@ -467,6 +468,7 @@ _PW_KEYWORD = re.compile(rf"""
          | (?:network\s+)?security\s+key)
  | (?P<kw>{_MDP}|mdp|(?:pg|db|my)?pass(?:word|wd|wort|phrase|code)?s?|pwd|pw|psw
          |secret(?:\s+(?:word|(?:question\s+)?answer|question))?
+               (?!\s+(?:d['’]|de\s+l['’]|du\s+)\s?(?:application|appli|app|api|client)(?![^\W_]))
          |code\s+(?:d['’]acc[èe]s|secret|pin|de\s+connexion|d['’]activation|
                         de\s+d[ée]verrouillage)
          |pin(?:\s+code)?|s[ée]same|phrase\s+(?:de\s+passe|secr[èe]te)
@@ -474,7 +476,8 @@ _PW_KEYWORD = re.compile(rf"""
          |(?:r[ée]ponse|answer|question)\s+(?:secr[èe]te|de\s+s[ée]curit[ée]|secret|security)
          |security\s+(?:question\s+)?(?:answer|question))
  | (?P<skey>cl[ée]f?s?\s+(?:secr[èe]tes?|priv[ée]es?|d['’]api|api)|secret\s+(?:access\s+)?key
-          |api\s+(?:secret|key)|(?:client|app|application|consumer|shared|signing)\s+secret)
+          |api\s+(?:secret|key)|(?:client|app|application|consumer|shared|signing)\s+secret
+          |secret\s+(?:d['’]|de\s+l['’]|du\s+)\s?(?:application|appli|app|api|client))
  | (?P<key>cl[ée]f?|key|code)
  | (?P<tok>jetons?|tokens?)
 )
@@ -721,6 +724,18 @@ class SecretScanner:
         hay = _Haystack(text)
         if not hay.gated():
             return self._named_ungated(hay, text)
+        if "\r" in text and "\r\n" in text:     # (one byte first: a memchr)
+            # mail's CRLF line ends read as LF ones (the same length: offsets unchanged);
+            # the detectors are written for "\n" and would otherwise see "\r" as part of
+            # a line's last cell or value
+            # (every CR: a one-character replace is five times cheaper, and a lone CR in
+            # a CRLF text is stray)
+            text = text.replace("\r", " ")
+        marked = text
+        if ">" in text and "\n>" in text:
+            # quoted history read as the text it quotes: the "> " marks become spaces (the
+            # same length); what needs to know a line was quoted is given ``marked``
+            text = _unquoted(text)
         if hay.quiet():
             quiet = [f for f in self._generic(hay, text) if f.kind in self.enabled]
             if "password" in self.enabled:
@@ -751,7 +766,8 @@ class SecretScanner:
             windows = _keyword_windows(text, lower, anchors)
             if windows:
                 labelled = True
-                found.extend(f for f in _passwords(text, lower, windows) if f.kind in enabled)
+                found.extend(f for f in _passwords(text, lower, windows, marked)
+                             if f.kind in enabled)
                 if "password" in enabled and len(lower) == len(text):
                     found.extend(_key_phrases(text, lower, anchors))
             if "password" in enabled and _CELL_TAG.search(hay.folded):
@@ -824,6 +840,26 @@ class SecretScanner:
                 continue            # filler in the whole ("T00000000/B00000000/XXXX...")
             out.append(Finding(kind, *(m.span("v") if part else m.span())))
         return out
+
+
+_QUOTE_MARKS = re.compile(r"(?m)^(?:>[ \t]?)+")
+
+
+def _blank(m: re.Match[str]) -> str:
+    return " " * (m.end() - m.start())
+
+
+def _unquoted(text: str) -> str:
+    """``text`` with the quote marks at its line starts (``_QUOTE_MARKS``) blanked; the
+    usual "> " by a plain replace (a regex callback per line costs five times more)."""
+    if "\n> >" in text or text.startswith("> >"):
+        return _QUOTE_MARKS.sub(_blank, text)
+    text = text.replace("\n> ", "\n  ")
+    if text.startswith("> "):
+        text = "  " + text[2:]
+    if "\n>" in text or text.startswith(">"):
+        text = _QUOTE_MARKS.sub(_blank, text)
+    return text
 
 
 def redact_spans(text: str, findings: Sequence[Finding],
@@ -1093,17 +1129,26 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
     if split is None:
         return None
     sep, spans = split
+    if sep in (",", ";") and any(len(line[a:b].split()) > 4 for a, b in spans):
+        return None             # "Le mot de passe, comme je vous l'ai dit, c'est ...": a
+                                # sentence with commas, not a CSV header of short titles
     network = any(_ACCESS_HEADER.fullmatch(line[a:b].strip()) for a, b in spans)
+    # a column titled "key" alone ("service,account,key,created"): its cells are secrets
+    # when they look generated (a long random token or a UUID), whatever the row
+    keyish = {i for i, (a, b) in enumerate(spans)
+              if len(spans) >= 3 and not network and _KEY_HEADER.fullmatch(line[a:b].strip())
+              and not _header_cell(line[a:b].strip())}
     col = -1
     for i, (a, b) in enumerate(spans):
-        if ls + a <= kw_start < ls + b and _header_cell(line[a:b].strip(), network=network):
+        if ls + a <= kw_start < ls + b and (
+                _header_cell(line[a:b].strip(), network=network) or i in keyish):
             col = i
             break
     if col < 0:
         return None
     # every secret column of the header ("password" and "totp" in an export)
     cols = [i for i, (a, b) in enumerate(spans)
-            if i == col or _header_cell(line[a:b].strip(), network=network)]
+            if i == col or i in keyish or _header_cell(line[a:b].strip(), network=network)]
     if col == 0 and len(spans) == 2:
         other = line[spans[1][0]:spans[1][1]].strip().lower().strip("*:# ")
         if other not in _HEADER_WORDS:
@@ -1136,6 +1181,8 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
                 continue
             a, b = _strip_span(row, *cells[c])
             value = row[a:b]
+            if c in keyish and not (_entropic(value, min_len=16) or _UUID.fullmatch(value)):
+                continue
             if len(value) >= 3 and not _is_placeholder(value) and not any(
                     ch.isspace() for ch in value) and value[0] not in "(-" \
                     and value.lower().strip(".,;") not in _STOP_VALUES:
@@ -1200,7 +1247,7 @@ def _value_ok(value: str, *, clause_end: bool, strict: bool) -> bool:
             or _is_placeholder(value)):
         return False
     if _URLISH.match(value) or _EMAIL.fullmatch(value) or _CODE_EXPRESSION.match(value) \
-            or _PATH_VALUE.fullmatch(value):
+            or _PATH_VALUE.fullmatch(value) or ("=" in value and _QP_ESCAPES.fullmatch(value)):
         return False
     if strict:
         return _strong(value)
@@ -1486,7 +1533,10 @@ def _after_aside(text: str, pos: int, keyword: str, *, verb: bool = False) -> Fi
     return Finding(found.kind, found.start + shift, found.end + shift)
 
 
-def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Finding]:
+def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
+               marked: str | None = None) -> list[Finding]:
+    """Password values after (or before) their labels; ``marked`` is ``text`` with its
+    quote marks ("> ") when the scan blanked them."""
     out: list[Finding] = []
     label_ends: list[int] = []      # of the password labels, for _new_one_values
     labels: list[tuple[int, int]] = []      # where keywords are, for _strong_values
@@ -1582,8 +1632,9 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]]) -> list[Fi
                 labels.append((i, i + len(word)))
                 i = lower.find(word, i + 1)
         labels.sort()
-    if labels and "\n>" in text:
-        labels = _quoted_labels_reach_reply(text, labels)
+    quoted = marked if marked is not None else text
+    if labels and "\n>" in quoted:
+        labels = _quoted_labels_reach_reply(quoted, labels)
     if labels:
         out.extend(_strong_values(text, labels))
     return out
@@ -1648,7 +1699,7 @@ def _join_wrapped(text: str, found: list[Finding]) -> list[Finding]:
     for f in found:
         if f.kind == "password" and f.start > 2 and text[f.start - 1] == "\n":
             ps = text.rfind("\n", max(0, f.start - 66), f.start - 1)
-            prev = text[ps + 1:f.start - 1].rstrip("\r")
+            prev = text[ps + 1:f.start - 1].rstrip("\r ")
             if ps > 0 and prev and " " not in prev.strip() and prev[-1] in _GLUE \
                     and any(c.isalpha() for c in prev) and \
                     text[:ps].rstrip(" \t\r").endswith(":"):
@@ -1769,6 +1820,9 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     qualifiers = 0
     prev = ""
     sep: re.Match[str] | None = None
+    wrapped_at = wrap_end = -1
+    plain = True
+    quals: list[str] = []           # the qualifiers read, as _named_by reads words
     while True:
         sep = _SEP.match(text, pos, line_end)
         if sep and (sep.group("punct") or sep.group("verb") or sep.group("changed")):
@@ -1785,12 +1839,28 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         sep = None
         if ident:
             return None
-        wm = _WORD.match(text, pos, line_end)
+        wm = (_WORD_WRAPPED if pos == wrapped_at else _WORD).match(text, pos, line_end)
         if not wm:
             if not text[pos:line_end].strip():
+                if qualifiers and wrapped_at < 0 and plain and \
+                        _soft_wrap(text, start, line_end):
+                    # "la phrase de passe du coffre\nKeePass du service : X": the words
+                    # that qualify the label go on after the mail program's line wrap
+                    # (words only: a value must then come after a separator)
+                    wrap_end = line_end
+                    wrapped_at = pos = line_end + 1
+                    nl = text.find("\n", pos, pos + _WINDOW)
+                    line_end = nl if nl >= 0 else min(n, pos + _WINDOW)
+                    continue
                 return _wrapped_after_label(text, start, line_end, group, weak, qualifiers)
             return None
         word = wm.group("w")
+        if not word.strip(".,;()«»\"'’").replace("'", "").replace("’", "").replace(
+                "-", "").isalpha():
+            if wrapped_at >= 0:
+                return _wrapped_after_label(text, start, wrap_end, group, weak, qualifiers)
+            plain = False           # (a label qualified by a value-like word is not
+                                    # continued after a line break)
         if word.startswith("(") and qualifiers and group in ("kw", "wifi"):
             close = text.find(")", wm.start("w"), min(line_end, wm.start("w") + 80))
             if close > 0:           # "la clé wifi du local (box Orange, SSID X) : value"
@@ -1801,7 +1871,7 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         if low in _NEGATIVE_QUALIFIERS or low.split("'")[0] in ("n", "ne"):
             return None
         if (group != "creds" and qualifiers <= 3 and not weak and not pin
-                and prev not in _SOURCE_WORDS
+                and prev not in _SOURCE_WORDS and _ACCOUNT_NAMED.isdisjoint(quals[-2:])
                 and _strong(word.rstrip(".,;")) and not _URLISH.match(word)
                 and word[0] not in "([{" and _looks_secret(word.rstrip(".,;!?"))):
             a, b = _trim_value(text, wm.start("w"), wm.end("w"))
@@ -1811,7 +1881,7 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         if group == "key" and qualifiers == 0:
             a, b = _trim_value(text, wm.start("w"), wm.end("w"))
             return Finding("password", a, b) if _keylike(text[a:b]) else None
-        if word[-1:] in ".,;!?" or qualifiers >= 6 or wm.end() - m.end() > 80:
+        if word[-1:] in ".,;!?" or qualifiers >= 8 or wm.end() - m.end() > 80:
             return None
         if group in ("pair", "creds") and qualifiers >= 3:
             return None
@@ -1821,6 +1891,7 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
             return None
         qualifiers += 1
         prev = low
+        quals.append(_recent_word(word))
         pos = wm.end()
 
     vpos = sep.end()
@@ -1854,14 +1925,26 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         line = text[nxt:nxt_end]
         if group in ("kw", "wifi") and not weak and _word_passphrase(line.strip()):
             return Finding("password", *_strip_span(text, nxt, nxt_end))
-        if not line.strip() or len(line.split()) != 1 or line.count(":") >= 2:
-            return None                 # (two colons: a record, "host:port:db:user:pw")
-        a, b = _strip_span(text, nxt, nxt_end)
-        a, b = _trim_value(text, a, b)
-        value = text[a:b]
-        if _value_ok(value, clause_end=True, strict=weak and not _login_context(text, start)):
-            return Finding("password", a, b)
-        return None
+        if not line.strip():
+            return None
+        if len(line.split()) == 1:
+            if line.count(":") >= 2:
+                return None             # (two colons: a record, "host:port:db:user:pw")
+            a, b = _strip_span(text, nxt, nxt_end)
+            a, b = _trim_value(text, a, b)
+            value = text[a:b]
+            if _value_ok(value, clause_end=True,
+                         strict=weak and not _login_context(text, start)):
+                return Finding("password", a, b)
+            return None
+        if not _wrapped_after_sep(text, start, line_end, sep):
+            return None
+        # a sentence that the mail program wrapped after its verb or colon ("la clé
+        # c'est\ntournesol2025 (tout en minuscules)"): its next line goes on as the
+        # label's own line would
+        vpos = nxt + len(line) - len(line.lstrip(" \t>"))
+        line_end = nxt_end
+        wrapped_at = nxt
 
     span = _take_value(text, vpos, line_end, ident=ident_assign)
     if span is None:
@@ -1889,12 +1972,18 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         # a pass *phrase* has spaces: take the rest of the clause
         stop = _PHRASE_END.search(text, a, line_end)
         b2 = stop.start() if stop else line_end
-        a, b = _strip_span(text, a, b2)
-        words = text[a:b].lower().split()
-        if b - a >= 8 and any(w not in _STOP_VALUES for w in words) and (
-                quoted or not _REFERENCE_PHRASE.match(text, a, b)):
-            return Finding("password", a, b)
-        return None
+        pa, pb = _strip_span(text, a, b2)
+        words = text[pa:pb].lower().split()
+        if len(words) > 1 and (len(words) > 10 or "://" in text[pa:pb] or "@" in text[pa:pb]):
+            # "... is tidal-Mercury-fennel-482 and the repo lives at ssh://...": a sentence
+            # goes on after the value; the value is the first token (judged below)
+            if not _looks_secret(text[a:b]) and not _dashed_words(text[a:b]):
+                return None
+        elif pb - pa >= 8 and any(w not in _STOP_VALUES for w in words) and (
+                quoted or not _REFERENCE_PHRASE.match(text, pa, pb)):
+            return Finding("password", pa, pb)
+        else:
+            return None
 
     value = text[a:b]
     if group == "key":
@@ -1916,6 +2005,10 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     if weak and not strict and not _mixed(value) and not value.isdigit():
         strict = not _clause_end(text, b, line_end)
     clause_end = quoted or _clause_end(text, b, line_end)
+    if wrapped_at >= 0 and not quoted:
+        strict = True               # read across a line wrap: a word of the sentence that
+                                    # goes on ("the passwords the\nrepos are unreadable")
+                                    # is no value; a password-like one is
     if _value_ok(value, clause_end=clause_end, strict=strict):
         kind = _kind_for_assignment(text, start) if sep.group("punct") == "=" else "password"
         return Finding(kind, a, b)
@@ -1957,6 +2050,33 @@ def _wrapped_after_label(text: str, start: int, line_end: int, group: str, weak:
     return Finding("password", a, b)
 
 
+_WORD_WRAPPED = re.compile(r"[^\S\r\n]*(?P<w>[^\s:=|]{1,40})")
+
+
+def _soft_wrap(text: str, start: int, line_end: int) -> bool:
+    """Whether the line break at ``line_end`` (the label at ``start`` on its line) is a mail
+    program's wrap inside a sentence: a long line of prose, then a line of text (not
+    blank, not a list item, not quoted)."""
+    ls = text.rfind("\n", 0, start) + 1
+    if line_end - ls < 50 or text.count(" ", ls, line_end) < 6 or "\t" in text[ls:line_end]:
+        return False
+    nxt = text[line_end + 1:line_end + 3]
+    return bool(nxt) and not nxt[0].isspace() and _LIST_START.match(nxt) is None
+
+
+def _wrapped_after_sep(text: str, start: int, line_end: int, sep: re.Match[str]) -> bool:
+    """Whether the line break after a label's separator is a wrap inside a sentence: after
+    a verb ("c'est", "is"), or after a colon that ends a long line of prose (the next
+    line then starts a value, not a new paragraph's sentence)."""
+    if sep.group("verb") and not sep.group(0).rstrip().endswith(":"):
+        return True
+    ls = text.rfind("\n", 0, start) + 1
+    return line_end - ls >= 60 and text.count(" ", ls, line_end) >= 6
+
+
+_LIST_START = re.compile(r"[ \t]*(?:[-*•·>|#]|\d{1,2}[.)][ \t])")
+
+
 # A phrase that points elsewhere ("the one from the envelope", "celle du coffre", "le même
 # que l'an dernier", "written on the box"): no value is given.
 _REFERENCE_PHRASE = re.compile(
@@ -1973,12 +2093,28 @@ _ALTERNATIVE = re.compile(
     r"encore)[^\S\r\n]+)?", re.I)
 
 
+# "mdp X\net pour le BIOS c'est Y", "password X, and for the NAS it's Y": a clause that
+# gives the same label's value for another thing
+_PARALLEL = re.compile(
+    r"[^\S\r\n]*[,;]?[^\S\r\n]*(?:\r?\n[^\S\r\n]*)?(?:et|and)[^\S\r\n]+(?:pour|for|sur|on)"
+    r"[^\S\r\n]+(?:[^\s:,.;!?]{1,20}[^\S\r\n]+){0,3}?(?:c['’][^\S\r\n]?est|est|is|it['’]s|:)"
+    r"[^\S\r\n]+", re.I)
+
+
 def _alternatives(text: str, pos: int) -> list[Finding]:
     out: list[Finding] = []
     n = len(text)
     for _ in range(3):
         am = _ALTERNATIVE.match(text, pos, min(n, pos + 40))
         if am is None:
+            pm = _PARALLEL.match(text, pos, min(n, pos + 80))
+            if pm is not None:
+                line_end = text.find("\n", pm.end(), pm.end() + 200)
+                line_end = line_end if line_end >= 0 else min(n, pm.end() + 200)
+                span = _take_value(text, pm.end(), line_end, ident=False)
+                if span is not None and _mixed(text[span[0]:span[1]]) \
+                        and _looks_secret(text[span[0]:span[1]]):
+                    out.append(Finding("password", *span))
             break
         line_end = text.find("\n", am.end(), am.end() + 200)
         line_end = line_end if line_end >= 0 else min(n, am.end() + 200)
@@ -2066,7 +2202,7 @@ _PROVIDER_TOKEN = re.compile(r"""
  | xsmtpsib-[a-f0-9]{64}-[A-Za-z0-9]{16}
  | hf_[A-Za-z0-9]{30,40}                                          # huggingface
  | api_org_[A-Za-z0-9]{30,40}
- | npm_[A-Za-z0-9]{36}                                            # npm
+ | npm_[A-Za-z0-9]{30,40}                                         # npm
  | pypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{40,1000}                    # pypi
  | gl(?:sa|c)_[A-Za-z0-9_+/]{32,400}={0,3}                        # grafana
  | eyJrIjoi[A-Za-z0-9_=\-]{20,400}(?:\.[A-Za-z0-9_=\-]{16,400})?  # grafana (old)
@@ -2079,12 +2215,12 @@ _PROVIDER_TOKEN = re.compile(r"""
  | key-[a-f0-9]{32}                                               # mailgun
  | SK[0-9a-f]{32}                                                 # twilio api key
  | AGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}
- | dp\.pt\.[A-Za-z0-9]{43}                                        # doppler
+ | dp\.(?:pt|st|sa|ct)\.(?:[a-z0-9_\-]{2,35}\.)?[A-Za-z0-9]{36,48}  # doppler
  | dt0c01\.[A-Za-z0-9]{24}\.[A-Za-z0-9]{64}                       # dynatrace
  | PMAK-[a-f0-9]{24}-[a-f0-9]{34}                                 # postman
  | pul-[a-f0-9]{40}                                               # pulumi
  | pscale_(?:tkn|oauth|pw)_[A-Za-z0-9_=.\-]{32,64}                # planetscale
- | pnu_[A-Za-z0-9]{36}                                            # prefect
+ | pnu_[A-Za-z0-9]{30,40}                                         # prefect
  | rubygems_[a-f0-9]{48}
  | sntry[us]_[A-Za-z0-9+/_=]{40,400}                              # sentry
  | pplx-[A-Za-z0-9]{48}
@@ -2097,7 +2233,7 @@ _PROVIDER_TOKEN = re.compile(r"""
  | \d{8,10}:AA[A-Za-z0-9_\-]{31,34}                               # telegram bot
  | sk\.eyJ[A-Za-z0-9_\-]{20,400}\.[A-Za-z0-9_\-]{16,100}           # mapbox (secret)
  | ATATT3[A-Za-z0-9_\-=]{60,250}                                  # atlassian
- | lin_api_[A-Za-z0-9]{40}                                        # linear
+ | lin_api_[A-Za-z0-9]{32,48}                                     # linear
  | HRKU-AA[0-9a-zA-Z_\-]{58}                                      # heroku
  | NRAK-[A-Za-z0-9]{27} | NRII-[A-Za-z0-9\-]{32} | NRJS-[a-f0-9]{19}   # new relic
  | rdme_[a-z0-9]{70}                                              # readme
@@ -2108,7 +2244,8 @@ _PROVIDER_TOKEN = re.compile(r"""
  | duffel_(?:test|live)_[A-Za-z0-9_\-=]{43}
  | shippo_(?:live|test)_[a-fA-F0-9]{40}
  | sgp_(?:[a-fA-F0-9]{16}_|local_)?[a-fA-F0-9]{40}                 # sourcegraph
- | live_[A-Za-z0-9]{30,40}                  # mollie, gocardless (generated: see below)
+ | live_[A-Za-z0-9]{24,40}                  # mollie, gocardless (generated: see below)
+ | pat-(?:eu|na)1-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}  # hubspot
  | c[ks]_[a-f0-9]{40}                                             # woocommerce
 )
 (?![A-Za-z0-9_\-])
@@ -2121,12 +2258,15 @@ _PROVIDER_TOKEN = re.compile(r"""
 # it at almost every byte.)  The five left have no such byte.
 _PROVIDER_LITERALS = (
     b"SG.", b"sib-", b"hf_", b"api_org_", b"npm_", b"pypi-", b"glsa_",
-    b"glc_", b"eyJrIjoi", b"hvs.", b"hvb.", b"ops_", b"A3-", b"dckr_", b"_v1_", b"shp",
-    b"key-", b"SK", b"AGE-", b"dp.pt", b"dt0c01", b"PMAK", b"pul-", b"pscale", b"pnu_",
-    b"rubygems_", b"sntry", b"pplx", b"glrt", b"sq0", b"EAA", b"AKCp", b"fo1_", b"ntn_",
+    b"glc_", b"eyJrIjoi", b"hvs.", b"hvb.", b"ops_", b"A3-", b"dckr_", b"_v1_",
+    b"shpat_", b"shpca_", b"shppa_", b"shpss_",
+    b"key-", b"SK", b"AGE-", b"dp.pt", b"dp.st", b"dp.sa", b"dp.ct", b"dt0c01", b"PMAK",
+    b"pul-", b"pscale_tkn_", b"pscale_oauth_", b"pscale_pw_", b"pnu_",
+    b"rubygems_", b"sntryu_", b"sntrys_", b"pplx", b"glrt-", b"sq0", b"EAA", b"AKCp",
+    b"fo1_", b"ntn_",
     b":AA", b"sk.eyJ", b"ATATT3", b"lin_api_", b"HRKU-", b"NRAK-", b"NRII-", b"NRJS-",
     b"rdme_", b"tk-us-", b"ico-", b"sha256~", b"fio-u-", b"duffel_", b"shippo_", b"sgp_",
-    b"live_", b"ck_", b"cs_")
+    b"live_", b"ck_", b"cs_", b"pat-eu1-", b"pat-na1-")
 # ... of which these end words too ("olive_", "stack_", "Mexico-"): looked for at a word's
 # start only, as the token pattern starts (a false hit costs a scan of the whole text)
 _PROVIDER_WORD_START = (b"live_", b"ck_", b"cs_", b"ico-")
@@ -2134,14 +2274,17 @@ _PROVIDER_PIVOTS = re.compile(
     rb"_(?:(?<=hf_)|(?<=api_org_)|(?<=npm_)|(?<=glsa_)|(?<=glc_)|(?<=ops_)|(?<=dckr_)"
     rb"|(?<=pnu_)|(?<=rubygems_)|(?<=fo1_)|(?<=ntn_)|v1_|(?<=lin_api_)|(?<=rdme_)"
     rb"|(?<=duffel_)|(?<=shippo_)|(?<=sgp_)|(?<=live_)(?<![A-Za-z0-9_.\-]live_)"
+    rb"|(?<=shpat_)|(?<=shpca_)|(?<=shppa_)|(?<=shpss_)|(?<=pscale_tkn_)"
+    rb"|(?<=pscale_oauth_)|(?<=pscale_pw_)|(?<=sntryu_)|(?<=sntrys_)"
     rb"|(?<=c[ks]_)(?<![A-Za-z0-9_.\-]c[ks]_))"
-    rb"|\.(?:(?<=SG\.)|(?<=hvs\.)|(?<=hvb\.)|(?<=dp\.)pt|(?<=sk\.)eyJ)"
+    rb"|\.(?:(?<=SG\.)|(?<=hvs\.)|(?<=hvb\.)|(?<=dp\.)(?:pt|st|sa|ct)|(?<=sk\.)eyJ)"
     rb"|-(?:(?<=sib-)|(?<=pypi-)|(?<=A3-)|(?<=key-)|(?<=AGE-)|(?<=pul-)|(?<=HRKU-)|(?<=NRAK-)"
-    rb"|(?<=NRII-)|(?<=NRJS-)|(?<=tk-us-)|(?<=ico-)(?<![A-Za-z0-9_.\-]ico-)|(?<=fio-u-))"
+    rb"|(?<=NRII-)|(?<=NRJS-)|(?<=tk-us-)|(?<=ico-)(?<![A-Za-z0-9_.\-]ico-)|(?<=fio-u-)"
+    rb"|(?<=pat-eu1-)|(?<=pat-na1-)|(?<=glrt-))"
     rb"|~(?<=sha256~)"
     rb"|:AA|0(?:(?<=dt0)c01|(?<=sq0))|K(?:(?<=SK)|(?<=AK)Cp|(?<=PMAK))"
     rb"|J(?<=eyJ)rIjoi|x(?<=pplx)")
-_PROVIDER_REST = (b"shp", b"pscale", b"sntry", b"glrt", b"EAA", b"ATATT3")
+_PROVIDER_REST = (b"EAA", b"ATATT3")       # (no pivot byte: looked for as they are)
 
 
 def _provider_triggered(cased: bytes) -> bool:
@@ -2487,7 +2630,7 @@ def _command_line_end(text: str, pos: int) -> int:
         nl = text.find("\n", end, limit)
         if nl < 0:
             return limit
-        if text[max(pos, nl - 2):nl].rstrip("\r").endswith(("\\", "`", "^")):
+        if text[max(pos, nl - 2):nl].rstrip("\r ").endswith(("\\", "`", "^")):
             end = nl + 1
             continue
         return nl
@@ -2590,6 +2733,11 @@ number n° no ref réf référence reference version modèle modele model erreur
 commit hash checksum empreinte fingerprint iban siret siren imei matricule badge
 utilisateur user
 """)
+# Qualifiers of a password label after which a word is the account's name, not its
+# password ("le mot de passe du compte partagé classe.ce2 ... : X").
+_ACCOUNT_NAMED = _IDENTITY_WORDS | _words("compte account comptes accounts")
+
+
 _LINKING_WORDS = _words("""
 is est c'est c’est was sera will be :  = - → de du des d' d’ of the le la l' l’ it's it’s
 sont are était mon ma my his her son sa un une a an
@@ -2776,8 +2924,9 @@ def _not_secret_value(text: str, a: int, b: int, lo: int) -> bool:
     if nm is None:
         return False
     name = nm.group("name")
-    if _ID_NAME.search(name):
-        return True                 # "VersionId:", "request_id=", "X-Trace-ID:"
+    if _ID_NAME.search(name) and "sess" not in name.lower():
+        return True                 # "VersionId:", "request_id=", "X-Trace-ID:" (a
+                                    # session's id is its key: "nc_session_id=")
     # "RECAPTCHA_SITE_KEY=", "ALGOLIA_SEARCH_KEY": a key or token the name says is public
     # (never a password or a secret: "REDIS_HOST_PASSWORD", "SESSION_SECRET")
     if not any(c in name for c in "_.-"):
@@ -2844,7 +2993,7 @@ def _provider_filler(text: str, f: Finding) -> bool:
 _TOKEN_PARTS = re.compile(r"[/.:]")
 
 
-_SLASH = re.compile(r"[^\S\r\n]+/[^\S\r\n]+")
+_SLASH = re.compile(r"[^\S\r\n]+/(?:[^\S\r\n]*\n[ \t]*(?=\S)|[^\S\r\n]+)")   # (or a wrap)
 
 
 def _drop_pair_logins(text: str, found: list[Finding]) -> list[Finding]:
@@ -3009,9 +3158,20 @@ def _looks_secret(value: str) -> bool:
     """A password-like token: strong, and not an address, date, version or reference."""
     return (_strong(value) and not _DECOY_SHAPE.fullmatch(value)
             and not _URLISH.match(value) and not _EMAIL.fullmatch(value)
-            and "@" not in value and "/" not in value and "\\" not in value
+            and ("@" not in value or _at_symbol(value)) and "/" not in value
+            and "\\" not in value
             and value.lower() not in _STOP_VALUES and not _is_placeholder(value)
             and not _FINGERPRINT_PREFIX.match(value) and not _FILE_NAME.fullmatch(value))
+
+
+def _at_symbol(value: str) -> bool:
+    """"Qv8#mZ2!rL5@tK9", "Rustine!Chambre@Air9": an "@" as one symbol among others of a
+    generated or composed password, not an address's: once, inside, no host after it,
+    and the value has capitals, small letters, digits and another symbol without it."""
+    i = value.find("@")
+    rest = value[:i] + value[i + 1:]
+    return (0 < i < len(value) - 1 and "@" not in rest and "." not in value[i + 1:]
+            and _classes(rest) >= 4)
 
 
 def _leet_at(value: str) -> bool:
@@ -3064,10 +3224,14 @@ _SENTENCE_END = re.compile(r"[.!?][^\S\n]*\n")
 
 # A quoted passphrase right after a separator: « chat noir 1975 », "correct horse 7".
 _QUOTED_PHRASE = re.compile(
-    r"(?P<q>[«“\"'])[^\S\r\n]*(?P<v>[^\s«»“”\"']{1,30}(?:[^\S\r\n][^\s«»“”\"']{1,30}){1,5})"
+    r"(?P<q>[«“\"'])[^\S\r\n]*(?P<v>[^\s«»“”\"']{1,30}(?:[^\S\r\n][^\s«»“”\"']{1,30}){1,9})"
     r"[^\S\r\n]*[»”\"']")
 _SEP_BEFORE = re.compile(
-    r"(?:[:=]|(?<![^\W_])(?:est|c['’\s]est|is|it['’]s|soit))[^\S\r\n]*\Z", re.I)
+    r"(?:[:=]|(?<![^\W_])(?:est|c['’\s]est|is|it['’]s|soit|sera|will\s+be)"
+    r"(?:[^\S\r\n]+(?:d[ée]sormais|maintenant|toujours|actuellement|now|still|currently))?)"
+    r"[^\S\r\n]*(?:\r?\n[ \t>]*)?\Z", re.I)
+_SEP_BEFORE_REACH = 28
+
 
 
 def _quoted_word(text: str, q: int, a: int, b: int) -> bool:
@@ -3081,7 +3245,12 @@ def _quoted_word(text: str, q: int, a: int, b: int) -> bool:
             and value.lower() not in _STOP_VALUES and value.lower() not in _NOT_PASSPHRASE
             and value.lower() not in _NEGATIVE_QUALIFIERS and not _is_placeholder(value)
             and not _DECOY_SHAPE.fullmatch(value) and not _EMAIL.fullmatch(value)
-            and not _URLISH.match(value) and not _FILE_NAME.fullmatch(value))
+            and not _URLISH.match(value) and not _FILE_NAME.fullmatch(value)
+            and not _QP_ESCAPES.fullmatch(text[max(0, a - 1):b]))
+
+
+# Quoted-printable escapes only ("=C3=A8": an encoded letter quoted in prose)
+_QP_ESCAPES = re.compile(r"=?[0-9A-F]{2}(?:=[0-9A-F]{2})+")
 
 
 # Cheap tests that let _window_values skip a window, or a token, that cannot give a value:
@@ -3153,9 +3322,10 @@ def _window_values(text: str, pos: int, *, first_only: bool,
         wrapped = (word.startswith(("(", "[", "{")) and not bracketed) \
             or word.count(":") >= 2 or pem[0] < a < pem[1]
         if word[0] in "«“\"'" and not _named_by(_recent(text, pos, tm.start())) \
-                and _SEP_BEFORE.search(text, max(pos, tm.start() - 12), tm.start()):
+                and _SEP_BEFORE.search(text, max(pos, tm.start() - _SEP_BEFORE_REACH),
+                                       tm.start()):
             qm = _QUOTED_PHRASE.match(text, tm.start(), limit)
-            if qm is not None and _passphrase(qm.group("v")):
+            if qm is not None and _quoted_passphrase(qm.group("v")):
                 out.append(Finding("password", qm.start("v"), qm.end("v")))
                 if first_only:
                     break
@@ -3181,6 +3351,8 @@ def _window_values(text: str, pos: int, *, first_only: bool,
             out.append(Finding("password", a, b))       # "correct-maple-ferry-lantern"
         elif not wrapped and _mixed(_as_read(value)) \
                 and (_looks_secret(value) or _leet_at(value)) \
+                and not _identity_label(text, pos, tm.start()) \
+                and _ACCOUNT_NAMED.isdisjoint(_recent(text, pos, tm.start())[-2:]) \
                 and not _HEX_RUN.fullmatch(value) and not _MODEL_NUMBER.fullmatch(value) \
                 and not any(c in value for c in "()[]{}=\"<>") \
                 and value[0] != "$" and "${" not in value and "$(" not in value \
@@ -3233,6 +3405,19 @@ _MODEL_NUMBER = re.compile(r"[A-Z]{1,5}[-]?[A-Z]{0,3}\d{2,5}[A-Za-z+]{0,3}")
 # (Velo*Rouge58)" (what is around it still decides, as for any window value).
 _BRACKETED = re.compile(r"\((?P<a>[^\s()\[\]{}]{4,64})\)[.,;:!?]*"
                         r"|\[(?P<b>[^\s()\[\]{}]{4,64})\][.,;:!?]*")
+
+
+def _identity_label(text: str, pos: int, start: int) -> bool:
+    """Whether the value at ``start`` follows its own label that names an identity, a few
+    words ending with a colon ("Serial on the back:", "N° de série au dos :"), rather
+    than the password label whose window it is in."""
+    words = _WINDOW_TOKEN.findall(text, max(pos, start - 48), start)[-5:]
+    if not words or (not words[-1].endswith(":") and not (
+            words[-1] == ":" and len(words) > 1)):
+        return False
+    recent = [_recent_word(w) for w in words]
+    return any(w in _IDENTITY_WORDS or w in _NAMED_BEFORE for w in recent) \
+        and not any(w in _LABEL_WORDS for w in recent)
 
 
 def _bracketed_secret(word: str) -> bool:
@@ -3344,11 +3529,33 @@ _KEY_NOT_SECRET = _Lexicon(" ".join(_NOT_SECRET_QUALIFIER.words) + " activation"
 _WORD_NUMBER = re.compile(r"[A-Z]?[a-z]{2,}[-_ .]?\d{1,3}|0[xX][0-9A-Fa-f]+")
 
 
+# The end of a sentence after a label: the words that qualify a label are in its own
+# sentence ("le code 914377.\nSIRET du cabinet : ..." names no SIRET code).
+_QUALIFIER_STOP = re.compile(r"[.!?][^\S\n]*(?:\n|[^\S\n](?=[A-ZÀ-Ý«\"“]))")
+
+
+def _qualifier_end(text: str, end: int, hi: int) -> int:
+    """``hi``, or the end of the label's sentence when it comes first."""
+    stop = _QUALIFIER_STOP.search(text, end, hi)
+    return stop.start() if stop is not None else hi
+
+
+def _qualifier_start(text: str, lo: int, start: int) -> int:
+    """``lo``, or the start of the label's sentence when it comes later."""
+    last = lo
+    for stop in _QUALIFIER_STOP.finditer(text, lo, start):
+        last = stop.end()
+    return last
+
+
 def _key_label_ok(text: str, start: int, end: int) -> bool:
-    """Whether the words around a "clé"/"key"/"code" label (on its line) allow a secret."""
+    """Whether the words around a "clé"/"key"/"code" label (on its line and in its
+    sentence) allow a secret."""
     lo = max(0, start - 25, text.rfind("\n", max(0, start - 25), start) + 1)
+    lo = _qualifier_start(text, lo, start)
     hi = text.find("\n", end, end + 25)
-    return not _KEY_NOT_SECRET.search(text, lo, hi if hi >= 0 else min(len(text), end + 25))
+    hi = _qualifier_end(text, end, hi if hi >= 0 else min(len(text), end + 25))
+    return not _KEY_NOT_SECRET.search(text, lo, hi)
 
 
 def _keylike(value: str) -> bool:
@@ -3392,6 +3599,29 @@ def _word_passphrase(value: str) -> bool:
     return all(w.isalpha() and w.islower() and w not in _NOT_PASSPHRASE
                and w not in _NEGATIVE_QUALIFIERS for w in words) and \
         _REFERENCE_PHRASE.match(value) is None
+
+
+# Words that make a quoted run of words a sentence (what someone says, asks or sends),
+# not a passphrase given in quotes: pronouns, negations, giving and sending.
+_QUOTED_SENTENCE = _NOT_PASSPHRASE - _words("""
+in dans on sur by par to à au aux for pour with avec a that this ce cette ces que qui
+""")
+
+
+def _quoted_passphrase(value: str) -> bool:
+    """A passphrase given in quotes after a separator: a few words with a digit or a symbol
+    (``_passphrase``), or three to ten words of letters none of which makes it a sentence
+    ("correct horse staple margarine", « le chat du maire dort sur le registre »)."""
+    if _passphrase(value):
+        return True
+    words = value.split()
+    if not 3 <= len(words) <= 10 or len(value) > 80:
+        return False
+    if words[-1].isdigit() and len(words[-1]) <= 4:
+        words = words[:-1]
+    return all(w.isalpha() and w.lower() not in _QUOTED_SENTENCE
+               and w.lower() not in _NEGATIVE_QUALIFIERS for w in words) \
+        and _REFERENCE_PHRASE.match(value) is None
 
 
 # Two to five words, one of them with a digit, up to a bracket, a clause's end or the
@@ -3902,6 +4132,25 @@ _DATE_LIKE = re.compile(r"(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})")
 _PHONE_LIKE = re.compile(r"0\d(?:[ .\-]?\d\d){4}|\+.*")
 
 
+# A combination in the shape of a date, "21-08-63": pairs of digits joined by hyphens
+# (dates in prose take slashes or a four-digit year), not after a word that introduces a
+# date ("le", "du", "until", "expire") and with no other number between label and value.
+_COMBINATION = re.compile(r"\d\d-\d\d-\d\d")
+_DATE_BEFORE = _words("""
+le du au aux depuis jusqu jusqu'au jusqu’au avant après apres dès des à partir on since
+until till before after from by expire expires expiré expiration valable valid date daté
+""")
+
+
+def _combination(text: str, label_end: int, start: int, value: str) -> bool:
+    if not _COMBINATION.fullmatch(value):
+        return False
+    between = text[label_end:start]
+    words = [w.strip("(),:;«»\"'").lower() for w in between.split()]
+    return not any(c.isdigit() for c in between) and not (
+        words and (words[-1] in _DATE_BEFORE or words[-1].split("'")[-1] in _DATE_BEFORE))
+
+
 def _code_decoy(value: str) -> bool:
     """A date, a year or a phone number in the shape of a code."""
     if _YEAR.fullmatch(value) or _PHONE_LIKE.fullmatch(value):
@@ -3936,7 +4185,7 @@ _PAIR_WORDS = (b"compte", b"account", b"identifiant", b"login", b"acc", b"user",
                b"utilisateur", b"credential", b"mdp", b"password", b"mot de passe", b"pw",
                b"connexion", b"session", b"passwd", *_ACCOUNT_AREAS)
 # pair words that _GENERIC_WORDS does not already cover ("pass", "user", "compte"...)
-_PAIR_ONLY = (b"acc\xc3\xa8s", b"acc\xc3\x88s", b"acces", b"admin")
+_PAIR_ONLY = (b"acc\xc3\xa8s", b"acc\xc3\x88s", b"acces", b"admin", b"utilisateur")
 _COMMAND_WORDS = (b"-u", b"--user", b"sshpass", b"lftp", b"mysql", b"net use",
                   b"securestring", b"snmp", b"sqlplus", b"rman", b"expdp", b"impdp", b"sqlldr",
                   b"dgmgrl")
@@ -3964,9 +4213,26 @@ def _list_intro_line(text: str, pos: int) -> tuple[int, int] | None:
         if not line:
             return None
         if line.endswith(":"):
-            return prev, start - 1
+            return _wrapped_start(text, prev), start - 1
         start = prev
     return None
+
+
+def _wrapped_start(text: str, start: int) -> int:
+    """Where the sentence ending on the line at ``start`` begins, when a mail program
+    wrapped it over up to two lines above ("Chaque service a un code pour le comptage
+    des copies\nsur le Canon :"): the earliest of those lines that goes on, unbroken by
+    a blank line, a sentence's end, a colon or a list row."""
+    for _ in range(2):
+        if start == 0:
+            break
+        prev = text.rfind("\n", max(0, start - 301), start - 1) + 1
+        line = text[prev:start - 1].rstrip()
+        if not line or line[-1] in ".!?:;" or text.startswith((" ", "\t", ">"), prev) \
+                or _LIST_MARKER.match(text, prev):
+            break
+        start = prev
+    return start
 
 
 def _last_sentence(text: str, lo: int, hi: int) -> int:
@@ -3995,8 +4261,8 @@ def _code_before(text: str, label: int) -> Finding | None:
 
 # A password announced right after a code: the code was the login of the pair.
 _PASSWORD_NEXT = re.compile(
-    r"(?i)[^\S\n]*[,;]?[^\S\n]*(?:et|and|&|\+|with|avec|puis|then)[^\S\n]+(?:(?:le|la|l['’]|"
-    r"mon|ma|son|sa|votre|the|my|his|her|its|your|un|a)[^\S\n]*)?(?:mot[^\S\n]+de[^\S\n]+passe|"
+    r"(?i)[^\S\n]*[,;]?[^\S\n]*(?:et|and|&|\+|with|avec|puis|then)\s+(?:(?:le|la|l['’]|"
+    r"mon|ma|son|sa|votre|the|my|his|her|its|your|un|a)\s*)?(?:mot\s+de\s+passe|"
     r"mdp|password|passwort|passe|pwd|pass)(?![^\W_])")
 
 
@@ -4016,7 +4282,8 @@ def _access_codes(text: str, lower: str) -> list[Finding]:
         if m is None or m.start() < last:
             continue
         last = m.end()
-        lo, hi = max(0, m.start() - 14), min(n, m.end() + 20)
+        lo = _qualifier_start(text, max(0, m.start() - 14), m.start())
+        hi = _qualifier_end(text, m.end(), min(n, m.end() + 20))
         if _NOT_ACCESS_CODE.search(text, lo, hi):
             continue
         intro = _list_intro_line(text, m.start())
@@ -4035,7 +4302,8 @@ def _access_codes(text: str, lower: str) -> list[Finding]:
             value = v.group(0)
             # a year is a code only right after its label ("alarme 1966")
             if (_code_decoy(value) and not (v.start() - m.end() <= 3 and _YEAR.fullmatch(
-                    value))) or _NOT_ACCESS_CODE.search(
+                    value)) and not _combination(text, m.end(), v.start(), value)) \
+                    or _NOT_ACCESS_CODE.search(
                     text, max(m.end(), v.start() - 20), v.start()):
                 continue
             if not _DIGIT_CODE.fullmatch(value) and (
@@ -4072,7 +4340,7 @@ _LIST_INTRO = re.compile(
     r"passcodes|cl[ée]s|keys|recovery|backup|secours|r[ée]cup[ée]ration|acc[eè]s|logins|"
     r"identifiants|credentials)(?![^\W_])[^\n]{0,400}:[ \t]*\r?$")
 _LIST_ITEM = re.compile(
-    r"[ \t>]*(?:[-*•·][ \t]+)?(?:(?P<label>[^\n:\t]{1,60}?)"
+    r"[ \t>]*(?:(?:[-*•·]|\d{1,2}[.)])[ \t]+)?(?:(?P<label>[^\n:\t]{1,60}?)"
     r"(?:[ \t]*\.{3,}[ \t]*|[ \t]*:[ \t]+|\t+|[ \t]{2,}))?"
     r"(?P<v>\d{4} \d{4}|[^\s]{3,64})[ \t]*$")
 
@@ -4150,6 +4418,20 @@ iban bic siret siren
 """)
 
 
+# A heading that announces a login and its password ("les identifiants ENT de la classe :",
+# "Login details:") rather than secrets alone: its first bare item is the login.
+_PAIR_INTRO = re.compile(r"(?i)(?<![^\W_])(?:identifiants?|credentials|logins?|acc[eè]s|access|"
+                         r"login\s+(?:details|info))(?![^\W_])")
+_SECRET_INTRO = re.compile(r"(?i)(?<![^\W_])(?:codes?|pins?|passe|mdp|passwords?|passcodes?|"
+                           r"cl[ée]s?|keys?|recovery|backup|secours)(?![^\W_])")
+
+
+def _pair_intro(text: str, intro_end: int) -> bool:
+    bol = _wrapped_start(text, text.rfind("\n", max(0, intro_end - 400), intro_end) + 1)
+    return _PAIR_INTRO.search(text, bol, intro_end) is not None \
+        and _SECRET_INTRO.search(text, bol, intro_end) is None
+
+
 def _listed_values(text: str, lower: str) -> list[Finding]:
     out: list[Finding] = []
     n = len(text)
@@ -4157,6 +4439,8 @@ def _listed_values(text: str, lower: str) -> list[Finding]:
         pos = intro_end + 1
         blank = 0
         items = 0
+        bare: list[int] = []            # where the items with no label of their own are
+        first_out = len(out)
         while pos < n and items < 30:
             eol = text.find("\n", pos, pos + 300)
             eol = eol if eol >= 0 else min(n, pos + 300)
@@ -4180,13 +4464,19 @@ def _listed_values(text: str, lower: str) -> list[Finding]:
                 items += 1              # "Key ID: 3F2A91C4", "Login : jdupont"
                 pos = eol + 1
                 continue
+            if label is None:
+                bare.append(im.start("v"))
             code = _CODE_VALUE.fullmatch(value) is not None and not _code_decoy(value)
             if code or (_strong(value) and _looks_secret(value) and not _HEX_RUN.fullmatch(value)):
                 out.append(Finding("password", im.start("v"), im.end("v")))
-            elif im.group("label") is None:
-                break
+            elif im.group("label") is None and not (
+                    items == 0 and _pair_intro(text, intro_end)):
+                break                   # (a credentials heading's first line: the login)
             items += 1
             pos = eol + 1
+        if len(bare) == 2 and items == 2 and _pair_intro(text, intro_end):
+            # "identifiants :" then two bare lines: the login, then its password
+            out[first_out:] = [f for f in out[first_out:] if f.start != bare[0]]
     return out
 
 
@@ -4195,7 +4485,7 @@ def _listed_values(text: str, lower: str) -> list[Finding]:
 _LOGIN_PAIR = re.compile(
     r"(?<![^\s(:«\"'])(?P<login>[A-Za-z][\w.\-]{1,40}(?:@[\w\-]+(?:\.[\w\-]+)+)?)"
     r"(?:[^\S\r\n]+/[^\S\r\n]*|[^\S\r\n]*/[^\S\r\n]+|[^\S\r\n]*,[^\S\r\n]+)"
-    r"(?P<v>[^\s,;/?&=]{6,64})(?![^\s,;])")
+    r"(?P<v>(?:[^\s,;/?&=]|&(?!\w{1,20}=)){6,64})(?![^\s,;])")
 _PAIR_CONTEXT = re.compile(
     r"(?i)compte|account|identifiant|login|acc[eè]s|user|utilisateur|credential|mdp|"
     r"password|passwd|mot de passe|\bpw\b|\bpwd\b|connexion|\badmin\b|\bsession\b|\bcodes\b|"
@@ -4309,7 +4599,7 @@ def _login_pairs(text: str) -> list[Finding]:
                 or _listed_under_login_intro(text, lm.start())
             # a plain name ("tlemoine / Soleil_du_Sud88") with a password of all four
             # classes after it: the pair says what it is where the text speaks of accounts
-            plain_pair = sep.strip() == "/" and login.isalpha() and login.islower() \
+            plain_pair = sep.strip() in ("/", ",") and login.isalpha() and login.islower() \
                 and 4 <= len(login) <= 20 and _classes(text[vm.start():vm.end()]) >= 4
             if not (any(c in login for c in "._@-") or any(c.isdigit() for c in login)
                     or login.lower() in _COMMON_LOGINS or named or plain_pair) \
@@ -4351,17 +4641,22 @@ _B64_RUN = re.compile(r"[A-Za-z0-9+/=]{40,}")
 _QP_RUN = re.compile(r"(?:[^\s=]{0,8}=[0-9A-F]{2}){6,}")
 
 
+_INNER_SPACE = re.compile(r" (?!\n)")
+
+
 def _binary_line(text: str, pos: int) -> bool:
     """Whether the line holding ``pos`` is encoded binary data, never prose."""
-    if " " in text[max(0, pos - 20):pos + 20]:
+    near = text[max(0, pos - 20):pos + 20]
+    if " " in near and _INNER_SPACE.search(near):
         return False                    # encoded lines have no spaces: the common case
+                                        # (a space before a line end was a CRLF's "\r")
     lo = text.rfind("\n", max(0, pos - 200), pos) + 1
     if lo == 0 and pos > 200:
         return False
     hi = text.find("\n", pos, pos + 200)
     if hi < 0:
         hi = min(len(text), pos + 200)
-    line = text[lo:hi].rstrip("\r")
+    line = text[lo:hi].rstrip("\r ")
     if len(line) < 40 or " " in line.strip():
         return False
     return bool(_UU_LINE.fullmatch(line) or _B64_RUN.fullmatch(line)
@@ -4889,7 +5184,7 @@ _PUBLIC_KEY_LINE = re.compile(
 # by a detector that reads several words: the finding keeps what follows the slash when
 # what precedes it is one word shaped as a login (letters, maybe digits and "._-@"; at
 # most two classes of characters: "1234 / 5678" are two codes, "Kx7!a / …" a password).
-_SPACED_SLASH = re.compile(r"[^\S\r\n]+/[^\S\r\n]+")
+_SPACED_SLASH = re.compile(r"[^\S\r\n]+/(?:[^\S\r\n]*\n[ \t]*(?=\S)|[^\S\r\n]+)")   # (or a wrap)
 _LOGIN_SHAPE = re.compile(r"[^\W\d_][\w.@\-]{0,63}")
 
 # A value that a label on its line names as an identity ("Nic-handle : mp48213-ovh",
@@ -4897,6 +5192,10 @@ _LOGIN_SHAPE = re.compile(r"[^\W\d_][\w.@\-]{0,63}")
 _IDENTITY_LABEL = re.compile(
     r"(?i)(?<![^\W_])(?:nic[\s_\-]?handle|handle|login|username|user[\s_\-]?id|"
     r"identifiant|utilisateur)[^\S\n]{0,3}[:=][^\S\n]{0,3}\Z")
+
+# An API token's id before its secret: "backup@pve!nightly=" (user@realm!tokenid=).
+_TOKEN_ID = re.compile(r"[\w.\-]{1,64}@[\w.\-]{1,64}![\w.\-]{1,64}=")
+
 
 def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
     """``found`` without the values whose shape says they are no secret, and with a
@@ -4921,6 +5220,11 @@ def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
         if _REFERENCE.fullmatch(value) or inner in _NONE_WORDS or (
                 inner != value.lower() and (inner in _STOP_VALUES or _is_placeholder(inner))):
             continue
+        tm = _TOKEN_ID.match(value)
+        if tm is not None and tm.end() < len(value):
+            # "user@realm!tokenid=<secret>" (Proxmox's API tokens): the id stays
+            f = Finding(f.kind, f.start + tm.end(), f.end)
+            value = value[tm.end():]
         sm = _SPACED_SLASH.search(value) if f.kind == "password" else None
         if sm is not None and _LOGIN_SHAPE.fullmatch(value, 0, sm.start()) \
                 and _classes(value[:sm.start()]) <= 2 and sm.end() < len(value):
