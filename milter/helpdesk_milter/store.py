@@ -968,23 +968,19 @@ def take_batch(q: queue.Queue[T | None], first: T, limit: int, linger: float = 0
     deciding threads pay for (they wait for the interpreter lock meanwhile).
     """
     batch = [first]
+    get: Callable[[], T | None]
     if wake is not None:
         if linger > 0 and q.qsize() < limit - 1:
             wake.wait(linger)
-        while len(batch) < limit:
-            try:
-                item = q.get_nowait()
-            except queue.Empty:
-                break
-            if item is None:
-                q.task_done()
-                return batch, True
-            batch.append(item)
-        return batch, False
-    deadline = time.monotonic() + linger
+        get = q.get_nowait
+    else:
+        deadline = time.monotonic() + linger
+
+        def get() -> T | None:
+            return q.get(timeout=max(0.0, deadline - time.monotonic()))
     while len(batch) < limit:
         try:
-            item = q.get(timeout=max(0.0, deadline - time.monotonic()))
+            item = get()
         except queue.Empty:
             break
         if item is None:
