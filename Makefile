@@ -1,7 +1,7 @@
 # helpdesk-milter — the commands CI and the README use verbatim.
 #   make run    venv + install, then the milter on the example config (127.0.0.1:8894)
 #   make test   Debian packages + venv, then ruff and the whole test suite
-#   make test-compiled  the whole suite again on the mypyc-compiled core (opt-in at install)
+#   make test-compiled  the whole suite again on the mypyc-compiled core (what `pip install .` installs)
 #   make lint   ruff (and mypy on the package)
 #   make bench  performance, side by side through a real Postfix (not part of test)
 #   make train  rebuild the request model from the labelled sets (models/request.json)
@@ -23,7 +23,7 @@ system-deps:
 	@scripts/install-system-deps.sh
 
 # The development install stays pure Python (HELPDESK_MILTER_COMPILE=0): an edited .py
-# file must never be shadowed by a stale compiled one (compiling is opt-in anyway).
+# file must never be shadowed by a stale compiled one (editable installs never compile).
 $(VENV)/.installed: pyproject.toml setup.py
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	HELPDESK_MILTER_COMPILE=0 $(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
@@ -51,26 +51,33 @@ PYTEST_WORKERS ?= 2
 test: venv lint
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
 
-# The decision core compiled with mypyc (setup.py's COMPILED modules), as
-# `HELPDESK_MILTER_COMPILE=1 pip install .` builds it, in a copy of the package:
-# build/compiled/helpdesk_milter.  The suite then runs on it (tests/test_compiled.py
-# checks that the compiled modules are the ones loaded).
+# The decision core compiled with mypyc (setup.py's COMPILED modules): the wheel that
+# `pip install .` builds by default (HELPDESK_MILTER_COMPILE unset, build isolation:
+# pip fetches setuptools, wheel and mypy), unpacked into build/compiled.  The suite then
+# runs on it (tests/test_compiled.py checks that the compiled modules are the ones loaded).
 COMPILED_DIR = build/compiled
+WHEEL_DIR    = build/wheel
 
 compiled: venv
-	rm -rf $(COMPILED_DIR) build/temp.* build/helpdesk_milter
-	HELPDESK_MILTER_COMPILE=1 $(PY) setup.py -q build_ext -j 2 --build-lib $(COMPILED_DIR) 2>&1 \
-	    | grep -v 'warning: Treating generator comprehension as list' || true
-	cp -r milter/helpdesk_milter/. $(COMPILED_DIR)/helpdesk_milter/
-	rm -rf $(COMPILED_DIR)/helpdesk_milter/__pycache__
+	rm -rf $(COMPILED_DIR) $(WHEEL_DIR) build/temp.* build/lib.* build/helpdesk_milter
+	env -u HELPDESK_MILTER_COMPILE $(PY) -m pip wheel -q --disable-pip-version-check \
+	    --no-deps -w $(WHEEL_DIR) . 2>&1 | grep -v 'Treating generator comprehension' || true
+	$(PY) -m zipfile -e $(WHEEL_DIR)/helpdesk_milter-*.whl $(COMPILED_DIR)
+	@ls $(COMPILED_DIR)/helpdesk_milter/secrets.*.so > /dev/null || \
+	    { echo "make compiled: the wheel holds no compiled module (is gcc installed?)"; exit 1; }
 
 test-compiled: compiled
 	HELPDESK_MILTER_EXPECT_COMPILED=1 PYTHONPATH=$(CURDIR)/$(COMPILED_DIR) \
 	    $(PY) -m pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider
 
+# The bench measures what `pip install .` installs: the compiled decision core
+# (`make bench BENCH_CORE=pure`: the plain Python fallback, the development tree).
+BENCH_CORE ?= compiled
+
 bench: venv
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
-	$(PY) tests/bench/run.py
+	@if [ "$(BENCH_CORE)" = compiled ]; then $(MAKE) --no-print-directory compiled; fi
+	$(if $(filter compiled,$(BENCH_CORE)),PYTHONPATH=$(CURDIR)/$(COMPILED_DIR)) $(PY) tests/bench/run.py
 
 train: venv
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[train]'

@@ -1,15 +1,19 @@
-"""Compiles the decision core with mypyc when asked: ``HELPDESK_MILTER_COMPILE=1 pip install .``
+"""Compiles the decision core with mypyc at install: ``pip install .``
 
 Everything else is in ``pyproject.toml``.  The modules in ``COMPILED`` are the ones the
-decision spends its time in (README, "Performance": 6 to 9 % less CPU per message,
-paired).  Opt-in: by default, and whenever compiling is not possible, they are installed
+decision spends its time in (README, "Performance").  ``pip install .`` compiles them
+(mypy, which brings mypyc, is a build requirement; a few minutes).  They are installed
 as the plain Python they are, which behaves the same:
 
-- without ``HELPDESK_MILTER_COMPILE=1`` in the environment (``make`` builds the compiled
-  copy the suite also runs on, ``make test-compiled``, with it);
-- when mypyc cannot be imported (it comes with mypy, a build requirement);
+- with ``HELPDESK_MILTER_COMPILE=0`` in the environment (``=1`` forces compiling);
+- for an editable install (``pip install -e .``, as ``make`` sets up the development
+  tree): a compiled copy placed beside the sources would shadow every later edit;
+- when mypyc cannot be imported;
 - when there is no C compiler, or a module fails to compile: the extensions are
   optional, so the build warns and installs the pure Python modules.
+
+``make test-compiled`` builds the wheel ``pip install .`` builds and runs the whole suite
+on it.
 """
 
 from __future__ import annotations
@@ -29,8 +33,26 @@ ROOT = Path(__file__).resolve().parent
 COMPILED = ("dedup", "text", "classify", "model", "secrets", "redact", "policy")
 
 
+# the setuptools commands of an editable install (PEP 660, and the legacy one)
+EDITABLE_COMMANDS = ("editable_wheel", "develop")
+
+
+def wants_compiling(environ: dict, argv: list) -> bool:
+    """HELPDESK_MILTER_COMPILE=1 or 0 decides; unset or empty, every install but an
+    editable one compiles."""
+    flag = environ.get("HELPDESK_MILTER_COMPILE", "").strip().lower()
+    if flag in ("1", "yes", "true"):
+        return True
+    if flag in ("0", "no", "false"):
+        return False
+    if flag:
+        raise SystemExit(f"HELPDESK_MILTER_COMPILE={flag!r}: use 1 (compile) or 0 (pure "
+                         "Python); unset, every install but an editable one compiles")
+    return not any(command in argv for command in EDITABLE_COMMANDS)
+
+
 def compiled_modules() -> list:
-    if os.environ.get("HELPDESK_MILTER_COMPILE", "0").strip() not in ("1", "yes", "true"):
+    if not wants_compiling(dict(os.environ), sys.argv):
         return []
     try:
         from mypyc.build import mypycify
@@ -54,4 +76,5 @@ def compiled_modules() -> list:
     return extensions
 
 
-setup(ext_modules=compiled_modules())
+if __name__ == "__main__":        # (setuptools runs this file as __main__; tests import it)
+    setup(ext_modules=compiled_modules())

@@ -13,9 +13,10 @@ Only what a container cannot do is translated, each by one rule below:
   its command lines as systemd would (its user, ``ProtectSystem=strict`` with only the
   unit's writable paths, ``PrivateTmp``, ``ProtectHome``, no capabilities);
 - ``man NAME``: rendered to a file instead of a pager;
-- ``.../pip install .``: run with ``HELPDESK_MILTER_COMPILE=0`` (pure Python modules, the
-  default; said explicitly so that a compiling environment does not make this test take
-  minutes): ``make test-compiled`` runs the whole suite on the compiled build.
+- ``.../pip install .``: run with ``HELPDESK_MILTER_COMPILE=0`` (the pure Python modules,
+  the README's documented quicker install, so that this test does not spend minutes
+  compiling): ``make test-compiled`` runs the whole suite on the wheel ``pip install .``
+  builds by default, compiled.
 
 Then a message goes through the chrooted smtpd to the milter on the README's unix
 socket (``smtpd_milters`` from the README's Postfix block) and must come out routed.

@@ -58,7 +58,8 @@ def text(result: dict[str, Any]) -> str:
         f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['os']}, "
         f"Linux {m['kernel']}",
         f"software: Postfix {m['postfix']}, Python {m['python']}, pymilter "
-        f"{m['pymilter'] or '?'}, commit {m['commit']}; load average at start "
+        f"{m['pymilter'] or '?'}, commit {m['commit']}, decision core "
+        f"{m.get('core', '?')}; load average at start "
         f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'] or ())}",
         f"mix: {n} messages (seed {a['seed']}), mean {_kb(mix['mean_bytes'])}, median "
         f"{_kb(mix['median_bytes'])}, max {_kb(mix['max_bytes'])}; "
@@ -298,8 +299,8 @@ def markdown(result: dict[str, Any]) -> str:
     m = result["machine"]
     out = [f"Measured {result['started']} on {m['cpu']} ({m['cores']} cores, "
            f"{m['memory_gb']} GB), {m['os']}, Postfix {m['postfix']}, Python {m['python']}, "
-           f"pymilter {m['pymilter'] or '?'}, commit `{m['commit']}`; "
-           f"`{result['command']}`.", ""]
+           f"pymilter {m['pymilter'] or '?'}, commit `{m['commit']}`, decision core "
+           f"{m.get('core', '?')}; `{result['command']}`.", ""]
     for key, what, goal in (("postfix", "all-watched mix", GOAL_RATIO_NOOP),
                             ("mx", "realistic MX mix, 80 % unwatched", GOAL_RATIO_MX)):
         p = result.get(key)

@@ -79,13 +79,18 @@ def machine(root: Path) -> dict[str, Any]:
     except ImportError:
         pymilter = ""
     dirty = bool(_run(["git", "status", "--porcelain", "--untracked-files=no"], root))
+    try:
+        import helpdesk_milter
+        core = helpdesk_milter.build()      # the decision core benched: compiled or pure
+    except ImportError:
+        core = "?"
     return {
         "cpu": model, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 1024 / 1024, 1),
         "kernel": platform.release(), "os": _os_name(), "python": sys.version.split()[0],
         "postfix": _run([postconf, "-d", "-h", "mail_version"]), "pymilter": pymilter,
         "commit": _run(["git", "rev-parse", "--short", "HEAD"], root)
         + ("+dirty" if dirty else ""),
-        "load_average_at_start": load_average(),
+        "load_average_at_start": load_average(), "core": core,
     }
 
 
