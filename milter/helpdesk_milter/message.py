@@ -19,12 +19,14 @@ parts.
 
 from __future__ import annotations
 
+import binascii
 import email.utils
 import html
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email import policy
+from email.base64mime import decode as _base64_decode
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
@@ -100,11 +102,114 @@ def decode_words(value: str) -> str:
     value = _FOLD.sub("", value)
     if "=?" not in value:
         return value.replace("\r", "").replace("\n", " ")
-    try:
-        text = str(make_header(decode_header(value)))
-    except Exception:  # unknown charset, bad base64: keep what was sent
-        text = value
+    text = _utf8_words(value)
+    if text is None:
+        try:
+            text = str(make_header(decode_header(value)))
+        except Exception:  # unknown charset, bad base64: keep what was sent
+            text = value
     return text.replace("\r", "").replace("\n", " ")
+
+
+def _utf8_words(value: str) -> str | None:
+    """``str(make_header(decode_header(value)))`` for the usual shape of an encoded
+    header, or None for any other (the caller then asks the library, which also
+    decides what a broken one gives).
+
+    The usual shape: one line of ASCII whose encoded words are all UTF-8 (Q or B).
+    The steps are the library's own (``decode_header``: split on encoded words, drop
+    the blanks between two of them, decode, join runs of one charset; then
+    ``Header.__str__``: a space where an encoded run meets plain text without one),
+    without the ``Header`` and ``Charset`` objects, which cost most of the time of
+    a Subject (``tests/test_message.py`` compares the two on many headers)."""
+    if not value.isascii():
+        return None
+    lines = value.splitlines()
+    if len(lines) != 1:
+        return None
+    parts = _ENCODED_WORD.split(lines[0])
+    if len(parts) == 1:
+        return None
+    # decode_header: (text, encoding or "" for plain text)
+    words: list[tuple[str, str]] = []
+    first = True
+    for i in range(0, len(parts), 4):
+        unencoded = parts[i]
+        if first:
+            unencoded = unencoded.lstrip()
+            first = False
+        if unencoded:
+            words.append((unencoded, ""))
+        if i + 1 < len(parts):
+            if parts[i + 1].lower() != "utf-8":
+                return None
+            words.append((parts[i + 3], parts[i + 2].lower()))
+    droplist = [n - 1 for n in range(2, len(words))
+                if words[n][1] and words[n - 2][1] and words[n - 1][0].isspace()]
+    for d in reversed(droplist):
+        del words[d]
+    # decode, and collapse runs (plain runs joined by a space, encoded ones glued)
+    chunks: list[tuple[bytes, bool]] = []        # (bytes, encoded)
+    for text, encoding in words:
+        if not encoding:
+            data = text.encode("ascii")
+        elif encoding == "q":
+            data = _q_decode(text)
+        else:
+            padding = len(text) % 4
+            if padding:
+                text += "==="[:4 - padding]
+            try:
+                data = _base64_decode(text)
+            except binascii.Error:
+                return None
+        encoded = bool(encoding)
+        if chunks and chunks[-1][1] == encoded:
+            chunks[-1] = (chunks[-1][0] + (data if encoded else b" " + data), encoded)
+        else:
+            chunks.append((data, encoded))
+    # make_header + Header.__str__ (ASCII runs and UTF-8 runs alternate)
+    out: list[str] = []
+    last_plain = True
+    last_space: bool | str = False
+    for data, encoded in chunks:
+        try:
+            string = data.decode("utf-8" if encoded else "ascii")
+        except UnicodeDecodeError:
+            return None
+        plain = not encoded
+        if out:
+            has_space = string and _nonctext(string[0])
+            if not last_plain:
+                if plain and not has_space:
+                    out.append(" ")
+            elif not plain and not last_space:
+                out.append(" ")
+        last_space = string and _nonctext(string[-1])
+        last_plain = plain
+        out.append(string)
+    return "".join(out)
+
+
+# email.header's encoded word (``ecre``, not in its public names): =?charset?q|b?text?=
+_ENCODED_WORD = re.compile(r"=\?([^?]*?)\?([qQbB])\?(.*?)\?=", re.MULTILINE)
+_Q_ESCAPE = re.compile(r"=([a-fA-F0-9]{2})", re.ASCII)
+
+
+def _q_decode(text: str) -> bytes:
+    """``bytes(email.quoprimime.header_decode(text), "raw-unicode-escape")``: "_" is a
+    space, each "=XX" the byte XX; the escapes found by one split, not one Python
+    call each."""
+    pieces = _Q_ESCAPE.split(text.replace("_", " "))
+    if len(pieces) == 1:
+        return pieces[0].encode("ascii")
+    pieces[1::2] = map(chr, bytes.fromhex("".join(pieces[1::2])))
+    return "".join(pieces).encode("latin-1")
+
+
+def _nonctext(s: str) -> bool:
+    """``Header._nonctext``: not an RFC 822 ctext character."""
+    return s.isspace() or s in ("(", ")", "\\")
 
 
 def undo_surrogates(value: str) -> str:
