@@ -32,6 +32,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from functools import cached_property
 from html.parser import HTMLParser
+from operator import itemgetter
 
 # How much of the body's text we look at: enough for any real request, and it
 # bounds the cost of classifying a huge text part.
@@ -352,6 +353,21 @@ def iter_parts(msg: Message, *, max_depth: int = 50) -> Iterator[Message]:
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _header_end(raw: bytes) -> int:
+    """Where ``_HEADER_END`` first matches in ``raw`` (-1: nowhere), from two substring
+    searches: ``re`` cannot skip ahead to an optional first character, and tries the
+    pattern at every byte of the header block.  The first blank line is the first
+    "\n" followed by "\n" or "\r\n"; the match starts at the "\r" before it, if any."""
+    crlf = raw.find(b"\n\r\n")
+    lf = raw.find(b"\n\n", 0, len(raw) if crlf < 0 else crlf + 1)
+    first = crlf if lf < 0 else lf
+    if first < 0:
+        return -1
+    return first - 1 if first and raw[first - 1] == 13 else first
+
+
 # One header field: its name (printable ASCII but ":"), the rest of its first line and
 # its continuation lines, as the standard library's feedparser reads them.
 _FIELD = re.compile(r"([\041-\071\073-\176]+):([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)(?:\r?\n|\Z)")
@@ -432,8 +448,8 @@ class ParsedMessage:
     def __init__(self, raw: bytes):
         self.raw = raw
         self.defects: list[str] = []
-        end = _HEADER_END.search(raw)
-        stop = end.start() if end else len(raw)
+        end = _header_end(raw)
+        stop = end if end >= 0 else len(raw)
         self.header_end = stop      # raw[:header_end]: the top-level header block
         # The standard library ends a line at a bare CR; a milter's MTA does not
         # (Postfix turns it into a space; others pass it on in the field).  Parsed
@@ -446,7 +462,7 @@ class ParsedMessage:
             self._view = _BARE_CR.sub(b" ", raw[:stop]) + raw[stop:]
         # The fields of a well-formed block are kept as read: most messages need no
         # more (``head``, the standard library's view of them, is built when asked).
-        block = self._view[:stop] + b"\r\n" if end else self._view
+        block = self._view[:stop] + b"\r\n" if end >= 0 else self._view
         self._fields: list[tuple[str, str]] | None = _well_formed_fields(block)
         if self._fields is None:
             try:
@@ -488,10 +504,10 @@ class ParsedMessage:
     @cached_property
     def _first(self) -> dict[str, str]:
         """Lower-cased name -> raw value of its first occurrence (looked up often)."""
-        first: dict[str, str] = {}
-        for name, value in self.header_fields():
-            first.setdefault(name.lower(), value)
-        return first
+        fields = self.header_fields()
+        fields.reverse()        # an earlier occurrence overwrites a later one
+        return dict(zip(map(str.lower, map(itemgetter(0), fields)),
+                        map(itemgetter(1), fields), strict=True))
 
     def header_fields(self) -> list[tuple[str, str]]:
         """Every (name, raw value) of the top-level header block, in order."""
@@ -591,7 +607,10 @@ class ParsedMessage:
             if attachment:
                 continue
             if not text.isascii():
-                text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                try:
+                    text.encode("utf-8")    # no surrogate: the round trip gives it back
+                except UnicodeEncodeError:
+                    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             (plain if ctype == "text/plain" else markup).append(text)
         self.__dict__["text"] = _readable(plain, markup)
 
