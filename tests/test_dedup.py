@@ -626,3 +626,18 @@ def test_line_start_searches_find_what_the_patterns_find(lines, cut, forwarded):
     data = dedup._fold(text).text
     sign_offs = list(dedup._SIGN_OFF.finditer(data, max(0, len(data) - dedup._SIGN_OFF_TAIL)))
     assert dedup._last_sign_off(data) == (sign_offs[-1].start() if sign_offs else -1)
+
+
+_NAME_PATTERN_BEFORE = (rb" (?:(?<=[a-z0-9,;)] )|(?<=[\s(]M\. )|(?<=[\s(](?:Mr|Ms|Dr|Pr|Me)\. )"
+                        rb"|(?<=[\s(]Mrs\. ))([A-Z][A-Za-z'-]*[a-z][A-Za-z'-]*)")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([b" ", b"a", b"Z", b"M.", b"Mr.", b"Mrs.", b"Dr.", b"(", b",",
+                                 b";", b")", b"\n", b"'", b"-", b"1", b"Marie", b"le", b"I'm"]),
+                max_size=20))
+def test_identifier_names_are_those_of_the_plain_pattern(pieces):
+    # the capital is looked for before the look-behinds: the same names are found
+    import re
+    span = b"".join(pieces)
+    assert dedup._IDENT_NAME.findall(span) == re.findall(_NAME_PATTERN_BEFORE, span)

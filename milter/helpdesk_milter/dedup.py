@@ -546,9 +546,11 @@ def _drop_greeting(body: str) -> str:
 # addresses, and capitalised words inside a sentence (names: "compte pour Marie
 # Dubois", also after a title: "M. Tran", "Dr. Lee"), the latter found in the
 # ASCII-folded text where case is kept.  The pattern starts with a literal space so
-# that the regex engine skips to spaces.
-_IDENT_NAME = re.compile(rb" (?:(?<=[a-z0-9,;)] )|(?<=[\s(]M\. )|(?<=[\s(](?:Mr|Ms|Dr|Pr|Me)\. )"
-                         rb"|(?<=[\s(]Mrs\. ))([A-Z][A-Za-z'-]*[a-z][A-Za-z'-]*)")
+# that the regex engine skips to spaces, then looks for the capital the name needs
+# before it tries the four look-behinds (most words are not capitalised: x4).
+_IDENT_NAME = re.compile(rb" (?=[A-Z])(?:(?<=[a-z0-9,;)] )|(?<=[\s(]M\. )"
+                         rb"|(?<=[\s(](?:Mr|Ms|Dr|Pr|Me)\. )|(?<=[\s(]Mrs\. ))"
+                         rb"([A-Z][A-Za-z'-]*[a-z][A-Za-z'-]*)")
 _NOT_NAMES = frozenset((b"i'm", b"i've", b"i'll", b"i'd"))
 _EMAIL_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_+")
 _MAX_ADDRESSES = 20
