@@ -602,3 +602,42 @@ def test_band_keys_keep_their_stored_form(scope: str, minhash: list[int]) -> Non
     expected = [dedup._key(b"b", s, struct.pack(">B3I", band, *minhash[3 * band:3 * band + 3]))
                 for band in range(dedup.BANDS)]
     assert dedup._band_keys(scope, minhash) == expected
+
+
+_LINES = st.sampled_from([
+    "Cordialement,", "  merci d'avance !", "Best regards, Tom", "Thanks", "cheers", "Bien a vous",
+    "---------- Forwarded message ---------", "De : Jean <j@x.fr>", "Envoyé : lundi",
+    "-----Original Message-----", "Begin forwarded message:", "From: a@b.c", "Sent: Monday",
+    "bonjour", "", " ", "> quoted", "texte de la demande 42", "\tDe: x", "Message transféré"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_LINES, max_size=12), st.integers(0, 700), st.booleans())
+def test_line_start_searches_find_what_the_patterns_find(lines, cut, forwarded):
+    # the patterns are tried after each line break instead of at every character
+    text = "\n".join(lines)
+    text = ("x" * cut + "\n" + text) if cut % 3 else text
+    found = dedup._FORWARD_START.search(text)
+    expected = None
+    if found is not None and (found.group(1) is not None or forwarded
+                              or not dedup.own_text(text[:found.start()])):
+        expected = found.start()
+    assert dedup._forward_start(text, forwarded=forwarded) == expected
+    data = dedup._fold(text).text
+    sign_offs = list(dedup._SIGN_OFF.finditer(data, max(0, len(data) - dedup._SIGN_OFF_TAIL)))
+    assert dedup._last_sign_off(data) == (sign_offs[-1].start() if sign_offs else -1)
+
+
+_NAME_PATTERN_BEFORE = (rb" (?:(?<=[a-z0-9,;)] )|(?<=[\s(]M\. )|(?<=[\s(](?:Mr|Ms|Dr|Pr|Me)\. )"
+                        rb"|(?<=[\s(]Mrs\. ))([A-Z][A-Za-z'-]*[a-z][A-Za-z'-]*)")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([b" ", b"a", b"Z", b"M.", b"Mr.", b"Mrs.", b"Dr.", b"(", b",",
+                                 b";", b")", b"\n", b"'", b"-", b"1", b"Marie", b"le", b"I'm"]),
+                max_size=20))
+def test_identifier_names_are_those_of_the_plain_pattern(pieces):
+    # the capital is looked for before the look-behinds: the same names are found
+    import re
+    span = b"".join(pieces)
+    assert dedup._IDENT_NAME.findall(span) == re.findall(_NAME_PATTERN_BEFORE, span)

@@ -107,3 +107,24 @@ def test_fields_read_without_the_library_message_are_the_same(head):
     expected.__dict__["head"] = library
     assert msg.from_addr == expected.from_addr
     assert (raw_from is None) == ("from" not in msg._first)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"a", b":", b" ", b"\r\n\r\n", b"\n\n",
+                                 b"\n\r\n", b"\r\r\n", b"X: y"]), max_size=14))
+def test_the_header_end_is_where_the_pattern_finds_it(pieces):
+    # two substring searches instead of the pattern's search at every byte
+    from helpdesk_milter.message import _HEADER_END, _header_end
+    raw = b"".join(pieces)
+    found = _HEADER_END.search(raw)
+    assert _header_end(raw) == (found.start() if found else -1)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["Subject", "subject", "SUBJECT", "From", "X-A"]),
+                          st.sampled_from(["a", "b", " c"])), max_size=8))
+def test_first_holds_each_name_first_value(fields):
+    msg = ParsedMessage(b"".join(f"{n}: {v}\r\n".encode() for n, v in fields) + b"\r\nbody")
+    expected: dict[str, str] = {}
+    for name, value in msg.header_fields():
+        expected.setdefault(name.lower(), value)
+    assert msg._first == expected

@@ -82,3 +82,48 @@ def test_the_attached_message_check_is_the_pattern_search(pieces, cut):
     raw = b"".join(pieces)
     for data in (raw, b"y" * cut + raw, b"y" * (65_536 - 7) + raw):
         assert _mentions_rfc822(data) == (_RFC822.search(data) is not None)
+
+
+def _library_words(value: str) -> str:
+    """What ``decode_words`` gave before its fast path: the ``email`` library's answer."""
+    from email.header import decode_header, make_header
+
+    from helpdesk_milter.message import _FOLD
+    value = _FOLD.sub("", value)
+    if "=?" not in value:
+        return value.replace("\r", "").replace("\n", " ")
+    try:
+        text = str(make_header(decode_header(value)))
+    except Exception:
+        text = value
+    return text.replace("\r", "").replace("\n", " ")
+
+
+@pytest.mark.parametrize("value", [
+    "=?utf-8?q?probl=C3=A8me_d'acc=C3=A8s?=", "Re: =?UTF-8?Q?probl=C3=A8me?= imprimante",
+    "=?utf-8?b?cHJvYmzDqG1l?= =?utf-8?q?_encore?=", "=?utf-8?q?a?=  (b) =?utf-8?q?c?=",
+    "=?utf-8?b?cHJvYmzDqG1l?=x", "x=?utf-8?q?=e9?=", "=?utf-8?q?=C3?=", "=?utf-8?b?/w?=",
+    "=?utf-8?b?abc!?=", "=?utf-8?q??=", "=?utf-8?q?_?= a", "a\\ =?utf-8?q?b?=",
+    "=?iso-8859-1?q?=E9t=E9?= =?utf-8?q?=C3=A9?=", "=?utf8?q?x?=", "=?utf-8*fr?q?x?=",
+    "=?utf-8?q?a?=\r\n =?utf-8?q?b?=", "=?utf-8?q?a?=\n=?utf-8?q?b?=", "é =?utf-8?q?a?=",
+    "=?utf-8?q?a=3Fb?=", "=?utf-8?q?a=3?=", "=?", "=?utf-8?x?a?=", " \t=?utf-8?Q?x?=\t",
+])
+def test_encoded_words_decode_as_the_library_does(value):
+    from helpdesk_milter.message import decode_words
+    assert decode_words(value) == _library_words(value)
+
+
+_WORD_PARTS = st.sampled_from([
+    "=?utf-8?q?probl=C3=A8me?=", "=?UTF-8?Q?a_b?=", "=?utf-8?q?=c3=a9?=", "=?utf-8?q?=C3?=",
+    "=?utf-8?b?w6k=?=", "=?utf-8?b?w6k?=", "=?utf-8?B?/w==?=", "=?utf-8?b?ab!c?=",
+    "=?utf-8?q??=", "=?utf-8?q?_?=", "=?iso-8859-1?q?=E9?=", "=?utf8?q?x?=", "=?utf-8?q?(?=",
+    "Re:", "TR:", "[EXT]", "(x)", "a\\b", "é", "ok", "x)", "(y", "=?", "?=", " ", "  ", "\t",
+    "\r\n ", "\n", "\r", "\x0c", "_", "=3D"])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_WORD_PARTS, max_size=10))
+def test_encoded_words_agree_with_the_library_on_any_mix(parts):
+    from helpdesk_milter.message import decode_words
+    value = "".join(parts)
+    assert decode_words(value) == _library_words(value)

@@ -364,6 +364,9 @@ _FORWARD_START = re.compile(
     r"[ \t]*\*?(?:envoy[ée]|sent|date|gesendet)[ \t]*:\*?[ \t]*\S"
     r")",
     re.IGNORECASE | re.MULTILINE)
+# The same after a line break ("^" dropped, "\n" put first): re skips ahead to each
+# "\n" with a fast literal scan, where "^" made it try the pattern at every character.
+_FORWARD_AFTER_BREAK = re.compile("\n" + _FORWARD_START.pattern[1:], _FORWARD_START.flags)
 # Header lines of a forwarded message, under its banner.
 _FORWARDED_HEADER = re.compile(
     r"[ \t]*\*?(?:de|from|date|envoy[ée]|sent|objet|subject|sujet|[àa]|pour|to|cc|cci|bcc"
@@ -377,11 +380,16 @@ _FORWARD_HEADER_LINES = 30
 
 def _forward_start(text: str, *, forwarded: bool) -> int | None:
     """Offset of the first forward banner (or Outlook header block) in ``text``."""
-    found = _FORWARD_START.search(text)
+    # _FORWARD_START.search(text): at the start, else at the first line start after it
+    found = _FORWARD_START.match(text)
+    start = 0
     if found is None:
-        return None
-    if found.group(1) is not None or forwarded or not own_text(text[:found.start()]):
-        return found.start()
+        found = _FORWARD_AFTER_BREAK.search(text)
+        if found is None:
+            return None
+        start = found.start() + 1
+    if found.group(1) is not None or forwarded or not own_text(text[:start]):
+        return start
     return None  # a reply: what follows is history, even a forward in it
 
 
@@ -538,9 +546,11 @@ def _drop_greeting(body: str) -> str:
 # addresses, and capitalised words inside a sentence (names: "compte pour Marie
 # Dubois", also after a title: "M. Tran", "Dr. Lee"), the latter found in the
 # ASCII-folded text where case is kept.  The pattern starts with a literal space so
-# that the regex engine skips to spaces.
-_IDENT_NAME = re.compile(rb" (?:(?<=[a-z0-9,;)] )|(?<=[\s(]M\. )|(?<=[\s(](?:Mr|Ms|Dr|Pr|Me)\. )"
-                         rb"|(?<=[\s(]Mrs\. ))([A-Z][A-Za-z'-]*[a-z][A-Za-z'-]*)")
+# that the regex engine skips to spaces, then looks for the capital the name needs
+# before it tries the four look-behinds (most words are not capitalised: x4).
+_IDENT_NAME = re.compile(rb" (?=[A-Z])(?:(?<=[a-z0-9,;)] )|(?<=[\s(]M\. )"
+                         rb"|(?<=[\s(](?:Mr|Ms|Dr|Pr|Me)\. )|(?<=[\s(]Mrs\. ))"
+                         rb"([A-Z][A-Za-z'-]*[a-z][A-Za-z'-]*)")
 _NOT_NAMES = frozenset((b"i'm", b"i've", b"i'll", b"i'd"))
 _EMAIL_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_+")
 _MAX_ADDRESSES = 20
@@ -554,26 +564,50 @@ _SIGN_OFF = re.compile(
     rb"|thanks(?: again| in advance)?|thank you|cheers|sincerely|yours(?: sincerely)?)"
     rb"[ \t]*[,.!]*(?:[ \t]+[A-Za-z'-]{1,20})?[ \t]*$",
     re.IGNORECASE | re.MULTILINE)
+_SIGN_OFF_AFTER_BREAK = re.compile(b"\n" + _SIGN_OFF.pattern[1:], _SIGN_OFF.flags)
 _SIGN_OFF_TAIL = 600
 
 _MASK32 = 0xFFFFFFFF
 
 
-def _identifiers(subject: _Folded, body: _Folded) -> tuple[int, ...]:
-    """Sorted bottom-k sample of the 32-bit hashes of the text's identifiers."""
+def _identifiers(subject: _Folded, body: _Folded, subject_words: list[bytes],
+                 body_words: list[bytes]) -> tuple[int, ...]:
+    """Sorted bottom-k sample of the 32-bit hashes of the text's identifiers.
+
+    ``subject_words`` and ``body_words`` are ``_words(subject)`` and ``_words(body)``:
+    the words above the sign-off are a prefix of the latter (a sign-off starts a
+    line, so no word straddles it), and only the tail under it is split again."""
     if subject.latin and body.latin:
         text = body.text
-        sign_offs = list(_SIGN_OFF.finditer(text, max(0, len(text) - _SIGN_OFF_TAIL)))
-        span = subject.text + b"\n" + (text[:sign_offs[-1].start()] if sign_offs else text)
-        tokens = set(itertools.filterfalse(bytes.isalpha, span.translate(_WORD_BYTES).split()))
+        sign_off = _last_sign_off(text)
+        if sign_off < 0:
+            span = subject.text + b"\n" + text
+            words = subject_words + body_words
+        else:
+            span = subject.text + b"\n" + text[:sign_off]
+            below = len(text[sign_off:].translate(_WORD_BYTES).split())
+            words = subject_words + body_words[:len(body_words) - below]
+        tokens = set(itertools.filterfalse(bytes.isalpha, words))
         tokens.update(n for n in map(bytes.lower, _IDENT_NAME.findall(span))
                       if n not in _NOT_NAMES)
         tokens.update(_addresses(span))
     else:
-        tokens = set(itertools.filterfalse(bytes.isalpha, _words(subject) + _words(body)))
+        tokens = set(itertools.filterfalse(bytes.isalpha, subject_words + body_words))
     tokens.discard(b"")
     hashes = sorted(set(map(zlib.crc32, tokens)))
     return tuple(hashes[:MAX_IDENTS])
+
+
+def _last_sign_off(text: bytes) -> int:
+    """Where the last ``_SIGN_OFF`` match in the last ``_SIGN_OFF_TAIL`` bytes of
+    ``text`` starts (-1: none), as ``finditer(text, start)`` finds it, but trying
+    the pattern only at line starts (``_SIGN_OFF_AFTER_BREAK``, a match never
+    reaching past its line), not at every byte of the tail."""
+    start = max(0, len(text) - _SIGN_OFF_TAIL)
+    last = 0 if start == 0 and _SIGN_OFF.match(text) else -1
+    for found in _SIGN_OFF_AFTER_BREAK.finditer(text, max(0, start - 1)):
+        last = found.start() + 1
+    return last
 
 
 def _addresses(text: bytes) -> Iterator[bytes]:
@@ -620,7 +654,7 @@ def _text_fingerprint(subject: str,
     # is the same on every 64-bit CPython >= 3.8: stored signatures stay comparable.
     shingles = sorted(set(map(hash, zip(*(word_ids[i:] for i in range(SHINGLE_SIZE)),
                                         strict=False))))
-    idents = _identifiers(subject_folded, body_folded)
+    idents = _identifiers(subject_folded, body_folded, subject_words, body_words)
     return digest, _densified(shingles), len(shingles), idents
 
 

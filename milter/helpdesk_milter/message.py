@@ -19,17 +19,20 @@ parts.
 
 from __future__ import annotations
 
+import binascii
 import email.utils
 import html
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from email import policy
+from email.base64mime import decode as _base64_decode
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
 from functools import cached_property
 from html.parser import HTMLParser
+from operator import itemgetter
 
 # How much of the body's text we look at: enough for any real request, and it
 # bounds the cost of classifying a huge text part.
@@ -100,11 +103,114 @@ def decode_words(value: str) -> str:
     value = _FOLD.sub("", value)
     if "=?" not in value:
         return value.replace("\r", "").replace("\n", " ")
-    try:
-        text = str(make_header(decode_header(value)))
-    except Exception:  # unknown charset, bad base64: keep what was sent
-        text = value
+    text = _utf8_words(value)
+    if text is None:
+        try:
+            text = str(make_header(decode_header(value)))
+        except Exception:  # unknown charset, bad base64: keep what was sent
+            text = value
     return text.replace("\r", "").replace("\n", " ")
+
+
+def _utf8_words(value: str) -> str | None:
+    """``str(make_header(decode_header(value)))`` for the usual shape of an encoded
+    header, or None for any other (the caller then asks the library, which also
+    decides what a broken one gives).
+
+    The usual shape: one line of ASCII whose encoded words are all UTF-8 (Q or B).
+    The steps are the library's own (``decode_header``: split on encoded words, drop
+    the blanks between two of them, decode, join runs of one charset; then
+    ``Header.__str__``: a space where an encoded run meets plain text without one),
+    without the ``Header`` and ``Charset`` objects, which cost most of the time of
+    a Subject (``tests/test_message.py`` compares the two on many headers)."""
+    if not value.isascii():
+        return None
+    lines = value.splitlines()
+    if len(lines) != 1:
+        return None
+    parts = _ENCODED_WORD.split(lines[0])
+    if len(parts) == 1:
+        return None
+    # decode_header: (text, encoding or "" for plain text)
+    words: list[tuple[str, str]] = []
+    first = True
+    for i in range(0, len(parts), 4):
+        unencoded = parts[i]
+        if first:
+            unencoded = unencoded.lstrip()
+            first = False
+        if unencoded:
+            words.append((unencoded, ""))
+        if i + 1 < len(parts):
+            if parts[i + 1].lower() != "utf-8":
+                return None
+            words.append((parts[i + 3], parts[i + 2].lower()))
+    droplist = [n - 1 for n in range(2, len(words))
+                if words[n][1] and words[n - 2][1] and words[n - 1][0].isspace()]
+    for d in reversed(droplist):
+        del words[d]
+    # decode, and collapse runs (plain runs joined by a space, encoded ones glued)
+    chunks: list[tuple[bytes, bool]] = []        # (bytes, encoded)
+    for text, encoding in words:
+        if not encoding:
+            data = text.encode("ascii")
+        elif encoding == "q":
+            data = _q_decode(text)
+        else:
+            padding = len(text) % 4
+            if padding:
+                text += "==="[:4 - padding]
+            try:
+                data = _base64_decode(text)
+            except binascii.Error:
+                return None
+        encoded = bool(encoding)
+        if chunks and chunks[-1][1] == encoded:
+            chunks[-1] = (chunks[-1][0] + (data if encoded else b" " + data), encoded)
+        else:
+            chunks.append((data, encoded))
+    # make_header + Header.__str__ (ASCII runs and UTF-8 runs alternate)
+    out: list[str] = []
+    last_plain = True
+    last_space: bool | str = False
+    for data, encoded in chunks:
+        try:
+            string = data.decode("utf-8" if encoded else "ascii")
+        except UnicodeDecodeError:
+            return None
+        plain = not encoded
+        if out:
+            has_space = string and _nonctext(string[0])
+            if not last_plain:
+                if plain and not has_space:
+                    out.append(" ")
+            elif not plain and not last_space:
+                out.append(" ")
+        last_space = string and _nonctext(string[-1])
+        last_plain = plain
+        out.append(string)
+    return "".join(out)
+
+
+# email.header's encoded word (``ecre``, not in its public names): =?charset?q|b?text?=
+_ENCODED_WORD = re.compile(r"=\?([^?]*?)\?([qQbB])\?(.*?)\?=", re.MULTILINE)
+_Q_ESCAPE = re.compile(r"=([a-fA-F0-9]{2})", re.ASCII)
+
+
+def _q_decode(text: str) -> bytes:
+    """``bytes(email.quoprimime.header_decode(text), "raw-unicode-escape")``: "_" is a
+    space, each "=XX" the byte XX; the escapes found by one split, not one Python
+    call each."""
+    pieces = _Q_ESCAPE.split(text.replace("_", " "))
+    if len(pieces) == 1:
+        return pieces[0].encode("ascii")
+    pieces[1::2] = map(chr, bytes.fromhex("".join(pieces[1::2])))
+    return "".join(pieces).encode("latin-1")
+
+
+def _nonctext(s: str) -> bool:
+    """``Header._nonctext``: not an RFC 822 ctext character."""
+    return s.isspace() or s in ("(", ")", "\\")
 
 
 def undo_surrogates(value: str) -> str:
@@ -247,6 +353,21 @@ def iter_parts(msg: Message, *, max_depth: int = 50) -> Iterator[Message]:
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _header_end(raw: bytes) -> int:
+    """Where ``_HEADER_END`` first matches in ``raw`` (-1: nowhere), from two substring
+    searches: ``re`` cannot skip ahead to an optional first character, and tries the
+    pattern at every byte of the header block.  The first blank line is the first
+    "\n" followed by "\n" or "\r\n"; the match starts at the "\r" before it, if any."""
+    crlf = raw.find(b"\n\r\n")
+    lf = raw.find(b"\n\n", 0, len(raw) if crlf < 0 else crlf + 1)
+    first = crlf if lf < 0 else lf
+    if first < 0:
+        return -1
+    return first - 1 if first and raw[first - 1] == 13 else first
+
+
 # One header field: its name (printable ASCII but ":"), the rest of its first line and
 # its continuation lines, as the standard library's feedparser reads them.
 _FIELD = re.compile(r"([\041-\071\073-\176]+):([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)(?:\r?\n|\Z)")
@@ -327,8 +448,8 @@ class ParsedMessage:
     def __init__(self, raw: bytes):
         self.raw = raw
         self.defects: list[str] = []
-        end = _HEADER_END.search(raw)
-        stop = end.start() if end else len(raw)
+        end = _header_end(raw)
+        stop = end if end >= 0 else len(raw)
         self.header_end = stop      # raw[:header_end]: the top-level header block
         # The standard library ends a line at a bare CR; a milter's MTA does not
         # (Postfix turns it into a space; others pass it on in the field).  Parsed
@@ -341,7 +462,7 @@ class ParsedMessage:
             self._view = _BARE_CR.sub(b" ", raw[:stop]) + raw[stop:]
         # The fields of a well-formed block are kept as read: most messages need no
         # more (``head``, the standard library's view of them, is built when asked).
-        block = self._view[:stop] + b"\r\n" if end else self._view
+        block = self._view[:stop] + b"\r\n" if end >= 0 else self._view
         self._fields: list[tuple[str, str]] | None = _well_formed_fields(block)
         if self._fields is None:
             try:
@@ -383,10 +504,10 @@ class ParsedMessage:
     @cached_property
     def _first(self) -> dict[str, str]:
         """Lower-cased name -> raw value of its first occurrence (looked up often)."""
-        first: dict[str, str] = {}
-        for name, value in self.header_fields():
-            first.setdefault(name.lower(), value)
-        return first
+        fields = self.header_fields()
+        fields.reverse()        # an earlier occurrence overwrites a later one
+        return dict(zip(map(str.lower, map(itemgetter(0), fields)),
+                        map(itemgetter(1), fields), strict=True))
 
     def header_fields(self) -> list[tuple[str, str]]:
         """Every (name, raw value) of the top-level header block, in order."""
@@ -486,7 +607,10 @@ class ParsedMessage:
             if attachment:
                 continue
             if not text.isascii():
-                text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                try:
+                    text.encode("utf-8")    # no surrogate: the round trip gives it back
+                except UnicodeEncodeError:
+                    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             (plain if ctype == "text/plain" else markup).append(text)
         self.__dict__["text"] = _readable(plain, markup)
 
