@@ -328,7 +328,8 @@ class _Haystack:
     """The text as UTF-8 bytes, as is and with ASCII letters lower-cased (no Unicode case
     mapping: fast), for the trigger tests."""
 
-    __slots__ = ("_keypad", "_literals", "_provider", "_seen", "cased", "folded")
+    __slots__ = ("_keypad", "_literals", "_lower", "_lower_of", "_provider", "_seen", "cased",
+                 "folded")
 
     def __init__(self, text: str) -> None:
         self.cased = text.encode("utf-8", "surrogatepass")
@@ -337,6 +338,18 @@ class _Haystack:
         self._provider: bool | None = None
         self._literals: tuple[frozenset[bytes], frozenset[bytes]] | None = None
         self._keypad: bool | None = None
+        self._lower_of: str | None = None
+        self._lower = ""
+
+    def lower(self, text: str) -> str:
+        """``text.lower()``, memoised for the last ``text`` asked (by identity): the scan
+        reads one text (this one, or its copy with CRs and quote marks blanked), and
+        several detectors read it lower-cased; a text that is not ASCII costs some 6 ns a
+        character to lower-case."""
+        if self._lower_of is not text:
+            self._lower = text.lower()
+            self._lower_of = text
+        return self._lower
 
     def literals(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
         """The generic detectors' literals present, and present at a word start
@@ -698,7 +711,7 @@ class SecretScanner:
         # none is there, reads the whole text at ~40 ns a byte).  ("quiet" only says
         # early that none of the tests after it can say yes.)
         anchors = hay.anchors()
-        if anchors and _keyword_windows(text, text.lower(), anchors):
+        if anchors and _keyword_windows(text, hay.lower(text), anchors):
             return True
         if _generic_triggered(hay) or hay.keypad():
             return True
@@ -755,14 +768,13 @@ class SecretScanner:
         if "private-key" in enabled and hay.test(_PRIVATE_KEY_TRIGGERS):
             found.extend(_private_keys(text))
         if "aws-secret-key" in enabled and hay.test(_AWS_SECRET_TRIGGERS):
-            found.extend(_aws_secrets(text))
+            found.extend(_aws_secrets(text, hay.lower(text)))
         if {"url-credentials", "connection-string"} & enabled and hay.test(_URL_TRIGGERS):
             found.extend(f for f in _url_credentials(text) if f.kind in enabled)
         anchors = hay.anchors()
         labelled = False
-        text_lower: str | None = None
         if anchors:
-            lower = text_lower = text.lower()
+            lower = hay.lower(text)
             windows = _keyword_windows(text, lower, anchors)
             if windows:
                 labelled = True
@@ -779,13 +791,13 @@ class SecretScanner:
                     found.extend(_passwords(masked, lower, windows))
         found.extend(f for f in self._generic(hay, text) if f.kind in enabled)
         if "password" in enabled:
-            found.extend(_given_values(text, hay, text_lower))
+            found.extend(_given_values(text, hay))
             if hay.keypad():
                 found.extend(_keypad_codes(text))
             if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
                 found.extend(_account_rows(text, hay.folded))
         if "api-token" in enabled and (b"secret" in hay.folded or b"priv" in hay.folded):
-            lower = text_lower if text_lower is not None else text.lower()
+            lower = hay.lower(text)
             if len(lower) == len(text):
                 found.extend(_secret_named_values(text, lower))
         if "password" in enabled and not labelled:
@@ -987,9 +999,9 @@ def _private_keys(text: str) -> list[Finding]:
 # AWS secret access keys: 40 base64 characters named as such, or right next to an
 # access key id.
 
-def _aws_secrets(text: str) -> list[Finding]:
+def _aws_secrets(text: str, lower: str) -> list[Finding]:
+    """(``lower``: ``text.lower()``)"""
     out = []
-    lower = text.lower()
     if len(lower) != len(text):
         lower = ""                     # positions would not map: search everywhere
         windows = [(0, len(text))]
@@ -3745,7 +3757,7 @@ def _account_values(text: str, hay: _Haystack) -> list[Finding]:
     present = _ACCOUNT_WORDS.intersection(hay.literals()[0])
     if not present:
         return []
-    lower = text.lower()
+    lower = hay.lower(text)
     if len(lower) != len(text):
         return []
     labels: list[tuple[int, int]] = []
@@ -3801,7 +3813,7 @@ _GIVEN_NAMED = _IDENTITY_WORDS | _words("compte account réseau reseau network s
                                         "host hostname")
 
 
-def _given_values(text: str, hay: _Haystack, lower: str | None = None) -> list[Finding]:
+def _given_values(text: str, hay: _Haystack) -> list[Finding]:
     present = _GIVEN_WORDS.intersection(hay.literals()[0])
     if not present:
         return []
@@ -3816,7 +3828,7 @@ def _given_values(text: str, hay: _Haystack, lower: str | None = None) -> list[F
                 positions.append(i)
                 i = hay.folded.find(bw, i + 1)
     else:
-        low = lower if lower is not None else text.lower()
+        low = hay.lower(text)
         if len(low) != n:
             return []
         for sw in (w.decode() for w in present):
@@ -5087,7 +5099,7 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
     found: list[Finding] = []
     cased, folded = hay.cased, hay.folded
     present, at_start = hay.literals()
-    lower = text.lower()
+    lower = hay.lower(text)
     if len(lower) != len(text):
         lower = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
     if hay.provider():
