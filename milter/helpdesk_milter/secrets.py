@@ -2411,10 +2411,17 @@ _DECOY_SHAPE = re.compile(r"""(?x)
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
-def _stem_positions(lower: str, stems: tuple[str, ...]) -> list[tuple[int, int]]:
-    """(start, end) of every occurrence of the stems in ``lower``, sorted."""
+def _stem_positions(lower: str, stems: tuple[str, ...],
+                    known: frozenset[bytes] | None = None) -> list[tuple[int, int]]:
+    """(start, end) of every occurrence of the stems in ``lower``, sorted.  ``known``: the
+    text's literals (see _known_literals); a stem that holds one it lacks is not looked
+    for (each look is a pass over the text)."""
     out = []
     for stem in stems:
+        if known is not None:
+            need = _STEM_NEEDS.get(stem)
+            if need is not None and need not in known:
+                continue
         i = lower.find(stem)
         while i >= 0:
             out.append((i, i + len(stem)))
@@ -2463,13 +2470,14 @@ def _identifier_half(text: str, a: int, lo: int) -> bool:
     return False
 
 
-def _named_assignments(text: str, lower: str) -> list[Finding]:
+def _named_assignments(text: str, lower: str,
+                       known: frozenset[bytes] | None = None) -> list[Finding]:
     """``NAME = value`` (``:``, ``=>``, ``,`` in PHP's define) where NAME names a secret and
     the value looks generated; ``Authorization: Bearer value``."""
     out: list[Finding] = []
     n = len(text)
     last = -1
-    for m_start, m_end in _stem_positions(lower, _STEMS):
+    for m_start, m_end in _stem_positions(lower, _STEMS, known):
         if m_start < last:
             continue
         if lower.startswith("sig", m_start) and lower[m_end:m_end + 1].isalpha():
@@ -4282,11 +4290,11 @@ _PASSWORD_NEXT = re.compile(
 _WHOSE = frozenset({"celui", "celle", "ceux", "one", "that"})
 
 
-def _access_codes(text: str, lower: str) -> list[Finding]:
+def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) -> list[Finding]:
     out: list[Finding] = []
     n = len(text)
     last = -1
-    for s0, _ in _stem_positions(lower, _CODE_WORDS):
+    for s0, _ in _stem_positions(lower, _CODE_WORDS, known):
         w0 = s0
         while w0 > 0 and s0 - w0 < 8 and lower[w0 - 1].isalpha():
             w0 -= 1
@@ -4357,12 +4365,12 @@ _LIST_ITEM = re.compile(
     r"(?P<v>\d{4} \d{4}|[^\s]{3,64})[ \t]*$")
 
 
-def _list_intros(text: str, lower: str) -> list[int]:
+def _list_intros(text: str, lower: str, known: frozenset[bytes] | None = None) -> list[int]:
     """Ends of the lines that name secrets and end with a colon (see _LIST_INTRO)."""
     ends: list[int] = []
     if len(lower) != len(text):
         return [m.end() for m in _LIST_INTRO.finditer(text)]
-    for i, _ in _stem_positions(lower, _LIST_STEMS):
+    for i, _ in _stem_positions(lower, _LIST_STEMS, known):
         if ends and i < ends[-1]:
             continue
         eol = text.find("\n", i, i + 400)
@@ -4444,10 +4452,11 @@ def _pair_intro(text: str, intro_end: int) -> bool:
         and _SECRET_INTRO.search(text, bol, intro_end) is None
 
 
-def _listed_values(text: str, lower: str) -> list[Finding]:
+def _listed_values(text: str, lower: str,
+                   known: frozenset[bytes] | None = None) -> list[Finding]:
     out: list[Finding] = []
     n = len(text)
-    for intro_end in _list_intros(text, lower):
+    for intro_end in _list_intros(text, lower, known):
         pos = intro_end + 1
         blank = 0
         items = 0
@@ -4964,6 +4973,32 @@ _LITERAL_PREFIXES = {w: tuple(p for p in _ALL_LITERALS if w.startswith(p))
 _WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
+# Words that _stem_positions looks for in a lower-cased text, each with a literal of
+# _ALL_LITERALS that it holds (ASCII, no blank: the longest).  An ASCII run in
+# ``text.lower()`` without blanks is one in the text's folded bytes, for a text without
+# the two characters whose lower-case form holds an ASCII letter (U+0130 "İ", U+212A
+# KELVIN SIGN), even after the scan blanked its CRs and quote marks (they become
+# blanks): there, a literal that ``folded`` lacks says that the word is not there.
+def _stem_need(stem: str) -> bytes | None:
+    held = [w for w in _ALL_LITERALS if w.isascii() and b" " not in w and w.decode() in stem]
+    return max(held, key=len) if held else None
+
+
+_STEM_NEEDS: dict[str, bytes] = {
+    stem: need for stem in (*_STEMS, *_CODE_WORDS, *_LIST_STEMS)
+    if (need := _stem_need(stem)) is not None}
+
+
+def _known_literals(cased: bytes, present: frozenset[bytes]) -> frozenset[bytes] | None:
+    """``present`` (the literals of _ALL_LITERALS in the text's folded bytes) when it also
+    tells which stems the lower-cased text lacks (see _STEM_NEEDS); None when the text
+    holds U+0130 or U+212A (UTF-8 C4 B0, E2 84 AA: one memchr each first)."""
+    if (b"\xc4" in cased and b"\xc4\xb0" in cased) or (
+            b"\x84" in cased and b"\xe2\x84\xaa" in cased):
+        return None
+    return present
+
+
 def _literals_in(folded: bytes) -> tuple[frozenset[bytes], frozenset[bytes]]:
     """The literals of _ALL_LITERALS that ``folded`` holds, and those of them that it
     holds at a word start (see above)."""
@@ -5102,6 +5137,7 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
     lower = hay.lower(text)
     if len(lower) != len(text):
         lower = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    known = _known_literals(cased, present)
     if hay.provider():
         found.extend(Finding("api-token", m.start(), m.end())
                      for m in _PROVIDER_TOKEN.finditer(text)
@@ -5110,14 +5146,14 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
     if not present.isdisjoint(_WEBHOOK_SET):
         found.extend(Finding("api-token", m.start(g), m.end(g))
                      for m in _WEBHOOK_PATH.finditer(text) if (g := m.lastgroup))
-    found.extend(_named_assignments(text, lower))
+    found.extend(_named_assignments(text, lower, known))
     if not at_start.isdisjoint(_COMMAND_SET):
         found.extend(_command_credentials(text, folded))
     if not at_start.isdisjoint(_CLI_SET):
         found.extend(_cli_passwords(text))
     if b":\\/\\/" in present or b"%3a%2f%2f" in present:
         found.extend(_escaped_url_credentials(text))
-    found.extend(_access_codes(text, lower))
+    found.extend(_access_codes(text, lower, known))
     if b"code" in present and b"rification" in folded:
         found.extend(_verification_codes(text))
     if b"bearer" in present:
@@ -5147,7 +5183,7 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
         found.extend(Finding("password", m.start(), m.end())
                      for m in _BITLOCKER_KEY.finditer(text))
     if not present.isdisjoint(_LIST_SET):
-        found.extend(_listed_values(text, lower))
+        found.extend(_listed_values(text, lower, known))
     if not present.isdisjoint(_COOKIE_WORDS):
         found.extend(_cookies(text, folded, present))
     if b"value" in present:
