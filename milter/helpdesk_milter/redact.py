@@ -796,6 +796,9 @@ _A_TAG = re.compile(r"<[A-Za-z/!?][^<>]*>")
 # windowed scan it spares, and a missing word's search through the plain text more time.
 _SAID_IN_MAX = 256 * 1024
 _SAID_IN_SEARCHES = 64
+# (an HTML part whose plain alternative held a secret is read with its map at once up
+# to this size: see _Walker._html_edits)
+_MAPPED_AT_ONCE_MAX = 1024 * 1024
 # attributes whose values are layout, never content
 _INERT_ATTRS = frozenset({
     "style", "class", "id", "width", "height", "align", "valign", "border",
@@ -1314,6 +1317,8 @@ class _Walker:
         # parent's start -> the text of its plain part, when that part held no secret
         self._alt_parent: dict[int, int] = {}
         self._alt_plain: dict[int, str] = {}
+        # ... and the parents whose plain part held a secret
+        self._alt_secret: set[int] = set()
 
     def kinds(self) -> tuple[str, ...]:
         return tuple(sorted({k for _, k in self.where}))
@@ -1534,12 +1539,15 @@ class _Walker:
         edits: _EditSeq
         if is_html:
             plain = None if parent is None or info.attachment else self._alt_plain.get(parent)
-            edits = self._html_edits(text, location, codec, cte, plain)
+            edits = self._html_edits(text, location, codec, cte, plain,
+                                     expect=parent in self._alt_secret and not info.attachment)
         else:
             found = edits = _scan_text(self.scanner, text)
-            if (parent is not None and not found and info.ctype == "text/plain"
-                    and not info.attachment):
-                self._alt_plain[parent] = text
+            if parent is not None and info.ctype == "text/plain" and not info.attachment:
+                if found:
+                    self._alt_secret.add(parent)
+                else:
+                    self._alt_plain[parent] = text
             if found:
                 # one (location, kind) tuple per kind, referred to once per secret
                 kinds = set(found.repls)
@@ -1591,18 +1599,24 @@ class _Walker:
         return marker
 
     def _html_edits(self, markup: str, location: str, codec: str, cte: str,
-                    plain: str | None = None) -> list[_Edit]:
+                    plain: str | None = None, *, expect: bool = False) -> list[_Edit]:
+        """``expect``: the plain alternative of this HTML held a secret (then this most
+        likely holds it too: its texts are read with their map at once, unless long:
+        the map held during the scan would add to the walk's peak memory)."""
         if plain is not None and alternative_check(markup, plain, self.scanner):
             return []
         if not _could_match(self.scanner, markup):
             return []
-        # The texts first (no map); the map only for a part that holds a secret.
-        vis, attrs = _html_streams(markup, mapped=False)
+        expect = expect and len(markup) <= _MAPPED_AT_ONCE_MAX
+        # The texts first (no map); the map only for a part that holds a secret.  (The
+        # same texts either way: the map is read only where a secret was found.)
+        vis, attrs = _html_streams(markup, mapped=expect)
         found = [_scan_text(self.scanner, stream.text()) for stream in (vis, attrs)]
         if not any(found):
             return []
-        del vis, attrs                  # (near the scan cap: one copy of the text at a time)
-        vis, attrs = _html_streams(markup)
+        if not expect:
+            del vis, attrs              # (near the scan cap: one copy of the text at a time)
+            vis, attrs = _html_streams(markup)
         marker = self._part_marker(codec, cte)
         edits: list[_Edit] = []
         for stream, in_stream in zip((vis, attrs), found, strict=True):
