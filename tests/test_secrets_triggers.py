@@ -84,3 +84,30 @@ def test_every_detector_literal_is_in_the_pass() -> None:
                   s._LIST_SET, s._WEBHOOK_SET, s._APP_SET, s._RECOVERY_SET,
                   s._CONNECT_WORDS, s._COOKIE_WORDS, frozenset(s._SQL_WORDS)):
         assert group <= s._ALL_LITERALS
+
+
+def test_stem_positions_skip_only_absent_stems() -> None:
+    """_stem_positions passes over a stem whose literal the text's bytes lack
+    (_known_literals); it finds what the plain search finds, in the lower-cased text as
+    the scan reads it (CRs and quote marks blanked), whatever characters it holds."""
+    stems = sorted({*s._STEMS, *s._CODE_WORDS, *s._LIST_STEMS})
+    words = [w.encode() for w in stems] + [
+        b"KEY", b"\xe2\x84\xaaey", b"\xe2\x84\xaaEYS", b"P\xc4\xb0N", b"acc\xc3\xa8s",
+        b"ACC\xc3\x88S", b"cl\xc3\xa9", b"CL\xc3\x89", b"key\rbox", b"mots\r\nde passe"]
+    alphabet = b"abcdeiklmnoprstuyPKS \t\r\n>:=-_"
+    cases = texts(words, alphabet, 6000, seed=3)
+    cases += [b"", b"\xe2\x84\xaaey", b"\xe2\x84\xa2 key", b"\xc4\x85 pin", b"P\xc4\xb0N code",
+              b"key\r\nbox", b"x\n> key box"]
+    for raw in cases:
+        text = raw.decode("utf-8", "replace")
+        hay = s._Haystack(text)
+        read = text.replace("\r", " ") if "\r\n" in text else text
+        if "\n>" in read:
+            read = s._unquoted(read)
+        lower = read.lower()
+        if len(lower) != len(read):
+            lower = "".join(c if len(c.lower()) != 1 else c.lower() for c in read)
+        known = s._known_literals(hay.cased, hay.literals()[0])
+        for group in (s._STEMS, s._CODE_WORDS, s._LIST_STEMS):
+            assert s._stem_positions(lower, group, known) == s._stem_positions(lower, group), \
+                (raw, group)

@@ -328,7 +328,8 @@ class _Haystack:
     """The text as UTF-8 bytes, as is and with ASCII letters lower-cased (no Unicode case
     mapping: fast), for the trigger tests."""
 
-    __slots__ = ("_keypad", "_literals", "_provider", "_seen", "cased", "folded")
+    __slots__ = ("_keypad", "_literals", "_lower", "_lower_of", "_provider", "_seen", "cased",
+                 "folded")
 
     def __init__(self, text: str) -> None:
         self.cased = text.encode("utf-8", "surrogatepass")
@@ -337,6 +338,18 @@ class _Haystack:
         self._provider: bool | None = None
         self._literals: tuple[frozenset[bytes], frozenset[bytes]] | None = None
         self._keypad: bool | None = None
+        self._lower_of: str | None = None
+        self._lower = ""
+
+    def lower(self, text: str) -> str:
+        """``text.lower()``, memoised for the last ``text`` asked (by identity): the scan
+        reads one text (this one, or its copy with CRs and quote marks blanked), and
+        several detectors read it lower-cased; a text that is not ASCII costs some 6 ns a
+        character to lower-case."""
+        if self._lower_of is not text:
+            self._lower = text.lower()
+            self._lower_of = text
+        return self._lower
 
     def literals(self) -> tuple[frozenset[bytes], frozenset[bytes]]:
         """The generic detectors' literals present, and present at a word start
@@ -698,7 +711,7 @@ class SecretScanner:
         # none is there, reads the whole text at ~40 ns a byte).  ("quiet" only says
         # early that none of the tests after it can say yes.)
         anchors = hay.anchors()
-        if anchors and _keyword_windows(text, text.lower(), anchors):
+        if anchors and _keyword_windows(text, hay.lower(text), anchors):
             return True
         if _generic_triggered(hay) or hay.keypad():
             return True
@@ -755,14 +768,13 @@ class SecretScanner:
         if "private-key" in enabled and hay.test(_PRIVATE_KEY_TRIGGERS):
             found.extend(_private_keys(text))
         if "aws-secret-key" in enabled and hay.test(_AWS_SECRET_TRIGGERS):
-            found.extend(_aws_secrets(text))
+            found.extend(_aws_secrets(text, hay.lower(text)))
         if {"url-credentials", "connection-string"} & enabled and hay.test(_URL_TRIGGERS):
             found.extend(f for f in _url_credentials(text) if f.kind in enabled)
         anchors = hay.anchors()
         labelled = False
-        text_lower: str | None = None
         if anchors:
-            lower = text_lower = text.lower()
+            lower = hay.lower(text)
             windows = _keyword_windows(text, lower, anchors)
             if windows:
                 labelled = True
@@ -779,13 +791,13 @@ class SecretScanner:
                     found.extend(_passwords(masked, lower, windows))
         found.extend(f for f in self._generic(hay, text) if f.kind in enabled)
         if "password" in enabled:
-            found.extend(_given_values(text, hay, text_lower))
+            found.extend(_given_values(text, hay))
             if hay.keypad():
                 found.extend(_keypad_codes(text))
             if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
                 found.extend(_account_rows(text, hay.folded))
         if "api-token" in enabled and (b"secret" in hay.folded or b"priv" in hay.folded):
-            lower = text_lower if text_lower is not None else text.lower()
+            lower = hay.lower(text)
             if len(lower) == len(text):
                 found.extend(_secret_named_values(text, lower))
         if "password" in enabled and not labelled:
@@ -987,9 +999,9 @@ def _private_keys(text: str) -> list[Finding]:
 # AWS secret access keys: 40 base64 characters named as such, or right next to an
 # access key id.
 
-def _aws_secrets(text: str) -> list[Finding]:
+def _aws_secrets(text: str, lower: str) -> list[Finding]:
+    """(``lower``: ``text.lower()``)"""
     out = []
-    lower = text.lower()
     if len(lower) != len(text):
         lower = ""                     # positions would not map: search everywhere
         windows = [(0, len(text))]
@@ -2399,10 +2411,17 @@ _DECOY_SHAPE = re.compile(r"""(?x)
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
-def _stem_positions(lower: str, stems: tuple[str, ...]) -> list[tuple[int, int]]:
-    """(start, end) of every occurrence of the stems in ``lower``, sorted."""
+def _stem_positions(lower: str, stems: tuple[str, ...],
+                    known: frozenset[bytes] | None = None) -> list[tuple[int, int]]:
+    """(start, end) of every occurrence of the stems in ``lower``, sorted.  ``known``: the
+    text's literals (see _known_literals); a stem that holds one it lacks is not looked
+    for (each look is a pass over the text)."""
     out = []
     for stem in stems:
+        if known is not None:
+            need = _STEM_NEEDS.get(stem)
+            if need is not None and need not in known:
+                continue
         i = lower.find(stem)
         while i >= 0:
             out.append((i, i + len(stem)))
@@ -2451,13 +2470,14 @@ def _identifier_half(text: str, a: int, lo: int) -> bool:
     return False
 
 
-def _named_assignments(text: str, lower: str) -> list[Finding]:
+def _named_assignments(text: str, lower: str,
+                       known: frozenset[bytes] | None = None) -> list[Finding]:
     """``NAME = value`` (``:``, ``=>``, ``,`` in PHP's define) where NAME names a secret and
     the value looks generated; ``Authorization: Bearer value``."""
     out: list[Finding] = []
     n = len(text)
     last = -1
-    for m_start, m_end in _stem_positions(lower, _STEMS):
+    for m_start, m_end in _stem_positions(lower, _STEMS, known):
         if m_start < last:
             continue
         if lower.startswith("sig", m_start) and lower[m_end:m_end + 1].isalpha():
@@ -3745,7 +3765,7 @@ def _account_values(text: str, hay: _Haystack) -> list[Finding]:
     present = _ACCOUNT_WORDS.intersection(hay.literals()[0])
     if not present:
         return []
-    lower = text.lower()
+    lower = hay.lower(text)
     if len(lower) != len(text):
         return []
     labels: list[tuple[int, int]] = []
@@ -3801,7 +3821,7 @@ _GIVEN_NAMED = _IDENTITY_WORDS | _words("compte account réseau reseau network s
                                         "host hostname")
 
 
-def _given_values(text: str, hay: _Haystack, lower: str | None = None) -> list[Finding]:
+def _given_values(text: str, hay: _Haystack) -> list[Finding]:
     present = _GIVEN_WORDS.intersection(hay.literals()[0])
     if not present:
         return []
@@ -3816,7 +3836,7 @@ def _given_values(text: str, hay: _Haystack, lower: str | None = None) -> list[F
                 positions.append(i)
                 i = hay.folded.find(bw, i + 1)
     else:
-        low = lower if lower is not None else text.lower()
+        low = hay.lower(text)
         if len(low) != n:
             return []
         for sw in (w.decode() for w in present):
@@ -4270,11 +4290,11 @@ _PASSWORD_NEXT = re.compile(
 _WHOSE = frozenset({"celui", "celle", "ceux", "one", "that"})
 
 
-def _access_codes(text: str, lower: str) -> list[Finding]:
+def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) -> list[Finding]:
     out: list[Finding] = []
     n = len(text)
     last = -1
-    for s0, _ in _stem_positions(lower, _CODE_WORDS):
+    for s0, _ in _stem_positions(lower, _CODE_WORDS, known):
         w0 = s0
         while w0 > 0 and s0 - w0 < 8 and lower[w0 - 1].isalpha():
             w0 -= 1
@@ -4345,12 +4365,12 @@ _LIST_ITEM = re.compile(
     r"(?P<v>\d{4} \d{4}|[^\s]{3,64})[ \t]*$")
 
 
-def _list_intros(text: str, lower: str) -> list[int]:
+def _list_intros(text: str, lower: str, known: frozenset[bytes] | None = None) -> list[int]:
     """Ends of the lines that name secrets and end with a colon (see _LIST_INTRO)."""
     ends: list[int] = []
     if len(lower) != len(text):
         return [m.end() for m in _LIST_INTRO.finditer(text)]
-    for i, _ in _stem_positions(lower, _LIST_STEMS):
+    for i, _ in _stem_positions(lower, _LIST_STEMS, known):
         if ends and i < ends[-1]:
             continue
         eol = text.find("\n", i, i + 400)
@@ -4432,10 +4452,11 @@ def _pair_intro(text: str, intro_end: int) -> bool:
         and _SECRET_INTRO.search(text, bol, intro_end) is None
 
 
-def _listed_values(text: str, lower: str) -> list[Finding]:
+def _listed_values(text: str, lower: str,
+                   known: frozenset[bytes] | None = None) -> list[Finding]:
     out: list[Finding] = []
     n = len(text)
-    for intro_end in _list_intros(text, lower):
+    for intro_end in _list_intros(text, lower, known):
         pos = intro_end + 1
         blank = 0
         items = 0
@@ -4952,6 +4973,32 @@ _LITERAL_PREFIXES = {w: tuple(p for p in _ALL_LITERALS if w.startswith(p))
 _WORD_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_")
 
 
+# Words that _stem_positions looks for in a lower-cased text, each with a literal of
+# _ALL_LITERALS that it holds (ASCII, no blank: the longest).  An ASCII run in
+# ``text.lower()`` without blanks is one in the text's folded bytes, for a text without
+# the two characters whose lower-case form holds an ASCII letter (U+0130 "İ", U+212A
+# KELVIN SIGN), even after the scan blanked its CRs and quote marks (they become
+# blanks): there, a literal that ``folded`` lacks says that the word is not there.
+def _stem_need(stem: str) -> bytes | None:
+    held = [w for w in _ALL_LITERALS if w.isascii() and b" " not in w and w.decode() in stem]
+    return max(held, key=len) if held else None
+
+
+_STEM_NEEDS: dict[str, bytes] = {
+    stem: need for stem in (*_STEMS, *_CODE_WORDS, *_LIST_STEMS)
+    if (need := _stem_need(stem)) is not None}
+
+
+def _known_literals(cased: bytes, present: frozenset[bytes]) -> frozenset[bytes] | None:
+    """``present`` (the literals of _ALL_LITERALS in the text's folded bytes) when it also
+    tells which stems the lower-cased text lacks (see _STEM_NEEDS); None when the text
+    holds U+0130 or U+212A (UTF-8 C4 B0, E2 84 AA: one memchr each first)."""
+    if (b"\xc4" in cased and b"\xc4\xb0" in cased) or (
+            b"\x84" in cased and b"\xe2\x84\xaa" in cased):
+        return None
+    return present
+
+
 def _literals_in(folded: bytes) -> tuple[frozenset[bytes], frozenset[bytes]]:
     """The literals of _ALL_LITERALS that ``folded`` holds, and those of them that it
     holds at a word start (see above)."""
@@ -5087,9 +5134,10 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
     found: list[Finding] = []
     cased, folded = hay.cased, hay.folded
     present, at_start = hay.literals()
-    lower = text.lower()
+    lower = hay.lower(text)
     if len(lower) != len(text):
         lower = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    known = _known_literals(cased, present)
     if hay.provider():
         found.extend(Finding("api-token", m.start(), m.end())
                      for m in _PROVIDER_TOKEN.finditer(text)
@@ -5098,14 +5146,14 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
     if not present.isdisjoint(_WEBHOOK_SET):
         found.extend(Finding("api-token", m.start(g), m.end(g))
                      for m in _WEBHOOK_PATH.finditer(text) if (g := m.lastgroup))
-    found.extend(_named_assignments(text, lower))
+    found.extend(_named_assignments(text, lower, known))
     if not at_start.isdisjoint(_COMMAND_SET):
         found.extend(_command_credentials(text, folded))
     if not at_start.isdisjoint(_CLI_SET):
         found.extend(_cli_passwords(text))
     if b":\\/\\/" in present or b"%3a%2f%2f" in present:
         found.extend(_escaped_url_credentials(text))
-    found.extend(_access_codes(text, lower))
+    found.extend(_access_codes(text, lower, known))
     if b"code" in present and b"rification" in folded:
         found.extend(_verification_codes(text))
     if b"bearer" in present:
@@ -5135,7 +5183,7 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
         found.extend(Finding("password", m.start(), m.end())
                      for m in _BITLOCKER_KEY.finditer(text))
     if not present.isdisjoint(_LIST_SET):
-        found.extend(_listed_values(text, lower))
+        found.extend(_listed_values(text, lower, known))
     if not present.isdisjoint(_COOKIE_WORDS):
         found.extend(_cookies(text, folded, present))
     if b"value" in present:
