@@ -22,7 +22,10 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-g": 0.96, "secrets-tune-h": 0.97, "secrets-tune-i": 0.99,
         "secrets-tune-j": 0.98, "secrets-tune-k": 0.97, "secrets-tune-l": 0.98,
         "secrets-tune-m": 1.0, "secrets-tune-n": 0.97, "secrets-tune-o": 0.99,
-        "secrets-tune-p": 0.95, "secrets-tune-q": 0.98}
+        "secrets-tune-p": 0.95, "secrets-tune-q": 0.98,
+        # written in the seventh session, scored once as they came (not tuned on yet):
+        # what unseen mail of the held-out set's brief gets from today's detectors
+        "secrets-tune-r": 0.91, "secrets-tune-s": 0.94}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
@@ -32,7 +35,9 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
 #   ("AKIAIOSFODNN7EXAMPLE", "...EXAMPLEKEY", a decoy for k) are left, as gitleaks does;
 # - e: a Sentry DSN's key in the URL's user part, a decoy there, a secret for i, j and k
 #   (five times): redacted, as every token standing as a URL's user with no password.
-DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-p": 1}
+DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-p": 1,
+                           # not tuned on yet: their first figures, as ceilings
+                           "secrets-tune-r": 7, "secrets-tune-s": 4}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))
