@@ -61,7 +61,7 @@ WHEEL_DIR    = build/wheel
 compiled: venv
 	rm -rf $(COMPILED_DIR) $(WHEEL_DIR) build/temp.* build/lib.* build/helpdesk_milter
 	env -u HELPDESK_MILTER_COMPILE $(PY) -m pip wheel -q --disable-pip-version-check \
-	    --no-deps -w $(WHEEL_DIR) . 2>&1 | grep -v 'Treating generator comprehension' || true
+	    --no-deps -w $(WHEEL_DIR) .
 	$(PY) -m zipfile -e $(WHEEL_DIR)/helpdesk_milter-*.whl $(COMPILED_DIR)
 	@ls $(COMPILED_DIR)/helpdesk_milter/secrets.*.so > /dev/null || \
 	    { echo "make compiled: the wheel holds no compiled module (is gcc installed?)"; exit 1; }
@@ -74,10 +74,11 @@ test-compiled: compiled
 # (`make bench BENCH_CORE=pure`: the plain Python fallback, the development tree).
 BENCH_CORE ?= compiled
 
-bench: venv
+BENCH_PATH = $(if $(filter compiled,$(BENCH_CORE)),$(CURDIR)/$(COMPILED_DIR))
+
+bench: venv $(if $(BENCH_PATH),compiled)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
-	@if [ "$(BENCH_CORE)" = compiled ]; then $(MAKE) --no-print-directory compiled; fi
-	$(if $(filter compiled,$(BENCH_CORE)),PYTHONPATH=$(CURDIR)/$(COMPILED_DIR)) $(PY) tests/bench/run.py
+	$(if $(BENCH_PATH),PYTHONPATH=$(BENCH_PATH)) $(PY) tests/bench/run.py
 
 train: venv
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[train]'
