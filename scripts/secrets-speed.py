@@ -13,7 +13,9 @@ Two figures, CPU time of this thread (``time.thread_time``, as the stage bench c
   ``tests/secrets_corpus/compare_detect_secrets.py`` (one per corpus snippet, and as
   many without a secret): median and p99 of the best of R runs per message, in ms.
 
-Each figure is the best of R passes (the machine is shared: the least disturbed pass is
+``PYTHONPATH=build/compiled`` (after ``make compiled``) measures the compiled core, as
+installed by ``pip install .``; the script says which it measured.  Each figure is the
+best of R passes (the machine is shared: the least disturbed pass is
 the closest to the code's own cost).  ``--profile`` prints a cProfile of one mix pass.
 
 ``--base FILE`` compares, paired, a base version of ``secrets.py`` (for example
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -36,7 +39,10 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "milter"), str(ROOT / "tests"), str(ROOT / "tests" / "secrets_corpus")]
+# after PYTHONPATH's entries: PYTHONPATH=build/compiled measures the compiled core
+_AFTER = 1 + len([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+sys.path[_AFTER:_AFTER] = [str(ROOT / "milter"), str(ROOT / "tests"),
+                           str(ROOT / "tests" / "secrets_corpus")]
 
 from helpdesk_milter.redact import redact_message  # noqa: E402
 from helpdesk_milter.secrets import SecretScanner  # noqa: E402
@@ -103,7 +109,8 @@ def main() -> int:
     from compare_detect_secrets import ten_kb  # type: ignore[import-not-found]
 
     from bench import mix as mixmod
-
+    from helpdesk_milter import build
+    print(f"secrets stage, decision core {build()}", file=sys.stderr)
     scanner = SecretScanner()
     raws = [m.raw for m in mixmod.generate(args.messages, seed=1)]
     if args.base:
