@@ -256,3 +256,59 @@ def test_learned_state_grows_within_the_bound(tmp_path):
     learning.close()
     size = sum(p.stat().st_size for p in tmp_path.glob("big.db*"))
     assert size < 20e6 / 5, size
+
+
+def test_site_contribution_by_word_groups_is_the_one_by_feature_names():
+    """The classifier reads a site's deltas from the model's word groups (a CRC-32 going
+    on from each kind's prefix) instead of building every feature's name: the same
+    features, hence the same float, on real French and English requests."""
+    from helpdesk_milter.classify import EXPLAIN_MIN, Classifier, prepared_texts
+    from helpdesk_milter.model import text_keys, text_value, word_groups
+
+    rules, model = RuleSet.load(), load_model("shipped")
+    assert model is not None
+    texts = [
+        ("Impossible de me connecter à Nextcloud",
+         "Bonjour,\n\nDepuis ce matin je n'arrive plus à me connecter à Nextcloud, le "
+         "mot de passe est refusé alors qu'il marchait hier. Pouvez-vous regarder ?\n\n"
+         "Merci d'avance,\nÉlodie Marchal, mairie de Saint-Aubin"),
+        ("Printer stuck again!!", "Hi, the printer on the 2nd floor is stuck again, "
+         "jobs stay in the queue and nothing comes out. Could someone have a look today?"),
+        ("", "ok"),
+        ("Re: demande d'accès — nouvelle secrétaire",
+         "Pourriez-vous créer un compte pour notre nouvelle secrétaire, Mme Nadia Benali, "
+         "avec accès au partage Comptabilité ? Elle commence lundi. " * 20),
+    ]
+    for subject, text in texts:
+        ps, pb = prepared_texts(subject, text)
+        keys = text_keys(ps, pb)
+        # deltas for every other feature, and a site-only feature the model never had
+        deltas = {learn.feature_hash(k): (i % 7 - 3) * 0.173 for i, k in enumerate(keys)
+                  if i % 2 == 0}
+        deltas[learn.feature_hash("r:greeting")] = 0.5
+        deltas[learn.feature_hash("k:known-client")] = -0.25
+        site = learn.SiteModel(deltas, version=1)
+        other = ["r:greeting", "k:known-client"]
+        by_name = site.contribution(keys, text_value(keys, model.text_scale), other)
+        groups = word_groups(ps, pb)
+        count = sum(map(len, groups))
+        assert count == len(keys)
+        by_groups = site.contribution_of_groups(
+            groups, model.text_scale / count ** 0.5 if count else 0.0, other)
+        assert by_groups == by_name
+        if keys:
+            assert by_name != 0.0
+        # and the classifier adds what the deltas of this text's features and of the
+        # rules that fired give, as before
+        fired = [r.name for r, hit in zip(rules.rules, rules.fired(ps, pb), strict=True)
+                 if hit]
+        expected = site.contribution(keys, text_value(keys, model.text_scale),
+                                     ["r:" + n for n in fired] + ["k:known-client"])
+        with_site = Classifier(rules, model, site=lambda site=site: site).score(
+            subject, text, known_client=True)
+        without = Classifier(rules, model).score(subject, text, known_client=True)
+        assert abs(with_site.score - without.score - expected) < 0.0011
+        assert (learn.SITE_RULE in with_site.rules) == (abs(expected) >= EXPLAIN_MIN)
+        text_part, _ = model.score_text(keys, text_value(keys, model.text_scale), 12)
+        groups_part, _ = model.score_groups(groups, 12)
+        assert text_part == groups_part

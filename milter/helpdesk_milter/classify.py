@@ -42,6 +42,7 @@ tests check it on the corpus).
 from __future__ import annotations
 
 import importlib
+import math
 import re
 import tomllib
 import unicodedata
@@ -55,8 +56,7 @@ from .model import (
     feature_label,
     features,
     read_data_file,
-    text_keys,
-    text_value,
+    word_groups,
 )
 from .text import own_text, strip_subject_prefixes
 
@@ -565,6 +565,8 @@ class SiteDeltas(Protocol):
     def __bool__(self) -> bool: ...
     def contribution(self, keys: Sequence[str], value: float,
                      other: Iterable[str]) -> float: ...
+    def contribution_of_groups(self, groups: Sequence[Iterable[Any]], value: float,
+                               other: Iterable[str]) -> float: ...
 
 
 # Named in rules= when the site's learned deltas moved the score (see learn.py).
@@ -612,15 +614,9 @@ class Classifier:
             # features() and logit() in one pass: every text feature is worth the same;
             # the features' names are needed only for the site's learned deltas
             site = self.site() if self.site is not None else None
-            keys: list[str] = []
-            if site:
-                keys = text_keys(prepared_subject, prepared_body)
-                text_part, strongest = model.score_text(
-                    keys, text_value(keys, model.text_scale), EXPLAIN_FEATURES * 4,
-                    shown=EXPLAIN_MIN)
-            else:
-                text_part, strongest = model.score_words(
-                    prepared_subject, prepared_body, EXPLAIN_FEATURES * 4, shown=EXPLAIN_MIN)
+            groups = word_groups(prepared_subject, prepared_body)
+            text_part, strongest = model.score_groups(groups, EXPLAIN_FEATURES * 4,
+                                                      shown=EXPLAIN_MIN)
             total = SCORE_OFFSET + model.bias + text_part
             for name in fired:
                 key = "r:" + name
@@ -633,7 +629,9 @@ class Classifier:
                 others = ["r:" + n for n in fired]
                 if known_client:
                     others.append(KNOWN_CLIENT_FEATURE)
-                learned = site.contribution(keys, text_value(keys, model.text_scale), others)
+                count = sum(map(len, groups))
+                learned = site.contribution_of_groups(
+                    groups, model.text_scale / math.sqrt(count) if count else 0.0, others)
                 total += learned
                 if abs(learned) >= EXPLAIN_MIN:
                     names.append(SITE_RULE)

@@ -163,6 +163,31 @@ class SiteModel:
         text = math.fsum(map(get, map(zlib.crc32, map(str.encode, keys)), repeat(0.0)))
         return value * text + math.fsum(get(feature_hash(k), 0.0) for k in other)
 
+    def contribution_of_groups(self, groups: Sequence[Iterable[Any]], value: float,
+                               other: Iterable[str]) -> float:
+        """``contribution`` of the text features as ``TextModel.word_groups`` gives them
+        (the words, the longer words' stems, the pairs of stems, the Subject's words and
+        its longer words' stems, each kind's features once): the same float, without a
+        name per feature.  A feature's hash is its name's CRC-32, and a CRC-32 goes on
+        from a prefix's (``crc32(b, crc32(a)) == crc32(a + b)``), so each kind's prefix
+        ("u:", "b:"...) is hashed once and each word's bytes continue from it."""
+        get = self.deltas.get
+        crc32 = zlib.crc32
+        words, stems, pairs, subject_words, subject_stems = groups
+        hashes = [*map(crc32, map(str.encode, words), repeat(_CRC_WORD)),
+                  *map(crc32, map(str.encode, stems), repeat(_CRC_STEM)),
+                  *map(crc32, map(str.encode, map(" ".join, pairs)), repeat(_CRC_PAIR)),
+                  *map(crc32, map(str.encode, subject_words), repeat(_CRC_SUBJECT)),
+                  *map(crc32, repeat(b"*"),
+                       map(crc32, map(str.encode, subject_stems), repeat(_CRC_SUBJECT)))]
+        text = math.fsum(map(get, hashes, repeat(0.0)))
+        return value * text + math.fsum(get(feature_hash(k), 0.0) for k in other)
+
+
+# the CRC-32 of each text feature kind's prefix (see model.text_keys)
+_CRC_WORD, _CRC_STEM, _CRC_PAIR, _CRC_SUBJECT = (zlib.crc32(p) for p in (b"u:", b"p:", b"b:",
+                                                                           b"s:"))
+
 
 class Learning:
     """The learned state in the SQLite file at ``path``: labels, deltas, reports.

@@ -89,6 +89,22 @@ def text_keys(subject: str, body: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
+def word_groups(subject: str, body: str) -> tuple[dict[Any, None], ...]:
+    """The features of ``text_keys`` by kind, each kind's once and in its order, as what
+    their names are built from: the words, the longer words' stems, the pairs of stems
+    (tuples), the Subject's words, its longer words' stems.  (Kinds never share a name.)
+    map/compress over C functions: no Python step per word."""
+    words = body[:MODEL_TEXT_LIMIT].split()
+    stems = list(map(_STEM_OF, words))
+    subject_words = subject.split()
+    return (dict.fromkeys(words),
+            dict.fromkeys(compress(stems, map(ne, words, stems))),   # longer than STEM
+            dict.fromkeys(pairwise(stems)),
+            dict.fromkeys(subject_words),
+            dict.fromkeys(compress(map(_STEM_OF, subject_words),
+                                   map(STEM.__lt__, map(len, subject_words)))))
+
+
 def text_value(keys: Sequence[str], text_scale: float) -> float:
     """The value every text feature of a message has: ``text_scale / sqrt(count)``."""
     return text_scale / math.sqrt(len(keys)) if keys else 0.0
@@ -220,19 +236,12 @@ class TextModel:
         text_keys(subject, body)``, the same floats and features in the same order,
         without building a name per feature: each kind's words, stems or pairs are
         looked up as they are (``_ByKind``), and only the strongest get their name."""
+        return self.score_groups(word_groups(subject, body), count, shown)
+
+    def score_groups(self, groups: tuple[dict[Any, None], ...], count: int,
+                     shown: float = 0.0) -> tuple[float, list[tuple[str, float]]]:
+        """``score_words`` of the groups ``word_groups`` gave."""
         by_kind = self._by_kind
-        words = body[:MODEL_TEXT_LIMIT].split()
-        stems = list(map(_STEM_OF, words))
-        subject_words = subject.split()
-        # each kind's features, each once, in text_keys' order (kinds never share a
-        # name); map/compress over C functions: no Python step per word
-        groups: tuple[dict[Any, None], ...] = (
-            dict.fromkeys(words),
-            dict.fromkeys(compress(stems, map(ne, words, stems))),   # longer than STEM
-            dict.fromkeys(pairwise(stems)),
-            dict.fromkeys(subject_words),
-            dict.fromkeys(compress(map(_STEM_OF, subject_words),
-                                   map(STEM.__lt__, map(len, subject_words)))))
         ends = list(accumulate(map(len, groups)))
         if not ends[-1]:
             return 0.0, []
