@@ -425,6 +425,7 @@ _PEM_BEGIN = re.compile(
     r"-----BEGIN (?P<label>(?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?|"
     r"OpenVPN Static key V\d)-----")
 _PUTTY_BEGIN = re.compile(r"(?m)^PuTTY-User-Key-File-\d: ")
+_PUTTY_PRIVATE = re.compile(r"(?m)^Private-Lines: \d{1,4}$")
 _PUTTY_END = re.compile(r"Private-MAC: [0-9a-fA-F]{20,128}")
 _B64_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=:\-, ]{0,200}\r?\n")
 _MAX_KEY_BLOCK = 64 * 1024
@@ -991,7 +992,10 @@ def _private_keys(text: str) -> list[Finding]:
     for m in _PUTTY_BEGIN.finditer(text):
         em = _PUTTY_END.search(text, m.end(), m.end() + _MAX_KEY_BLOCK)
         if em:
-            out.append(Finding("private-key", m.start(), em.end()))
+            # a .ppk's header, comment and public lines are its public key: only the
+            # private lines (and their MAC) are secret
+            pm = _PUTTY_PRIVATE.search(text, m.end(), em.start())
+            out.append(Finding("private-key", pm.start() if pm else m.start(), em.end()))
     return out
 
 
@@ -1893,6 +1897,16 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         if group == "key" and qualifiers == 0:
             a, b = _trim_value(text, wm.start("w"), wm.end("w"))
             return Finding("password", a, b) if _keylike(text[a:b]) else None
+        if word[-1:] == "," and len(word) > 1 and qualifiers < 8 and not weak:
+            vm = _SEP.match(text, wm.end() - 1, line_end)
+            if vm is not None and vm.group("verb") and "," in vm.group("ws"):
+                # "le sésame pour la porte côté parking, c'est le 4829B": the comma
+                # before the verb ends the qualifiers
+                qualifiers += 1
+                prev = low
+                quals.append(_recent_word(word))
+                pos = wm.end() - 1
+                continue
         if word[-1:] in ".,;!?" or qualifiers >= 8 or wm.end() - m.end() > 80:
             return None
         if group in ("pair", "creds") and qualifiers >= 3:
@@ -1962,6 +1976,13 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     if span is None:
         return None
     a, b = _wrapped_value(text, *span, line_end)
+    if ")" in text[a:b]:
+        b = _paren_close(text, start, a, b)
+    if sep.group("verb") and text[a:b].lower() in ("le", "la", "the"):
+        # "le sésame pour la porte, c'est le 4829B": an article before a code
+        cm = _ARTICLE_CODE.match(text, b, line_end)
+        if cm is not None and not _code_decoy(cm.group("v")):
+            return Finding("password", cm.start("v"), cm.end("v"))
     # "« chat noir 1975 »": the quotes may stand apart from the value
     qa, qb = len(text[:a].rstrip(" \xa0")), b
     while qb < n and text[qb] in " \xa0":
@@ -2025,6 +2046,21 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         kind = _kind_for_assignment(text, start) if sep.group("punct") == "=" else "password"
         return Finding(kind, a, b)
     return None
+
+
+_ARTICLE_CODE = re.compile(r"[^\S\n]+(?P<v>[A-Z]?\d{4,8}[A-Z#*]?)(?![\w/+\-]|[.,:]\d)")
+
+
+def _paren_close(text: str, start: int, a: int, b: int) -> int:
+    """Where a value read after a label inside brackets ends: at the bracket that closes
+    the label's ("(using password: YES)", a log's "(mot de passe : oui)"), not at the next
+    space, which may be far into the JSON or the log line that holds the bracket."""
+    bol = text.rfind("\n", max(0, start - 200), start) + 1
+    opened = text.rfind("(", bol, start)
+    if opened < 0 or text.find(")", opened, start) >= 0:
+        return b
+    close = text.find(")", a, b)
+    return close if close > a else b
 
 
 _GAP_SEP = re.compile(r"(?P<ws>[^\S\r\n]{2,})(?=\S)(?:(?P<punct>:)|(?P<changed>:)|(?P<verb>:))?")
@@ -2470,6 +2506,25 @@ def _identifier_half(text: str, a: int, lo: int) -> bool:
     return False
 
 
+# "API key 7c2e... / secret 1a6f...", "clé 4F2A... et secret 9C1B...": a key then its
+# secret in one phrase; the key is the pair's identifier (Mailjet's API key, the user
+# name of its Basic auth; OVH's application key), the secret is the secret.
+_KEY_LABEL_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:api[^\S\n]+|public[^\S\n]+|publique[^\S\n]+)?(?:key|cl[ée]f?)"
+    r"(?:[^\S\n]+(?:api|publique|public))?[^\S\n]*[:=]?[^\S\n]*\Z")
+_SECRET_LABEL_NEXT = re.compile(
+    r"(?i)[^\S\n]*(?:/|,|;|&|\+|and|et|with|avec)[^\S\n]*(?:(?:the|its|le|la|sa|son)"
+    r"[^\S\n]+)?(?:(?:api|private)[^\S\n]+)?(?:secret(?:[^\S\n]+key)?|cl[ée]f?[^\S\n]+"
+    r"(?:secr[èe]te|priv[ée]e))(?![^\W_])[^\S\n]*[:=]?[^\S\n]*\S")
+
+
+def _key_before_secret(text: str, a: int, b: int, lo: int) -> bool:
+    """Whether ``text[a:b]`` is a key named right before it whose secret is named right
+    after it, on the same line (see above)."""
+    return (_KEY_LABEL_BEFORE.search(text, max(lo, a - 24), a) is not None
+            and _SECRET_LABEL_NEXT.match(text, b, min(len(text), b + 40)) is not None)
+
+
 def _named_assignments(text: str, lower: str,
                        known: frozenset[bytes] | None = None) -> list[Finding]:
     """``NAME = value`` (``:``, ``=>``, ``,`` in PHP's define) where NAME names a secret and
@@ -2794,6 +2849,13 @@ def _identity_named(recent: list[str]) -> bool:
 _EXAMPLE_BEFORE = re.compile(
     r"(?i)(?<![\w\-.@/])(?:ex\.|ex\s*:|e\.g\.?|par\s+ex|exemples?|examples?|such\s+as|"
     r"comme\s+par\s+exemple|format)(?![\w\-@/]|\.\w)[^\n\w]{0,4}(?:\w+[^\n\w]{1,3}){0,1}\Z")
+# A plural label then "like", "such as", "comme": the values after it, however many, are
+# examples of a kind ("passwords like "Password123!" or "Summer2026" are refused", "des
+# mots de passe comme « azerty1 » ou « Marseille13 »"), never one account's secret.
+_EXAMPLES_OF = re.compile(
+    r"(?i)(?<![^\W_])(?:passwords|passphrases|mots\s+de\s+passe|mdps?|codes|pins|keys|cl[ée]s)"
+    r"\s+(?:like|such\s+as|comme|tels?\s+que|telles?\s+que|du\s+genre|du\s+type)"
+    r"(?![^\W_])[^\n.;:?]{0,40}\Z")
 # ... and a hex value after these is a digest (a hash of the password, a file checksum).
 _HASH_BEFORE = re.compile(
     r"(?i)(?<![^\W_])(?:hash|hashes|hashé|hashed|haché|hachage|digest|checksum|empreinte|"
@@ -2897,8 +2959,10 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
     secret: an example, a fragment, an old value, a name of something else, or (for a
     password) a hex digest named as such."""
     lo = max(0, a - 60, text.rfind("\n", max(0, a - 60), a) + 1)
-    if _EXAMPLE_BEFORE.search(text, max(lo, a - 30), a) or _FRAGMENT_BEFORE.search(
-            text, max(lo, a - 40), a) or _identifier_half(text, a, lo):
+    if _EXAMPLE_BEFORE.search(text, max(lo, a - 30), a) or _EXAMPLES_OF.search(
+            text, max(lo, a - 60), a) or _FRAGMENT_BEFORE.search(
+            text, max(lo, a - 40), a) or _identifier_half(text, a, lo) \
+            or _key_before_secret(text, a, b, lo):
         return True
     if _not_secret_value(text, a, b, lo):
         return True
@@ -3152,7 +3216,13 @@ def _in_password_hash(text: str, a: int, b: int) -> bool:
     if "$" not in text[lo:hi] and not text.startswith(("{", "*"), lo):
         return False
     m = _PASSWORD_HASH.search(text, lo, hi)
-    return m is not None and m.start() <= a and m.end() >= b
+    if m is None or m.end() < b:
+        return False
+    # a user's name before its hash ("preview:$apr1$...", an .htpasswd or a shadow line)
+    return m.start() <= a or _HASH_OWNER.fullmatch(text, a, m.start()) is not None
+
+
+_HASH_OWNER = re.compile(r"[\w.@\-]{1,64}:")
 
 
 # The words right after a value that say it may be shared: "(that's the user, fine to
@@ -3229,6 +3299,11 @@ def _window_limit(text: str, pos: int, reach: int) -> int:
     limit = min(n, pos + reach)
     stop = _WINDOW_STOP.search(text, pos, limit)
     if stop is None:
+        # the reach never cuts a token in two: a token it would cut lies beyond it (a
+        # piece, "6f1a3c9e-7b2d-4e8f-a5c" of a UUID, is no value the whole would be)
+        if limit < n and not text[limit].isspace() and not text[limit - 1].isspace():
+            ws = _LAST_SPACE.search(text, pos, limit)
+            limit = ws.start() if ws else pos
         return limit
     if text[pos:stop.start()].rstrip(" \t>").endswith(":"):
         nxt = stop.end()
@@ -3239,6 +3314,7 @@ def _window_limit(text: str, pos: int, reach: int) -> int:
     return stop.start()
 
 
+_LAST_SPACE = re.compile(r"\s(?=\S*\Z)")
 _SENTENCE_END = re.compile(r"[.!?][^\S\n]*\n")
 
 
@@ -3374,6 +3450,7 @@ def _window_values(text: str, pos: int, *, first_only: bool,
                 and not _identity_label(text, pos, tm.start()) \
                 and _ACCOUNT_NAMED.isdisjoint(_recent(text, pos, tm.start())[-2:]) \
                 and not _HEX_RUN.fullmatch(value) and not _MODEL_NUMBER.fullmatch(value) \
+                and not _PUBLIC_OBJECT_ID.fullmatch(value) \
                 and not any(c in value for c in "()[]{}=\"<>") \
                 and value[0] != "$" and "${" not in value and "$(" not in value \
                 and (not strict or _keylike(value)) \
@@ -3691,6 +3768,13 @@ _STRONG_SEED = re.compile(r"[0-9](?:(?<=[A-Za-z!#$%&*+?@_\-][0-9])|(?<=[A-Za-z]\
 _STRONG_BACK = re.compile(rf"{_STRONG_CHARS}{{1,26}}\Z")
 _STRONG_RUN = re.compile(rf"{_STRONG_CHARS}{{1,26}}")
 _WHITESPACE = re.compile(r"\s")
+# A payment provider's object ids, that name a customer, a payment or an event and open
+# nothing ("cus_PqR7sT2uV9wX", "pi_3Nq...", "evt_..."; Stripe's secrets are "sk_", "rk_",
+# "whsec_", which gitleaks' Stripe rule reads): in a window after a password label they
+# are no value.
+_PUBLIC_OBJECT_ID = re.compile(
+    r"(?:cus|sub|pi|ch|in|ii|prod|price|acct|evt|txn|pm|seti|po|re|src|card|ba|py|si|plink|"
+    r"promo|inv|ord)_[A-Za-z0-9]{8,40}")
 _OBJECT_ID = re.compile(r"[a-z]{2,8}_[A-Za-z0-9]{8,}\Z")    # cus_RkQ2mV7xLp9T, evt_…
 _TERM = re.compile(r"[A-Za-z]{1,4}\d{1,3}-[a-z]{3,}\Z")      # S3-compatible, MP3-player
 _DEVICE_NAME = re.compile(r"[-_](?=[0-9A-F]*[A-F])(?=[0-9A-F]*\d)[0-9A-F]{4,6}\Z")
@@ -3739,10 +3823,54 @@ def _strong_values(text: str, windows: list[tuple[int, int]]) -> list[Finding]:
                     or _TERM.match(value):
                 continue
             if not _looks_secret(value) or _binary_line(text, a) or _named_next(text, a) \
-                    or _named_by(_recent(text, max(0, a - 60), a)) or _dotted_name(value):
+                    or _named_by(_recent(text, max(0, a - 60), a)) or _dotted_name(value) \
+                    or _login_cell(text, a):
                 continue
             out.append(Finding("password", a, b))
     return out
+
+
+_LOGIN_HEADER = _words("""
+user users username login logins identifiant identifiants utilisateur utilisateurs compte
+account uid
+""")
+
+
+def _login_cell(text: str, a: int) -> bool:
+    """Whether ``a`` starts a cell of a table (Markdown pipes or a tab) whose column's
+    title names a login ("| User | Password |": a generated-looking user id is no
+    password)."""
+    bounds = _line_bounds(text, a, _MAX_TABLE_LINE)
+    if bounds is None:
+        return False
+    bol, eol = bounds
+    sep = "|" if "|" in text[bol:eol] else "\t" if "\t" in text[bol:eol] else None
+    if sep is None:
+        return False
+    cells = _cells_with(text[bol:eol], sep)
+    col = next((k for k, (x, y) in enumerate(cells) if bol + x <= a < bol + y), -1)
+    if col < 0:
+        return False
+    header = None
+    for _ in range(_MAX_TABLE_ROWS):
+        if bol == 0:
+            break
+        prev = text.rfind("\n", max(0, bol - 1 - _MAX_TABLE_LINE), bol - 1) + 1
+        line = text[prev:bol - 1]
+        if sep not in line:
+            break
+        if not _MARKDOWN_RULE.fullmatch(line):
+            header = line
+        bol = prev
+    if header is None:
+        return False
+    hcells = _cells_with(header, sep)
+    if len(hcells) != len(cells):
+        return False
+    x, y = hcells[col]
+    words = {w for w in re.split(r"[\W_]+", header[x:y].lower()) if w}
+    return bool(words) and words <= _LOGIN_HEADER | {"name", "nom", "id", "d"} \
+        and not words.isdisjoint(_LOGIN_HEADER)
 
 
 def _dotted_name(value: str) -> bool:
@@ -3790,10 +3918,11 @@ def _account_values(text: str, hay: _Haystack) -> list[Finding]:
 # the labelled detectors; what the words before name ("le réseau c'est ...") is no value.
 _GIVEN_WORDS = frozenset((b"mot de passe", b"mdp", b"password", b"passwd", b"login",
                           b"connect", b"connexion", b"acc\xc3\xa8s", b"acces", b"admin",
-                          b"identifiant"))
+                          b"identifiant", b"locked out", b"bloqu"))
 _GIVEN_CONTEXT = re.compile(
     r"(?i)mots?[^\S\n]de[^\S\n]passe|(?<![^\W_])(?:mdp|passwords?|passwd|logins?|"
-    r"identifiants?|acc[eè]s|access|admin|connect\w*|connexion)(?![^\W_])")
+    r"identifiants?|acc[eè]s|access|admin|connect\w*|connexion|locked[^\S\n]+out|"
+    r"bloqu[ée]e?s?)(?![^\W_])")
 # ... and a device before the verb names its model, unless a password label is there too
 # ("mon NAS est Synology-DS220", not "le mot de passe du NAS c'est Regie2019!")
 _GIVEN_DEVICES = _words("""
@@ -3810,7 +3939,10 @@ _GIVEN_VALUE = re.compile(r"[A-Z](?:(?<=[\s«“\"'‘][A-Z])|(?<=^[A-Z]))"
 _GIVEN_SHAPE = re.compile(r"(?=.*?[a-z]{3})[A-Z][A-Za-z0-9_!#$%&*+?@.\-]{7,29}")
 _GIVEN_CUE = re.compile(
     r"(?i)(?<![^\W_])(?P<cue>c['’][^\S\n]?est|est|is|was|tape[sz]?|tap[ée]e?|saisi[st]?|"
-    r"typed?|entered|enter|changed[^\S\n]+to|chang[ée][^\S\n]+en|with|avec)"
+    r"typed?|entered|enter|changed[^\S\n]+to|chang[ée][^\S\n]+en|with|avec|"
+    # "tried X", "j'ai essayé X"; "I reset it myself to X", "I set it back to X"
+    r"tried|essay[ée]e?s?|(?:re)?set[^\S\n]+(?:it|them)(?:\s+(?:myself|ourselves|"
+    r"again|back))?\s+to)"
     r"[^\S\n]*\n?[^\S\n]*(?:(?:bien|toujours|encore|juste|still|just|always|actually|"
     r"now|maintenant|d[ée]sormais)[^\S\n]+)?(?P<q>[«“\"'‘][^\S\n]?)?\Z")
 # "with"/"avec" gives a value only after a verb of trying ("tried admin with X")
@@ -3886,7 +4018,16 @@ def _given_in(text: str, lo: int, hi: int) -> list[Finding]:
             continue            # "le compte local admin est Direction2": a login;
                                 # "mon NAS est Synology-DS220": a device's model
         out.append(Finding("password", a, b))
+        # "tried X and Y", "c'est X ou Y": a second value of the same shape, joined
+        am = _GIVEN_ALSO.match(text, b, hi)
+        if am is not None and _GIVEN_SHAPE.fullmatch(am.group("v")) \
+                and _looks_secret(am.group("v")) and not _MODEL_NUMBER.fullmatch(am.group("v")):
+            out.append(Finding("password", *_trim_value(text, am.start("v"), am.end("v"))))
     return out
+
+
+_GIVEN_ALSO = re.compile(r"[^\S\n]*,?[^\S\n]+(?:and|or|et|ou|then|puis|,)[^\S\n]+[«“\"']?"
+                         r"(?P<v>[A-Z][A-Za-z0-9_!#$%&*+?@.\-]{7,29})(?![A-Za-z0-9_!#$%&*+?@\-])")
 
 
 # A keypad code by its shape, with no "code" label: three to eight digits closed by the
@@ -4012,6 +4153,14 @@ _SECRET_VALUE_AFTER = re.compile(
     r"(?P<v>[A-Za-z0-9+/_\-]{20,128}={0,2})(?![A-Za-z0-9+/_\-=@:]|\.\w)")
 
 
+# ... or a secret's name qualified by a few words, then a colon: "Secret de signature
+# webhook : whsec_...", "secret of the OAuth client: ...".
+_SECRET_QUALIFIED_AFTER = re.compile(
+    r"(?:[^\S\n]+(?:(?:de|du|des|d['’]|of|for|the|la|le|l['’]|du|pour)[^\S\n]*)?"
+    r"[^\W\d_]{2,20}){1,3}[^\S\n]*[:=][^\S\n]*"
+    r"(?P<v>[A-Za-z0-9+/_\-]{20,128}={0,2})(?![A-Za-z0-9+/_\-=@:]|\.\w)")
+
+
 def _secret_named_values(text: str, lower: str) -> list[Finding]:
     out: list[Finding] = []
     for stem in _SECRET_NAME_STEMS:
@@ -4019,7 +4168,8 @@ def _secret_named_values(text: str, lower: str) -> list[Finding]:
         while i >= 0 and len(out) < 64:
             nm = _SECRET_NAME.match(text, i)
             if nm is not None and (i == 0 or text[i - 1] in "_.-" or not text[i - 1].isalnum()):
-                vm = _SECRET_VALUE_AFTER.match(text, nm.end())
+                vm = _SECRET_VALUE_AFTER.match(text, nm.end()) \
+                    or _SECRET_QUALIFIED_AFTER.match(text, nm.end())
                 if vm is not None:
                     value = vm.group("v")
                     name_start = _IDENT_BACK.search(text, max(0, i - 40), i)
@@ -4140,6 +4290,19 @@ _CODE_VALUE = re.compile(
     r"|(?<![0-9A-Fa-f]{2}[ :])(?:\d[A-Z]\d\d|\d\d[A-Z]\d)(?![ :][0-9A-Fa-f]{2})"
     r"|(?=[A-Z]{0,5}\d)[0-9A-Z]{3,6}(?:-[0-9A-Z]{3,6}){1,3}"   # 4F7K-Q2WX (backup codes)
     r")(?![\w/+\-]|[.,:]\d|[ \-]\d)")
+# A PIN written in two pairs of digits right after its label ("PIN 73 91", "PIN : 05 18")
+_PIN_IN_PAIRS = re.compile(r"[^\S\n]*[:=]?[^\S\n]*(?P<v>\d\d \d\d)(?![\w/+\-]|[ .,:]\d)")
+# Between a code's label and its value, a separator or a verb and nothing else ("code is",
+# "code : ", "code c'est le") ...
+_CODE_COPULA = re.compile(
+    r"(?i)[^\S\n]*(?:[:=]|(?<![^\W_])(?:is|est|c['’]est)(?![^\W_]))"
+    r"(?:[^\S\n]+(?:le|the))?[^\S\n]*:?[^\S\n]*")
+# ... or words that qualify the label (a line wrap may cut them), then that separator or
+# verb: "de la porte de\nservice est", "pour la porte du local, c'est le".
+_CODE_QUALIFIED = re.compile(
+    r"(?i)(?:(?:[^\S\n]*\n[^\S\n]*|[^\S\n]+|['’])[^\W\d_]{1,20}){1,8}[^\S\n]*,?"
+    r"[^\S\n]*(?:[:=]|(?<![^\W_])(?:is|est|c['’]est|was|sera)(?![^\W_]))"
+    r"(?:[^\S\n]+(?:le|the))?[^\S\n]*:?[^\S\n]*")
 _CODE_NAMING_FIRST = _words("""
 extension extension: poste poste: ext ext. badge badge: n° no no. numéro numero number tel
 tél téléphone phone fax room room: salle
@@ -4313,6 +4476,12 @@ def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) 
         before = _code_before(text, w0)
         if before is not None:
             out.append(before)          # "8841, c'est le code de l'alarme"
+        if m.group(0).lower() in ("pin", "puk"):
+            pm = _PIN_IN_PAIRS.match(text, m.end())
+            if pm is not None:          # "nouveau PIN 73 91": two pairs of digits
+                out.append(Finding("password", pm.start("v"), pm.end("v")))
+                last = pm.end()
+                continue
         device = m.group(0).lower() in _DEVICE_CODE_LABELS
         limit = _window_limit(text, m.end(), 130 if not device else 60 if _ARMING.search(
             text, m.end(), min(n, m.end() + 40)) else 25)
@@ -4320,15 +4489,22 @@ def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) 
         first = True
         for v in _CODE_VALUE.finditer(text, m.end(), limit):
             value = v.group(0)
-            # a year is a code only right after its label ("alarme 1966")
-            if (_code_decoy(value) and not (v.start() - m.end() <= 3 and _YEAR.fullmatch(
-                    value)) and not _combination(text, m.end(), v.start(), value)) \
+            # a year is a code only right after its label ("alarme 1966", "the disarm
+            # code is 1966")
+            told = v.start() - m.end() <= 3 or _CODE_COPULA.fullmatch(
+                text, m.end(), v.start()) is not None
+            if (_code_decoy(value) and not (told and _YEAR.fullmatch(value))
+                    and not _combination(text, m.end(), v.start(), value)) \
                     or _NOT_ACCESS_CODE.search(
                     text, max(m.end(), v.start() - 20), v.start()):
                 continue
             if not _DIGIT_CODE.fullmatch(value) and (
-                    v.start() - m.end() > 30 or "\n" in text[m.end():v.start()]):
-                continue        # letters in a code: only right after its label
+                    v.start() - m.end() > 30 or "\n" in text[m.end():v.start()]) and not (
+                    v.start() - m.end() <= 60 and _CODE_QUALIFIED.fullmatch(
+                        text, m.end(), v.start())):
+                continue        # letters in a code: only right after its label, or after
+                                # words that qualify it and a verb ("le digicode de la
+                                # porte de\nservice est 4B7296")
             words = [w.strip("()[]«»\"'") for w in
                      text[max(m.end(), v.start() - 30):v.start()].lower().split()]
             if set(words[-1:]) & _CODE_NAMING_FIRST or (
@@ -4963,6 +5139,8 @@ _CONNECT_WORDS = frozenset((b"connect", b"pdo", b"__construct", b"imap_open", b"
                             b"ftp_login", b"ssh2_auth"))
 _COOKIE_WORDS = frozenset((b"cookie", b"sess", b"sid=", b"logged_in", b"remember", b"auth"))
 _OTHER_LITERALS = (b":\\/\\/", b"%3a%2f%2f", b"bearer", b"pgpass", b"coo", b"value",
+                   b"locked out", b"bloqu",
+
                    *_SQL_WORDS, *_CONNECT_WORDS, *_COOKIE_WORDS)
 _ALL_LITERALS = frozenset().union(
     _GENERIC_SET, _CLI_SET, _COMMAND_SET, _PAIR_SET, _PAIR_ONLY_SET, _LIST_SET, _WEBHOOK_SET,
