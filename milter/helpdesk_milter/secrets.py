@@ -1651,12 +1651,34 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
     quoted = marked if marked is not None else text
     if labels and "\n>" in quoted:
         labels = _quoted_labels_reach_reply(quoted, labels)
+    if labels and ("-----" in text or "crit" in text or "wrote" in text):
+        labels = _history_labels_reach_reply(text, labels)
     if labels:
         out.extend(_strong_values(text, labels))
     return out
 
 
+# Where the history of a reply starts: Outlook's "-----Original Message-----" (and its
+# French form), a forward's banner, a quote's "On ... wrote:" / "Le ... a écrit :" line.
+_REPLY_HISTORY = re.compile(
+    r"(?im)^[^\S\n]*(?:-{3,}[^\S\n]*(?:original[^\S\n]+message|message[^\S\n]+d['’]origine|"
+    r"(?:forwarded|transf[ée]r[ée])[^\S\n]+message|message[^\S\n]+transf[ée]r[ée])|"
+    r"(?:le|on)[^\S\n][^\n]{5,160}?(?:a[^\S\n]+[ée]crit|wrote)[^\S\n]*:)")
+
+
+def _history_labels_reach_reply(text: str,
+                                labels: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """A label in the history below a reply ("What's the new password?" under
+    "-----Original Message-----") also reaches the reply's last lines above it ("New one
+    is X"): a window is added where the history starts, as for a quoted question."""
+    hm = _REPLY_HISTORY.search(text, 0, labels[-1][0])
+    if hm is None or hm.start() == 0 or all(lo < hm.start() for lo, _ in labels):
+        return labels
+    return sorted({*labels, (hm.start(), hm.start())})
+
+
 def _quoted_labels_reach_reply(text: str, labels: list[tuple[int, int]]) -> list[tuple[int, int]]:
+
     """A label in a quoted question ("> Avez-vous changé le mot de passe ?") also reaches
     the reply written above the quote ("Oui, le nouveau est X"): a window is added where
     the quoted block starts."""
@@ -4571,7 +4593,25 @@ _HEADING_WORD = re.compile(r"(?i)(?<![^\W_])(?:recovery|backup|secours|r[ée]cup
 _INDENTED_ITEM = re.compile(r"\n(?:[ \t]{2,}|[ \t]*[-*•·][ \t]+)[^\s]")
 
 
+def _paragraph_end(text: str, eol: int) -> int | None:
+    """The end of the paragraph whose line ends at ``eol`` when a blank line follows it
+    within three lines (the position of the newline before the blank line)."""
+    n = len(text)
+    end = eol
+    for _ in range(3):
+        if end >= n:
+            return None
+        nl = text.find("\n", end + 1, end + 400)
+        if nl < 0:
+            return None
+        if not text[end + 1:nl].strip(" \t\r>"):
+            return end
+        end = nl
+    return None
+
+
 def _intro_goes_on(text: str, i: int, eol: int) -> int | None:
+
     """Where the announcement that names secrets at ``i`` ends when its own line does not
     end with a colon: a sentence that goes on for a line or two to a colon ("These are
     the 2FA recovery codes … — she'll store / them in our vault …:"), or a heading of
@@ -4595,7 +4635,14 @@ def _intro_goes_on(text: str, i: int, eol: int) -> int | None:
         end = nl
     heading = found is None and _INDENTED_ITEM.match(text, eol) is not None
     if found is None and not heading:
-        return None
+        # a paragraph that names recovery codes, then a blank line and the indented
+        # codes ("I saved these 2FA recovery codes ... which ones I already used.")
+        end = _paragraph_end(text, eol)
+        if end is None or _INDENTED_ITEM.match(text, end + 1) is None \
+                or not _HEADING_WORD.search(text, i, end):
+            return None
+        heading = True
+        eol = end
     bol = max(i - 400, text.rfind("\n", max(0, i - 400), i) + 1, 0)
     if _LIST_WORD.search(text, max(bol, i - 20), min(eol, i + 40)) is None:
         return None
