@@ -513,7 +513,9 @@ _WEAK_KEYWORDS = frozenset({"pass", "passe", "pw", "psw", "secret", "passes"})
 _SEP = re.compile(r"""
 (?P<ws>["']?[^\S\r\n]*(?:,[^\S\r\n]*(?=[cCiIeE]))?)
 (?:
-   (?P<punct>:=|=>|->|→|:|=|\|(?=[^\S\r\n])|[-–—](?=[^\S\r\n])|(?<=["'])[^\S\r\n]*,)
+   (?P<punct>:=|=>|->|→|:|=|\|(?=[^\S\r\n])|[-–—](?=[^\S\r\n])|(?<=["'])[^\S\r\n]*,
+     |\.{4,}[^\S\r\n]*:?(?=[^\S\r\n]))     # a form's dot leaders: "Clé de sécurité ..... X"
+
  | (?P<changed>(?:a\s+[ée]t[ée]|has\s+been|was|is|est)\s+
       (?:chang[ée]e?|modifi[ée]e?|r[ée]initialis[ée]e?|remis|mis|d[ée]fini|reset|changed|
          set|updated|fix[ée]e?)\s+(?:en|à|a|sur|to|as|par)(?![^\W_])\s*:?)
@@ -1971,6 +1973,14 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         nl2 = text.find("\n", nxt, nxt + 200)
         nxt_end = nl2 if nl2 >= 0 else min(n, nxt + 200)
         line = text[nxt:nxt_end]
+        if not line.strip() and nl2 >= 0 and sep.group(0).rstrip().endswith(":"):
+            # "... est :" then a blank line, then the value alone on its line
+
+            nxt = nl2 + 1
+            nl2 = text.find("\n", nxt, nxt + 200)
+            nxt_end = nl2 if nl2 >= 0 else min(n, nxt + 200)
+            line = text[nxt:nxt_end]
+
         if group in ("kw", "wifi") and not weak and _word_passphrase(line.strip()):
             return Finding("password", *_strip_span(text, nxt, nxt_end))
         if not line.strip():
