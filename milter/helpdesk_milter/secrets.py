@@ -262,7 +262,8 @@ _GATE_WORDS = (
     "memorable", "m\u00e9morable", "m\u00c9morable",
     # "cle" unaccented as a word only (a CSV title): "client", "clear" are not triggers
     "cle ", "cle\t", "cle;", "cle,", "cle|", "cle:",
-    "code", "digicode", "pin", "puk", "combin", "lockbox", "cadenas", "alarm", "auth", "cred",
+    "code", "digicode", "pin", "puk", "combin", "lockbox", "cadenas", "padlock", "alarm",
+    "auth", "cred",
     "salt", "sess", "sig", "compte", "account", "identifiant", "login", "user",
     "utilisateur", "admin", "acc\u00e8s", "acces", "wifi", "wi-fi", "wpa", "wlan", "wep",
     "recovery", "backup", "secours", "r\u00e9cup", "recup",
@@ -4303,7 +4304,13 @@ def _key_phrases(text: str, lower: str, anchors: list[tuple[str, bool]]) -> list
 # optional letter or # / *, also spaced or dashed ("8 3 5 1", "7-3-9-1").
 _CODE_LABEL = re.compile(
     r"(?i)(?<![^\W_])(?:digicode|codes?|pin|puk|passcode|combinaison|combination|"
-    r"keypad|lockbox|key[^\S\r\n]?box|cadenas|alarme|alarm)(?![^\W_])")
+    r"keypad|lockbox|key[^\S\r\n]?box|cadenas|alarme|alarm|padlock|key[^\S\r\n]safe|"
+    r"bo[îi]te[^\S\r\n]+[àa][^\S\r\n]+cl[ée]f?s?)(?![^\W_])")
+# Labels of a lock whose combination may have three digits ("le cadenas ... avec 227"),
+# given by a verb or "avec"/"with" right before it.
+_PADLOCK_LABELS = frozenset({"cadenas", "padlock", "combinaison", "combination"})
+_PADLOCK_VALUE = re.compile(r"(?i)(?<![^\W_])(?:avec|with|est|is|c['’]est|:)(?:[^\S\n]+le)?"
+                            r"[^\S\n]+(?P<v>\d{3})(?![\w/+\-]|[.,:]\d)")
 # Labels that name a device, not its code: the value must follow closely ("alarme : 7391").
 _DEVICE_CODE_LABELS = frozenset({"alarme", "alarm"})
 # "l'alarme se désactive avec le 7319", "the alarm is disarmed with 1 9 7 3"
@@ -4378,11 +4385,15 @@ def _code_decoy(value: str) -> bool:
         return 1 <= b <= 12 and 1 <= c <= 31
     return (1 <= a <= 31 and 1 <= b <= 12) or (1 <= a <= 12 and 1 <= b <= 31)
 _NOT_ACCESS_CODE = _NOT_SECRET_QUALIFIER
-_CODE_TRIGGER = re.compile(rb"code|pin|puk|combin|keypad|lockbox|key ?box|cadenas|alarm")
+_CODE_TRIGGER = re.compile(rb"code|pin|puk|combin|keypad|lockbox|key ?box|cadenas|alarm|"
+                           rb"padlock|key safe|bo(?:\xc3\xae|i)te (?:\xc3\xa0|a) cl")
 # Literal searches (bytes.find is a memchr loop; an alternation in a regex is not).
 _GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth", b"cred",
                   b"salt", b"sess", b"sig", b"code", b"pin", b"puk", b"combin", b"lockbox",
-                  b"cadenas", b"alarm", b"compte", b"account", b"identifiant", b"login", b"user",
+                  b"cadenas", b"padlock", b"key safe", b"bo\xc3\xaete \xc3\xa0 cl\xc3\xa9",
+                  b"boite \xc3\xa0 cl\xc3\xa9", b"boite a cle", b"alarm", b"compte", b"account",
+
+                  b"identifiant", b"login", b"user",
                   b"mdp", b"pw", b"sshpass", b"lftp", b"mysql", b"net use", b"snmp",
                   b"securestring", b"-u", b":\\/\\/", b"%3a%2f%2f", b"/hooks/", b"/api/",
                   b"webhookb2/", b"/bot", b"bearer", b"pgpass", b"connect", b"new pdo",
@@ -4392,7 +4403,8 @@ _GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth",
 _STEMS = ("pass", "pwd", "psk", "secret", "token", "key", "auth", "cred", "salt", "sess",
           "sig")
 _CODE_WORDS = ("code", "pin", "puk", "combin", "keypad", "lockbox", "cadenas", "alarm",
-               "key box", "keybox")
+               "key box", "keybox", "padlock", "key safe", "bo\u00eete \u00e0 cl\u00e9",
+               "boite \u00e0 cl\u00e9", "boite a cle")
 # a portal's account area names the pair after it ("Espace client : theatre-port / X");
 # (no gate word of its own: "e" starts too many words for the gate's cost)
 _ACCOUNT_AREAS = (b"espace client", b"espace adh", b"espace membre", b"espace pro", b"extranet")
@@ -4554,7 +4566,13 @@ def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) 
             last = v.end()
             if not plural:
                 break
+        if first and m.group(0).lower() in _PADLOCK_LABELS:
+            pm = _PADLOCK_VALUE.search(text, m.end(), limit)
+            if pm is not None and _PHRASE_END.search(text, m.end(), pm.start()) is None:
+                out.append(Finding("password", pm.start("v"), pm.end("v")))
+                last = pm.end()
     return out
+
 
 
 # Lists announced by a line that names secrets and ends with a colon ("here are the backup
