@@ -1642,6 +1642,9 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
     if label_ends:
         out.extend(_new_one_values(text, lower, label_ends))
         out.extend(_changed_to_values(text, lower))
+        if "attach" in lower or "word" in lower or "espace" in lower or "space" in lower \
+                or " mot" in lower:
+            out.extend(_joined_values(text, label_ends))
     if lowered:
         # a network's key may stand near "Wi-Fi" alone: "Wi-Fi for Thursday (GH-Event /
         # Radish-Rain-12)"
@@ -1669,7 +1672,41 @@ _REPLY_HISTORY = re.compile(
     r"(?:le|on)[^\S\n][^\n]{5,160}?(?:a[^\S\n]+[ée]crit|wrote)[^\S\n]*:)")
 
 
+# A password dictated in words, then written as it is typed: "c'est vélo rouge 44 tout
+# attaché, donc velorouge44", "it's blue harbour 7, all one word: blueharbour7".  The
+# cue "written together" names the token after it, within reach of a password label.
+_JOINED_CUE = re.compile(
+    r"(?i)(?<![^\W_])(?:tout[^\S\n]+attach[ée]e?s?|tout[^\S\n]+coll[ée]e?s?|attach[ée]e?s?|"
+    r"en[^\S\n]+un[^\S\n]+(?:seul[^\S\n]+)?mot|sans[^\S\n]+(?:les[^\S\n]+)?espaces?|"
+    r"all[^\S\n]+(?:in[^\S\n]+)?one[^\S\n]+word|(?:with[^\S\n]+)?no[^\S\n]+spaces?|"
+    r"without[^\S\n]+(?:the[^\S\n]+)?spaces?)(?![^\W_])[^\S\n]*[,:(]?[^\S\n]*"
+    r"(?:(?:donc|so|soit|i\.e\.|c['’]est-[àa]-dire|that[^\S\n]+is|ce[^\S\n]+qui[^\S\n]+donne|"
+    r"which[^\S\n]+gives)(?![^\W_]))?[^\S\n]*[:,]?[^\S\n]*[«“\"']?[^\S\n]*"
+    r"(?P<v>[^\s«»“”\"'.,;:()]{4,64})")
+_JOINED_REACH = 160
+
+
+def _joined_values(text: str, label_ends: list[int]) -> list[Finding]:
+    out: list[Finding] = []
+    until = -1
+    for end in label_ends:
+        lo = max(end, until)
+        hi = _window_limit(text, end, _JOINED_REACH)
+        if lo >= hi:
+            continue
+        until = hi
+        for m in _JOINED_CUE.finditer(text, lo, hi):
+            a, b = _trim_value(text, m.start("v"), m.end("v"))
+            value = text[a:b]
+            if any(c.isdigit() for c in value) and any(c.isalpha() for c in value) \
+                    and _value_ok(value, clause_end=True, strict=False) \
+                    and not _DECOY_SHAPE.fullmatch(value):
+                out.append(Finding("password", a, b))
+    return out
+
+
 def _history_labels_reach_reply(text: str,
+
                                 labels: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """A label in the history below a reply ("What's the new password?" under
     "-----Original Message-----") also reaches the reply's last lines above it ("New one
