@@ -2019,7 +2019,8 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
             nxt_end = nl2 if nl2 >= 0 else min(n, nxt + 200)
             line = text[nxt:nxt_end]
 
-        if group in ("kw", "wifi") and not weak and _word_passphrase(line.strip()):
+        if group in ("kw", "wifi") and not weak and (_word_passphrase(line.strip()) or (
+                keyword.startswith(("passphrase", "phrase")) and _phrase_line(line.strip()))):
             return Finding("password", *_strip_span(text, nxt, nxt_end))
         if not line.strip():
             return None
@@ -3775,7 +3776,22 @@ in dans on sur by par to à au aux for pour with avec a that this ce cette ces q
 """)
 
 
+def _phrase_line(value: str) -> bool:
+    """A pass *phrase* alone on its line after its label: three to ten lower-case words,
+    one number among them at most ("la girafe mange 3 croissants sous la pluie"), none of
+    which makes it a sentence (as for a quoted one, _QUOTED_SENTENCE)."""
+    words = value.split()
+    if not 3 <= len(words) <= 10 or len(value) > 80:
+        return False
+    numbers = [w for w in words if w.isdigit() and len(w) <= 4]
+    letters = [w for w in words if w not in numbers]
+    return len(numbers) <= 1 and len(letters) >= 3 and all(
+        w.isalpha() and w.islower() and w not in _QUOTED_SENTENCE for w in letters) \
+        and _REFERENCE_PHRASE.match(value) is None
+
+
 def _quoted_passphrase(value: str) -> bool:
+
     """A passphrase given in quotes after a separator: a few words with a digit or a symbol
     (``_passphrase``), or three to ten words of letters none of which makes it a sentence
     ("correct horse staple margarine", « le chat du maire dort sur le registre »)."""
@@ -4676,7 +4692,6 @@ def _paragraph_end(text: str, eol: int) -> int | None:
 
 
 def _intro_goes_on(text: str, i: int, eol: int) -> int | None:
-
     """Where the announcement that names secrets at ``i`` ends when its own line does not
     end with a colon: a sentence that goes on for a line or two to a colon ("These are
     the 2FA recovery codes … — she'll store / them in our vault …:"), or a heading of
