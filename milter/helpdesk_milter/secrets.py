@@ -4430,6 +4430,10 @@ def _code_decoy(value: str) -> bool:
     """A date, a year or a phone number in the shape of a code."""
     if _YEAR.fullmatch(value) or _PHONE_LIKE.fullmatch(value):
         return True
+    if len(value) == 9 and value[4] == " " and _YEAR.fullmatch(value[:4]) \
+            and _YEAR.fullmatch(value[5:]):
+        return True                     # "2024 2025": two years, a span or a list
+
     dm = _DATE_LIKE.fullmatch(value)
     if dm is None:
         return False
