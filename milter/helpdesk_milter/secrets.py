@@ -4721,12 +4721,13 @@ def _intro_goes_on(text: str, i: int, eol: int) -> int | None:
     if found is None and not heading:
         # a paragraph that names recovery codes, then a blank line and the indented
         # codes ("I saved these 2FA recovery codes ... which ones I already used.")
-        end = _paragraph_end(text, eol)
-        if end is None or _INDENTED_ITEM.match(text, end + 1) is None \
-                or not _HEADING_WORD.search(text, i, end):
+        para_end = _paragraph_end(text, eol)
+        if para_end is None or _INDENTED_ITEM.match(text, para_end + 1) is None \
+                or not _HEADING_WORD.search(text, i, para_end):
             return None
         heading = True
-        eol = end
+        eol = para_end
+
     bol = max(i - 400, text.rfind("\n", max(0, i - 400), i) + 1, 0)
     if _LIST_WORD.search(text, max(bol, i - 20), min(eol, i + 40)) is None:
         return None
