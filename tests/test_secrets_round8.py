@@ -119,6 +119,7 @@ def test_round8_given_lists_replies(text: str, gone: list[str], kept: list[str])
      "trois pommes vertes pour 2 lapins\n\nMerci de ne pas la diffuser.",
      ["trois pommes vertes pour 2 lapins"], ["Merci de ne pas la diffuser."]),
     ("Mot de passe :\n\nMerci de me rappeler demain.", [], ["Merci de me rappeler demain."]),
+    ("Saisissez votre mot de passe :\n\nBernadette\n", [], ["Bernadette"]),
     # dictated, then written as typed
     ("Le mot de passe du visiophone c'est lune bleue 19 tout attaché donc lunebleue19, "
      "merci.", ["lunebleue19"], []),

@@ -1642,8 +1642,7 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
     if label_ends:
         out.extend(_new_one_values(text, lower, label_ends))
         out.extend(_changed_to_values(text, lower))
-        if "attach" in lower or "word" in lower or "espace" in lower or "space" in lower \
-                or " mot" in lower:
+        if any(cue in lower for cue in _JOINED_LITERALS):
             out.extend(_joined_values(text, label_ends))
     if lowered:
         # a network's key may stand near "Wi-Fi" alone: "Wi-Fi for Thursday (GH-Event /
@@ -1667,9 +1666,25 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
 # Where the history of a reply starts: Outlook's "-----Original Message-----" (and its
 # French form), a forward's banner, a quote's "On ... wrote:" / "Le ... a écrit :" line.
 _REPLY_HISTORY = re.compile(
-    r"(?im)^[^\S\n]*(?:-{3,}[^\S\n]*(?:original[^\S\n]+message|message[^\S\n]+d['’]origine|"
+    r"(?i)[^\S\n]*(?:-{3,}[^\S\n]*(?:original[^\S\n]+message|message[^\S\n]+d['’]origine|"
     r"(?:forwarded|transf[ée]r[ée])[^\S\n]+message|message[^\S\n]+transf[ée]r[ée])|"
     r"(?:le|on)[^\S\n][^\n]{5,160}?(?:a[^\S\n]+[ée]crit|wrote)[^\S\n]*:)")
+# (looked for from these literals, then matched at their line's start)
+_REPLY_HISTORY_CUES = ("-----", "crit", "wrote")
+
+
+def _reply_history_start(text: str, end: int) -> int:
+    """Where the first reply history before ``end`` starts (see above), or -1."""
+    first = -1
+    for cue in _REPLY_HISTORY_CUES:
+        i = text.find(cue, 0, end)
+        while i >= 0 and (first < 0 or i < first):
+            bol = text.rfind("\n", 0, i) + 1
+            if _REPLY_HISTORY.match(text, bol, min(len(text), bol + 200)) is not None:
+                first = bol
+                break
+            i = text.find(cue, i + len(cue), end)
+    return first
 
 
 # A password dictated in words, then written as it is typed: "c'est vélo rouge 44 tout
@@ -1684,6 +1699,8 @@ _JOINED_CUE = re.compile(
     r"which[^\S\n]+gives)(?![^\W_]))?[^\S\n]*[:,]?[^\S\n]*[«“\"']?[^\S\n]*"
     r"(?P<v>[^\s«»“”\"'.,;:()]{4,64})")
 _JOINED_REACH = 160
+_JOINED_LITERALS = ("attach", "tout coll", "un mot", "seul mot", "espace", "one word",
+                    "space")
 
 
 def _joined_values(text: str, label_ends: list[int]) -> list[Finding]:
@@ -1711,10 +1728,11 @@ def _history_labels_reach_reply(text: str,
     """A label in the history below a reply ("What's the new password?" under
     "-----Original Message-----") also reaches the reply's last lines above it ("New one
     is X"): a window is added where the history starts, as for a quoted question."""
-    hm = _REPLY_HISTORY.search(text, 0, labels[-1][0])
-    if hm is None or hm.start() == 0 or all(lo < hm.start() for lo, _ in labels):
+    start = _reply_history_start(text, labels[-1][0])
+    if start <= 0 or all(lo < start for lo, _ in labels):
         return labels
-    return sorted({*labels, (hm.start(), hm.start())})
+    return sorted({*labels, (start, start)})
+
 
 
 def _quoted_labels_reach_reply(text: str, labels: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -2011,14 +2029,15 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         nl2 = text.find("\n", nxt, nxt + 200)
         nxt_end = nl2 if nl2 >= 0 else min(n, nxt + 200)
         line = text[nxt:nxt_end]
-        if not line.strip() and nl2 >= 0 and sep.group(0).rstrip().endswith(":"):
-            # "... est :" then a blank line, then the value alone on its line
-
+        blank = not line.strip() and nl2 >= 0 and sep.group(0).rstrip().endswith(":")
+        if blank:
+            # "... est :" then a blank line, then the value alone on its line: a pass
+            # phrase, or a value strong on its own (not "Enter your password:" over a
+            # blank line and a signature)
             nxt = nl2 + 1
             nl2 = text.find("\n", nxt, nxt + 200)
             nxt_end = nl2 if nl2 >= 0 else min(n, nxt + 200)
             line = text[nxt:nxt_end]
-
         if group in ("kw", "wifi") and not weak and (_word_passphrase(line.strip()) or (
                 keyword.startswith(("passphrase", "phrase")) and _phrase_line(line.strip()))):
             return Finding("password", *_strip_span(text, nxt, nxt_end))
@@ -2031,10 +2050,10 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
             a, b = _trim_value(text, a, b)
             value = text[a:b]
             if _value_ok(value, clause_end=True,
-                         strict=weak and not _login_context(text, start)):
+                         strict=blank or (weak and not _login_context(text, start))):
                 return Finding("password", a, b)
             return None
-        if not _wrapped_after_sep(text, start, line_end, sep):
+        if blank or not _wrapped_after_sep(text, start, line_end, sep):
             return None
         # a sentence that the mail program wrapped after its verb or colon ("la clé
         # c'est\ntournesol2025 (tout en minuscules)"): its next line goes on as the
@@ -3373,8 +3392,8 @@ def _window_limit(text: str, pos: int, reach: int) -> int:
         # the reach never cuts a token in two: a token it would cut lies beyond it (a
         # piece, "6f1a3c9e-7b2d-4e8f-a5c" of a UUID, is no value the whole would be)
         if limit < n and not text[limit].isspace() and not text[limit - 1].isspace():
-            ws = _LAST_SPACE.search(text, pos, limit)
-            limit = ws.start() if ws else pos
+            limit = max(pos, text.rfind(" ", pos, limit), text.rfind("\n", pos, limit),
+                        text.rfind("\t", pos, limit))
         return limit
     if text[pos:stop.start()].rstrip(" \t>").endswith(":"):
         nxt = stop.end()
@@ -3385,7 +3404,7 @@ def _window_limit(text: str, pos: int, reach: int) -> int:
     return stop.start()
 
 
-_LAST_SPACE = re.compile(r"\s(?=\S*\Z)")
+
 _SENTENCE_END = re.compile(r"[.!?][^\S\n]*\n")
 
 
@@ -4004,7 +4023,8 @@ def _account_values(text: str, hay: _Haystack) -> list[Finding]:
 # the labelled detectors; what the words before name ("le réseau c'est ...") is no value.
 _GIVEN_WORDS = frozenset((b"mot de passe", b"mdp", b"password", b"passwd", b"login",
                           b"connect", b"connexion", b"acc\xc3\xa8s", b"acces", b"admin",
-                          b"identifiant", b"locked out", b"bloqu"))
+                          b"identifiant"))
+_LOCKED_WORDS = (b"locked out", b"bloqu")
 _GIVEN_CONTEXT = re.compile(
     r"(?i)mots?[^\S\n]de[^\S\n]passe|(?<![^\W_])(?:mdp|passwords?|passwd|logins?|"
     r"identifiants?|acc[eè]s|access|admin|connect\w*|connexion|locked[^\S\n]+out|"
@@ -4041,6 +4061,10 @@ _GIVEN_NAMED = _IDENTITY_WORDS | _words("compte account réseau reseau network s
 
 def _given_values(text: str, hay: _Haystack) -> list[Finding]:
     present = _GIVEN_WORDS.intersection(hay.literals()[0])
+    # (the words of a locked-out account: two byte searches, not two more literals)
+    locked = [w for w in _LOCKED_WORDS if w in hay.folded]
+    if locked:
+        present = present.union(locked)
     if not present:
         return []
     # where a context word stands (found as literals, in C): the value is read in
@@ -4447,7 +4471,7 @@ _CODE_TRIGGER = re.compile(rb"code|pin|puk|combin|keypad|lockbox|key ?box|cadena
 # Literal searches (bytes.find is a memchr loop; an alternation in a regex is not).
 _GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth", b"cred",
                   b"salt", b"sess", b"sig", b"code", b"pin", b"puk", b"combin", b"lockbox",
-                  b"cadenas", b"padlock", b"key safe", b"bo\xc3\xaete \xc3\xa0 cl\xc3\xa9",
+                  b"cadenas", b"padlock", b"bo\xc3\xaete \xc3\xa0 cl\xc3\xa9",
                   b"boite \xc3\xa0 cl\xc3\xa9", b"boite a cle", b"alarm", b"compte", b"account",
 
                   b"identifiant", b"login", b"user",
@@ -5271,7 +5295,6 @@ _CONNECT_WORDS = frozenset((b"connect", b"pdo", b"__construct", b"imap_open", b"
                             b"ftp_login", b"ssh2_auth"))
 _COOKIE_WORDS = frozenset((b"cookie", b"sess", b"sid=", b"logged_in", b"remember", b"auth"))
 _OTHER_LITERALS = (b":\\/\\/", b"%3a%2f%2f", b"bearer", b"pgpass", b"coo", b"value",
-                   b"locked out", b"bloqu",
 
                    *_SQL_WORDS, *_CONNECT_WORDS, *_COOKIE_WORDS)
 _ALL_LITERALS = frozenset().union(
