@@ -1558,6 +1558,7 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
     quote marks ("> ") when the scan blanked them."""
     out: list[Finding] = []
     label_ends: list[int] = []      # of the password labels, for _new_one_values
+    open_ends: list[int] = []       # ... of those no value followed, for _joined_values
     labels: list[tuple[int, int]] = []      # where keywords are, for _strong_values
     header_lines: list[tuple[int, int]] = []
     table_until = -1
@@ -1624,6 +1625,8 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
             finding = _after_aside(text, m.end(), keyword)
         elif finding is None and group == "key" and keyword == "code":
             finding = _after_aside(text, m.end(), keyword, verb=True)
+        if finding is None and group in ("kw", "wifi") and keyword not in _WEAK_KEYWORDS:
+            open_ends.append(m.end())
         if finding is not None:
             out.append(finding)
             out.extend(_alternatives(text, finding.end))
@@ -1642,8 +1645,8 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
     if label_ends:
         out.extend(_new_one_values(text, lower, label_ends))
         out.extend(_changed_to_values(text, lower))
-        if any(cue in lower for cue in _JOINED_LITERALS):
-            out.extend(_joined_values(text, label_ends))
+        if open_ends:
+            out.extend(_joined_values(text, lower, open_ends))
     if lowered:
         # a network's key may stand near "Wi-Fi" alone: "Wi-Fi for Thursday (GH-Event /
         # Radish-Rain-12)"
@@ -1699,19 +1702,27 @@ _JOINED_CUE = re.compile(
     r"which[^\S\n]+gives)(?![^\W_]))?[^\S\n]*[:,]?[^\S\n]*[«“\"']?[^\S\n]*"
     r"(?P<v>[^\s«»“”\"'.,;:()]{4,64})")
 _JOINED_REACH = 160
-_JOINED_LITERALS = ("attach", "tout coll", "un mot", "seul mot", "espace", "one word",
-                    "space")
 
 
-def _joined_values(text: str, label_ends: list[int]) -> list[Finding]:
+
+
+def _joined_values(text: str, lower: str, label_ends: list[int]) -> list[Finding]:
     out: list[Finding] = []
     until = -1
+    n = len(text)
     for end in label_ends:
         lo = max(end, until)
+        cue_end = min(n, end + _JOINED_REACH - 30)
+        if lo >= cue_end or len(lower) != n or (
+                lower.find("attach", lo, cue_end) < 0 and lower.find("space", lo, cue_end) < 0
+                and lower.find(" mot", lo, cue_end) < 0 and lower.find("word", lo, cue_end) < 0
+                and lower.find("tout coll", lo, cue_end) < 0):
+            continue                    # (most windows hold no cue: literal finds first)
         hi = _window_limit(text, end, _JOINED_REACH)
         if lo >= hi:
             continue
         until = hi
+
         for m in _JOINED_CUE.finditer(text, lo, hi):
             a, b = _trim_value(text, m.start("v"), m.end("v"))
             value = text[a:b]
@@ -4061,12 +4072,16 @@ _GIVEN_NAMED = _IDENTITY_WORDS | _words("compte account réseau reseau network s
 
 def _given_values(text: str, hay: _Haystack) -> list[Finding]:
     present = _GIVEN_WORDS.intersection(hay.literals()[0])
-    # (the words of a locked-out account: two byte searches, not two more literals)
-    locked = [w for w in _LOCKED_WORDS if w in hay.folded]
-    if locked:
-        present = present.union(locked)
     if not present:
-        return []
+        # a user who says what they tried on a locked-out account, with no login word
+        # ("locked out again. tried X and Y ... user kmorris"): byte searches only where
+        # a user is named (not more literals for every text)
+        folded = hay.folded
+        if b"user" not in hay.literals()[0] or not (b"tried" in folded or b"essay" in folded):
+            return []
+        present = frozenset(w for w in _LOCKED_WORDS if w in folded)
+        if not present:
+            return []
     # where a context word stands (found as literals, in C): the value is read in
     # windows around them only (_GIVEN_REACH before the value, a quarter after)
     n = len(text)
@@ -4699,7 +4714,9 @@ _LIST_WORD = re.compile(
     r"cl[ée]s|keys|identifiants|credentials)(?![^\W_])")
 _HEADING_WORD = re.compile(r"(?i)(?<![^\W_])(?:recovery|backup|secours|r[ée]cup[ée]ration)"
                            r"\s+codes?|codes?\s+(?:de\s+)?(?:secours|r[ée]cup[ée]ration)")
-_INDENTED_ITEM = re.compile(r"\n(?:[ \t]{2,}|[ \t]*[-*•·][ \t]+)[^\s]")
+_HEADING_LITERALS = ("recovery", "backup", "secours", "cup\u00e9ration", "cuperation")
+_INDENTED_ITEM = re.compile(
+r"\n(?:[ \t]{2,}|[ \t]*[-*•·][ \t]+)[^\s]")
 
 
 def _paragraph_end(text: str, eol: int) -> int | None:
@@ -4745,9 +4762,14 @@ def _intro_goes_on(text: str, i: int, eol: int) -> int | None:
     if found is None and not heading:
         # a paragraph that names recovery codes, then a blank line and the indented
         # codes ("I saved these 2FA recovery codes ... which ones I already used.")
+        # (the heading's words on the stem's own line first, literals before the
+        # pattern: most stems end no list)
+        seg = text[max(0, i - 24):eol].lower()
+        if not any(w in seg for w in _HEADING_LITERALS) or "code" not in seg \
+                or not _HEADING_WORD.search(seg):
+            return None
         para_end = _paragraph_end(text, eol)
-        if para_end is None or _INDENTED_ITEM.match(text, para_end + 1) is None \
-                or not _HEADING_WORD.search(text, i, para_end):
+        if para_end is None or _INDENTED_ITEM.match(text, para_end + 1) is None:
             return None
         heading = True
         eol = para_end
@@ -5320,6 +5342,11 @@ def _stem_need(stem: str) -> bytes | None:
 _STEM_NEEDS: dict[str, bytes] = {
     stem: need for stem in (*_STEMS, *_CODE_WORDS, *_LIST_STEMS)
     if (need := _stem_need(stem)) is not None}
+# the lockbox's stems hold no ASCII literal of their own: they need their whole UTF-8
+# form (lower case; "BOÎTE À CLÉ" in capitals is not read as a lockbox)
+_STEM_NEEDS.update({stem: stem.encode() for stem in _CODE_WORDS
+                    if stem.startswith("bo") and stem.encode() in _ALL_LITERALS})
+
 
 
 def _known_literals(cased: bytes, present: frozenset[bytes]) -> frozenset[bytes] | None:
