@@ -10,8 +10,10 @@ The contract of :func:`redact_message`:
   untouched parts, base64 attachments and odd-but-working formatting survive.
 - Scanned: the top-level Subject, every ``text/*`` part (inline or attachment,
   ``text/html`` as HTML) and a few textual ``application/*`` types (JSON, XML, YAML,
-  TOML, SQL, shell), also inside attached ``message/rfc822`` messages.  Not scanned:
-  binary parts (untouched byte for byte) and, in a bounce (``is_bounce`` or a
+  TOML, SQL, shell), ``application/octet-stream`` named like a text file (".env",
+  ".pem") or opening a key file (a PEM block, a PuTTY key: "id_sauvegarde"), also
+  inside attached ``message/rfc822`` messages.  Not scanned: other binary parts
+  (untouched byte for byte) and, in a bounce (``is_bounce`` or a
   ``multipart/report``), the attached original (``message/rfc822``,
   ``message/global``) and the ``text/rfc822-headers`` and ``message/delivery-status``
   parts.

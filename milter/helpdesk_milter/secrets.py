@@ -75,6 +75,13 @@ column gap or a mail program's line wrap as the separator after a label; a colum
 for access codes ("Code admin", "Code porte"); a device's six-capital verification code;
 a row of accounts with no header (an address, and a value strong on its own).
 
+Also by shape and context: a code after qualifying words and a verb, across a line wrap
+("le digicode de la porte de\nservice est 4B7296"); a PIN in two pairs; lockboxes and a
+padlock's three digits; a value someone "tried" or "reset it to"; recovery codes under a
+paragraph and a blank line; a reply above a history whose question names the password; a
+form's dot leaders as a separator; a pass phrase alone on its line after "est :" and a
+blank line; a password dictated in words then written "tout attaché, donc X".
+
 Precision comes last, from the words around a value whatever detector found it
 (``_live``): masked, elided and filler values ("sk_live_...9kQa", "changeme", "XXXXXX")
 are never secrets; nor is a password-like value right after an example cue ("ex.",
@@ -87,7 +94,11 @@ of its sentence's line, and a setting's name ("MYSQL_PASSWORD:") opens no prose 
 Nor is a value that says what it is whatever found it: a password's hash in a known format
 (crypt, argon2, Django, LDAP), a value encrypted in place (SOPS, Ansible Vault), AWS's
 documented example keys, a placeholder ("<ask Daniel>", "XXXXX-XXXXX"), a question, or a
-value the words right after it call shareable, an example or crossed out.
+value the words right after it call shareable, an example or crossed out; nor examples
+after a plural label and "like" ("passwords like X or Y"), a payment provider's object id
+("cus_..."), a user's name before a known hash (".htpasswd"), the key of a "key X / secret
+Y" pair, a table cell under a login column, a PuTTY key's public lines, a value read
+after a label inside brackets past the closing bracket ("(using password: YES)").
 """
 
 from __future__ import annotations
@@ -1704,8 +1715,6 @@ _JOINED_CUE = re.compile(
 _JOINED_REACH = 160
 
 
-
-
 def _joined_values(text: str, lower: str, label_ends: list[int]) -> list[Finding]:
     out: list[Finding] = []
     until = -1
@@ -1722,7 +1731,6 @@ def _joined_values(text: str, lower: str, label_ends: list[int]) -> list[Finding
         if lo >= hi:
             continue
         until = hi
-
         for m in _JOINED_CUE.finditer(text, lo, hi):
             a, b = _trim_value(text, m.start("v"), m.end("v"))
             value = text[a:b]
@@ -1734,7 +1742,6 @@ def _joined_values(text: str, lower: str, label_ends: list[int]) -> list[Finding
 
 
 def _history_labels_reach_reply(text: str,
-
                                 labels: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """A label in the history below a reply ("What's the new password?" under
     "-----Original Message-----") also reaches the reply's last lines above it ("New one
@@ -1745,9 +1752,7 @@ def _history_labels_reach_reply(text: str,
     return sorted({*labels, (start, start)})
 
 
-
 def _quoted_labels_reach_reply(text: str, labels: list[tuple[int, int]]) -> list[tuple[int, int]]:
-
     """A label in a quoted question ("> Avez-vous changé le mot de passe ?") also reaches
     the reply written above the quote ("Oui, le nouveau est X"): a window is added where
     the quoted block starts."""
@@ -3415,7 +3420,6 @@ def _window_limit(text: str, pos: int, reach: int) -> int:
     return stop.start()
 
 
-
 _SENTENCE_END = re.compile(r"[.!?][^\S\n]*\n")
 
 
@@ -3428,7 +3432,6 @@ _SEP_BEFORE = re.compile(
     r"(?:[^\S\r\n]+(?:d[ée]sormais|maintenant|toujours|actuellement|now|still|currently))?)"
     r"[^\S\r\n]*(?:\r?\n[ \t>]*)?\Z", re.I)
 _SEP_BEFORE_REACH = 28
-
 
 
 def _quoted_word(text: str, q: int, a: int, b: int) -> bool:
@@ -3821,7 +3824,6 @@ def _phrase_line(value: str) -> bool:
 
 
 def _quoted_passphrase(value: str) -> bool:
-
     """A passphrase given in quotes after a separator: a few words with a digit or a symbol
     (``_passphrase``), or three to ten words of letters none of which makes it a sentence
     ("correct horse staple margarine", « le chat du maire dort sur le registre »)."""
@@ -4472,7 +4474,6 @@ def _code_decoy(value: str) -> bool:
     if len(value) == 9 and value[4] == " " and _YEAR.fullmatch(value[:4]) \
             and _YEAR.fullmatch(value[5:]):
         return True                     # "2024 2025": two years, a span or a list
-
     dm = _DATE_LIKE.fullmatch(value)
     if dm is None:
         return False
@@ -4488,7 +4489,6 @@ _GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth",
                   b"salt", b"sess", b"sig", b"code", b"pin", b"puk", b"combin", b"lockbox",
                   b"cadenas", b"padlock", b"bo\xc3\xaete \xc3\xa0 cl\xc3\xa9",
                   b"boite \xc3\xa0 cl\xc3\xa9", b"boite a cle", b"alarm", b"compte", b"account",
-
                   b"identifiant", b"login", b"user",
                   b"mdp", b"pw", b"sshpass", b"lftp", b"mysql", b"net use", b"snmp",
                   b"securestring", b"-u", b":\\/\\/", b"%3a%2f%2f", b"/hooks/", b"/api/",
@@ -4670,7 +4670,6 @@ def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) 
     return out
 
 
-
 # Lists announced by a line that names secrets and ends with a colon ("here are the backup
 # codes:", "Voici les codes des salles :"): one value per line, alone or after a label and
 # a separator (dot leaders, a colon, a tab, spaces).
@@ -4715,8 +4714,7 @@ _LIST_WORD = re.compile(
 _HEADING_WORD = re.compile(r"(?i)(?<![^\W_])(?:recovery|backup|secours|r[ée]cup[ée]ration)"
                            r"\s+codes?|codes?\s+(?:de\s+)?(?:secours|r[ée]cup[ée]ration)")
 _HEADING_LITERALS = ("recovery", "backup", "secours", "cup\u00e9ration", "cuperation")
-_INDENTED_ITEM = re.compile(
-r"\n(?:[ \t]{2,}|[ \t]*[-*•·][ \t]+)[^\s]")
+_INDENTED_ITEM = re.compile(r"\n(?:[ \t]{2,}|[ \t]*[-*•·][ \t]+)[^\s]")
 
 
 def _paragraph_end(text: str, eol: int) -> int | None:
@@ -4773,7 +4771,6 @@ def _intro_goes_on(text: str, i: int, eol: int) -> int | None:
             return None
         heading = True
         eol = para_end
-
     bol = max(i - 400, text.rfind("\n", max(0, i - 400), i) + 1, 0)
     if _LIST_WORD.search(text, max(bol, i - 20), min(eol, i + 40)) is None:
         return None
@@ -5346,7 +5343,6 @@ _STEM_NEEDS: dict[str, bytes] = {
 # form (lower case; "BOÎTE À CLÉ" in capitals is not read as a lockbox)
 _STEM_NEEDS.update({stem: stem.encode() for stem in _CODE_WORDS
                     if stem.startswith("bo") and stem.encode() in _ALL_LITERALS})
-
 
 
 def _known_literals(cased: bytes, present: frozenset[bytes]) -> frozenset[bytes] | None:
