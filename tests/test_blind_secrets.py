@@ -23,9 +23,9 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-j": 0.98, "secrets-tune-k": 0.97, "secrets-tune-l": 0.98,
         "secrets-tune-m": 1.0, "secrets-tune-n": 0.97, "secrets-tune-o": 0.99,
         "secrets-tune-p": 0.95, "secrets-tune-q": 0.98,
-        # written in the seventh session, scored once as they came (not tuned on yet):
-        # what unseen mail of the held-out set's brief gets from today's detectors
-        "secrets-tune-r": 0.91, "secrets-tune-s": 0.94}
+        # written in the seventh session (first scored 0.919 and 0.940 as they came),
+        # tuned on in the eighth
+        "secrets-tune-r": 0.99, "secrets-tune-s": 0.99}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
@@ -35,9 +35,14 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
 #   ("AKIAIOSFODNN7EXAMPLE", "...EXAMPLEKEY", a decoy for k) are left, as gitleaks does;
 # - e: a Sentry DSN's key in the URL's user part, a decoy there, a secret for i, j and k
 #   (five times): redacted, as every token standing as a URL's user with no password.
+# And one miss is a label decided the other way: s's OVH application key (beside its
+# application secret and consumer key), a secret there, is the pair's identifier half,
+# left as s's Mailjet API key before its secret is (a decoy there): OVH's documented
+# setups keep the application key in plain configuration and only the secret and the
+# consumer key in a secret store (cert-manager's OVH webhook), and secret scanners'
+# OVH rules match the 32-character secret and consumer key, not the 16-character key.
 DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-p": 1,
-                           # not tuned on yet: their first figures, as ceilings
-                           "secrets-tune-r": 7, "secrets-tune-s": 4}
+                           "secrets-tune-r": 0, "secrets-tune-s": 0}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))

@@ -10,8 +10,10 @@ The contract of :func:`redact_message`:
   untouched parts, base64 attachments and odd-but-working formatting survive.
 - Scanned: the top-level Subject, every ``text/*`` part (inline or attachment,
   ``text/html`` as HTML) and a few textual ``application/*`` types (JSON, XML, YAML,
-  TOML, SQL, shell), also inside attached ``message/rfc822`` messages.  Not scanned:
-  binary parts (untouched byte for byte) and, in a bounce (``is_bounce`` or a
+  TOML, SQL, shell), ``application/octet-stream`` named like a text file (".env",
+  ".pem") or opening a key file (a PEM block, a PuTTY key: "id_sauvegarde"), also
+  inside attached ``message/rfc822`` messages.  Not scanned: other binary parts
+  (untouched byte for byte) and, in a bounce (``is_bounce`` or a
   ``multipart/report``), the attached original (``message/rfc822``,
   ``message/global``) and the ``text/rfc822-headers`` and ``message/delivery-status``
   parts.
@@ -317,8 +319,26 @@ _kept_part_info = lru_cache(maxsize=512)(_read_part_info)
 
 _TEXT_FILE_NAME = re.compile(
     r"""(?i)name\*?=\s*["']?[^"';]*?(?:\.env(?:\.[a-z]{1,12})?|\.(?:txt|text|conf|cfg|ini|"""
-    r"""toml|ya?ml|json|properties|sh|ps1|sql|log|csv|tsv|md|netrc|pgpass|npmrc|pypirc))"""
+    r"""toml|ya?ml|json|properties|sh|ps1|sql|log|csv|tsv|md|netrc|pgpass|npmrc|pypirc|"""
+    r"""pem|ppk))"""
     r"""["']?\s*(?:;|$)""")
+
+
+def _key_file(raw: bytes, start: int, end: int, cte: str) -> bool:
+    """Whether an application/octet-stream part holds a key file whatever its name
+    ("id_sauvegarde", "cle-serveur"): its first bytes open a PEM block ("-----BEGIN ")
+    or a PuTTY key ("PuTTY-User-Key-File-"); it is then read as a text part."""
+    head = raw[start:min(end, start + 120)]
+    if cte.strip().lower() == "base64":
+        b64 = bytes(c for c in head if c not in b" \t\r\n")[:32]
+        try:
+            head = binascii.a2b_base64(b64[:len(b64) - len(b64) % 4])
+        except binascii.Error:
+            return False
+    return head.lstrip().startswith(_KEY_FILE_HEADS)
+
+
+_KEY_FILE_HEADS = (b"-----BEGIN ", b"PuTTY-User-Key-File-")
 
 
 # --------------------------------------------------------------------------------------
@@ -1422,6 +1442,9 @@ class _Walker:
                                  lambda out: out.write(line))
             return [_Entity(bstart, ent.end, f"{ent.leaf_path}.1", ent.leaf_path,
                             ent.depth + 1, ent.bounce, "text/plain")]
+        if ctype == "application/octet-stream" and not info.text_name \
+                and _key_file(raw, bstart, ent.end, info.cte):
+            info = info._replace(text_name=True)
         if ctype.startswith("text/") or ctype in _TEXTUAL_APPLICATION or info.text_name:
             try:
                 self._text_part(ent, info, bstart)

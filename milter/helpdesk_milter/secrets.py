@@ -75,6 +75,13 @@ column gap or a mail program's line wrap as the separator after a label; a colum
 for access codes ("Code admin", "Code porte"); a device's six-capital verification code;
 a row of accounts with no header (an address, and a value strong on its own).
 
+Also by shape and context: a code after qualifying words and a verb, across a line wrap
+("le digicode de la porte de\nservice est 4B7296"); a PIN in two pairs; lockboxes and a
+padlock's three digits; a value someone "tried" or "reset it to"; recovery codes under a
+paragraph and a blank line; a reply above a history whose question names the password; a
+form's dot leaders as a separator; a pass phrase alone on its line after "est :" and a
+blank line; a password dictated in words then written "tout attaché, donc X".
+
 Precision comes last, from the words around a value whatever detector found it
 (``_live``): masked, elided and filler values ("sk_live_...9kQa", "changeme", "XXXXXX")
 are never secrets; nor is a password-like value right after an example cue ("ex.",
@@ -87,7 +94,11 @@ of its sentence's line, and a setting's name ("MYSQL_PASSWORD:") opens no prose 
 Nor is a value that says what it is whatever found it: a password's hash in a known format
 (crypt, argon2, Django, LDAP), a value encrypted in place (SOPS, Ansible Vault), AWS's
 documented example keys, a placeholder ("<ask Daniel>", "XXXXX-XXXXX"), a question, or a
-value the words right after it call shareable, an example or crossed out.
+value the words right after it call shareable, an example or crossed out; nor examples
+after a plural label and "like" ("passwords like X or Y"), a payment provider's object id
+("cus_..."), a user's name before a known hash (".htpasswd"), the key of a "key X / secret
+Y" pair, a table cell under a login column, a PuTTY key's public lines, a value read
+after a label inside brackets past the closing bracket ("(using password: YES)").
 """
 
 from __future__ import annotations
@@ -262,7 +273,8 @@ _GATE_WORDS = (
     "memorable", "m\u00e9morable", "m\u00c9morable",
     # "cle" unaccented as a word only (a CSV title): "client", "clear" are not triggers
     "cle ", "cle\t", "cle;", "cle,", "cle|", "cle:",
-    "code", "digicode", "pin", "puk", "combin", "lockbox", "cadenas", "alarm", "auth", "cred",
+    "code", "digicode", "pin", "puk", "combin", "lockbox", "cadenas", "padlock", "alarm",
+    "auth", "cred",
     "salt", "sess", "sig", "compte", "account", "identifiant", "login", "user",
     "utilisateur", "admin", "acc\u00e8s", "acces", "wifi", "wi-fi", "wpa", "wlan", "wep",
     "recovery", "backup", "secours", "r\u00e9cup", "recup",
@@ -425,6 +437,7 @@ _PEM_BEGIN = re.compile(
     r"-----BEGIN (?P<label>(?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)?|"
     r"OpenVPN Static key V\d)-----")
 _PUTTY_BEGIN = re.compile(r"(?m)^PuTTY-User-Key-File-\d: ")
+_PUTTY_PRIVATE = re.compile(r"(?m)^Private-Lines: \d{1,4}$")
 _PUTTY_END = re.compile(r"Private-MAC: [0-9a-fA-F]{20,128}")
 _B64_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/=:\-, ]{0,200}\r?\n")
 _MAX_KEY_BLOCK = 64 * 1024
@@ -512,7 +525,9 @@ _WEAK_KEYWORDS = frozenset({"pass", "passe", "pw", "psw", "secret", "passes"})
 _SEP = re.compile(r"""
 (?P<ws>["']?[^\S\r\n]*(?:,[^\S\r\n]*(?=[cCiIeE]))?)
 (?:
-   (?P<punct>:=|=>|->|→|:|=|\|(?=[^\S\r\n])|[-–—](?=[^\S\r\n])|(?<=["'])[^\S\r\n]*,)
+   (?P<punct>:=|=>|->|→|:|=|\|(?=[^\S\r\n])|[-–—](?=[^\S\r\n])|(?<=["'])[^\S\r\n]*,
+     |\.{4,}[^\S\r\n]*:?(?=[^\S\r\n]))     # a form's dot leaders: "Clé de sécurité ..... X"
+
  | (?P<changed>(?:a\s+[ée]t[ée]|has\s+been|was|is|est)\s+
       (?:chang[ée]e?|modifi[ée]e?|r[ée]initialis[ée]e?|remis|mis|d[ée]fini|reset|changed|
          set|updated|fix[ée]e?)\s+(?:en|à|a|sur|to|as|par)(?![^\W_])\s*:?)
@@ -991,7 +1006,10 @@ def _private_keys(text: str) -> list[Finding]:
     for m in _PUTTY_BEGIN.finditer(text):
         em = _PUTTY_END.search(text, m.end(), m.end() + _MAX_KEY_BLOCK)
         if em:
-            out.append(Finding("private-key", m.start(), em.end()))
+            # a .ppk's header, comment and public lines are its public key: only the
+            # private lines (and their MAC) are secret
+            pm = _PUTTY_PRIVATE.search(text, m.end(), em.start())
+            out.append(Finding("private-key", pm.start() if pm else m.start(), em.end()))
     return out
 
 
@@ -1551,6 +1569,7 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
     quote marks ("> ") when the scan blanked them."""
     out: list[Finding] = []
     label_ends: list[int] = []      # of the password labels, for _new_one_values
+    open_ends: list[int] = []       # ... of those no value followed, for _joined_values
     labels: list[tuple[int, int]] = []      # where keywords are, for _strong_values
     header_lines: list[tuple[int, int]] = []
     table_until = -1
@@ -1617,6 +1636,8 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
             finding = _after_aside(text, m.end(), keyword)
         elif finding is None and group == "key" and keyword == "code":
             finding = _after_aside(text, m.end(), keyword, verb=True)
+        if finding is None and group in ("kw", "wifi") and keyword not in _WEAK_KEYWORDS:
+            open_ends.append(m.end())
         if finding is not None:
             out.append(finding)
             out.extend(_alternatives(text, finding.end))
@@ -1635,6 +1656,8 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
     if label_ends:
         out.extend(_new_one_values(text, lower, label_ends))
         out.extend(_changed_to_values(text, lower))
+        if open_ends:
+            out.extend(_joined_values(text, lower, open_ends))
     if lowered:
         # a network's key may stand near "Wi-Fi" alone: "Wi-Fi for Thursday (GH-Event /
         # Radish-Rain-12)"
@@ -1647,9 +1670,86 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
     quoted = marked if marked is not None else text
     if labels and "\n>" in quoted:
         labels = _quoted_labels_reach_reply(quoted, labels)
+    if labels and ("-----" in text or "crit" in text or "wrote" in text):
+        labels = _history_labels_reach_reply(text, labels)
     if labels:
         out.extend(_strong_values(text, labels))
     return out
+
+
+# Where the history of a reply starts: Outlook's "-----Original Message-----" (and its
+# French form), a forward's banner, a quote's "On ... wrote:" / "Le ... a écrit :" line.
+_REPLY_HISTORY = re.compile(
+    r"(?i)[^\S\n]*(?:-{3,}[^\S\n]*(?:original[^\S\n]+message|message[^\S\n]+d['’]origine|"
+    r"(?:forwarded|transf[ée]r[ée])[^\S\n]+message|message[^\S\n]+transf[ée]r[ée])|"
+    r"(?:le|on)[^\S\n][^\n]{5,160}?(?:a[^\S\n]+[ée]crit|wrote)[^\S\n]*:)")
+# (looked for from these literals, then matched at their line's start)
+_REPLY_HISTORY_CUES = ("-----", "crit", "wrote")
+
+
+def _reply_history_start(text: str, end: int) -> int:
+    """Where the first reply history before ``end`` starts (see above), or -1."""
+    first = -1
+    for cue in _REPLY_HISTORY_CUES:
+        i = text.find(cue, 0, end)
+        while i >= 0 and (first < 0 or i < first):
+            bol = text.rfind("\n", 0, i) + 1
+            if _REPLY_HISTORY.match(text, bol, min(len(text), bol + 200)) is not None:
+                first = bol
+                break
+            i = text.find(cue, i + len(cue), end)
+    return first
+
+
+# A password dictated in words, then written as it is typed: "c'est vélo rouge 44 tout
+# attaché, donc velorouge44", "it's blue harbour 7, all one word: blueharbour7".  The
+# cue "written together" names the token after it, within reach of a password label.
+_JOINED_CUE = re.compile(
+    r"(?i)(?<![^\W_])(?:tout[^\S\n]+attach[ée]e?s?|tout[^\S\n]+coll[ée]e?s?|attach[ée]e?s?|"
+    r"en[^\S\n]+un[^\S\n]+(?:seul[^\S\n]+)?mot|sans[^\S\n]+(?:les[^\S\n]+)?espaces?|"
+    r"all[^\S\n]+(?:in[^\S\n]+)?one[^\S\n]+word|(?:with[^\S\n]+)?no[^\S\n]+spaces?|"
+    r"without[^\S\n]+(?:the[^\S\n]+)?spaces?)(?![^\W_])[^\S\n]*[,:(]?[^\S\n]*"
+    r"(?:(?:donc|so|soit|i\.e\.|c['’]est-[àa]-dire|that[^\S\n]+is|ce[^\S\n]+qui[^\S\n]+donne|"
+    r"which[^\S\n]+gives)(?![^\W_]))?[^\S\n]*[:,]?[^\S\n]*[«“\"']?[^\S\n]*"
+    r"(?P<v>[^\s«»“”\"'.,;:()]{4,64})")
+_JOINED_REACH = 160
+
+
+def _joined_values(text: str, lower: str, label_ends: list[int]) -> list[Finding]:
+    out: list[Finding] = []
+    until = -1
+    n = len(text)
+    for end in label_ends:
+        lo = max(end, until)
+        cue_end = min(n, end + _JOINED_REACH - 30)
+        if lo >= cue_end or len(lower) != n or (
+                lower.find("attach", lo, cue_end) < 0 and lower.find("space", lo, cue_end) < 0
+                and lower.find(" mot", lo, cue_end) < 0 and lower.find("word", lo, cue_end) < 0
+                and lower.find("tout coll", lo, cue_end) < 0):
+            continue                    # (most windows hold no cue: literal finds first)
+        hi = _window_limit(text, end, _JOINED_REACH)
+        if lo >= hi:
+            continue
+        until = hi
+        for m in _JOINED_CUE.finditer(text, lo, hi):
+            a, b = _trim_value(text, m.start("v"), m.end("v"))
+            value = text[a:b]
+            if any(c.isdigit() for c in value) and any(c.isalpha() for c in value) \
+                    and _value_ok(value, clause_end=True, strict=False) \
+                    and not _DECOY_SHAPE.fullmatch(value):
+                out.append(Finding("password", a, b))
+    return out
+
+
+def _history_labels_reach_reply(text: str,
+                                labels: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """A label in the history below a reply ("What's the new password?" under
+    "-----Original Message-----") also reaches the reply's last lines above it ("New one
+    is X"): a window is added where the history starts, as for a quoted question."""
+    start = _reply_history_start(text, labels[-1][0])
+    if start <= 0 or all(lo < start for lo, _ in labels):
+        return labels
+    return sorted({*labels, (start, start)})
 
 
 def _quoted_labels_reach_reply(text: str, labels: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -1893,6 +1993,16 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         if group == "key" and qualifiers == 0:
             a, b = _trim_value(text, wm.start("w"), wm.end("w"))
             return Finding("password", a, b) if _keylike(text[a:b]) else None
+        if word[-1:] == "," and len(word) > 1 and qualifiers < 8 and not weak:
+            vm = _SEP.match(text, wm.end() - 1, line_end)
+            if vm is not None and vm.group("verb") and "," in vm.group("ws"):
+                # "le sésame pour la porte côté parking, c'est le 4829B": the comma
+                # before the verb ends the qualifiers
+                qualifiers += 1
+                prev = low
+                quals.append(_recent_word(word))
+                pos = wm.end() - 1
+                continue
         if word[-1:] in ".,;!?" or qualifiers >= 8 or wm.end() - m.end() > 80:
             return None
         if group in ("pair", "creds") and qualifiers >= 3:
@@ -1935,7 +2045,17 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         nl2 = text.find("\n", nxt, nxt + 200)
         nxt_end = nl2 if nl2 >= 0 else min(n, nxt + 200)
         line = text[nxt:nxt_end]
-        if group in ("kw", "wifi") and not weak and _word_passphrase(line.strip()):
+        blank = not line.strip() and nl2 >= 0 and sep.group(0).rstrip().endswith(":")
+        if blank:
+            # "... est :" then a blank line, then the value alone on its line: a pass
+            # phrase, or a value strong on its own (not "Enter your password:" over a
+            # blank line and a signature)
+            nxt = nl2 + 1
+            nl2 = text.find("\n", nxt, nxt + 200)
+            nxt_end = nl2 if nl2 >= 0 else min(n, nxt + 200)
+            line = text[nxt:nxt_end]
+        if group in ("kw", "wifi") and not weak and (_word_passphrase(line.strip()) or (
+                keyword.startswith(("passphrase", "phrase")) and _phrase_line(line.strip()))):
             return Finding("password", *_strip_span(text, nxt, nxt_end))
         if not line.strip():
             return None
@@ -1946,10 +2066,10 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
             a, b = _trim_value(text, a, b)
             value = text[a:b]
             if _value_ok(value, clause_end=True,
-                         strict=weak and not _login_context(text, start)):
+                         strict=blank or (weak and not _login_context(text, start))):
                 return Finding("password", a, b)
             return None
-        if not _wrapped_after_sep(text, start, line_end, sep):
+        if blank or not _wrapped_after_sep(text, start, line_end, sep):
             return None
         # a sentence that the mail program wrapped after its verb or colon ("la clé
         # c'est\ntournesol2025 (tout en minuscules)"): its next line goes on as the
@@ -1962,6 +2082,13 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     if span is None:
         return None
     a, b = _wrapped_value(text, *span, line_end)
+    if ")" in text[a:b]:
+        b = _paren_close(text, start, a, b)
+    if sep.group("verb") and text[a:b].lower() in ("le", "la", "the"):
+        # "le sésame pour la porte, c'est le 4829B": an article before a code
+        cm = _ARTICLE_CODE.match(text, b, line_end)
+        if cm is not None and not _code_decoy(cm.group("v")):
+            return Finding("password", cm.start("v"), cm.end("v"))
     # "« chat noir 1975 »": the quotes may stand apart from the value
     qa, qb = len(text[:a].rstrip(" \xa0")), b
     while qb < n and text[qb] in " \xa0":
@@ -2025,6 +2152,21 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         kind = _kind_for_assignment(text, start) if sep.group("punct") == "=" else "password"
         return Finding(kind, a, b)
     return None
+
+
+_ARTICLE_CODE = re.compile(r"[^\S\n]+(?P<v>[A-Z]?\d{4,8}[A-Z#*]?)(?![\w/+\-]|[.,:]\d)")
+
+
+def _paren_close(text: str, start: int, a: int, b: int) -> int:
+    """Where a value read after a label inside brackets ends: at the bracket that closes
+    the label's ("(using password: YES)", a log's "(mot de passe : oui)"), not at the next
+    space, which may be far into the JSON or the log line that holds the bracket."""
+    bol = text.rfind("\n", max(0, start - 200), start) + 1
+    opened = text.rfind("(", bol, start)
+    if opened < 0 or text.find(")", opened, start) >= 0:
+        return b
+    close = text.find(")", a, b)
+    return close if close > a else b
 
 
 _GAP_SEP = re.compile(r"(?P<ws>[^\S\r\n]{2,})(?=\S)(?:(?P<punct>:)|(?P<changed>:)|(?P<verb>:))?")
@@ -2470,6 +2612,25 @@ def _identifier_half(text: str, a: int, lo: int) -> bool:
     return False
 
 
+# "API key 7c2e... / secret 1a6f...", "clé 4F2A... et secret 9C1B...": a key then its
+# secret in one phrase; the key is the pair's identifier (Mailjet's API key, the user
+# name of its Basic auth; OVH's application key), the secret is the secret.
+_KEY_LABEL_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:api[^\S\n]+|public[^\S\n]+|publique[^\S\n]+)?(?:key|cl[ée]f?)"
+    r"(?:[^\S\n]+(?:api|publique|public))?[^\S\n]*[:=]?[^\S\n]*\Z")
+_SECRET_LABEL_NEXT = re.compile(
+    r"(?i)[^\S\n]*(?:/|,|;|&|\+|and|et|with|avec)[^\S\n]*(?:(?:the|its|le|la|sa|son)"
+    r"[^\S\n]+)?(?:(?:api|private)[^\S\n]+)?(?:secret(?:[^\S\n]+key)?|cl[ée]f?[^\S\n]+"
+    r"(?:secr[èe]te|priv[ée]e))(?![^\W_])[^\S\n]*[:=]?[^\S\n]*\S")
+
+
+def _key_before_secret(text: str, a: int, b: int, lo: int) -> bool:
+    """Whether ``text[a:b]`` is a key named right before it whose secret is named right
+    after it, on the same line (see above)."""
+    return (_KEY_LABEL_BEFORE.search(text, max(lo, a - 24), a) is not None
+            and _SECRET_LABEL_NEXT.match(text, b, min(len(text), b + 40)) is not None)
+
+
 def _named_assignments(text: str, lower: str,
                        known: frozenset[bytes] | None = None) -> list[Finding]:
     """``NAME = value`` (``:``, ``=>``, ``,`` in PHP's define) where NAME names a secret and
@@ -2794,6 +2955,13 @@ def _identity_named(recent: list[str]) -> bool:
 _EXAMPLE_BEFORE = re.compile(
     r"(?i)(?<![\w\-.@/])(?:ex\.|ex\s*:|e\.g\.?|par\s+ex|exemples?|examples?|such\s+as|"
     r"comme\s+par\s+exemple|format)(?![\w\-@/]|\.\w)[^\n\w]{0,4}(?:\w+[^\n\w]{1,3}){0,1}\Z")
+# A plural label then "like", "such as", "comme": the values after it, however many, are
+# examples of a kind ("passwords like "Password123!" or "Summer2026" are refused", "des
+# mots de passe comme « azerty1 » ou « Marseille13 »"), never one account's secret.
+_EXAMPLES_OF = re.compile(
+    r"(?i)(?<![^\W_])(?:passwords|passphrases|mots\s+de\s+passe|mdps?|codes|pins|keys|cl[ée]s)"
+    r"\s+(?:like|such\s+as|comme|tels?\s+que|telles?\s+que|du\s+genre|du\s+type)"
+    r"(?![^\W_])[^\n.;:?]{0,40}\Z")
 # ... and a hex value after these is a digest (a hash of the password, a file checksum).
 _HASH_BEFORE = re.compile(
     r"(?i)(?<![^\W_])(?:hash|hashes|hashé|hashed|haché|hachage|digest|checksum|empreinte|"
@@ -2897,8 +3065,10 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
     secret: an example, a fragment, an old value, a name of something else, or (for a
     password) a hex digest named as such."""
     lo = max(0, a - 60, text.rfind("\n", max(0, a - 60), a) + 1)
-    if _EXAMPLE_BEFORE.search(text, max(lo, a - 30), a) or _FRAGMENT_BEFORE.search(
-            text, max(lo, a - 40), a) or _identifier_half(text, a, lo):
+    if _EXAMPLE_BEFORE.search(text, max(lo, a - 30), a) or _EXAMPLES_OF.search(
+            text, max(lo, a - 60), a) or _FRAGMENT_BEFORE.search(
+            text, max(lo, a - 40), a) or _identifier_half(text, a, lo) \
+            or _key_before_secret(text, a, b, lo):
         return True
     if _not_secret_value(text, a, b, lo):
         return True
@@ -3152,7 +3322,13 @@ def _in_password_hash(text: str, a: int, b: int) -> bool:
     if "$" not in text[lo:hi] and not text.startswith(("{", "*"), lo):
         return False
     m = _PASSWORD_HASH.search(text, lo, hi)
-    return m is not None and m.start() <= a and m.end() >= b
+    if m is None or m.end() < b:
+        return False
+    # a user's name before its hash ("preview:$apr1$...", an .htpasswd or a shadow line)
+    return m.start() <= a or _HASH_OWNER.fullmatch(text, a, m.start()) is not None
+
+
+_HASH_OWNER = re.compile(r"[\w.@\-]{1,64}:")
 
 
 # The words right after a value that say it may be shared: "(that's the user, fine to
@@ -3229,6 +3405,11 @@ def _window_limit(text: str, pos: int, reach: int) -> int:
     limit = min(n, pos + reach)
     stop = _WINDOW_STOP.search(text, pos, limit)
     if stop is None:
+        # the reach never cuts a token in two: a token it would cut lies beyond it (a
+        # piece, "6f1a3c9e-7b2d-4e8f-a5c" of a UUID, is no value the whole would be)
+        if limit < n and not text[limit].isspace() and not text[limit - 1].isspace():
+            limit = max(pos, text.rfind(" ", pos, limit), text.rfind("\n", pos, limit),
+                        text.rfind("\t", pos, limit))
         return limit
     if text[pos:stop.start()].rstrip(" \t>").endswith(":"):
         nxt = stop.end()
@@ -3251,7 +3432,6 @@ _SEP_BEFORE = re.compile(
     r"(?:[^\S\r\n]+(?:d[ée]sormais|maintenant|toujours|actuellement|now|still|currently))?)"
     r"[^\S\r\n]*(?:\r?\n[ \t>]*)?\Z", re.I)
 _SEP_BEFORE_REACH = 28
-
 
 
 def _quoted_word(text: str, q: int, a: int, b: int) -> bool:
@@ -3374,6 +3554,7 @@ def _window_values(text: str, pos: int, *, first_only: bool,
                 and not _identity_label(text, pos, tm.start()) \
                 and _ACCOUNT_NAMED.isdisjoint(_recent(text, pos, tm.start())[-2:]) \
                 and not _HEX_RUN.fullmatch(value) and not _MODEL_NUMBER.fullmatch(value) \
+                and not _PUBLIC_OBJECT_ID.fullmatch(value) \
                 and not any(c in value for c in "()[]{}=\"<>") \
                 and value[0] != "$" and "${" not in value and "$(" not in value \
                 and (not strict or _keylike(value)) \
@@ -3628,6 +3809,20 @@ in dans on sur by par to à au aux for pour with avec a that this ce cette ces q
 """)
 
 
+def _phrase_line(value: str) -> bool:
+    """A pass *phrase* alone on its line after its label: three to ten lower-case words,
+    one number among them at most ("la girafe mange 3 croissants sous la pluie"), none of
+    which makes it a sentence (as for a quoted one, _QUOTED_SENTENCE)."""
+    words = value.split()
+    if not 3 <= len(words) <= 10 or len(value) > 80:
+        return False
+    numbers = [w for w in words if w.isdigit() and len(w) <= 4]
+    letters = [w for w in words if w not in numbers]
+    return len(numbers) <= 1 and len(letters) >= 3 and all(
+        w.isalpha() and w.islower() and w not in _QUOTED_SENTENCE for w in letters) \
+        and _REFERENCE_PHRASE.match(value) is None
+
+
 def _quoted_passphrase(value: str) -> bool:
     """A passphrase given in quotes after a separator: a few words with a digit or a symbol
     (``_passphrase``), or three to ten words of letters none of which makes it a sentence
@@ -3691,6 +3886,13 @@ _STRONG_SEED = re.compile(r"[0-9](?:(?<=[A-Za-z!#$%&*+?@_\-][0-9])|(?<=[A-Za-z]\
 _STRONG_BACK = re.compile(rf"{_STRONG_CHARS}{{1,26}}\Z")
 _STRONG_RUN = re.compile(rf"{_STRONG_CHARS}{{1,26}}")
 _WHITESPACE = re.compile(r"\s")
+# A payment provider's object ids, that name a customer, a payment or an event and open
+# nothing ("cus_PqR7sT2uV9wX", "pi_3Nq...", "evt_..."; Stripe's secrets are "sk_", "rk_",
+# "whsec_", which gitleaks' Stripe rule reads): in a window after a password label they
+# are no value.
+_PUBLIC_OBJECT_ID = re.compile(
+    r"(?:cus|sub|pi|ch|in|ii|prod|price|acct|evt|txn|pm|seti|po|re|src|card|ba|py|si|plink|"
+    r"promo|inv|ord)_[A-Za-z0-9]{8,40}")
 _OBJECT_ID = re.compile(r"[a-z]{2,8}_[A-Za-z0-9]{8,}\Z")    # cus_RkQ2mV7xLp9T, evt_…
 _TERM = re.compile(r"[A-Za-z]{1,4}\d{1,3}-[a-z]{3,}\Z")      # S3-compatible, MP3-player
 _DEVICE_NAME = re.compile(r"[-_](?=[0-9A-F]*[A-F])(?=[0-9A-F]*\d)[0-9A-F]{4,6}\Z")
@@ -3739,10 +3941,54 @@ def _strong_values(text: str, windows: list[tuple[int, int]]) -> list[Finding]:
                     or _TERM.match(value):
                 continue
             if not _looks_secret(value) or _binary_line(text, a) or _named_next(text, a) \
-                    or _named_by(_recent(text, max(0, a - 60), a)) or _dotted_name(value):
+                    or _named_by(_recent(text, max(0, a - 60), a)) or _dotted_name(value) \
+                    or _login_cell(text, a):
                 continue
             out.append(Finding("password", a, b))
     return out
+
+
+_LOGIN_HEADER = _words("""
+user users username login logins identifiant identifiants utilisateur utilisateurs compte
+account uid
+""")
+
+
+def _login_cell(text: str, a: int) -> bool:
+    """Whether ``a`` starts a cell of a table (Markdown pipes or a tab) whose column's
+    title names a login ("| User | Password |": a generated-looking user id is no
+    password)."""
+    bounds = _line_bounds(text, a, _MAX_TABLE_LINE)
+    if bounds is None:
+        return False
+    bol, eol = bounds
+    sep = "|" if "|" in text[bol:eol] else "\t" if "\t" in text[bol:eol] else None
+    if sep is None:
+        return False
+    cells = _cells_with(text[bol:eol], sep)
+    col = next((k for k, (x, y) in enumerate(cells) if bol + x <= a < bol + y), -1)
+    if col < 0:
+        return False
+    header = None
+    for _ in range(_MAX_TABLE_ROWS):
+        if bol == 0:
+            break
+        prev = text.rfind("\n", max(0, bol - 1 - _MAX_TABLE_LINE), bol - 1) + 1
+        line = text[prev:bol - 1]
+        if sep not in line:
+            break
+        if not _MARKDOWN_RULE.fullmatch(line):
+            header = line
+        bol = prev
+    if header is None:
+        return False
+    hcells = _cells_with(header, sep)
+    if len(hcells) != len(cells):
+        return False
+    x, y = hcells[col]
+    words = {w for w in re.split(r"[\W_]+", header[x:y].lower()) if w}
+    return bool(words) and words <= _LOGIN_HEADER | {"name", "nom", "id", "d"} \
+        and not words.isdisjoint(_LOGIN_HEADER)
 
 
 def _dotted_name(value: str) -> bool:
@@ -3791,9 +4037,11 @@ def _account_values(text: str, hay: _Haystack) -> list[Finding]:
 _GIVEN_WORDS = frozenset((b"mot de passe", b"mdp", b"password", b"passwd", b"login",
                           b"connect", b"connexion", b"acc\xc3\xa8s", b"acces", b"admin",
                           b"identifiant"))
+_LOCKED_WORDS = (b"locked out", b"bloqu")
 _GIVEN_CONTEXT = re.compile(
     r"(?i)mots?[^\S\n]de[^\S\n]passe|(?<![^\W_])(?:mdp|passwords?|passwd|logins?|"
-    r"identifiants?|acc[eè]s|access|admin|connect\w*|connexion)(?![^\W_])")
+    r"identifiants?|acc[eè]s|access|admin|connect\w*|connexion|locked[^\S\n]+out|"
+    r"bloqu[ée]e?s?)(?![^\W_])")
 # ... and a device before the verb names its model, unless a password label is there too
 # ("mon NAS est Synology-DS220", not "le mot de passe du NAS c'est Regie2019!")
 _GIVEN_DEVICES = _words("""
@@ -3810,7 +4058,10 @@ _GIVEN_VALUE = re.compile(r"[A-Z](?:(?<=[\s«“\"'‘][A-Z])|(?<=^[A-Z]))"
 _GIVEN_SHAPE = re.compile(r"(?=.*?[a-z]{3})[A-Z][A-Za-z0-9_!#$%&*+?@.\-]{7,29}")
 _GIVEN_CUE = re.compile(
     r"(?i)(?<![^\W_])(?P<cue>c['’][^\S\n]?est|est|is|was|tape[sz]?|tap[ée]e?|saisi[st]?|"
-    r"typed?|entered|enter|changed[^\S\n]+to|chang[ée][^\S\n]+en|with|avec)"
+    r"typed?|entered|enter|changed[^\S\n]+to|chang[ée][^\S\n]+en|with|avec|"
+    # "tried X", "j'ai essayé X"; "I reset it myself to X", "I set it back to X"
+    r"tried|essay[ée]e?s?|(?:re)?set[^\S\n]+(?:it|them)(?:\s+(?:myself|ourselves|"
+    r"again|back))?\s+to)"
     r"[^\S\n]*\n?[^\S\n]*(?:(?:bien|toujours|encore|juste|still|just|always|actually|"
     r"now|maintenant|d[ée]sormais)[^\S\n]+)?(?P<q>[«“\"'‘][^\S\n]?)?\Z")
 # "with"/"avec" gives a value only after a verb of trying ("tried admin with X")
@@ -3824,7 +4075,15 @@ _GIVEN_NAMED = _IDENTITY_WORDS | _words("compte account réseau reseau network s
 def _given_values(text: str, hay: _Haystack) -> list[Finding]:
     present = _GIVEN_WORDS.intersection(hay.literals()[0])
     if not present:
-        return []
+        # a user who says what they tried on a locked-out account, with no login word
+        # ("locked out again. tried X and Y ... user kmorris"): byte searches only where
+        # a user is named (not more literals for every text)
+        folded = hay.folded
+        if b"user" not in hay.literals()[0] or not (b"tried" in folded or b"essay" in folded):
+            return []
+        present = frozenset(w for w in _LOCKED_WORDS if w in folded)
+        if not present:
+            return []
     # where a context word stands (found as literals, in C): the value is read in
     # windows around them only (_GIVEN_REACH before the value, a quarter after)
     n = len(text)
@@ -3886,7 +4145,16 @@ def _given_in(text: str, lo: int, hi: int) -> list[Finding]:
             continue            # "le compte local admin est Direction2": a login;
                                 # "mon NAS est Synology-DS220": a device's model
         out.append(Finding("password", a, b))
+        # "tried X and Y", "c'est X ou Y": a second value of the same shape, joined
+        am = _GIVEN_ALSO.match(text, b, hi)
+        if am is not None and _GIVEN_SHAPE.fullmatch(am.group("v")) \
+                and _looks_secret(am.group("v")) and not _MODEL_NUMBER.fullmatch(am.group("v")):
+            out.append(Finding("password", *_trim_value(text, am.start("v"), am.end("v"))))
     return out
+
+
+_GIVEN_ALSO = re.compile(r"[^\S\n]*,?[^\S\n]+(?:and|or|et|ou|then|puis|,)[^\S\n]+[«“\"']?"
+                         r"(?P<v>[A-Z][A-Za-z0-9_!#$%&*+?@.\-]{7,29})(?![A-Za-z0-9_!#$%&*+?@\-])")
 
 
 # A keypad code by its shape, with no "code" label: three to eight digits closed by the
@@ -4012,6 +4280,14 @@ _SECRET_VALUE_AFTER = re.compile(
     r"(?P<v>[A-Za-z0-9+/_\-]{20,128}={0,2})(?![A-Za-z0-9+/_\-=@:]|\.\w)")
 
 
+# ... or a secret's name qualified by a few words, then a colon: "Secret de signature
+# webhook : whsec_...", "secret of the OAuth client: ...".
+_SECRET_QUALIFIED_AFTER = re.compile(
+    r"(?:[^\S\n]+(?:(?:de|du|des|d['’]|of|for|the|la|le|l['’]|du|pour)[^\S\n]*)?"
+    r"[^\W\d_]{2,20}){1,3}[^\S\n]*[:=][^\S\n]*"
+    r"(?P<v>[A-Za-z0-9+/_\-]{20,128}={0,2})(?![A-Za-z0-9+/_\-=@:]|\.\w)")
+
+
 def _secret_named_values(text: str, lower: str) -> list[Finding]:
     out: list[Finding] = []
     for stem in _SECRET_NAME_STEMS:
@@ -4019,7 +4295,8 @@ def _secret_named_values(text: str, lower: str) -> list[Finding]:
         while i >= 0 and len(out) < 64:
             nm = _SECRET_NAME.match(text, i)
             if nm is not None and (i == 0 or text[i - 1] in "_.-" or not text[i - 1].isalnum()):
-                vm = _SECRET_VALUE_AFTER.match(text, nm.end())
+                vm = _SECRET_VALUE_AFTER.match(text, nm.end()) \
+                    or _SECRET_QUALIFIED_AFTER.match(text, nm.end())
                 if vm is not None:
                     value = vm.group("v")
                     name_start = _IDENT_BACK.search(text, max(0, i - 40), i)
@@ -4121,7 +4398,13 @@ def _key_phrases(text: str, lower: str, anchors: list[tuple[str, bool]]) -> list
 # optional letter or # / *, also spaced or dashed ("8 3 5 1", "7-3-9-1").
 _CODE_LABEL = re.compile(
     r"(?i)(?<![^\W_])(?:digicode|codes?|pin|puk|passcode|combinaison|combination|"
-    r"keypad|lockbox|key[^\S\r\n]?box|cadenas|alarme|alarm)(?![^\W_])")
+    r"keypad|lockbox|key[^\S\r\n]?box|cadenas|alarme|alarm|padlock|key[^\S\r\n]safe|"
+    r"bo[îi]te[^\S\r\n]+[àa][^\S\r\n]+cl[ée]f?s?)(?![^\W_])")
+# Labels of a lock whose combination may have three digits ("le cadenas ... avec 227"),
+# given by a verb or "avec"/"with" right before it.
+_PADLOCK_LABELS = frozenset({"cadenas", "padlock", "combinaison", "combination"})
+_PADLOCK_VALUE = re.compile(r"(?i)(?<![^\W_])(?:avec|with|est|is|c['’]est|:)(?:[^\S\n]+le)?"
+                            r"[^\S\n]+(?P<v>\d{3})(?![\w/+\-]|[.,:]\d)")
 # Labels that name a device, not its code: the value must follow closely ("alarme : 7391").
 _DEVICE_CODE_LABELS = frozenset({"alarme", "alarm"})
 # "l'alarme se désactive avec le 7319", "the alarm is disarmed with 1 9 7 3"
@@ -4140,6 +4423,19 @@ _CODE_VALUE = re.compile(
     r"|(?<![0-9A-Fa-f]{2}[ :])(?:\d[A-Z]\d\d|\d\d[A-Z]\d)(?![ :][0-9A-Fa-f]{2})"
     r"|(?=[A-Z]{0,5}\d)[0-9A-Z]{3,6}(?:-[0-9A-Z]{3,6}){1,3}"   # 4F7K-Q2WX (backup codes)
     r")(?![\w/+\-]|[.,:]\d|[ \-]\d)")
+# A PIN written in two pairs of digits right after its label ("PIN 73 91", "PIN : 05 18")
+_PIN_IN_PAIRS = re.compile(r"[^\S\n]*[:=]?[^\S\n]*(?P<v>\d\d \d\d)(?![\w/+\-]|[ .,:]\d)")
+# Between a code's label and its value, a separator or a verb and nothing else ("code is",
+# "code : ", "code c'est le") ...
+_CODE_COPULA = re.compile(
+    r"(?i)[^\S\n]*(?:[:=]|(?<![^\W_])(?:is|est|c['’]est)(?![^\W_]))"
+    r"(?:[^\S\n]+(?:le|the))?[^\S\n]*:?[^\S\n]*")
+# ... or words that qualify the label (a line wrap may cut them), then that separator or
+# verb: "de la porte de\nservice est", "pour la porte du local, c'est le".
+_CODE_QUALIFIED = re.compile(
+    r"(?i)(?:(?:[^\S\n]*\n[^\S\n]*|[^\S\n]+|['’])[^\W\d_]{1,20}){1,8}[^\S\n]*,?"
+    r"[^\S\n]*(?:[:=]|(?<![^\W_])(?:is|est|c['’]est|was|sera)(?![^\W_]))"
+    r"(?:[^\S\n]+(?:le|the))?[^\S\n]*:?[^\S\n]*")
 _CODE_NAMING_FIRST = _words("""
 extension extension: poste poste: ext ext. badge badge: n° no no. numéro numero number tel
 tél téléphone phone fax room room: salle
@@ -4175,6 +4471,9 @@ def _code_decoy(value: str) -> bool:
     """A date, a year or a phone number in the shape of a code."""
     if _YEAR.fullmatch(value) or _PHONE_LIKE.fullmatch(value):
         return True
+    if len(value) == 9 and value[4] == " " and _YEAR.fullmatch(value[:4]) \
+            and _YEAR.fullmatch(value[5:]):
+        return True                     # "2024 2025": two years, a span or a list
     dm = _DATE_LIKE.fullmatch(value)
     if dm is None:
         return False
@@ -4183,11 +4482,14 @@ def _code_decoy(value: str) -> bool:
         return 1 <= b <= 12 and 1 <= c <= 31
     return (1 <= a <= 31 and 1 <= b <= 12) or (1 <= a <= 12 and 1 <= b <= 31)
 _NOT_ACCESS_CODE = _NOT_SECRET_QUALIFIER
-_CODE_TRIGGER = re.compile(rb"code|pin|puk|combin|keypad|lockbox|key ?box|cadenas|alarm")
+_CODE_TRIGGER = re.compile(rb"code|pin|puk|combin|keypad|lockbox|key ?box|cadenas|alarm|"
+                           rb"padlock|key safe|bo(?:\xc3\xae|i)te (?:\xc3\xa0|a) cl")
 # Literal searches (bytes.find is a memchr loop; an alternation in a regex is not).
 _GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth", b"cred",
                   b"salt", b"sess", b"sig", b"code", b"pin", b"puk", b"combin", b"lockbox",
-                  b"cadenas", b"alarm", b"compte", b"account", b"identifiant", b"login", b"user",
+                  b"cadenas", b"padlock", b"bo\xc3\xaete \xc3\xa0 cl\xc3\xa9",
+                  b"boite \xc3\xa0 cl\xc3\xa9", b"boite a cle", b"alarm", b"compte", b"account",
+                  b"identifiant", b"login", b"user",
                   b"mdp", b"pw", b"sshpass", b"lftp", b"mysql", b"net use", b"snmp",
                   b"securestring", b"-u", b":\\/\\/", b"%3a%2f%2f", b"/hooks/", b"/api/",
                   b"webhookb2/", b"/bot", b"bearer", b"pgpass", b"connect", b"new pdo",
@@ -4197,7 +4499,8 @@ _GENERIC_WORDS = (b"pass", b"pwd", b"psk", b"secret", b"token", b"key", b"auth",
 _STEMS = ("pass", "pwd", "psk", "secret", "token", "key", "auth", "cred", "salt", "sess",
           "sig")
 _CODE_WORDS = ("code", "pin", "puk", "combin", "keypad", "lockbox", "cadenas", "alarm",
-               "key box", "keybox")
+               "key box", "keybox", "padlock", "key safe", "bo\u00eete \u00e0 cl\u00e9",
+               "boite \u00e0 cl\u00e9", "boite a cle")
 # a portal's account area names the pair after it ("Espace client : theatre-port / X");
 # (no gate word of its own: "e" starts too many words for the gate's cost)
 _ACCOUNT_AREAS = (b"espace client", b"espace adh", b"espace membre", b"espace pro", b"extranet")
@@ -4313,6 +4616,12 @@ def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) 
         before = _code_before(text, w0)
         if before is not None:
             out.append(before)          # "8841, c'est le code de l'alarme"
+        if m.group(0).lower() in ("pin", "puk"):
+            pm = _PIN_IN_PAIRS.match(text, m.end())
+            if pm is not None:          # "nouveau PIN 73 91": two pairs of digits
+                out.append(Finding("password", pm.start("v"), pm.end("v")))
+                last = pm.end()
+                continue
         device = m.group(0).lower() in _DEVICE_CODE_LABELS
         limit = _window_limit(text, m.end(), 130 if not device else 60 if _ARMING.search(
             text, m.end(), min(n, m.end() + 40)) else 25)
@@ -4320,15 +4629,22 @@ def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) 
         first = True
         for v in _CODE_VALUE.finditer(text, m.end(), limit):
             value = v.group(0)
-            # a year is a code only right after its label ("alarme 1966")
-            if (_code_decoy(value) and not (v.start() - m.end() <= 3 and _YEAR.fullmatch(
-                    value)) and not _combination(text, m.end(), v.start(), value)) \
+            # a year is a code only right after its label ("alarme 1966", "the disarm
+            # code is 1966")
+            told = v.start() - m.end() <= 3 or _CODE_COPULA.fullmatch(
+                text, m.end(), v.start()) is not None
+            if (_code_decoy(value) and not (told and _YEAR.fullmatch(value))
+                    and not _combination(text, m.end(), v.start(), value)) \
                     or _NOT_ACCESS_CODE.search(
                     text, max(m.end(), v.start() - 20), v.start()):
                 continue
             if not _DIGIT_CODE.fullmatch(value) and (
-                    v.start() - m.end() > 30 or "\n" in text[m.end():v.start()]):
-                continue        # letters in a code: only right after its label
+                    v.start() - m.end() > 30 or "\n" in text[m.end():v.start()]) and not (
+                    v.start() - m.end() <= 60 and _CODE_QUALIFIED.fullmatch(
+                        text, m.end(), v.start())):
+                continue        # letters in a code: only right after its label, or after
+                                # words that qualify it and a verb ("le digicode de la
+                                # porte de\nservice est 4B7296")
             words = [w.strip("()[]«»\"'") for w in
                      text[max(m.end(), v.start() - 30):v.start()].lower().split()]
             if set(words[-1:]) & _CODE_NAMING_FIRST or (
@@ -4346,6 +4662,11 @@ def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) 
             last = v.end()
             if not plural:
                 break
+        if first and m.group(0).lower() in _PADLOCK_LABELS:
+            pm = _PADLOCK_VALUE.search(text, m.end(), limit)
+            if pm is not None and _PHRASE_END.search(text, m.end(), pm.start()) is None:
+                out.append(Finding("password", pm.start("v"), pm.end("v")))
+                last = pm.end()
     return out
 
 
@@ -4392,7 +4713,25 @@ _LIST_WORD = re.compile(
     r"cl[ée]s|keys|identifiants|credentials)(?![^\W_])")
 _HEADING_WORD = re.compile(r"(?i)(?<![^\W_])(?:recovery|backup|secours|r[ée]cup[ée]ration)"
                            r"\s+codes?|codes?\s+(?:de\s+)?(?:secours|r[ée]cup[ée]ration)")
+_HEADING_LITERALS = ("recovery", "backup", "secours", "cup\u00e9ration", "cuperation")
 _INDENTED_ITEM = re.compile(r"\n(?:[ \t]{2,}|[ \t]*[-*•·][ \t]+)[^\s]")
+
+
+def _paragraph_end(text: str, eol: int) -> int | None:
+    """The end of the paragraph whose line ends at ``eol`` when a blank line follows it
+    within three lines (the position of the newline before the blank line)."""
+    n = len(text)
+    end = eol
+    for _ in range(3):
+        if end >= n:
+            return None
+        nl = text.find("\n", end + 1, end + 400)
+        if nl < 0:
+            return None
+        if not text[end + 1:nl].strip(" \t\r>"):
+            return end
+        end = nl
+    return None
 
 
 def _intro_goes_on(text: str, i: int, eol: int) -> int | None:
@@ -4419,7 +4758,19 @@ def _intro_goes_on(text: str, i: int, eol: int) -> int | None:
         end = nl
     heading = found is None and _INDENTED_ITEM.match(text, eol) is not None
     if found is None and not heading:
-        return None
+        # a paragraph that names recovery codes, then a blank line and the indented
+        # codes ("I saved these 2FA recovery codes ... which ones I already used.")
+        # (the heading's words on the stem's own line first, literals before the
+        # pattern: most stems end no list)
+        seg = text[max(0, i - 24):eol].lower()
+        if not any(w in seg for w in _HEADING_LITERALS) or "code" not in seg \
+                or not _HEADING_WORD.search(seg):
+            return None
+        para_end = _paragraph_end(text, eol)
+        if para_end is None or _INDENTED_ITEM.match(text, para_end + 1) is None:
+            return None
+        heading = True
+        eol = para_end
     bol = max(i - 400, text.rfind("\n", max(0, i - 400), i) + 1, 0)
     if _LIST_WORD.search(text, max(bol, i - 20), min(eol, i + 40)) is None:
         return None
@@ -4963,6 +5314,7 @@ _CONNECT_WORDS = frozenset((b"connect", b"pdo", b"__construct", b"imap_open", b"
                             b"ftp_login", b"ssh2_auth"))
 _COOKIE_WORDS = frozenset((b"cookie", b"sess", b"sid=", b"logged_in", b"remember", b"auth"))
 _OTHER_LITERALS = (b":\\/\\/", b"%3a%2f%2f", b"bearer", b"pgpass", b"coo", b"value",
+
                    *_SQL_WORDS, *_CONNECT_WORDS, *_COOKIE_WORDS)
 _ALL_LITERALS = frozenset().union(
     _GENERIC_SET, _CLI_SET, _COMMAND_SET, _PAIR_SET, _PAIR_ONLY_SET, _LIST_SET, _WEBHOOK_SET,
@@ -4987,6 +5339,10 @@ def _stem_need(stem: str) -> bytes | None:
 _STEM_NEEDS: dict[str, bytes] = {
     stem: need for stem in (*_STEMS, *_CODE_WORDS, *_LIST_STEMS)
     if (need := _stem_need(stem)) is not None}
+# the lockbox's stems hold no ASCII literal of their own: they need their whole UTF-8
+# form (lower case; "BOÎTE À CLÉ" in capitals is not read as a lockbox)
+_STEM_NEEDS.update({stem: stem.encode() for stem in _CODE_WORDS
+                    if stem.startswith("bo") and stem.encode() in _ALL_LITERALS})
 
 
 def _known_literals(cased: bytes, present: frozenset[bytes]) -> frozenset[bytes] | None:
