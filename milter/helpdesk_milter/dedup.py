@@ -246,7 +246,8 @@ def _resemblance(a: Sequence[int], a_shingles: int, b: Sequence[int], b_shingles
         return 0.0
     equal = sum(map(operator.eq, a, b))
     jaccard = equal / len(a)
-    small, large = sorted((a_shingles, b_shingles))
+    small, large = (a_shingles, b_shingles) if a_shingles <= b_shingles \
+        else (b_shingles, a_shingles)
     if 2 * small < large:
         return jaccard
     shared = jaccard * (a_shingles + b_shingles) / (1.0 + jaccard)
@@ -911,7 +912,12 @@ def _pack(values: Sequence[int]) -> bytes:
 def _unpack(blob: bytes | None) -> tuple[int, ...]:
     if not blob or len(blob) % 4:
         return ()
+    if len(blob) == _SIGNATURE.size:
+        return _SIGNATURE.unpack(blob)   # a MinHash signature: no format string to parse
     return struct.unpack(f">{len(blob) // 4}I", blob)
+
+
+_SIGNATURE = struct.Struct(f">{SIGNATURE_SIZE}I")
 
 
 def insert(db: sqlite_utils.Database, fp: Fingerprint, *, time: float, side: str,
@@ -1005,11 +1011,19 @@ def find_duplicate(db: sqlite_utils.Database | None, fp: Fingerprint, *, now: fl
     """
     ids, texts, bands = fp.keys
     strength_of: dict[int, int] = {}  # key -> 3 Message-ID, 2 text, 1 band
-    for strength, keys in ((1, bands), (2, texts), (3, ids)):
-        for k in keys:
-            strength_of[k] = strength
-    if only is not None:
-        strength_of = {k: strength_of[k] for k in only if k in strength_of}
+    if only is None:
+        strength_of = dict.fromkeys(bands, 1)
+        strength_of.update(dict.fromkeys(texts, 2))
+        strength_of.update(dict.fromkeys(ids, 3))
+    else:
+        # the few keys the caller's filter let through, each classed by itself
+        for k in only:
+            if k in ids:
+                strength_of[k] = 3
+            elif k in texts:
+                strength_of[k] = 2
+            elif k in bands:
+                strength_of[k] = 1
     if not strength_of:
         return None
     per_key: dict[int, list[int]] = {}
@@ -1051,7 +1065,7 @@ def find_duplicate(db: sqlite_utils.Database | None, fp: Fingerprint, *, now: fl
         return best[1] if best else None  # a near match could not beat it
     candidates = sorted(band_hits, key=lambda r: (band_hits[r], r), reverse=True)
     for row in _rows(db, held, candidates[:MAX_CANDIDATES], since):
-        score = _near_score(fp, row, threshold)
+        score = _near_score(fp, scope, row, threshold)
         if score is None:
             continue
         match = _match(row, "text", score, scope)
@@ -1094,13 +1108,13 @@ def _rows(db: sqlite_utils.Database | None, held: Mapping[int, Row], rowids: lis
     return sorted(found, key=lambda row: row["id"])
 
 
-def _near_score(fp: Fingerprint, row: dict[str, Any], threshold: float) -> float | None:
-    """:func:`near_score` against a stored row, without building a Fingerprint for the
-    many candidates that fall short."""
+def _near_score(fp: Fingerprint, scope: str, row: dict[str, Any],
+                threshold: float) -> float | None:
+    """:func:`near_score` against a stored row (``scope``: ``fp.scope``), without
+    building a Fingerprint for the many candidates that fall short."""
     score = _resemblance(fp.minhash, fp.shingles, _unpack(row["minhash"]), row["shingles"] or 0)
     if score < threshold:
         return None
-    scope = fp.scope
     if not scope or _scope(row["sender"] or "", row["structure"]) != scope:
         return None  # also a 64-bit key collision across scopes
     return None if identifiers_conflict(fp.idents, _unpack(row["idents"])) else score
