@@ -604,6 +604,43 @@ def test_band_keys_keep_their_stored_form(scope: str, minhash: list[int]) -> Non
     assert dedup._band_keys(scope, minhash) == expected
 
 
+def _densified_by_sorting(hashes: list[int]) -> tuple[int, ...]:
+    """The signature as it was first computed (sorted hashes, each bin's first one,
+    then the empty bins filled from the right): stored signatures were made so."""
+    if not hashes:
+        return ()
+    smallest = {h >> 58: h for h in reversed(sorted(hashes))}
+    values = [-1] * 64
+    for top, h in smallest.items():
+        values[top + 32] = (h >> 26) & 0xFFFFFFFF
+    nearest_at = min(smallest) + 32 + 64
+    nearest = values[nearest_at - 64]
+    for at in range(63, -1, -1):
+        if values[at] >= 0:
+            nearest, nearest_at = values[at], at
+        else:
+            values[at] = (nearest + (nearest_at - at) * 0x9E3779B1) & 0xFFFFFFFF
+    return tuple(values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hashes=st.sets(st.integers(-2**63, 2**63 - 1), max_size=300)
+       | st.sets(st.sampled_from([-2**63, -1, 0, 1, 2**63 - 1, 2**58 - 1, 2**58, -2**58,
+                                  (1 << 26) - 1, 1 << 26, 5 << 58, (5 << 58) + 1])))
+def test_densified_keeps_the_stored_signature(hashes: set[int]) -> None:
+    # one pass over the hashes in any order gives the signature the sorted walk gave
+    assert dedup._densified(hashes) == _densified_by_sorting(list(hashes))
+    assert dedup._densified(list(reversed(list(hashes)))) == _densified_by_sorting(list(hashes))
+
+
+def test_densified_of_full_and_empty_bins() -> None:
+    every_bin = {(b << 58) + ((b + 40) << 26) for b in range(-32, 32)}
+    assert dedup._densified(every_bin) == tuple(b + 40 for b in range(-32, 32))
+    assert dedup._densified(set()) == ()
+    one = dedup._densified({3 << 26})       # bin 32 only: every other bin borrows from it
+    assert one[32] == 3 and len(set(one)) == 64
+
+
 _LINES = st.sampled_from([
     "Cordialement,", "  merci d'avance !", "Best regards, Tom", "Thanks", "cheers", "Bien a vous",
     "---------- Forwarded message ---------", "De : Jean <j@x.fr>", "Envoyé : lundi",

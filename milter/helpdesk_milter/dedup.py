@@ -45,7 +45,7 @@ import re
 import struct
 import unicodedata
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -653,35 +653,49 @@ def _text_fingerprint(subject: str,
     word_ids = list(map(zlib.crc32, stream))
     # hash() of a tuple of small ints is not salted (only str/bytes hashing is) and
     # is the same on every 64-bit CPython >= 3.8: stored signatures stay comparable.
-    shingles = sorted(set(map(hash, zip(*(word_ids[i:] for i in range(SHINGLE_SIZE)),
-                                        strict=False))))
+    shingles = set(map(hash, zip(*(word_ids[i:] for i in range(SHINGLE_SIZE)), strict=False)))
     idents = _identifiers(subject_folded, body_folded, subject_words, body_words)
     return digest, _densified(shingles), len(shingles), idents
 
 
-def _densified(hashes: list[int]) -> tuple[int, ...]:
-    """The one-permutation MinHash signature of sorted 64-bit shingle hashes."""
+# A bin's smallest hash h, as _densified keeps it: (h >> 26) + 2**37, a 38-bit number
+# whose top 6 bits are the bin's index (h >> 58, plus _HALF) and whose low 32 bits are
+# the bin's value; within a bin the smaller hash never gives the larger number (equal
+# numbers have equal values).  _EMPTY is more than any of them.
+_LOW_SHIFT = _BIN_SHIFT - 32
+_LOW_OFFSET = 1 << (63 - _LOW_SHIFT)
+_EMPTY = 1 << 40
+
+
+def _densified(hashes: Collection[int]) -> tuple[int, ...]:
+    """The one-permutation MinHash signature of distinct 64-bit shingle hashes (in any
+    order): each bin's smallest in one pass, no sort (a sort of 64-bit ints compares
+    them one generic call at a time)."""
     if not hashes:
         return ()
-    # From the largest hash down, so that each bin's entry ends up its smallest hash.
-    smallest = {h >> _BIN_SHIFT: h for h in reversed(hashes)}
-    values = [-1] * SIGNATURE_SIZE
-    for top, h in smallest.items():
+    lowest = [_EMPTY] * SIGNATURE_SIZE
+    for h in hashes:
         # A bin's value is bits 26-57 of (hash - bin start); the bin start is a
         # multiple of 2**58, so they are bits 26-57 of the hash itself.
-        values[top + _HALF] = (h >> (_BIN_SHIFT - 32)) & _MASK32
-    if len(smallest) < SIGNATURE_SIZE:
-        # Walking the bins from the last down, the nearest non-empty bin to the right
-        # of an empty one is the last non-empty bin seen or, before any was seen, the
-        # first non-empty bin one turn further round the circle.
-        nearest_at = min(smallest) + _HALF + SIGNATURE_SIZE
-        nearest = values[nearest_at - SIGNATURE_SIZE]
-        for at in range(SIGNATURE_SIZE - 1, -1, -1):
-            value = values[at]
-            if value >= 0:
-                nearest, nearest_at = value, at
-            else:
-                values[at] = (nearest + (nearest_at - at) * _ROTATION) & _MASK32
+        low = (h >> _LOW_SHIFT) + _LOW_OFFSET
+        at = low >> 32
+        if low < lowest[at]:
+            lowest[at] = low
+    if _EMPTY not in lowest:
+        return tuple([low & _MASK32 for low in lowest])
+    # Walking the bins from the last down, the nearest non-empty bin to the right of
+    # an empty one is the last non-empty bin seen or, before any was seen, the first
+    # non-empty bin one turn further round the circle.
+    first = (min(hashes) >> _BIN_SHIFT) + _HALF
+    nearest, nearest_at = lowest[first] & _MASK32, first + SIGNATURE_SIZE
+    values = [0] * SIGNATURE_SIZE
+    for at in range(SIGNATURE_SIZE - 1, -1, -1):
+        low = lowest[at]
+        if low == _EMPTY:
+            values[at] = (nearest + (nearest_at - at) * _ROTATION) & _MASK32
+        else:
+            nearest = values[at] = low & _MASK32
+            nearest_at = at
     return tuple(values)
 
 
