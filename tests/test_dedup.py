@@ -604,6 +604,84 @@ def test_band_keys_keep_their_stored_form(scope: str, minhash: list[int]) -> Non
     assert dedup._band_keys(scope, minhash) == expected
 
 
+def _densified_by_sorting(hashes: list[int]) -> tuple[int, ...]:
+    """The signature as it was first computed (sorted hashes, each bin's first one,
+    then the empty bins filled from the right): stored signatures were made so."""
+    if not hashes:
+        return ()
+    smallest = {h >> 58: h for h in reversed(sorted(hashes))}
+    values = [-1] * 64
+    for top, h in smallest.items():
+        values[top + 32] = (h >> 26) & 0xFFFFFFFF
+    nearest_at = min(smallest) + 32 + 64
+    nearest = values[nearest_at - 64]
+    for at in range(63, -1, -1):
+        if values[at] >= 0:
+            nearest, nearest_at = values[at], at
+        else:
+            values[at] = (nearest + (nearest_at - at) * 0x9E3779B1) & 0xFFFFFFFF
+    return tuple(values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(hashes=st.sets(st.integers(-2**63, 2**63 - 1), max_size=300)
+       | st.sets(st.sampled_from([-2**63, -1, 0, 1, 2**63 - 1, 2**58 - 1, 2**58, -2**58,
+                                  (1 << 26) - 1, 1 << 26, 5 << 58, (5 << 58) + 1])))
+def test_densified_keeps_the_stored_signature(hashes: set[int]) -> None:
+    # one pass over the hashes in any order gives the signature the sorted walk gave
+    assert dedup._densified(hashes) == _densified_by_sorting(list(hashes))
+    assert dedup._densified(list(reversed(list(hashes)))) == _densified_by_sorting(list(hashes))
+
+
+def test_densified_of_full_and_empty_bins() -> None:
+    every_bin = {(b << 58) + ((b + 40) << 26) for b in range(-32, 32)}
+    assert dedup._densified(every_bin) == tuple(b + 40 for b in range(-32, 32))
+    assert dedup._densified(set()) == ()
+    one = dedup._densified({3 << 26})       # bin 32 only: every other bin borrows from it
+    assert one[32] == 3 and len(set(one)) == 64
+
+
+_VALUES = st.sampled_from([0, 1, 2, 2**31, 2**32 - 2, 2**32 - 1]) | st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=st.lists(_VALUES, min_size=dedup.SIGNATURE_SIZE, max_size=dedup.SIGNATURE_SIZE),
+       changes=st.dictionaries(st.integers(0, dedup.SIGNATURE_SIZE - 1), _VALUES))
+def test_equal_values_counts_as_comparing_one_by_one(a: list[int],
+                                                     changes: dict[int, int]) -> None:
+    b = list(a)
+    for at, value in changes.items():
+        b[at] = value
+    mine = dedup._packed_signature(a)
+    assert mine is not None
+    one_by_one = sum(x == y for x, y in zip(a, b, strict=True))
+    assert dedup._equal_values(mine, dedup._pack(b)) == one_by_one
+
+
+def test_packed_signature_only_of_full_signatures() -> None:
+    full = list(range(dedup.SIGNATURE_SIZE))
+    assert dedup._packed_signature(full) == int.from_bytes(dedup._pack(full), "big")
+    assert dedup._packed_signature(full[:-1]) is None
+    assert dedup._packed_signature(()) is None
+    assert dedup._packed_signature([2**32, *full[1:]]) is None    # not a 32-bit value
+    assert dedup._packed_signature([-1, *full[1:]]) is None
+
+
+def test_near_score_of_a_row_as_of_its_fingerprint() -> None:
+    first = dedup.fingerprint_text("Imprimante", REQUEST, sender="a@mairie.fr", structure="m")
+    resend = dedup.fingerprint_text("Imprimante", REQUEST + "\nMerci encore, la cartouche "
+                                    "est une HP 305.", sender="a@mairie.fr", structure="m")
+    row = dedup.row_of(first, rowid=1, time=0.0, side="watched", assistance=None, routed=False)
+    mine = dedup._packed_signature(resend.minhash)
+    for threshold in (0.0, 0.5, 0.8, 0.99):
+        expected = dedup.near_score(resend, first, threshold)
+        assert dedup._near_score(resend, resend.scope, mine, row, threshold) == expected
+        assert dedup._near_score(resend, resend.scope, None, row, threshold) == expected
+    short = dict(row, minhash=row["minhash"][:-4])          # a damaged stored signature
+    assert dedup._near_score(resend, resend.scope, mine, short, 0.01) is None
+    assert dedup._near_score(resend, resend.scope, mine, short, 0.0) == 0.0
+
+
 _LINES = st.sampled_from([
     "Cordialement,", "  merci d'avance !", "Best regards, Tom", "Thanks", "cheers", "Bien a vous",
     "---------- Forwarded message ---------", "De : Jean <j@x.fr>", "Envoyé : lundi",

@@ -45,7 +45,7 @@ import re
 import struct
 import unicodedata
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any
@@ -244,9 +244,15 @@ def _resemblance(a: Sequence[int], a_shingles: int, b: Sequence[int], b_shingles
     """:func:`similarity` from the signatures and shingle counts."""
     if not a or len(a) != len(b) or not a_shingles or not b_shingles:
         return 0.0
-    equal = sum(map(operator.eq, a, b))
-    jaccard = equal / len(a)
-    small, large = sorted((a_shingles, b_shingles))
+    return _estimate(sum(map(operator.eq, a, b)), len(a), a_shingles, b_shingles)
+
+
+def _estimate(equal: int, size: int, a_shingles: int, b_shingles: int) -> float:
+    """:func:`_resemblance` of two signatures of ``size`` values, ``equal`` of them equal
+    position by position (shingle counts not 0)."""
+    jaccard = equal / size
+    small, large = (a_shingles, b_shingles) if a_shingles <= b_shingles \
+        else (b_shingles, a_shingles)
     if 2 * small < large:
         return jaccard
     shared = jaccard * (a_shingles + b_shingles) / (1.0 + jaccard)
@@ -652,35 +658,49 @@ def _text_fingerprint(subject: str,
     word_ids = list(map(zlib.crc32, stream))
     # hash() of a tuple of small ints is not salted (only str/bytes hashing is) and
     # is the same on every 64-bit CPython >= 3.8: stored signatures stay comparable.
-    shingles = sorted(set(map(hash, zip(*(word_ids[i:] for i in range(SHINGLE_SIZE)),
-                                        strict=False))))
+    shingles = set(map(hash, zip(*(word_ids[i:] for i in range(SHINGLE_SIZE)), strict=False)))
     idents = _identifiers(subject_folded, body_folded, subject_words, body_words)
     return digest, _densified(shingles), len(shingles), idents
 
 
-def _densified(hashes: list[int]) -> tuple[int, ...]:
-    """The one-permutation MinHash signature of sorted 64-bit shingle hashes."""
+# A bin's smallest hash h, as _densified keeps it: (h >> 26) + 2**37, a 38-bit number
+# whose top 6 bits are the bin's index (h >> 58, plus _HALF) and whose low 32 bits are
+# the bin's value; within a bin the smaller hash never gives the larger number (equal
+# numbers have equal values).  _EMPTY is more than any of them.
+_LOW_SHIFT = _BIN_SHIFT - 32
+_LOW_OFFSET = 1 << (63 - _LOW_SHIFT)
+_EMPTY = 1 << 40
+
+
+def _densified(hashes: Collection[int]) -> tuple[int, ...]:
+    """The one-permutation MinHash signature of distinct 64-bit shingle hashes (in any
+    order): each bin's smallest in one pass, no sort (a sort of 64-bit ints compares
+    them one generic call at a time)."""
     if not hashes:
         return ()
-    # From the largest hash down, so that each bin's entry ends up its smallest hash.
-    smallest = {h >> _BIN_SHIFT: h for h in reversed(hashes)}
-    values = [-1] * SIGNATURE_SIZE
-    for top, h in smallest.items():
+    lowest = [_EMPTY] * SIGNATURE_SIZE
+    for h in hashes:
         # A bin's value is bits 26-57 of (hash - bin start); the bin start is a
         # multiple of 2**58, so they are bits 26-57 of the hash itself.
-        values[top + _HALF] = (h >> (_BIN_SHIFT - 32)) & _MASK32
-    if len(smallest) < SIGNATURE_SIZE:
-        # Walking the bins from the last down, the nearest non-empty bin to the right
-        # of an empty one is the last non-empty bin seen or, before any was seen, the
-        # first non-empty bin one turn further round the circle.
-        nearest_at = min(smallest) + _HALF + SIGNATURE_SIZE
-        nearest = values[nearest_at - SIGNATURE_SIZE]
-        for at in range(SIGNATURE_SIZE - 1, -1, -1):
-            value = values[at]
-            if value >= 0:
-                nearest, nearest_at = value, at
-            else:
-                values[at] = (nearest + (nearest_at - at) * _ROTATION) & _MASK32
+        low = (h >> _LOW_SHIFT) + _LOW_OFFSET
+        at = low >> 32
+        if low < lowest[at]:
+            lowest[at] = low
+    if _EMPTY not in lowest:
+        return tuple([low & _MASK32 for low in lowest])
+    # Walking the bins from the last down, the nearest non-empty bin to the right of
+    # an empty one is the last non-empty bin seen or, before any was seen, the first
+    # non-empty bin one turn further round the circle.
+    first = (min(hashes) >> _BIN_SHIFT) + _HALF
+    nearest, nearest_at = lowest[first] & _MASK32, first + SIGNATURE_SIZE
+    values = [0] * SIGNATURE_SIZE
+    for at in range(SIGNATURE_SIZE - 1, -1, -1):
+        low = lowest[at]
+        if low == _EMPTY:
+            values[at] = (nearest + (nearest_at - at) * _ROTATION) & _MASK32
+        else:
+            nearest = values[at] = low & _MASK32
+            nearest_at = at
     return tuple(values)
 
 
@@ -911,7 +931,12 @@ def _pack(values: Sequence[int]) -> bytes:
 def _unpack(blob: bytes | None) -> tuple[int, ...]:
     if not blob or len(blob) % 4:
         return ()
+    if len(blob) == _SIGNATURE.size:
+        return _SIGNATURE.unpack(blob)   # a MinHash signature: no format string to parse
     return struct.unpack(f">{len(blob) // 4}I", blob)
+
+
+_SIGNATURE = struct.Struct(f">{SIGNATURE_SIZE}I")
 
 
 def insert(db: sqlite_utils.Database, fp: Fingerprint, *, time: float, side: str,
@@ -1005,11 +1030,19 @@ def find_duplicate(db: sqlite_utils.Database | None, fp: Fingerprint, *, now: fl
     """
     ids, texts, bands = fp.keys
     strength_of: dict[int, int] = {}  # key -> 3 Message-ID, 2 text, 1 band
-    for strength, keys in ((1, bands), (2, texts), (3, ids)):
-        for k in keys:
-            strength_of[k] = strength
-    if only is not None:
-        strength_of = {k: strength_of[k] for k in only if k in strength_of}
+    if only is None:
+        strength_of = dict.fromkeys(bands, 1)
+        strength_of.update(dict.fromkeys(texts, 2))
+        strength_of.update(dict.fromkeys(ids, 3))
+    else:
+        # the few keys the caller's filter let through, each classed by itself
+        for k in only:
+            if k in ids:
+                strength_of[k] = 3
+            elif k in texts:
+                strength_of[k] = 2
+            elif k in bands:
+                strength_of[k] = 1
     if not strength_of:
         return None
     per_key: dict[int, list[int]] = {}
@@ -1050,8 +1083,9 @@ def find_duplicate(db: sqlite_utils.Database | None, fp: Fingerprint, *, now: fl
     if (best is not None and best[1].assistance_has_it) or not band_hits:
         return best[1] if best else None  # a near match could not beat it
     candidates = sorted(band_hits, key=lambda r: (band_hits[r], r), reverse=True)
+    mine = _packed_signature(fp.minhash)
     for row in _rows(db, held, candidates[:MAX_CANDIDATES], since):
-        score = _near_score(fp, row, threshold)
+        score = _near_score(fp, scope, mine, row, threshold)
         if score is None:
             continue
         match = _match(row, "text", score, scope)
@@ -1094,16 +1128,54 @@ def _rows(db: sqlite_utils.Database | None, held: Mapping[int, Row], rowids: lis
     return sorted(found, key=lambda row: row["id"])
 
 
-def _near_score(fp: Fingerprint, row: dict[str, Any], threshold: float) -> float | None:
-    """:func:`near_score` against a stored row, without building a Fingerprint for the
-    many candidates that fall short."""
-    score = _resemblance(fp.minhash, fp.shingles, _unpack(row["minhash"]), row["shingles"] or 0)
+def _near_score(fp: Fingerprint, scope: str, mine: int | None, row: dict[str, Any],
+                threshold: float) -> float | None:
+    """:func:`near_score` against a stored row (``scope``: ``fp.scope``; ``mine``:
+    ``_packed_signature(fp.minhash)``), without building a Fingerprint for the many
+    candidates that fall short."""
+    blob = row["minhash"]
+    shingles = row["shingles"] or 0
+    if mine is not None and isinstance(blob, bytes) and len(blob) == _SIGNATURE.size:
+        score = _estimate(_equal_values(mine, blob), SIGNATURE_SIZE, fp.shingles, shingles) \
+            if fp.shingles and shingles else 0.0
+    else:
+        score = _resemblance(fp.minhash, fp.shingles, _unpack(blob), shingles)
     if score < threshold:
         return None
-    scope = fp.scope
     if not scope or _scope(row["sender"] or "", row["structure"]) != scope:
         return None  # also a 64-bit key collision across scopes
     return None if identifiers_conflict(fp.idents, _unpack(row["idents"])) else score
+
+
+def _packed_signature(minhash: Sequence[int]) -> int | None:
+    """A MinHash signature as one integer (its values packed as stored, read big-endian),
+    for :func:`_equal_values`; None when it is not a full signature of 32-bit values."""
+    if len(minhash) != SIGNATURE_SIZE:
+        return None
+    try:
+        return int.from_bytes(_SIGNATURE.pack(*minhash), "big")
+    except struct.error:
+        return None
+
+
+# the lowest bit of each 32-bit value of a packed signature
+_VALUE_LOW_BITS = int.from_bytes(b"\0\0\0\1" * SIGNATURE_SIZE, "big")
+
+
+def _equal_values(mine: int, blob: bytes) -> int:
+    """How many of the 32-bit values packed in ``blob`` (a full signature) equal the
+    value at the same position in ``mine`` (:func:`_packed_signature`): the count
+    ``sum(map(operator.eq, a, b))`` gives, from a few operations on 2,048-bit integers
+    instead of 64 integers unpacked and compared one by one per candidate."""
+    diff = mine ^ int.from_bytes(blob, "big")
+    # Fold each value's 32 bits into its lowest bit: the shifts add up to 31, so the
+    # lowest bit of a value only ever gathers bits of that same value.
+    diff |= diff >> 1
+    diff |= diff >> 2
+    diff |= diff >> 4
+    diff |= diff >> 8
+    diff |= diff >> 16
+    return SIGNATURE_SIZE - (diff & _VALUE_LOW_BITS).bit_count()
 
 
 def _match(row: dict[str, Any], kind: str, score: float, scope: str) -> Match:
