@@ -5,9 +5,10 @@ working tree's, message by message, in one process.
     .venv/bin/python scripts/decision-cpu-paired.py BASE_DIR [--messages 1000] [--passes 3]
 
 ``BASE_DIR`` holds the base version of some modules of ``helpdesk_milter`` (for
-example ``dedup.py`` and ``policy.py`` copied before a change).  The package is copied
-into a temporary directory as ``helpdesk_milter_base``, those files replaced by
-``BASE_DIR``'s; both packages are imported side by side, each with its own engine
+example ``dedup.py`` and ``policy.py`` copied before a change), and optionally of its
+data files in ``BASE_DIR/models/`` and ``BASE_DIR/rules/`` (a model before retraining).
+The package is copied into a temporary directory as ``helpdesk_milter_base``, those
+files replaced by ``BASE_DIR``'s; both packages are imported side by side, each with its own engine
 and fresh SQLite file on the example configuration.  Every message of the bench mix
 (``generate(N)``) goes through both engines, the order alternating from one message
 to the next, under each package's ``stages.recording()`` (``time.thread_time``), as
@@ -52,6 +53,11 @@ def load_base(base_dir: Path, workdir: Path, name: str = "helpdesk_milter_base")
                     ignore=shutil.ignore_patterns("__pycache__", "*.so"))
     for f in base_dir.glob("*.py"):
         shutil.copy(f, target / f.name)
+    # a model or rules file to compare (BASE_DIR/models/request.json...): data files
+    # in a sub-folder named as the package's own
+    for sub in ("models", "rules"):
+        for f in (base_dir / sub).glob("*") if (base_dir / sub).is_dir() else ():
+            shutil.copy(f, target / sub / f.name)
     sys.path.insert(0, str(target.parent))
     return name
 

@@ -351,3 +351,24 @@ def test_precision_and_recall_on_the_corpus(rules: RuleSet) -> None:
     assert tp + fn >= 30, "the corpus needs enough support requests to measure recall"
     assert precision >= 0.97
     assert recall >= 0.95
+
+
+@pytest.mark.parametrize(("subject", "text"), [
+    ("Imprimante", "Bonjour,\nl'imprimante ne marche plus.\n\n> Le message cité"),
+    ("TR: panne", "---------- Forwarded message ---------\nDe : X <x@y.fr>\n\nLa panne."),
+    ("", "é" * 60_000), ("x", ""),
+])
+def test_prepared_body_is_the_prepared_own_text(subject: str, text: str) -> None:
+    from helpdesk_milter.classify import (
+        BODY_SCAN_LIMIT,
+        TEXT_SCAN_LIMIT,
+        is_forward_subject,
+        prepared_body,
+        prepared_texts,
+    )
+    from helpdesk_milter.text import own_text
+    forwarded = is_forward_subject(subject)
+    expected = prepare(own_text(text[:TEXT_SCAN_LIMIT], forwarded=forwarded)[:BODY_SCAN_LIMIT])
+    assert prepared_body(text, forwarded) == expected
+    assert prepared_body(text, forwarded) == expected      # remembered: the same answer
+    assert prepared_texts(subject, text)[1] == expected

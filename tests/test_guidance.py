@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpdesk_milter import guidance
+from helpdesk_milter.classify import prepare
 from helpdesk_milter.guidance import (
     CASES,
     HINTS,
@@ -360,6 +361,32 @@ def test_detection_is_total(subject: str, text: str) -> None:
     assert list(found) == [h for h in HINTS if h in found]
 
 
+# Subjects and texts where the prepared whole and the prepared parts could part ways:
+# accents composed or not, ligatures and curly quotes, characters beyond Latin-1,
+# combining marks right after the line break, forwards, quoted history, long texts.
+_PREPARE_CASES = [
+    ("", ""), ("Imprimante", ""), ("", "Bonjour,\nl'imprimante ne marche plus."),
+    ("TR: [EXT] Re: Œuvre “spéciale”", "\u0301e\u0301 début\n> cité\nsuite"),
+    ("Fwd: panne", "---------- Forwarded message ---------\nDe : X <x@y.fr>\n\nTexte"),
+    ("  ", "  \n  "), ("a\n", "\nb"), ("漢字 ✓", "emoji 😀 et ’ apostrophe"),
+    ("sujet", "mot " * 4_000), ("-x-", "'y' " + "é" * 12_000),
+]
+
+
+@pytest.mark.parametrize(("subject", "text"), _PREPARE_CASES)
+def test_hints_prepare_the_text_as_the_classifier_did(subject: str, text: str) -> None:
+    # hints reuse the classifier's prepared own text: the same as preparing it whole
+    own = guidance._own(subject, text)[:guidance._HINT_CHARS]
+    assert guidance._prepared(subject, text) == prepare(subject + "\n" + own)
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=st.text(max_size=80), text=st.text(max_size=600))
+def test_hints_prepared_text_is_the_whole_prepared(subject: str, text: str) -> None:
+    own = guidance._own(subject, text)[:guidance._HINT_CHARS]
+    assert guidance._prepared(subject, text) == prepare(subject + "\n" + own)
+
+
 @pytest.mark.parametrize("text", [
     "«" * 100_000, "'" * 100_000, '"' * 100_000, "1/" * 50_000, "il y a " * 20_000,
     "x" * 100_000, "ERROR: x\n" * 5_000, "a'" * 50_000,
@@ -693,3 +720,10 @@ def test_missing_override_directory_uses_shipped_pieces(tmp_path: Path) -> None:
     g = compose(cases=("rerouted",), lang="en", assistance=ASSISTANCE, original_subject="x",
                 paste_url=PASTE, templates_dir=tmp_path / "nowhere")
     assert g.text.startswith("Hello,") and g.fallbacks == ()
+
+
+@pytest.mark.parametrize("words", [38, 39, 40, 41, 200])
+def test_no_what_counts_words_up_to_the_limit(words: int) -> None:
+    # the count stops at WHAT_WORDS_ENOUGH words: the same answer as counting them all
+    text = " ".join(["bla"] * words) + " \n "
+    assert ("no-what" in hints("Bla bla", text)) == (words < guidance.WHAT_WORDS_ENOUGH)

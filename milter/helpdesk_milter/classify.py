@@ -41,6 +41,7 @@ tests check it on the corpus).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import re
@@ -523,8 +524,21 @@ def is_forward_subject(subject: str) -> bool:
 def prepared_texts(subject: str, text: str) -> tuple[str, str]:
     """The ``prepare``d Subject and sender's own text the rules and the model read."""
     subject = subject or ""
-    body = own_text((text or "")[:TEXT_SCAN_LIMIT], forwarded=is_forward_subject(subject))
-    return prepare(strip_subject_prefixes(subject)), prepare(body[:BODY_SCAN_LIMIT])
+    return (prepare(strip_subject_prefixes(subject)),
+            prepared_body(text or "", is_forward_subject(subject)))
+
+
+# The classifier and then the reply guidance's hints (guidance.hints) read the same
+# prepared own text of the same message text (the very same str object, whose hash is
+# then computed once): the second asks a remembered answer instead of preparing up to
+# BODY_SCAN_LIMIT characters again.  The function is pure; 32 entries cover the
+# messages in flight in every milter thread; lru_cache is thread-safe.
+@functools.lru_cache(maxsize=32)
+def prepared_body(text: str, forwarded: bool) -> str:
+    """``prepare`` of the first ``BODY_SCAN_LIMIT`` characters of the sender's own
+    text (``own_text`` of the first ``TEXT_SCAN_LIMIT`` characters of ``text``, a
+    forward when ``forwarded``): the body the rules, the model and the hints read."""
+    return prepare(own_text(text[:TEXT_SCAN_LIMIT], forwarded=forwarded)[:BODY_SCAN_LIMIT])
 
 
 def _shown(strongest: list[tuple[str, float]], count: int = 3) -> list[str]:

@@ -67,7 +67,14 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from .classify import fold, is_forward_subject, prepare
+from .classify import (
+    BODY_SCAN_LIMIT,
+    TEXT_SCAN_LIMIT,
+    fold,
+    is_forward_subject,
+    prepare,
+    prepared_body,
+)
 from .text import own_text, strip_subject_prefixes
 
 __all__ = [
@@ -108,9 +115,9 @@ SUBJECT_KEEP = 180              # characters of the original subject quoted back
 TEMPLATE_MAX = 8_000            # characters; a larger override is refused
 MIN_ENGLISH_EVIDENCE = 2
 WHAT_WORDS_ENOUGH = 40
-_SCAN_CHARS = 50_000            # of the body given to own_text
+_SCAN_CHARS = TEXT_SCAN_LIMIT   # of the body given to own_text (as the classifier)
 _LANG_CHARS = 4_000             # of the sender's own text read for the language
-_HINT_CHARS = 10_000            # of the own text searched for hints
+_HINT_CHARS = BODY_SCAN_LIMIT   # of the own text searched for hints (as the classifier)
 _WHAT_CHARS = 2_000             # of a short text searched for its "what"
 _REFERENCES_KEEP = 20           # message ids kept in References (first + last ones)
 
@@ -408,6 +415,16 @@ _WHAT = re.compile(
     r"|[«\"“][^«»\"“”\n]{6,}[»\"”]")
 
 
+def _prepared(subject: str, text: str) -> str:
+    """``prepare(subject + "\\n" + own)``, ``own`` the first :data:`_HINT_CHARS`
+    characters of the sender's own text, from the classifier's prepared own text
+    (:func:`classify.prepared_body`, remembered: not prepared twice).  ``prepare`` maps
+    each character on its own and a line break to a space, so the prepared whole is
+    the prepared parts joined by a space."""
+    return " ".join(filter(None, (prepare(subject or ""),
+                                  prepared_body(text or "", is_forward_subject(subject)))))
+
+
 def hints(subject: str, text: str) -> tuple[str, ...]:
     """What the request lacks, as stable names in :data:`HINTS` order.
 
@@ -427,9 +444,11 @@ def hints(subject: str, text: str) -> tuple[str, ...]:
     found = []
     if _vague_subject(subject):
         found.append("vague-subject")
-    if not _has_when(raw, prepare(raw)):
+    if not _has_when(raw, _prepared(subject, text)):
         found.append("no-when")
-    if len(own.split()) < WHAT_WORDS_ENOUGH \
+    # (at most WHAT_WORDS_ENOUGH + 1 pieces: whether there are fewer words than that
+    # needs no list of all of a long text's words)
+    if len(own.split(maxsplit=WHAT_WORDS_ENOUGH)) < WHAT_WORDS_ENOUGH \
             and not _WHAT.search(fold(raw[:_WHAT_CHARS]).lower()):
         found.append("no-what")
     return tuple(found)

@@ -47,6 +47,9 @@ MODEL_TEXT_LIMIT = 3000
 FORMAT = 1
 
 _STEM_OF = itemgetter(slice(0, STEM))     # word -> word[:STEM], a C function
+# The package whose data files are read: this module's own, so that a copy of the
+# package under another name (scripts/decision-cpu-paired.py) reads its own model.
+_PACKAGE = __name__.rpartition(".")[0] or "helpdesk_milter"
 
 
 class ModelError(ValueError):
@@ -61,7 +64,7 @@ def read_data_file(path: str | Path | None, shipped: str, what: str,
     if path is None:
         source = f"helpdesk_milter/{shipped}"
         try:
-            return source, resources.files("helpdesk_milter").joinpath(shipped).read_text(
+            return source, resources.files(_PACKAGE).joinpath(shipped).read_text(
                 encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise error(f"{source}: cannot read the shipped {what}: {exc}") from None
