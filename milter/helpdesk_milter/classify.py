@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import math
 import re
 import tomllib
 import unicodedata
@@ -57,6 +56,7 @@ from .model import (
     feature_label,
     features,
     read_data_file,
+    value_of_count,
     word_groups,
 )
 from .text import own_text, strip_subject_prefixes
@@ -577,10 +577,8 @@ class SiteDeltas(Protocol):
     """What a site's learned state offers the classifier (see ``learn.SiteModel``)."""
 
     def __bool__(self) -> bool: ...
-    def contribution(self, keys: Sequence[str], value: float,
+    def contribution(self, groups: Sequence[Iterable[Any]], value: float,
                      other: Iterable[str]) -> float: ...
-    def contribution_of_groups(self, groups: Sequence[Iterable[Any]], value: float,
-                               other: Iterable[str]) -> float: ...
 
 
 # Named in rules= when the site's learned deltas moved the score (see learn.py).
@@ -643,9 +641,8 @@ class Classifier:
                 others = ["r:" + n for n in fired]
                 if known_client:
                     others.append(KNOWN_CLIENT_FEATURE)
-                count = sum(map(len, groups))
-                learned = site.contribution_of_groups(
-                    groups, model.text_scale / math.sqrt(count) if count else 0.0, others)
+                learned = site.contribution(
+                    groups, value_of_count(sum(map(len, groups)), model.text_scale), others)
                 total += learned
                 if abs(learned) >= EXPLAIN_MIN:
                     names.append(SITE_RULE)

@@ -155,22 +155,17 @@ class SiteModel:
     def __bool__(self) -> bool:
         return bool(self.deltas)
 
-    def contribution(self, keys: Sequence[str], value: float, other: Iterable[str]) -> float:
-        """What the site adds to the log-odds of a message with these features."""
-        # C-level maps, no Python frame per feature: the keys are ASCII (``prepare``d
-        # text), so str.encode gives what feature_hash would
-        get = self.deltas.get
-        text = math.fsum(map(get, map(zlib.crc32, map(str.encode, keys)), repeat(0.0)))
-        return value * text + math.fsum(get(feature_hash(k), 0.0) for k in other)
-
-    def contribution_of_groups(self, groups: Sequence[Iterable[Any]], value: float,
-                               other: Iterable[str]) -> float:
-        """``contribution`` of the text features as ``TextModel.word_groups`` gives them
-        (the words, the longer words' stems, the pairs of stems, the Subject's words and
-        its longer words' stems, each kind's features once): the same float, without a
-        name per feature.  A feature's hash is its name's CRC-32, and a CRC-32 goes on
-        from a prefix's (``crc32(b, crc32(a)) == crc32(a + b)``), so each kind's prefix
-        ("u:", "b:"...) is hashed once and each word's bytes continue from it."""
+    def contribution(self, groups: Sequence[Iterable[Any]], value: float,
+                     other: Iterable[str]) -> float:
+        """What the site adds to the log-odds of a message whose text features are
+        ``groups`` (``model.word_groups``: the words, the longer words' stems, the pairs
+        of stems, the Subject's words and its longer words' stems, each kind's once),
+        each worth ``value``, and whose other features (rules, known client) are
+        ``other``: the deltas of the features' names (``feature_hash``), without
+        building a name per feature.  A feature's hash is its name's CRC-32, and a
+        CRC-32 goes on from a prefix's (``crc32(b, crc32(a)) == crc32(a + b)``), so
+        each kind's prefix ("u:", "b:"...) is hashed once and each word's bytes
+        continue from it."""
         get = self.deltas.get
         crc32 = zlib.crc32
         words, stems, pairs, subject_words, subject_stems = groups

@@ -110,7 +110,13 @@ def word_groups(subject: str, body: str) -> tuple[dict[Any, None], ...]:
 
 def text_value(keys: Sequence[str], text_scale: float) -> float:
     """The value every text feature of a message has: ``text_scale / sqrt(count)``."""
-    return text_scale / math.sqrt(len(keys)) if keys else 0.0
+    return value_of_count(len(keys), text_scale)
+
+
+def value_of_count(count: int, text_scale: float) -> float:
+    """``text_value`` of a message with ``count`` text features (of ``word_groups``:
+    the sum of its groups' lengths)."""
+    return text_scale / math.sqrt(count) if count else 0.0
 
 
 def features(subject: str, body: str, fired: Iterable[str] = (), *,
@@ -248,7 +254,7 @@ class TextModel:
         ends = list(accumulate(map(len, groups)))
         if not ends[-1]:
             return 0.0, []
-        value = self.text_scale / math.sqrt(ends[-1])
+        value = value_of_count(ends[-1], self.text_scale)
         weights = [*map(by_kind.words.get, groups[0], repeat(0.0)),
                    *map(by_kind.stems.get, groups[1], repeat(0.0)),
                    *map(by_kind.pairs.get, groups[2], repeat(0.0)),
