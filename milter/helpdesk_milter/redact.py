@@ -317,6 +317,30 @@ _KEPT_INFO_SIZE = 256
 _kept_part_info = lru_cache(maxsize=512)(_read_part_info)
 
 
+def _block_part_info(raw: bytes, start: int, end: int, default_type: str) -> _PartInfo:
+    """``_part_info`` of the header block ``raw[start:end]`` (a _HEADER_BLOCK match).
+
+    A part's header block is most often one of a few, byte for byte ("Content-Type:
+    text/plain; charset=utf-8", "Content-Transfer-Encoding: quoted-printable"): the
+    reading of a short one is kept whole, sparing its fields' search.  Not a block
+    that names a boundary (a multipart's: the message's own), as for the values
+    above; a pure function of the block, whose fields the walk never scans.
+    """
+    if end - start <= _KEPT_BLOCK_SIZE:
+        block = raw[start:end]
+        if b"boundary" not in block.lower():
+            return _kept_block_info(block, default_type)
+    return _part_info(_fields(raw, start, end), default_type)
+
+
+def _read_block_info(block: bytes, default_type: str) -> _PartInfo:
+    return _part_info(_fields(block, 0, len(block)), default_type)
+
+
+_KEPT_BLOCK_SIZE = 512
+_kept_block_info = lru_cache(maxsize=512)(_read_block_info)
+
+
 _TEXT_FILE_NAME = re.compile(
     r"""(?i)name\*?=\s*["']?[^"';]*?(?:\.env(?:\.[a-z]{1,12})?|\.(?:txt|text|conf|cfg|ini|"""
     r"""toml|ya?ml|json|properties|sh|ps1|sql|log|csv|tsv|md|netrc|pgpass|npmrc|pypirc|"""
@@ -1402,10 +1426,9 @@ class _Walker:
         if split is None:
             split = _split_header_block(raw, ent.start, ent.end)
         hend, bstart = split
-        if fields is None:
-            fields = _fields(raw, ent.start, hend)
         try:
-            info = _part_info(fields, ent.default_type)
+            info = _part_info(fields, ent.default_type) if fields is not None \
+                else _block_part_info(raw, ent.start, hend, ent.default_type)
         except Exception as exc:
             self.defects.append(f"part {ent.leaf_path}: unreadable Content-Type "
                                 f"({type(exc).__name__}), left unchanged")
