@@ -317,6 +317,30 @@ _KEPT_INFO_SIZE = 256
 _kept_part_info = lru_cache(maxsize=512)(_read_part_info)
 
 
+def _block_part_info(raw: bytes, start: int, end: int, default_type: str) -> _PartInfo:
+    """``_part_info`` of the header block ``raw[start:end]`` (a _HEADER_BLOCK match).
+
+    A part's header block is most often one of a few, byte for byte ("Content-Type:
+    text/plain; charset=utf-8", "Content-Transfer-Encoding: quoted-printable"): the
+    reading of a short one is kept whole, sparing its fields' search.  Not a block
+    that names a boundary (a multipart's: the message's own), as for the values
+    above; a pure function of the block, whose fields the walk never scans.
+    """
+    if end - start <= _KEPT_BLOCK_SIZE:
+        block = raw[start:end]
+        if b"boundary" not in block.lower():
+            return _kept_block_info(block, default_type)
+    return _part_info(_fields(raw, start, end), default_type)
+
+
+def _read_block_info(block: bytes, default_type: str) -> _PartInfo:
+    return _part_info(_fields(block, 0, len(block)), default_type)
+
+
+_KEPT_BLOCK_SIZE = 512
+_kept_block_info = lru_cache(maxsize=512)(_read_block_info)
+
+
 _TEXT_FILE_NAME = re.compile(
     r"""(?i)name\*?=\s*["']?[^"';]*?(?:\.env(?:\.[a-z]{1,12})?|\.(?:txt|text|conf|cfg|ini|"""
     r"""toml|ya?ml|json|properties|sh|ps1|sql|log|csv|tsv|md|netrc|pgpass|npmrc|pypirc|"""
@@ -809,6 +833,10 @@ def _html_streams(markup: str, *, mapped: bool = True) -> tuple[_Mapped, _Mapped
 _HIDDEN = re.compile(r"<!--(?:[^-]++|-(?!->))*+(?:-->|\Z)"
                      r"|<(script|style|xmp|textarea)\b(?:[^<]++|<(?!/\1\s*>))*+(?:</\1\s*>|\Z)",
                      re.I | re.S)
+# Where a _HIDDEN match can start.  _HIDDEN's own search tries every position of the
+# markup (some 6 us on 4 KB); this one jumps from "<" to "<", so markup without a
+# comment, script or style (most of a simple mail's) is passed over at C speed.
+_HIDDEN_START = re.compile(r"<(?:!--|script|style|xmp|textarea)", re.I)
 _TABLE_CELL = re.compile(r"<t[dh][\s>/]", re.I)
 # (no "<" inside: each try stops at the next "<", so the search stays linear)
 _A_TAG = re.compile(r"<[A-Za-z/!?][^<>]*>")
@@ -830,6 +858,10 @@ _INERT_ATTRS = frozenset({
 # an attribute's value, found from its "=" (rare in text: the search runs at C speed);
 # its name is the word before
 _ATTR_VALUE = re.compile(r"""=[ \t\r\n]*(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""")
+# The inert names that are most of them (Outlook's markup is made of class and style
+# attributes), with the blank before: a name known at once, without the slice and
+# split that find the word before an "=" in general.
+_USUAL_INERT = tuple(blank + name for name in ("class", "style") for blank in " \n\t")
 
 
 def _said_in(markup: str, plain: str, scanner: SecretScanner) -> bool:
@@ -838,7 +870,7 @@ def _said_in(markup: str, plain: str, scanner: SecretScanner) -> bool:
     has no table, and no attribute value holds a secret (see the block comment)."""
     if len(plain) > _SAID_IN_MAX or len(markup) > _SAID_IN_MAX or _TABLE_CELL.search(markup):
         return False
-    shown = _HIDDEN.sub(" ", markup)
+    shown = _HIDDEN.sub(" ", markup) if _HIDDEN_START.search(markup) else markup
     words = _A_TAG.sub(" ", shown)
     if "&" in words:
         # the usual entities at C speed; a word with another one is decoded alone
@@ -865,6 +897,8 @@ def _said_in(markup: str, plain: str, scanner: SecretScanner) -> bool:
     inert = _INERT_ATTRS
     for m in _ATTR_VALUE.finditer(shown):
         start = m.start()
+        if shown.endswith(_USUAL_INERT, 0, start):
+            continue
         before = shown[start - 64 if start > 64 else 0:start].rsplit(None, 1)
         if before and before[-1].lower() in inert:
             continue
@@ -1402,10 +1436,9 @@ class _Walker:
         if split is None:
             split = _split_header_block(raw, ent.start, ent.end)
         hend, bstart = split
-        if fields is None:
-            fields = _fields(raw, ent.start, hend)
         try:
-            info = _part_info(fields, ent.default_type)
+            info = _part_info(fields, ent.default_type) if fields is not None \
+                else _block_part_info(raw, ent.start, hend, ent.default_type)
         except Exception as exc:
             self.defects.append(f"part {ent.leaf_path}: unreadable Content-Type "
                                 f"({type(exc).__name__}), left unchanged")
