@@ -494,6 +494,7 @@ _PW_KEYWORD = re.compile(rf"""
          | (?:network\s+)?security\s+key)
  | (?P<kw>{_MDP}|mdp|(?:pg|db|my)?pass(?:word|wd|wort|phrase|code)?s?|pwd|pw|psw
          |secret(?:\s+(?:word|(?:question\s+)?answer|question))?
+               (?!\s+(?:access\s+)?key(?![^\W_]))
                (?!\s+(?:d['’]|de\s+l['’]|du\s+)\s?(?:application|appli|app|api|client)(?![^\W_]))
          |code\s+(?:d['’]acc[èe]s|secret|pin|de\s+connexion|d['’]activation|
                         de\s+d[ée]verrouillage)
@@ -718,6 +719,8 @@ class SecretScanner:
         if not text:
             return False
         hay = _Haystack(text)
+        if b"\xed" in hay.cased or b"\xef\xbf\xbd" in hay.cased:
+            text, hay = _misdecoded_read(text, hay)
         if not hay.gated():
             return _named_possible(hay)
         # The tests are or-ed: the one that says yes most often (prose that mentions a
@@ -750,6 +753,8 @@ class SecretScanner:
         if not text:
             return []
         hay = _Haystack(text)
+        if b"\xed" in hay.cased or b"\xef\xbf\xbd" in hay.cased:
+            text, hay = _misdecoded_read(text, hay)
         if not hay.gated():
             return self._named_ungated(hay, text)
         if "\r" in text and "\r\n" in text:     # (one byte first: a memchr)
@@ -867,6 +872,37 @@ class SecretScanner:
                 continue            # filler in the whole ("T00000000/B00000000/XXXX...")
             out.append(Finding(kind, *(m.span("v") if part else m.span())))
         return out
+
+
+# A part whose declared charset is wrong (UTF-8 declared, windows-1252 sent) reaches the
+# scan with its accented letters as the bytes it could not decode: lone surrogates
+# (U+DC80-U+DCFF, Python's "surrogateescape", as the milter decodes) or U+FFFD (a
+# "replace" decoding).  "Cl\udce9 WPA", "R\ufffdseau" are labels all the same.
+_UNDECODED = re.compile("[\udc80-\udcff\ufffd]")
+
+
+def _undecoded_table() -> dict[int, str]:
+    table = {0xFFFD: "é"}
+    for b in range(0x80, 0x100):
+        letter = bytes([b]).decode("cp1252", "replace")
+        # (cp1252's five holes: read as latin-1)
+        table[0xDC00 + b] = letter if letter != "\ufffd" else chr(b)
+    return table
+
+
+_UNDECODED_READ = _undecoded_table()
+
+
+def _misdecoded_read(text: str, hay: _Haystack) -> tuple[str, _Haystack]:
+    """``text`` with its undecoded bytes read as windows-1252 letters (and U+FFFD, whose
+    byte is lost, as "é": French's commonest accented letter, the one the labels hold),
+    and its haystack; one code point for one, so offsets are unchanged, and a value is
+    redacted by its span whatever it holds.  (b"\xed" also starts some Hangul: then
+    nothing is undecoded and ``text`` is returned as it is.)"""
+    if _UNDECODED.search(text) is None:
+        return text, hay
+    read = text.translate(_UNDECODED_READ)
+    return read, _Haystack(read)
 
 
 _QUOTE_MARKS = re.compile(r"(?m)^(?:>[ \t]?)+")
