@@ -288,7 +288,7 @@ _GATE_WORDS = (
     # the password options of _CLI_PASSWORD_FLAGS (after a space: "Jean-Pierre" is not
     # "-p"; cheaper for prose than the tools' names), SQL credentials, login calls
     "-p", "--p", "-a", "-w", "-k", "--http", "--ftp", "--admin", "-storepass", "-keypass",
-    "-srcstorepass", "-deststorepass", "add_user", "/p:",
+    "-srcstorepass", "-deststorepass", "add_user", "/p:", "--requirepass", "--masterauth",
     "identified", "imap_open", "ldap_bind", "ftp_login", "ssh2_auth",
     # provider prefixes (gitleaks' list, see _PROVIDER_TOKEN and _TOKEN_PATTERNS)
     "github_pat", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat", "glptt", "gldt", "glrt",
@@ -300,7 +300,7 @@ _GATE_WORDS = (
     "pmak", "pul-", "pscale", "pnu_", "rubygems", "sntry", "pplx", "sq0", "eaa", "fo1_",
     "ntn_", "aa", "sk.", "atatt3", "lin_api", "hrku-", "nrak-", "nrii-", "nrjs-",
     "rdme_", "tk-us-", "ico-", "sha256~", "fio-u-", "duffel_", "shippo_", "sgp_", "live_",
-    "ck_", "cs_", "pat-eu1-", "pat-na1-",
+    "ck_", "cs_", "pat-eu1-", "pat-na1-", "atlasv1.",
     # cookies and session ids, name/value pairs (Postman, Kubernetes env)
     "cookie", "set-cookie", "logged_in", "value",
 )
@@ -1246,6 +1246,8 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
             if c >= len(cells):
                 continue
             a, b = _strip_span(row, *cells[c])
+            if b - a > 2 and row[a] in "`\"'" and row[b - 1] == row[a]:
+                a, b = a + 1, b - 1         # Markdown's code span: "| `X` |"
             value = row[a:b]
             if c in keyish and not (_entropic(value, min_len=16) or _UUID.fullmatch(value)):
                 continue
@@ -1921,6 +1923,10 @@ _CLOSE_INLINE_TAG = re.compile(r"(?i)</(?:b|strong|em|i|span|u|font|label|th|td)
 _INLINE_TAG = re.compile(r"(?i)<(?:code|b|strong|em|i|span|tt|kbd|samp|font)(?:\s[^<>]{0,200})?>")
 
 
+_TAG_ATTRIBUTES = re.compile(r"""(?:[ \t]+[A-Za-z_:][\w:.\-]{0,40}[ \t]*=[ \t]*"""
+                             r"""(?:"[^"<>\n]{0,200}"|'[^'<>\n]{0,200}')){1,8}[ \t]*(?=>)""")
+
+
 def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
                     n: int) -> Finding | None:
     start, pos = m.start(), m.end()
@@ -1937,13 +1943,22 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     if group == "creds" and keyword.startswith("acc") and not _COLON.match(text, pos, limit):
         return None                         # "accès" alone is ordinary prose
 
-    # <password>value</password> (not HTML's <code> element: it holds any code or name)
-    if start > 0 and text[start - 1] == "<" and text.startswith(">", pos):
+    # <password>value</password> (not HTML's <code> element: it holds any code or name),
+    # with attributes too: FileZilla's <Pass encoding="base64">, whose base64 is the
+    # password all the same (anyone decodes it)
+    tag_end = -1
+    if start > 0 and text[start - 1] == "<":
+        if text.startswith(">", pos):
+            tag_end = pos
+        elif text[pos:pos + 1] in (" ", "\t"):
+            am = _TAG_ATTRIBUTES.match(text, pos, line_end)
+            tag_end = am.end() if am is not None else -1
+    if tag_end >= 0:
         if keyword == "code":
             return None
-        close = text.find("<", pos + 1, line_end)
-        if close > pos + 1:
-            a, b = _strip_span(text, pos + 1, close)
+        close = text.find("<", tag_end + 1, line_end)
+        if close > tag_end + 1:
+            a, b = _strip_span(text, tag_end + 1, close)
             if _value_ok(text[a:b], clause_end=True, strict=False):
                 return Finding(_kind_for_assignment(text, start - 1), a, b)
         return None
@@ -2437,6 +2452,7 @@ _PROVIDER_TOKEN = re.compile(r"""
  | live_[A-Za-z0-9]{24,40}                  # mollie, gocardless (generated: see below)
  | pat-(?:eu|na)1-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}  # hubspot
  | c[ks]_[a-f0-9]{40}                                             # woocommerce
+ | [A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=\-]{60,70}                # terraform cloud
 )
 (?![A-Za-z0-9_\-])
 """, re.X)
@@ -2456,7 +2472,7 @@ _PROVIDER_LITERALS = (
     b"fo1_", b"ntn_",
     b":AA", b"sk.eyJ", b"ATATT3", b"lin_api_", b"HRKU-", b"NRAK-", b"NRII-", b"NRJS-",
     b"rdme_", b"tk-us-", b"ico-", b"sha256~", b"fio-u-", b"duffel_", b"shippo_", b"sgp_",
-    b"live_", b"ck_", b"cs_", b"pat-eu1-", b"pat-na1-")
+    b"live_", b"ck_", b"cs_", b"pat-eu1-", b"pat-na1-", b".atlasv1.")
 # ... of which these end words too ("olive_", "stack_", "Mexico-"): looked for at a word's
 # start only, as the token pattern starts (a false hit costs a scan of the whole text)
 _PROVIDER_WORD_START = (b"live_", b"ck_", b"cs_", b"ico-")
@@ -2467,7 +2483,7 @@ _PROVIDER_PIVOTS = re.compile(
     rb"|(?<=shpat_)|(?<=shpca_)|(?<=shppa_)|(?<=shpss_)|(?<=pscale_tkn_)"
     rb"|(?<=pscale_oauth_)|(?<=pscale_pw_)|(?<=sntryu_)|(?<=sntrys_)"
     rb"|(?<=c[ks]_)(?<![A-Za-z0-9_.\-]c[ks]_))"
-    rb"|\.(?:(?<=SG\.)|(?<=hvs\.)|(?<=hvb\.)|(?<=dp\.)(?:pt|st|sa|ct)|(?<=sk\.)eyJ)"
+    rb"|\.(?:(?<=SG\.)|(?<=hvs\.)|(?<=hvb\.)|(?<=dp\.)(?:pt|st|sa|ct)|(?<=sk\.)eyJ|atlasv1\.)"
     rb"|-(?:(?<=sib-)|(?<=pypi-)|(?<=A3-)|(?<=key-)|(?<=AGE-)|(?<=pul-)|(?<=HRKU-)|(?<=NRAK-)"
     rb"|(?<=NRII-)|(?<=NRJS-)|(?<=tk-us-)|(?<=ico-)(?<![A-Za-z0-9_.\-]ico-)|(?<=fio-u-)"
     rb"|(?<=pat-eu1-)|(?<=pat-na1-)|(?<=glrt-))"
@@ -2791,6 +2807,7 @@ _CLI_PASSWORD_FLAGS: dict[str, tuple[str, ...]] = {
     "mysql mysqldump mysqladmin mysqlcheck mysqlimport mysqlshow mysqlpump mariadb "
     "mariadb-dump mariadb-admin": ("-p+", "--password"),
     "redis-cli valkey-cli keydb-cli": ("-a", "--pass", "--user-pass"),
+    "redis-server valkey-server keydb-server": ("--requirepass", "--masterauth"),
     "ldapsearch ldapmodify ldapadd ldapdelete ldapwhoami ldappasswd ldapcompare "
     "ldapmodrdn ldapexop": ("-w",),
     "mosquitto_pub mosquitto_sub mosquitto_rr": ("-P", "--pw"),
@@ -2931,7 +2948,7 @@ salle room bureau poste extension ext lien link url site domaine domain serveur 
 sur on at from de chez boîte boite box session appareil device imprimante printer groupe
 group projet project utilisateur: login: user: ssid: réseau: network: compte: account:
 appelle s'appelle s’appelle nommé nommée called named commit hash sha sha1 sha256 md5
-empreinte fingerprint checksum erreur error
+empreinte fingerprint checksum erreur error organisation organization org tenant po
 """)
 
 
@@ -3926,7 +3943,8 @@ _WHITESPACE = re.compile(r"\s")
 # are no value.
 _PUBLIC_OBJECT_ID = re.compile(
     r"(?:cus|sub|pi|ch|in|ii|prod|price|acct|evt|txn|pm|seti|po|re|src|card|ba|py|si|plink|"
-    r"promo|inv|ord)_[A-Za-z0-9]{8,40}")
+    r"promo|inv|ord)_[A-Za-z0-9]{8,40}"
+    r"|org-[A-Za-z0-9]{12,40}")     # OpenAI's organisation id (OpenAI-Organization:)
 _OBJECT_ID = re.compile(r"[a-z]{2,8}_[A-Za-z0-9]{8,}\Z")    # cus_RkQ2mV7xLp9T, evt_…
 _TERM = re.compile(r"[A-Za-z]{1,4}\d{1,3}-[a-z]{3,}\Z")      # S3-compatible, MP3-player
 _DEVICE_NAME = re.compile(r"[-_](?=[0-9A-F]*[A-F])(?=[0-9A-F]*\d)[0-9A-F]{4,6}\Z")
@@ -3972,7 +3990,7 @@ def _strong_values(text: str, windows: list[tuple[int, int]]) -> list[Finding]:
             value = text[a:b]
             if not 8 <= len(value) <= 24 or _classes(_as_read(value)) < 4 \
                     or _DEVICE_NAME.search(value) or _OBJECT_ID.match(value) \
-                    or _TERM.match(value):
+                    or _PUBLIC_OBJECT_ID.fullmatch(value) or _TERM.match(value):
                 continue
             if not _looks_secret(value) or _binary_line(text, a) or _named_next(text, a) \
                     or _named_by(_recent(text, max(0, a - 60), a)) or _dotted_name(value) \
