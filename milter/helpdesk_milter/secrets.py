@@ -824,8 +824,11 @@ class SecretScanner:
             found.extend(_account_values(text, hay))
         if "password" in enabled and b"wifi:" in hay.folded:
             found.extend(_wifi_qr(text))
-        return _resolve(_by_shape(text, _live(text, _join_wrapped(text, _drop_stale_history(
-            text, _drop_pair_logins(text, found)))) + self._named(hay, text)))
+        live = _live(text, _join_wrapped(text, _drop_stale_history(
+            text, _drop_pair_logins(text, found))))
+        if "pas " in text or "not " in text or "non " in text:
+            live.extend(_corrected_values(text, live))
+        return _resolve(_by_shape(text, live + self._named(hay, text)))
 
     @staticmethod
     def _generic(hay: _Haystack, text: str) -> list[Finding]:
@@ -2026,6 +2029,17 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
                                     # continued after a line break)
         if word.startswith("(") and qualifiers and group in ("kw", "wifi"):
             close = text.find(")", wm.start("w"), min(line_end, wm.start("w") + 80))
+            if close < 0 and text.startswith("\n", line_end):
+                # the aside goes on after a line wrap: "(à donner à l'opérateur\nau
+                # téléphone) : X" (one wrap; no other bracket opened in it)
+                nl = text.find("\n", line_end + 1, line_end + 81)
+                next_end = nl if nl >= 0 else min(n, line_end + 81)
+                close = text.find(")", line_end + 1, next_end)
+                if close > 0 and "(" not in text[line_end + 1:close] \
+                        and text[line_end + 1:close].strip():
+                    line_end = next_end
+                else:
+                    close = -1
             if close > 0:           # "la clé wifi du local (box Orange, SSID X) : value"
                 qualifiers += 1
                 pos = close + 1
@@ -2151,10 +2165,13 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     if group in ("kw", "wifi") and not weak and (sep.group("punct") == ":" or (
             sep.group("verb") and sep.group(0).rstrip().endswith(":"))):
         # "the password is: lighthouse harbour seven gulls": words to the end of the line
-        pa, pb = _strip_span(text, a, line_end)
+        # (or of its field: "X — contrat n° 12" goes on with another field)
+        dash = _FIELD_DASH.search(text, a, line_end)
+        phrase_end = dash.start() if dash is not None else line_end
+        pa, pb = _strip_span(text, a, phrase_end)
         if _word_passphrase(text[pa:pb]):
             return Finding("password", pa, pb)
-        cm = _WORDS_WITH_DIGIT.match(text, a, line_end)      # "clé WPA2 : Marée haute 1987 ("
+        cm = _WORDS_WITH_DIGIT.match(text, a, phrase_end)    # "clé WPA2 : Marée haute 1987 ("
         if cm is not None and cm.end("v") > b and _spoken_passphrase(cm.group("v")) \
                 and not _value_ok(text[a:b], clause_end=False, strict=True):
             return Finding("password", a, cm.end("v"))
@@ -3052,6 +3069,10 @@ _STILL_AFTER = re.compile(
     r"(?i)[^\n]{0,20}?(?<![^\W_])(?:reste|restera|encore|still|toujours|jusqu['’]|until)"
     r"(?![^\W_])")
 
+# ... or before it: "là c'est resté l'ancien : X", "it still has the old one: X"
+_STILL_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:rest[ée]e?s?|reste|encore|toujours|still)(?![^\W_])[^\n.;!?]{0,14}\Z")
+
 
 # A value right after these is a fragment of a secret, not the secret: "se termine par
 # 42", "ending in ***8Kq", "les 4 derniers chiffres 4417", "commence par Ma".
@@ -3132,7 +3153,8 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
             and _old_names_secret(om.group("between")) \
-            and not _STILL_AFTER.match(text, b, min(len(text), b + 40)):
+            and not _STILL_AFTER.match(text, b, min(len(text), b + 40)) \
+            and not _STILL_BEFORE.search(text, max(lo, om.start() - 24), om.start()):
         return True
     return bool(_HEX_VALUE.fullmatch(text, a, b) and _HASH_BEFORE.search(text, lo, a))
 
@@ -3301,6 +3323,47 @@ def _drop_stale_history(text: str, found: list[Finding]) -> list[Finding]:
     if not _STALE_NOTE.search(text, max(0, hm.start() - 2000), hm.start()):
         return found
     return [f for f in found if f.kind != "password" or f.start < hm.start()]
+
+
+# A correction in one sentence: "ce n'est pas X c'est Y", "c'est Y, pas X", "Y, not X",
+# "not X but Y".  When Y was found as a password, X is the value given wrongly, and a
+# near-copy of Y (a typo, two digits swapped, last year's version) tells the real one
+# but for a character or two: it goes too.  (An old value that the text says no longer
+# works, with no correction beside it, is judged by _context_veto.)
+_CORRECTED_AFTER = re.compile(
+    r"[^\S\n]*[,;(]?[^\S\n]*(?:et[^\S\n]+|and[^\S\n]+)?(?:pas|non|not|instead[^\S\n]+of|"
+    r"au[^\S\n]+lieu[^\S\n]+de)[^\S\n]+(?:le[^\S\n]+|la[^\S\n]+|the[^\S\n]+)?"
+    r"(?P<v>[^\s,;.()«»\"]{4,40})(?=[\s,;.)»\"]|\Z)", re.I)
+_CORRECTED_BEFORE = re.compile(
+    r"(?<![^\W_])(?:pas|not|non)[^\S\n]+(?P<v>[^\s,;.()«»\"]{4,40})[^\S\n]*[,;]?\s{0,3}"
+    r"(?:mais[^\S\n]+|but[^\S\n]+)?(?:c['’]est|it['’]s|it[^\S\n]+is|mais|but)[^\S\n]*:?\s{0,3}\Z",
+    re.I)
+
+
+def _near_copy(wrong: str, right: str) -> bool:
+    """Whether ``wrong`` looks like a mistyped ``right``: a password's shape (a letter
+    or a digit and a symbol or a digit; not a date, a time, a reference), and the same
+    first or last two characters."""
+    if not _has_non_letter(wrong) or _DECOY_SHAPE.fullmatch(wrong) or _TIME_LIKE.fullmatch(wrong):
+        return False
+    w, r = wrong.lower(), right.lower()
+    return w != r and (w[:2] == r[:2] or w[-2:] == r[-2:])
+
+
+def _corrected_values(text: str, found: list[Finding]) -> list[Finding]:
+    """The values a correction sets aside beside a password found (see above)."""
+    out: list[Finding] = []
+    for f in found:
+        if f.kind != "password":
+            continue
+        right = text[f.start:f.end]
+        after = _CORRECTED_AFTER.match(text, f.end, min(len(text), f.end + 60))
+        if after is not None and _near_copy(after.group("v"), right):
+            out.append(Finding("password", after.start("v"), after.end("v")))
+        before = _CORRECTED_BEFORE.search(text, max(0, f.start - 70), f.start)
+        if before is not None and _near_copy(before.group("v"), right):
+            out.append(Finding("password", before.start("v"), before.end("v")))
+    return out
 
 
 def _live(text: str, found: list[Finding]) -> list[Finding]:
@@ -3805,9 +3868,22 @@ def _key_label_ok(text: str, start: int, end: int) -> bool:
     sentence) allow a secret."""
     lo = max(0, start - 25, text.rfind("\n", max(0, start - 25), start) + 1)
     lo = _qualifier_start(text, lo, start)
+    # a spaced dash ends a field of a line: "Wi-Fi lecteurs – BIBLIO-PUBLIC – clé : X"
+    # (the network's name is not the key's qualifier)
+    for dash in _FIELD_DASH.finditer(text, lo, start):
+        lo = dash.end()
     hi = text.find("\n", end, end + 25)
     hi = _qualifier_end(text, end, hi if hi >= 0 else min(len(text), end + 25))
+    if _SITE_KEY.search(text, lo, hi) is not None:
+        return False
     return not _KEY_NOT_SECRET.search(text, lo, hi)
+
+
+# A captcha's site key (reCAPTCHA, hCaptcha, Turnstile) is the public half of its pair:
+# it is in every page's source; its secret key is not.
+_SITE_KEY = re.compile(r"(?i)(?<![^\W_])(?:site[^\S\n]?key|cl[ée]f?[^\S\n]+(?:du|de)[^\S\n]+site)"
+                       r"(?![^\W_])")
+_FIELD_DASH = re.compile(r"[^\S\n][–—|][^\S\n]")
 
 
 def _keylike(value: str) -> bool:
@@ -4634,6 +4710,13 @@ def _code_before(text: str, label: int) -> Finding | None:
     return Finding("password", a, b)
 
 
+# A code's own label that says it opens an account: what the heading of its list says
+# (a bank's letter) does not make it a reference.
+_OWN_ACCESS_LABEL = re.compile(
+    r"(?i)[^\S\n]*(?:d['’][^\S\n]?acc[eè]s|secret|de[^\S\n]+connexion|"
+    r"d['’][^\S\n]?identification|access|login|de[^\S\n]+d[ée]verrouillage|unlock)(?![^\W_])")
+
+
 # A password announced right after a code: the code was the login of the pair.
 _PASSWORD_NEXT = re.compile(
     r"(?i)[^\S\n]*[,;]?[^\S\n]*(?:et|and|&|\+|with|avec|puis|then)\s+(?:(?:le|la|l['’]|"
@@ -4663,8 +4746,10 @@ def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) 
             continue
         intro = _list_intro_line(text, m.start())
         if intro is not None and _NOT_ACCESS_CODE.search(text, _last_sentence(text, *intro),
-                                                         intro[1]):
+                                                         intro[1]) \
+                and _OWN_ACCESS_LABEL.match(text, m.end()) is None:
             continue                    # under "un code pour le comptage des copies :"
+                                        # (but "Code d'accès" under a bank's letter)
         before = _code_before(text, w0)
         if before is not None:
             out.append(before)          # "8841, c'est le code de l'alarme"
@@ -4882,9 +4967,11 @@ def _listed_values(text: str, lower: str,
             label = im.group("label")
             if (label is not None and (any(
                     _recent_word(w).rstrip(":") in _IDENTITY_WORDS for w in label.split())
-                    or _LIST_LABEL_NOT_SECRET.search(label))) or "=" in value[1:]:
+                    or _LIST_LABEL_NOT_SECRET.search(label)
+                    or _SITE_KEY.search(label))) or "=" in value[1:]:
                 # "Key ID: 3F2A91C4", "Login : jdupont", "publishable: pk_…", "Invoice:
-                # in_…"; "NAME=value" is an assignment, judged by its name elsewhere
+                # in_…", a captcha's "site key"; "NAME=value" is an assignment, judged
+                # by its name elsewhere
                 items += 1              # "Key ID: 3F2A91C4", "Login : jdupont"
                 pos = eol + 1
                 continue
