@@ -8,7 +8,8 @@ that must stay.
 - labels: "secret key" is a secret key's label (a UUID after it), not the weak "secret";
   a parenthetical aside after a label may go on across a line wrap; a spaced dash ends
   a field of a line (a network's name before "clé" does not qualify it); an access
-  code's own label outweighs the heading of its list;
+  code's own label outweighs the heading of its list; a network's name between a Wi-Fi
+  label and a key's label; a keypad code with "#" inside;
 - tools and providers: redis-server's password options, Terraform Cloud's tokens;
 - what is no secret: a captcha's site key, an OpenAI organisation id, a purchase order's
   number;
@@ -58,6 +59,10 @@ def test_round9_reading(text: str, gone: list[str], kept: list[str]) -> None:
      ["MAIRIE-PUBLIC"]),
     # ... while a public key's own label stays one
     ("Clé publique du serveur : Hx7Lq2Vz9Nm4Kw8Rt3\n", [], ["Hx7Lq2Vz9Nm4Kw8Rt3"]),
+    # a network's name between a Wi-Fi label and a key's label is no key
+    ("- Guest Wi-Fi: ASSO-Hall2, key Tilia-Quartz-Moon-31\n- Alarm panel code: 52#7719\n",
+     ["Tilia-Quartz-Moon-31", "52#7719"], ["ASSO-Hall2"]),
+    ("Wi-Fi : Hx4!Pz9qLw2m\n", ["Hx4!Pz9qLw2m"], []),
     # an access code's own label, under a list headed by a bank's letter
     ("La lettre de la banque pour l'espace en ligne dit :\n  N° client : 55102947\n"
      "  Code secret : 8 1 4 6 3 0\n", ["8 1 4 6 3 0"], ["55102947"]),

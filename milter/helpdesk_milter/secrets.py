@@ -719,7 +719,7 @@ class SecretScanner:
         if not text:
             return False
         hay = _Haystack(text)
-        if b"\xed" in hay.cased or b"\xef\xbf\xbd" in hay.cased:
+        if b"\xed" in hay.cased or (b"\xef" in hay.cased and b"\xef\xbf\xbd" in hay.cased):
             text, hay = _misdecoded_read(text, hay)
         if not hay.gated():
             return _named_possible(hay)
@@ -753,7 +753,7 @@ class SecretScanner:
         if not text:
             return []
         hay = _Haystack(text)
-        if b"\xed" in hay.cased or b"\xef\xbf\xbd" in hay.cased:
+        if b"\xed" in hay.cased or (b"\xef" in hay.cased and b"\xef\xbf\xbd" in hay.cased):
             text, hay = _misdecoded_read(text, hay)
         if not hay.gated():
             return self._named_ungated(hay, text)
@@ -826,8 +826,10 @@ class SecretScanner:
             found.extend(_wifi_qr(text))
         live = _live(text, _join_wrapped(text, _drop_stale_history(
             text, _drop_pair_logins(text, found))))
-        if "pas " in text or "not " in text or "non " in text:
-            live.extend(_corrected_values(text, live))
+        if live and any(f.kind == "password" for f in live):
+            lower = hay.lower(text)
+            if len(lower) == len(text):
+                live.extend(_corrected_values(text, lower, live))
         return _resolve(_by_shape(text, live + self._named(hay, text)))
 
     @staticmethod
@@ -3148,7 +3150,8 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
         return True
     if kind != "password":
         return False
-    if _named_next(text, a) or _filler_words(text[a:b]) or _code_like(text, a, b):
+    if _named_next(text, a) or _filler_words(text[a:b]) or _code_like(text, a, b) \
+            or _network_before_key(text, a, b):
         return True
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
@@ -3350,12 +3353,17 @@ def _near_copy(wrong: str, right: str) -> bool:
     return w != r and (w[:2] == r[:2] or w[-2:] == r[-2:])
 
 
-def _corrected_values(text: str, found: list[Finding]) -> list[Finding]:
-    """The values a correction sets aside beside a password found (see above)."""
+def _corrected_values(text: str, lower: str, found: list[Finding]) -> list[Finding]:
+    """The values a correction sets aside beside a password found (see above);
+    ``lower`` is ``text`` lower-cased."""
     out: list[Finding] = []
     for f in found:
         if f.kind != "password":
             continue
+        lo, hi = max(0, f.start - 70), f.end + 60
+        if lower.find("pas", lo, hi) < 0 and lower.find("no", lo, hi) < 0 \
+                and lower.find("lieu", lo, hi) < 0 and lower.find("instead", lo, hi) < 0:
+            continue                # (no word of a correction near: the common case)
         right = text[f.start:f.end]
         after = _CORRECTED_AFTER.match(text, f.end, min(len(text), f.end + 60))
         if after is not None and _near_copy(after.group("v"), right):
@@ -3870,11 +3878,13 @@ def _key_label_ok(text: str, start: int, end: int) -> bool:
     lo = _qualifier_start(text, lo, start)
     # a spaced dash ends a field of a line: "Wi-Fi lecteurs – BIBLIO-PUBLIC – clé : X"
     # (the network's name is not the key's qualifier)
-    for dash in _FIELD_DASH.finditer(text, lo, start):
-        lo = dash.end()
+    before = text[lo:start]
+    if "–" in before or "—" in before or "|" in before:
+        for dash in _FIELD_DASH.finditer(text, lo, start):
+            lo = dash.end()
     hi = text.find("\n", end, end + 25)
     hi = _qualifier_end(text, end, hi if hi >= 0 else min(len(text), end + 25))
-    if _SITE_KEY.search(text, lo, hi) is not None:
+    if "site" in text[lo:hi].lower() and _SITE_KEY.search(text, lo, hi) is not None:
         return False
     return not _KEY_NOT_SECRET.search(text, lo, hi)
 
@@ -4030,6 +4040,20 @@ def _as_read(value: str) -> str:
     """``value`` with its HTML character references decoded (HTML source pasted in a
     text part): "Ben&#8217;s" reads "Ben’s" (no digit), "Velo&amp;Co-318" "Velo&Co-318"."""
     return html.unescape(value) if "&" in value else value
+
+
+# "Wi-Fi: GH-Annex2, key X", "réseau Mairie-Wifi5 / clé : X": a value right after a
+# network's label and right before a key's or a password's label is the network's name.
+_NETWORK_LABEL_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:wi-?fi|wlan|ssid|r[ée]seau|network)[^\S\n]*[:=]?[^\S\n]*\Z")
+_KEY_LABEL_AFTER = re.compile(
+    r"(?i)[^\S\n]*[,;/|–—-]?[^\S\n]*(?:(?:la|the)[^\S\n]+)?(?:cl[ée]f?|key|password|passphrase|"
+    r"mot[^\S\n]+de[^\S\n]+passe|mdp|pwd|psk)(?![^\W_])")
+
+
+def _network_before_key(text: str, a: int, b: int) -> bool:
+    return _KEY_LABEL_AFTER.match(text, b) is not None and \
+        _NETWORK_LABEL_BEFORE.search(text, max(0, a - 24), a) is not None
 
 
 def _strong_values(text: str, windows: list[tuple[int, int]]) -> list[Finding]:
@@ -4541,6 +4565,7 @@ _ARMING = re.compile(r"(?i)(?<![^\W_])(?:d[ée]sactiv|activ|d[ée]sarm|disarm|ar
 _CODE_VALUE = re.compile(
     r"(?<![\w/+\-.,:#°])(?<!\d[ .\-])(?:"
     r"[A-Z]?\d{4,8}[A-Z#*]?"                            # 4096#, 0312A
+    r"|\d{2,4}[#*]\d{2,6}[#*]?"                          # 41#907: a keypad's key inside
     r"|\d(?:[ \-]\d){3,7}[#*]?"                          # 8 3 5 1
     r"|\d{3}(?:[ \-]\d{3}){1,2}"                        # 482 917, 663 901 448
     r"|\d\d(?: \d\d){2,3}"                               # 27 14 93
@@ -4569,7 +4594,8 @@ extension extension: poste poste: ext ext. badge badge: n° no no. numéro numer
 tél téléphone phone fax room room: salle
 """)
 _CODE_NAMING = _NAMING_WORDS | {"badge", "badge:", "extension:", "poste:", "ext.", "room:"}
-_DIGIT_CODE = re.compile(r"[A-Z]?\d{4,8}[A-Z#*]?|\d(?:[ \-]\d){3,7}[#*]?|\d{3}(?:[ \-]\d{3}){1,2}|"
+_DIGIT_CODE = re.compile(r"[A-Z]?\d{4,8}[A-Z#*]?|\d{2,4}[#*]\d{2,6}[#*]?|\d(?:[ \-]\d){3,7}[#*]?|"
+                         r"\d{3}(?:[ \-]\d{3}){1,2}|"
                          r"\d\d(?: \d\d){2,3}|\d{4} \d{4}|"
                          r"\d{2,6}(?:-\d{2,6}){1,7}[#*]?")
 _DATE_LIKE = re.compile(r"(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})")
