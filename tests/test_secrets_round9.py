@@ -14,7 +14,8 @@ that must stay.
 - what is no secret: a captcha's site key, an OpenAI organisation id, a purchase order's
   number;
 - corrections: the value a correction sets aside beside the right one, when it is a
-  near-copy of it; an old value that the text says is still in use somewhere.
+  near-copy of it; an old value that the text says is still in use somewhere or was
+  put back.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def test_round9_not_secret(text: str, gone: list[str], kept: list[str]) -> None:
     # an old value still in use somewhere is no old value
     ("Le mot de passe des postes c'est Marelle2026, sauf sur le portable du bureau où\n"
      "c'est resté l'ancien : Marelle-25x.", ["Marelle2026", "Marelle-25x"], []),
+    # ... nor one put back
+    ("Pour la tablette de l'accueil j'ai remis l'ancien code : Loutre*Rive19, le nouveau "
+     "bloquait l'appli.", ["Loutre*Rive19"], []),
 ])
 def test_round9_corrections(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

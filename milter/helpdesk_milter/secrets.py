@@ -3071,9 +3071,11 @@ _STILL_AFTER = re.compile(
     r"(?i)[^\n]{0,20}?(?<![^\W_])(?:reste|restera|encore|still|toujours|jusqu['’]|until)"
     r"(?![^\W_])")
 
-# ... or before it: "là c'est resté l'ancien : X", "it still has the old one: X"
+# ... or before it: "là c'est resté l'ancien : X", "it still has the old one: X", and
+# an old value put back ("j'ai remis l'ancien mdp : X", "I restored the old one: X")
 _STILL_BEFORE = re.compile(
-    r"(?i)(?<![^\W_])(?:rest[ée]e?s?|reste|encore|toujours|still)(?![^\W_])[^\n.;!?]{0,14}\Z")
+    r"(?i)(?<![^\W_])(?:rest[ée]e?s?|reste|encore|toujours|still|remis|remise|remet|remettre|"
+    r"r[ée]tabli|restored|reverted|put[^\S\n]+back)(?![^\W_])[^\n.;!?]{0,14}\Z")
 
 
 # A value right after these is a fragment of a secret, not the secret: "se termine par
