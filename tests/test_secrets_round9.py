@@ -10,7 +10,8 @@ that must stay.
   a field of a line (a network's name before "clé" does not qualify it); an access
   code's own label outweighs the heading of its list; a network's name between a Wi-Fi
   label and a key's label; a keypad code with "#" inside;
-- tools and providers: redis-server's password options, Terraform Cloud's tokens;
+- tools and providers: redis-server's password options, Terraform Cloud's tokens,
+  Airtable's personal access tokens;
 - what is no secret: a captcha's site key, an OpenAI organisation id, a purchase order's
   number;
 - corrections: the value a correction sets aside beside the right one, when it is a
@@ -81,6 +82,14 @@ def test_round9_labels(text: str, gone: list[str], kept: list[str]) -> None:
      "Dk7Hf5Jg2Pm8Nc4Xb6Vq0\nworkspace: mairie-prod\n",
      ["Zq4Lm8Xv2Nw6Rt.atlasv1.Kp3Hd9Fs1Gy7Ju5Bc2Vn8Mx4Lq6Wz0Rt3Ys9Ea1Dk7Hf5Jg2Pm8Nc4Xb6Vq0"],
      ["mairie-prod"]),
+    # Airtable's personal access token, named by its provider; the base's id stays
+    ("Jeton Airtable (CRM des adhérents) :\npatQm4Lx8Vz2Rt6Kw.0e7d2c9b4a1f8e3d6c5b0a9f2e7d4c1b8a3"
+     "f6e9d2c5b8a1f4e7d0c3b6a9f2e5d8c7\n\nLa base : appR7kLm2Qz9Xv4Tn\n",
+     ["patQm4Lx8Vz2Rt6Kw.0e7d2c9b4a1f8e3d6c5b0a9f2e7d4c1b8a3f6e9d2c5b8a1f4e7d0c3b6a9f2e5d8c7"],
+     ["appR7kLm2Qz9Xv4Tn"]),
+    # ... and a word that starts with "pat" is no token
+    ("Le patrimoine de l'association est sur Airtable, patience pour l'export.\n", [],
+     ["patrimoine", "patience"]),
 ])
 def test_round9_tools_and_providers(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)
@@ -118,6 +127,11 @@ def test_round9_not_secret(text: str, gone: list[str], kept: list[str]) -> None:
     # an old value still in use somewhere is no old value
     ("Le mot de passe des postes c'est Marelle2026, sauf sur le portable du bureau où\n"
      "c'est resté l'ancien : Marelle-25x.", ["Marelle2026", "Marelle-25x"], []),
+    # ... a capitalised word, digits and a word joined by a hyphen is a password's shape,
+    # a term such as "S3-compatible" is not
+    ("Le mot de passe du NAS c'est Ruche2026miel, sauf le vieux disque S3-compatible où\n"
+     "c'est resté l'ancien : Ruche25-miel.", ["Ruche2026miel", "Ruche25-miel"],
+     ["S3-compatible"]),
     # ... nor one put back
     ("Pour la tablette de l'accueil j'ai remis l'ancien code : Loutre*Rive19, le nouveau "
      "bloquait l'appli.", ["Loutre*Rive19"], []),

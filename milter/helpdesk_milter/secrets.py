@@ -4034,7 +4034,9 @@ _PUBLIC_OBJECT_ID = re.compile(
     r"promo|inv|ord)_[A-Za-z0-9]{8,40}"
     r"|org-[A-Za-z0-9]{12,40}")     # OpenAI's organisation id (OpenAI-Organization:)
 _OBJECT_ID = re.compile(r"[a-z]{2,8}_[A-Za-z0-9]{8,}\Z")    # cus_RkQ2mV7xLp9T, evt_…
-_TERM = re.compile(r"[A-Za-z]{1,4}\d{1,3}-[a-z]{3,}\Z")      # S3-compatible, MP3-player
+# S3-compatible, MP3-player, IPv6-ready (not a capitalised word: "Pins24-tableau" is a
+# password's shape)
+_TERM = re.compile(r"(?:[A-Z]{1,4}|[a-z]{1,4}|IPv)\d{1,3}-[a-z]{3,}\Z")
 _DEVICE_NAME = re.compile(r"[-_](?=[0-9A-F]*[A-F])(?=[0-9A-F]*\d)[0-9A-F]{4,6}\Z")
 
 
@@ -5309,12 +5311,16 @@ def _connect_arguments(text: str, lower: str) -> list[Finding]:
 #   Mollie: "live_" or "test_" and 30 letters and digits; OAuth "access_" and 40.
 #   HelloAsso: an OAuth client_secret; Mailjet: a private (secret) key of 32 hex digits.
 #   New Relic: a licence (ingest) key, region and "xx", 30 hex digits, then "NRAL".
+#   Airtable: a personal access token, "pat" and 14 letters or digits, ".", 64 hex
+#     digits (gitleaks' "airtable-personnal-access-token"; "pat" alone starts too many
+#     words to be a prefix; a digit more or less, as a hand copy has it, is taken).
 _PROVIDER_NAMES = (b"scaleway", b"scw", b"mailchimp", b"postmark", b"bitwarden",
                    b"vaultwarden", b"mollie", b"helloasso", b"mailjet", b"new_relic",
-                   b"newrelic", b"new relic")
+                   b"newrelic", b"new relic", b"airtable")
 _PROVIDER_NAME_SET = frozenset(_PROVIDER_NAMES)
 _PROVIDER_NAME = re.compile(r"(?i)(?<![^\W_])(?:scaleway|scw|mailchimp|postmark|bitwarden|"
-                            r"vaultwarden|mollie|helloasso|mailjet|new[_ ]?relic)(?![^\W_])")
+                            r"vaultwarden|mollie|helloasso|mailjet|new[_ ]?relic|airtable)"
+                            r"(?![^\W_])")
 _PROVIDER_ALIAS = {"scw": "scaleway", "vaultwarden": "bitwarden", "new_relic": "newrelic",
                    "new relic": "newrelic"}
 # What a value of a shape that needs no label holds, as written ("SCW", "-us", "NRAL"):
@@ -5341,6 +5347,7 @@ _PROVIDER_SHAPES: dict[str, tuple[tuple[re.Pattern[str], bool], ...]] = {
     "helloasso": (),
     "mailjet": (),
     "newrelic": ((re.compile(_B + r"[a-z]{2}\d{2}xx[0-9a-f]{30}NRAL" + _E), False),),
+    "airtable": ((re.compile(_B + r"pat[A-Za-z0-9]{14}\.[0-9a-f]{60,70}" + _E), False),),
 }
 # A shape of the provider's own (a suffix "-us21" or "NRAL", a prefix "live_") is judged
 # as prefixed tokens are (_own_shape_alive); the others by their context, as every
@@ -5348,7 +5355,8 @@ _PROVIDER_SHAPES: dict[str, tuple[tuple[re.Pattern[str], bool], ...]] = {
 # as the pair's identifier, as OVH's application key and S3's access key do
 # (_identifier_half).
 _OWN_SHAPE = re.compile(r"[0-9a-f]{32}-us\d{1,2}|(?:live|test)_[A-Za-z0-9]{30,40}|"
-                        r"access_[A-Za-z0-9]{40}|[a-z]{2}\d{2}xx[0-9a-f]{30}NRAL")
+                        r"access_[A-Za-z0-9]{40}|[a-z]{2}\d{2}xx[0-9a-f]{30}NRAL|"
+                        r"pat[A-Za-z0-9]{14}\.[0-9a-f]{60,70}")
 _SECRET_WORD = re.compile(
     r"(?i)(?<![^\W_])(?:secrets?|secr[eè]te|tokens?|jetons?|priv[ée]e?|private|"
     r"api[\s_\-]?key|cl[ée]f?[\s_\-]+(?:d['’]\s?)?api)(?![^\W_])")
