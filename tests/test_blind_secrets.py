@@ -22,13 +22,13 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-g": 0.96, "secrets-tune-h": 0.97, "secrets-tune-i": 0.99,
         "secrets-tune-j": 0.98, "secrets-tune-k": 0.97, "secrets-tune-l": 0.98,
         "secrets-tune-m": 1.0, "secrets-tune-n": 0.97, "secrets-tune-o": 0.99,
-        "secrets-tune-p": 0.95, "secrets-tune-q": 0.98,
+        "secrets-tune-p": 0.96, "secrets-tune-q": 0.98,
         # written in the seventh session (first scored 0.919 and 0.940 as they came),
         # tuned on in the eighth
         "secrets-tune-r": 0.99, "secrets-tune-s": 0.99,
         # written in the ninth session (first scored 0.958 / 1 damaged and 0.931 / 3 as
         # they came), tuned on in the same session
-        "secrets-tune-t": 0.99, "secrets-tune-u": 0.97}
+        "secrets-tune-t": 1.0, "secrets-tune-u": 0.97}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
