@@ -20,9 +20,9 @@ TUNE = ROOT / "tests" / "blind"
 BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-d": 0.98, "secrets-tune-e": 1.0, "secrets-tune-f": 0.99,
         "secrets-tune-g": 0.96, "secrets-tune-h": 0.97, "secrets-tune-i": 0.99,
-        "secrets-tune-j": 0.98, "secrets-tune-k": 0.97, "secrets-tune-l": 0.98,
+        "secrets-tune-j": 0.98, "secrets-tune-k": 0.98, "secrets-tune-l": 0.98,
         "secrets-tune-m": 1.0, "secrets-tune-n": 0.97, "secrets-tune-o": 0.99,
-        "secrets-tune-p": 0.96, "secrets-tune-q": 0.98,
+        "secrets-tune-p": 0.97, "secrets-tune-q": 0.98,
         # written in the seventh session (first scored 0.919 and 0.940 as they came),
         # tuned on in the eighth
         "secrets-tune-r": 0.99, "secrets-tune-s": 0.99,

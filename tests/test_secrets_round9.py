@@ -11,7 +11,8 @@ that must stay.
   code's own label outweighs the heading of its list; a network's name between a Wi-Fi
   label and a key's label; a keypad code with "#" inside;
 - tools and providers: redis-server's password options, Terraform Cloud's tokens,
-  Airtable's personal access tokens;
+  Airtable's personal access tokens; an object under a key that names a secret
+  (OnlyOffice's local.json);
 - what is no secret: a captcha's site key, an OpenAI organisation id, a purchase order's
   number;
 - corrections: the value a correction sets aside beside the right one, when it is a
@@ -90,6 +91,10 @@ def test_round9_labels(text: str, gone: list[str], kept: list[str]) -> None:
     # ... and a word that starts with "pat" is no token
     ("Le patrimoine de l'association est sur Airtable, patience pour l'export.\n", [],
      ["patrimoine", "patience"]),
+    # string values of an object under a key that names a secret, however deep
+    ('{"mail": {"secrets": {"smtp": {"value": "Lk4Zq9Xw2Rt7Vm3Np8Hc5Jd1"}, '
+     '"name": "relay-secret-01"}}, "version": "2.4.1"}',
+     ["Lk4Zq9Xw2Rt7Vm3Np8Hc5Jd1"], ["relay-secret-01", "2.4.1"]),
 ])
 def test_round9_tools_and_providers(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

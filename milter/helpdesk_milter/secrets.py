@@ -4444,8 +4444,42 @@ _SECRET_QUALIFIED_AFTER = re.compile(
     r"(?P<v>[A-Za-z0-9+/_\-]{20,128}={0,2})(?![A-Za-z0-9+/_\-=@:]|\.\w)")
 
 
+# A JSON (or JavaScript) object under a key that names a secret: its string values are
+# the secrets, however deep and whatever their own keys ("secret": { "inbox": {
+# "string": "X" } }, OnlyOffice's local.json; "secrets": {"smtp": "X"}).  Generated
+# values only (a name such as "my-secret" is a reference), in a bounded object.
+_SECRET_OBJECT = re.compile(r"""(?i)["'][\w.\-]{0,30}secrets?["'][^\S\n]*:[^\S\n]*\{""")
+_OBJECT_STRING = re.compile(r"""["'](?P<k>[\w.\-]{1,40})["'][^\S\n]*:[^\S\n]*"""
+                            r"""["'](?P<v>[^"'\s\\]{16,200})["']""")
+_OBJECT_REACH = 600
+_OBJECT_ID_KEYS = frozenset({"id", "name", "kid", "key_id", "keyid", "type", "url", "uri",
+                             "host", "ref", "path", "file", "user", "username", "login"})
+
+
+def _secret_object_values(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    last = 0
+    for om in _SECRET_OBJECT.finditer(text):
+        if om.start() < last:
+            continue                        # inside an object already read: linear
+        depth, i, end = 1, om.end(), min(len(text), om.end() + _OBJECT_REACH)
+        while i < end and depth:            # the object's end (brackets in strings aside)
+            c = text[i]
+            depth += (c == "{") - (c == "}")
+            i += 1
+        last = i
+        for vm in _OBJECT_STRING.finditer(text, om.end(), i):
+            value = vm.group("v")
+            if vm.group("k").lower() not in _OBJECT_ID_KEYS and _mixed(value) \
+                    and _entropic(value, min_len=16):
+                out.append(Finding("api-token", vm.start("v"), vm.end("v")))
+    return out
+
+
 def _secret_named_values(text: str, lower: str) -> list[Finding]:
     out: list[Finding] = []
+    if "secret\"" in lower or "secrets\"" in lower or "secret'" in lower:
+        out.extend(_secret_object_values(text))
     for stem in _SECRET_NAME_STEMS:
         i = lower.find(stem)
         while i >= 0 and len(out) < 64:
