@@ -82,6 +82,14 @@ paragraph and a blank line; a reply above a history whose question names the pas
 form's dot leaders as a separator; a pass phrase alone on its line after "est :" and a
 blank line; a password dictated in words then written "tout attaché, donc X".
 
+And: a part decoded with the wrong charset is read with its undecoded bytes as
+windows-1252 letters ("Cl\ufffd WPA : X"); Markdown code spans in a password column; an
+XML element named for a password with attributes (FileZilla's ``<Pass
+encoding="base64">``); the string values of a JSON object under a key that names a
+secret; a bracketed aside after a label across a line wrap; a spaced dash ends a field
+of a line; the value a correction sets aside ("c'est Y, pas X") when it is a near-copy
+of the right one; an old value still in use or put back.
+
 Precision comes last, from the words around a value whatever detector found it
 (``_live``): masked, elided and filler values ("sk_live_...9kQa", "changeme", "XXXXXX")
 are never secrets; nor is a password-like value right after an example cue ("ex.",
