@@ -20,12 +20,15 @@ TUNE = ROOT / "tests" / "blind"
 BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-d": 0.98, "secrets-tune-e": 1.0, "secrets-tune-f": 0.99,
         "secrets-tune-g": 0.96, "secrets-tune-h": 0.97, "secrets-tune-i": 0.99,
-        "secrets-tune-j": 0.98, "secrets-tune-k": 0.97, "secrets-tune-l": 0.98,
+        "secrets-tune-j": 0.98, "secrets-tune-k": 0.98, "secrets-tune-l": 0.98,
         "secrets-tune-m": 1.0, "secrets-tune-n": 0.97, "secrets-tune-o": 0.99,
-        "secrets-tune-p": 0.95, "secrets-tune-q": 0.98,
+        "secrets-tune-p": 0.97, "secrets-tune-q": 0.98,
         # written in the seventh session (first scored 0.919 and 0.940 as they came),
         # tuned on in the eighth
-        "secrets-tune-r": 0.99, "secrets-tune-s": 0.99}
+        "secrets-tune-r": 0.99, "secrets-tune-s": 0.99,
+        # written in the ninth session (first scored 0.958 / 1 damaged and 0.931 / 3 as
+        # they came), tuned on in the same session
+        "secrets-tune-t": 1.0, "secrets-tune-u": 0.97}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
@@ -44,8 +47,24 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
 # - r: a WordPress UUID that a password label's window cuts in two: its piece is taken
 #   for a value.  Leaving such a piece out fixed it but made the held-out set fall by
 #   one secret (a long password near a window's end), so it was reverted.
+# Decided in the ninth round (t and u), where writers' labels could go either way:
+# - a value a correction sets aside ("ce n'est pas X c'est Y", "c'est Y, pas X"), a
+#   secret for t (twice): redacted when it is a near-copy of the right value (the same
+#   first or last two characters, a password's shape): a typo or last year's version
+#   tells the real one but for a character or two.  An old value that the text says
+#   stopped working, with no correction beside it, is still left, as d's decoys are
+#   ("l'ancien (1966A) ne marche plus"; h's and n's writers labelled such values secret:
+#   they stay misses); one that the text says is still in use somewhere or was put back
+#   ("c'est resté l'ancien : X", "g remis l'ancien pwd : X") is live;
+# - a Wi-Fi key posted for the public ("clé : X – à afficher"), a secret for u: redacted
+#   (a network's key is a key; the words after it do not say it may be shared);
+# - a captcha's site key ("clé du site", "site key"), a decoy for t beside its secret
+#   key: left, as RECAPTCHA_SITE_KEY= already was (it is in every page's source);
+# - an OpenAI organisation id ("org-..."), a decoy for u: left, as payment providers'
+#   object ids are.
 DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-p": 1,
-                           "secrets-tune-r": 1, "secrets-tune-s": 0}
+                           "secrets-tune-r": 1, "secrets-tune-s": 0, "secrets-tune-t": 0,
+                           "secrets-tune-u": 0}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))

@@ -82,6 +82,14 @@ paragraph and a blank line; a reply above a history whose question names the pas
 form's dot leaders as a separator; a pass phrase alone on its line after "est :" and a
 blank line; a password dictated in words then written "tout attaché, donc X".
 
+And: a part decoded with the wrong charset is read with its undecoded bytes as
+windows-1252 letters ("Cl\ufffd WPA : X"); Markdown code spans in a password column; an
+XML element named for a password with attributes (FileZilla's ``<Pass
+encoding="base64">``); the string values of a JSON object under a key that names a
+secret; a bracketed aside after a label across a line wrap; a spaced dash ends a field
+of a line; the value a correction sets aside ("c'est Y, pas X") when it is a near-copy
+of the right one; an old value still in use or put back.
+
 Precision comes last, from the words around a value whatever detector found it
 (``_live``): masked, elided and filler values ("sk_live_...9kQa", "changeme", "XXXXXX")
 are never secrets; nor is a password-like value right after an example cue ("ex.",
@@ -288,7 +296,7 @@ _GATE_WORDS = (
     # the password options of _CLI_PASSWORD_FLAGS (after a space: "Jean-Pierre" is not
     # "-p"; cheaper for prose than the tools' names), SQL credentials, login calls
     "-p", "--p", "-a", "-w", "-k", "--http", "--ftp", "--admin", "-storepass", "-keypass",
-    "-srcstorepass", "-deststorepass", "add_user", "/p:",
+    "-srcstorepass", "-deststorepass", "add_user", "/p:", "--requirepass", "--masterauth",
     "identified", "imap_open", "ldap_bind", "ftp_login", "ssh2_auth",
     # provider prefixes (gitleaks' list, see _PROVIDER_TOKEN and _TOKEN_PATTERNS)
     "github_pat", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "glpat", "glptt", "gldt", "glrt",
@@ -300,7 +308,7 @@ _GATE_WORDS = (
     "pmak", "pul-", "pscale", "pnu_", "rubygems", "sntry", "pplx", "sq0", "eaa", "fo1_",
     "ntn_", "aa", "sk.", "atatt3", "lin_api", "hrku-", "nrak-", "nrii-", "nrjs-",
     "rdme_", "tk-us-", "ico-", "sha256~", "fio-u-", "duffel_", "shippo_", "sgp_", "live_",
-    "ck_", "cs_", "pat-eu1-", "pat-na1-",
+    "ck_", "cs_", "pat-eu1-", "pat-na1-", "atlasv1.",
     # cookies and session ids, name/value pairs (Postman, Kubernetes env)
     "cookie", "set-cookie", "logged_in", "value",
 )
@@ -494,6 +502,7 @@ _PW_KEYWORD = re.compile(rf"""
          | (?:network\s+)?security\s+key)
  | (?P<kw>{_MDP}|mdp|(?:pg|db|my)?pass(?:word|wd|wort|phrase|code)?s?|pwd|pw|psw
          |secret(?:\s+(?:word|(?:question\s+)?answer|question))?
+               (?!\s+(?:access\s+)?key(?![^\W_]))
                (?!\s+(?:d['’]|de\s+l['’]|du\s+)\s?(?:application|appli|app|api|client)(?![^\W_]))
          |code\s+(?:d['’]acc[èe]s|secret|pin|de\s+connexion|d['’]activation|
                         de\s+d[ée]verrouillage)
@@ -718,6 +727,8 @@ class SecretScanner:
         if not text:
             return False
         hay = _Haystack(text)
+        if b"\xed" in hay.cased or (b"\xef" in hay.cased and b"\xef\xbf\xbd" in hay.cased):
+            text, hay = _misdecoded_read(text, hay)
         if not hay.gated():
             return _named_possible(hay)
         # The tests are or-ed: the one that says yes most often (prose that mentions a
@@ -750,6 +761,8 @@ class SecretScanner:
         if not text:
             return []
         hay = _Haystack(text)
+        if b"\xed" in hay.cased or (b"\xef" in hay.cased and b"\xef\xbf\xbd" in hay.cased):
+            text, hay = _misdecoded_read(text, hay)
         if not hay.gated():
             return self._named_ungated(hay, text)
         if "\r" in text and "\r\n" in text:     # (one byte first: a memchr)
@@ -819,8 +832,13 @@ class SecretScanner:
             found.extend(_account_values(text, hay))
         if "password" in enabled and b"wifi:" in hay.folded:
             found.extend(_wifi_qr(text))
-        return _resolve(_by_shape(text, _live(text, _join_wrapped(text, _drop_stale_history(
-            text, _drop_pair_logins(text, found)))) + self._named(hay, text)))
+        live = _live(text, _join_wrapped(text, _drop_stale_history(
+            text, _drop_pair_logins(text, found))))
+        if live and any(f.kind == "password" for f in live):
+            lower = hay.lower(text)
+            if len(lower) == len(text):
+                live.extend(_corrected_values(text, lower, live))
+        return _resolve(_by_shape(text, live + self._named(hay, text)))
 
     @staticmethod
     def _generic(hay: _Haystack, text: str) -> list[Finding]:
@@ -867,6 +885,37 @@ class SecretScanner:
                 continue            # filler in the whole ("T00000000/B00000000/XXXX...")
             out.append(Finding(kind, *(m.span("v") if part else m.span())))
         return out
+
+
+# A part whose declared charset is wrong (UTF-8 declared, windows-1252 sent) reaches the
+# scan with its accented letters as the bytes it could not decode: lone surrogates
+# (U+DC80-U+DCFF, Python's "surrogateescape", as the milter decodes) or U+FFFD (a
+# "replace" decoding).  "Cl\udce9 WPA", "R\ufffdseau" are labels all the same.
+_UNDECODED = re.compile("[\udc80-\udcff\ufffd]")
+
+
+def _undecoded_table() -> dict[int, str]:
+    table = {0xFFFD: "é"}
+    for b in range(0x80, 0x100):
+        letter = bytes([b]).decode("cp1252", "replace")
+        # (cp1252's five holes: read as latin-1)
+        table[0xDC00 + b] = letter if letter != "\ufffd" else chr(b)
+    return table
+
+
+_UNDECODED_READ = _undecoded_table()
+
+
+def _misdecoded_read(text: str, hay: _Haystack) -> tuple[str, _Haystack]:
+    """``text`` with its undecoded bytes read as windows-1252 letters (and U+FFFD, whose
+    byte is lost, as "é": French's commonest accented letter, the one the labels hold),
+    and its haystack; one code point for one, so offsets are unchanged, and a value is
+    redacted by its span whatever it holds.  (b"\xed" also starts some Hangul: then
+    nothing is undecoded and ``text`` is returned as it is.)"""
+    if _UNDECODED.search(text) is None:
+        return text, hay
+    read = text.translate(_UNDECODED_READ)
+    return read, _Haystack(read)
 
 
 _QUOTE_MARKS = re.compile(r"(?m)^(?:>[ \t]?)+")
@@ -1210,6 +1259,8 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
             if c >= len(cells):
                 continue
             a, b = _strip_span(row, *cells[c])
+            if b - a > 2 and row[a] in "`\"'" and row[b - 1] == row[a]:
+                a, b = a + 1, b - 1         # Markdown's code span: "| `X` |"
             value = row[a:b]
             if c in keyish and not (_entropic(value, min_len=16) or _UUID.fullmatch(value)):
                 continue
@@ -1885,6 +1936,10 @@ _CLOSE_INLINE_TAG = re.compile(r"(?i)</(?:b|strong|em|i|span|u|font|label|th|td)
 _INLINE_TAG = re.compile(r"(?i)<(?:code|b|strong|em|i|span|tt|kbd|samp|font)(?:\s[^<>]{0,200})?>")
 
 
+_TAG_ATTRIBUTES = re.compile(r"""(?:[ \t]+[A-Za-z_:][\w:.\-]{0,40}[ \t]*=[ \t]*"""
+                             r"""(?:"[^"<>\n]{0,200}"|'[^'<>\n]{0,200}')){1,8}[ \t]*(?=>)""")
+
+
 def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
                     n: int) -> Finding | None:
     start, pos = m.start(), m.end()
@@ -1901,13 +1956,22 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     if group == "creds" and keyword.startswith("acc") and not _COLON.match(text, pos, limit):
         return None                         # "accès" alone is ordinary prose
 
-    # <password>value</password> (not HTML's <code> element: it holds any code or name)
-    if start > 0 and text[start - 1] == "<" and text.startswith(">", pos):
+    # <password>value</password> (not HTML's <code> element: it holds any code or name),
+    # with attributes too: FileZilla's <Pass encoding="base64">, whose base64 is the
+    # password all the same (anyone decodes it)
+    tag_end = -1
+    if start > 0 and text[start - 1] == "<":
+        if text.startswith(">", pos):
+            tag_end = pos
+        elif text[pos:pos + 1] in (" ", "\t"):
+            am = _TAG_ATTRIBUTES.match(text, pos, line_end)
+            tag_end = am.end() if am is not None else -1
+    if tag_end >= 0:
         if keyword == "code":
             return None
-        close = text.find("<", pos + 1, line_end)
-        if close > pos + 1:
-            a, b = _strip_span(text, pos + 1, close)
+        close = text.find("<", tag_end + 1, line_end)
+        if close > tag_end + 1:
+            a, b = _strip_span(text, tag_end + 1, close)
             if _value_ok(text[a:b], clause_end=True, strict=False):
                 return Finding(_kind_for_assignment(text, start - 1), a, b)
         return None
@@ -1975,6 +2039,17 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
                                     # continued after a line break)
         if word.startswith("(") and qualifiers and group in ("kw", "wifi"):
             close = text.find(")", wm.start("w"), min(line_end, wm.start("w") + 80))
+            if close < 0 and text.startswith("\n", line_end):
+                # the aside goes on after a line wrap: "(à donner à l'opérateur\nau
+                # téléphone) : X" (one wrap; no other bracket opened in it)
+                nl = text.find("\n", line_end + 1, line_end + 81)
+                next_end = nl if nl >= 0 else min(n, line_end + 81)
+                close = text.find(")", line_end + 1, next_end)
+                if close > 0 and "(" not in text[line_end + 1:close] \
+                        and text[line_end + 1:close].strip():
+                    line_end = next_end
+                else:
+                    close = -1
             if close > 0:           # "la clé wifi du local (box Orange, SSID X) : value"
                 qualifiers += 1
                 pos = close + 1
@@ -2100,10 +2175,13 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
     if group in ("kw", "wifi") and not weak and (sep.group("punct") == ":" or (
             sep.group("verb") and sep.group(0).rstrip().endswith(":"))):
         # "the password is: lighthouse harbour seven gulls": words to the end of the line
-        pa, pb = _strip_span(text, a, line_end)
+        # (or of its field: "X — contrat n° 12" goes on with another field)
+        dash = _FIELD_DASH.search(text, a, line_end)
+        phrase_end = dash.start() if dash is not None else line_end
+        pa, pb = _strip_span(text, a, phrase_end)
         if _word_passphrase(text[pa:pb]):
             return Finding("password", pa, pb)
-        cm = _WORDS_WITH_DIGIT.match(text, a, line_end)      # "clé WPA2 : Marée haute 1987 ("
+        cm = _WORDS_WITH_DIGIT.match(text, a, phrase_end)    # "clé WPA2 : Marée haute 1987 ("
         if cm is not None and cm.end("v") > b and _spoken_passphrase(cm.group("v")) \
                 and not _value_ok(text[a:b], clause_end=False, strict=True):
             return Finding("password", a, cm.end("v"))
@@ -2401,6 +2479,7 @@ _PROVIDER_TOKEN = re.compile(r"""
  | live_[A-Za-z0-9]{24,40}                  # mollie, gocardless (generated: see below)
  | pat-(?:eu|na)1-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}  # hubspot
  | c[ks]_[a-f0-9]{40}                                             # woocommerce
+ | [A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=\-]{60,70}                # terraform cloud
 )
 (?![A-Za-z0-9_\-])
 """, re.X)
@@ -2420,7 +2499,7 @@ _PROVIDER_LITERALS = (
     b"fo1_", b"ntn_",
     b":AA", b"sk.eyJ", b"ATATT3", b"lin_api_", b"HRKU-", b"NRAK-", b"NRII-", b"NRJS-",
     b"rdme_", b"tk-us-", b"ico-", b"sha256~", b"fio-u-", b"duffel_", b"shippo_", b"sgp_",
-    b"live_", b"ck_", b"cs_", b"pat-eu1-", b"pat-na1-")
+    b"live_", b"ck_", b"cs_", b"pat-eu1-", b"pat-na1-", b".atlasv1.")
 # ... of which these end words too ("olive_", "stack_", "Mexico-"): looked for at a word's
 # start only, as the token pattern starts (a false hit costs a scan of the whole text)
 _PROVIDER_WORD_START = (b"live_", b"ck_", b"cs_", b"ico-")
@@ -2431,7 +2510,7 @@ _PROVIDER_PIVOTS = re.compile(
     rb"|(?<=shpat_)|(?<=shpca_)|(?<=shppa_)|(?<=shpss_)|(?<=pscale_tkn_)"
     rb"|(?<=pscale_oauth_)|(?<=pscale_pw_)|(?<=sntryu_)|(?<=sntrys_)"
     rb"|(?<=c[ks]_)(?<![A-Za-z0-9_.\-]c[ks]_))"
-    rb"|\.(?:(?<=SG\.)|(?<=hvs\.)|(?<=hvb\.)|(?<=dp\.)(?:pt|st|sa|ct)|(?<=sk\.)eyJ)"
+    rb"|\.(?:(?<=SG\.)|(?<=hvs\.)|(?<=hvb\.)|(?<=dp\.)(?:pt|st|sa|ct)|(?<=sk\.)eyJ|atlasv1\.)"
     rb"|-(?:(?<=sib-)|(?<=pypi-)|(?<=A3-)|(?<=key-)|(?<=AGE-)|(?<=pul-)|(?<=HRKU-)|(?<=NRAK-)"
     rb"|(?<=NRII-)|(?<=NRJS-)|(?<=tk-us-)|(?<=ico-)(?<![A-Za-z0-9_.\-]ico-)|(?<=fio-u-)"
     rb"|(?<=pat-eu1-)|(?<=pat-na1-)|(?<=glrt-))"
@@ -2755,6 +2834,7 @@ _CLI_PASSWORD_FLAGS: dict[str, tuple[str, ...]] = {
     "mysql mysqldump mysqladmin mysqlcheck mysqlimport mysqlshow mysqlpump mariadb "
     "mariadb-dump mariadb-admin": ("-p+", "--password"),
     "redis-cli valkey-cli keydb-cli": ("-a", "--pass", "--user-pass"),
+    "redis-server valkey-server keydb-server": ("--requirepass", "--masterauth"),
     "ldapsearch ldapmodify ldapadd ldapdelete ldapwhoami ldappasswd ldapcompare "
     "ldapmodrdn ldapexop": ("-w",),
     "mosquitto_pub mosquitto_sub mosquitto_rr": ("-P", "--pw"),
@@ -2895,7 +2975,7 @@ salle room bureau poste extension ext lien link url site domaine domain serveur 
 sur on at from de chez boîte boite box session appareil device imprimante printer groupe
 group projet project utilisateur: login: user: ssid: réseau: network: compte: account:
 appelle s'appelle s’appelle nommé nommée called named commit hash sha sha1 sha256 md5
-empreinte fingerprint checksum erreur error
+empreinte fingerprint checksum erreur error organisation organization org tenant po
 """)
 
 
@@ -2999,6 +3079,12 @@ _STILL_AFTER = re.compile(
     r"(?i)[^\n]{0,20}?(?<![^\W_])(?:reste|restera|encore|still|toujours|jusqu['’]|until)"
     r"(?![^\W_])")
 
+# ... or before it: "là c'est resté l'ancien : X", "it still has the old one: X", and
+# an old value put back ("j'ai remis l'ancien mdp : X", "I restored the old one: X")
+_STILL_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:rest[ée]e?s?|reste|encore|toujours|still|remis|remise|remet|remettre|"
+    r"r[ée]tabli|restored|reverted|put[^\S\n]+back)(?![^\W_])[^\n.;!?]{0,14}\Z")
+
 
 # A value right after these is a fragment of a secret, not the secret: "se termine par
 # 42", "ending in ***8Kq", "les 4 derniers chiffres 4417", "commence par Ma".
@@ -3074,12 +3160,14 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
         return True
     if kind != "password":
         return False
-    if _named_next(text, a) or _filler_words(text[a:b]) or _code_like(text, a, b):
+    if _named_next(text, a) or _filler_words(text[a:b]) or _code_like(text, a, b) \
+            or _network_before_key(text, a, b):
         return True
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
             and _old_names_secret(om.group("between")) \
-            and not _STILL_AFTER.match(text, b, min(len(text), b + 40)):
+            and not _STILL_AFTER.match(text, b, min(len(text), b + 40)) \
+            and not _STILL_BEFORE.search(text, max(lo, om.start() - 24), om.start()):
         return True
     return bool(_HEX_VALUE.fullmatch(text, a, b) and _HASH_BEFORE.search(text, lo, a))
 
@@ -3248,6 +3336,52 @@ def _drop_stale_history(text: str, found: list[Finding]) -> list[Finding]:
     if not _STALE_NOTE.search(text, max(0, hm.start() - 2000), hm.start()):
         return found
     return [f for f in found if f.kind != "password" or f.start < hm.start()]
+
+
+# A correction in one sentence: "ce n'est pas X c'est Y", "c'est Y, pas X", "Y, not X",
+# "not X but Y".  When Y was found as a password, X is the value given wrongly, and a
+# near-copy of Y (a typo, two digits swapped, last year's version) tells the real one
+# but for a character or two: it goes too.  (An old value that the text says no longer
+# works, with no correction beside it, is judged by _context_veto.)
+_CORRECTED_AFTER = re.compile(
+    r"[^\S\n]*[,;(]?[^\S\n]*(?:et[^\S\n]+|and[^\S\n]+)?(?:pas|non|not|instead[^\S\n]+of|"
+    r"au[^\S\n]+lieu[^\S\n]+de)[^\S\n]+(?:le[^\S\n]+|la[^\S\n]+|the[^\S\n]+)?"
+    r"(?P<v>[^\s,;.()«»\"]{4,40})(?=[\s,;.)»\"]|\Z)", re.I)
+_CORRECTED_BEFORE = re.compile(
+    r"(?<![^\W_])(?:pas|not|non)[^\S\n]+(?P<v>[^\s,;.()«»\"]{4,40})[^\S\n]*[,;]?\s{0,3}"
+    r"(?:mais[^\S\n]+|but[^\S\n]+)?(?:c['’]est|it['’]s|it[^\S\n]+is|mais|but)[^\S\n]*:?\s{0,3}\Z",
+    re.I)
+
+
+def _near_copy(wrong: str, right: str) -> bool:
+    """Whether ``wrong`` looks like a mistyped ``right``: a password's shape (a letter
+    or a digit and a symbol or a digit; not a date, a time, a reference), and the same
+    first or last two characters."""
+    if not _has_non_letter(wrong) or _DECOY_SHAPE.fullmatch(wrong) or _TIME_LIKE.fullmatch(wrong):
+        return False
+    w, r = wrong.lower(), right.lower()
+    return w != r and (w[:2] == r[:2] or w[-2:] == r[-2:])
+
+
+def _corrected_values(text: str, lower: str, found: list[Finding]) -> list[Finding]:
+    """The values a correction sets aside beside a password found (see above);
+    ``lower`` is ``text`` lower-cased."""
+    out: list[Finding] = []
+    for f in found:
+        if f.kind != "password":
+            continue
+        lo, hi = max(0, f.start - 70), f.end + 60
+        if lower.find("pas", lo, hi) < 0 and lower.find("no", lo, hi) < 0 \
+                and lower.find("lieu", lo, hi) < 0 and lower.find("instead", lo, hi) < 0:
+            continue                # (no word of a correction near: the common case)
+        right = text[f.start:f.end]
+        after = _CORRECTED_AFTER.match(text, f.end, min(len(text), f.end + 60))
+        if after is not None and _near_copy(after.group("v"), right):
+            out.append(Finding("password", after.start("v"), after.end("v")))
+        before = _CORRECTED_BEFORE.search(text, max(0, f.start - 70), f.start)
+        if before is not None and _near_copy(before.group("v"), right):
+            out.append(Finding("password", before.start("v"), before.end("v")))
+    return out
 
 
 def _live(text: str, found: list[Finding]) -> list[Finding]:
@@ -3752,9 +3886,24 @@ def _key_label_ok(text: str, start: int, end: int) -> bool:
     sentence) allow a secret."""
     lo = max(0, start - 25, text.rfind("\n", max(0, start - 25), start) + 1)
     lo = _qualifier_start(text, lo, start)
+    # a spaced dash ends a field of a line: "Wi-Fi lecteurs – BIBLIO-PUBLIC – clé : X"
+    # (the network's name is not the key's qualifier)
+    before = text[lo:start]
+    if "–" in before or "—" in before or "|" in before:
+        for dash in _FIELD_DASH.finditer(text, lo, start):
+            lo = dash.end()
     hi = text.find("\n", end, end + 25)
     hi = _qualifier_end(text, end, hi if hi >= 0 else min(len(text), end + 25))
+    if "site" in text[lo:hi].lower() and _SITE_KEY.search(text, lo, hi) is not None:
+        return False
     return not _KEY_NOT_SECRET.search(text, lo, hi)
+
+
+# A captcha's site key (reCAPTCHA, hCaptcha, Turnstile) is the public half of its pair:
+# it is in every page's source; its secret key is not.
+_SITE_KEY = re.compile(r"(?i)(?<![^\W_])(?:site[^\S\n]?key|cl[ée]f?[^\S\n]+(?:du|de)[^\S\n]+site)"
+                       r"(?![^\W_])")
+_FIELD_DASH = re.compile(r"[^\S\n][–—|][^\S\n]")
 
 
 def _keylike(value: str) -> bool:
@@ -3890,9 +4039,12 @@ _WHITESPACE = re.compile(r"\s")
 # are no value.
 _PUBLIC_OBJECT_ID = re.compile(
     r"(?:cus|sub|pi|ch|in|ii|prod|price|acct|evt|txn|pm|seti|po|re|src|card|ba|py|si|plink|"
-    r"promo|inv|ord)_[A-Za-z0-9]{8,40}")
+    r"promo|inv|ord)_[A-Za-z0-9]{8,40}"
+    r"|org-[A-Za-z0-9]{12,40}")     # OpenAI's organisation id (OpenAI-Organization:)
 _OBJECT_ID = re.compile(r"[a-z]{2,8}_[A-Za-z0-9]{8,}\Z")    # cus_RkQ2mV7xLp9T, evt_…
-_TERM = re.compile(r"[A-Za-z]{1,4}\d{1,3}-[a-z]{3,}\Z")      # S3-compatible, MP3-player
+# S3-compatible, MP3-player, IPv6-ready (not a capitalised word: "Pins24-tableau" is a
+# password's shape)
+_TERM = re.compile(r"(?:[A-Z]{1,4}|[a-z]{1,4}|IPv)\d{1,3}-[a-z]{3,}\Z")
 _DEVICE_NAME = re.compile(r"[-_](?=[0-9A-F]*[A-F])(?=[0-9A-F]*\d)[0-9A-F]{4,6}\Z")
 
 
@@ -3900,6 +4052,20 @@ def _as_read(value: str) -> str:
     """``value`` with its HTML character references decoded (HTML source pasted in a
     text part): "Ben&#8217;s" reads "Ben’s" (no digit), "Velo&amp;Co-318" "Velo&Co-318"."""
     return html.unescape(value) if "&" in value else value
+
+
+# "Wi-Fi: GH-Annex2, key X", "réseau Mairie-Wifi5 / clé : X": a value right after a
+# network's label and right before a key's or a password's label is the network's name.
+_NETWORK_LABEL_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:wi-?fi|wlan|ssid|r[ée]seau|network)[^\S\n]*[:=]?[^\S\n]*\Z")
+_KEY_LABEL_AFTER = re.compile(
+    r"(?i)[^\S\n]*[,;/|–—-]?[^\S\n]*(?:(?:la|the)[^\S\n]+)?(?:cl[ée]f?|key|password|passphrase|"
+    r"mot[^\S\n]+de[^\S\n]+passe|mdp|pwd|psk)(?![^\W_])")
+
+
+def _network_before_key(text: str, a: int, b: int) -> bool:
+    return _KEY_LABEL_AFTER.match(text, b) is not None and \
+        _NETWORK_LABEL_BEFORE.search(text, max(0, a - 24), a) is not None
 
 
 def _strong_values(text: str, windows: list[tuple[int, int]]) -> list[Finding]:
@@ -3936,7 +4102,7 @@ def _strong_values(text: str, windows: list[tuple[int, int]]) -> list[Finding]:
             value = text[a:b]
             if not 8 <= len(value) <= 24 or _classes(_as_read(value)) < 4 \
                     or _DEVICE_NAME.search(value) or _OBJECT_ID.match(value) \
-                    or _TERM.match(value):
+                    or _PUBLIC_OBJECT_ID.fullmatch(value) or _TERM.match(value):
                 continue
             if not _looks_secret(value) or _binary_line(text, a) or _named_next(text, a) \
                     or _named_by(_recent(text, max(0, a - 60), a)) or _dotted_name(value) \
@@ -4286,8 +4452,42 @@ _SECRET_QUALIFIED_AFTER = re.compile(
     r"(?P<v>[A-Za-z0-9+/_\-]{20,128}={0,2})(?![A-Za-z0-9+/_\-=@:]|\.\w)")
 
 
+# A JSON (or JavaScript) object under a key that names a secret: its string values are
+# the secrets, however deep and whatever their own keys ("secret": { "inbox": {
+# "string": "X" } }, OnlyOffice's local.json; "secrets": {"smtp": "X"}).  Generated
+# values only (a name such as "my-secret" is a reference), in a bounded object.
+_SECRET_OBJECT = re.compile(r"""(?i)["'][\w.\-]{0,30}secrets?["'][^\S\n]*:[^\S\n]*\{""")
+_OBJECT_STRING = re.compile(r"""["'](?P<k>[\w.\-]{1,40})["'][^\S\n]*:[^\S\n]*"""
+                            r"""["'](?P<v>[^"'\s\\]{16,200})["']""")
+_OBJECT_REACH = 600
+_OBJECT_ID_KEYS = frozenset({"id", "name", "kid", "key_id", "keyid", "type", "url", "uri",
+                             "host", "ref", "path", "file", "user", "username", "login"})
+
+
+def _secret_object_values(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    last = 0
+    for om in _SECRET_OBJECT.finditer(text):
+        if om.start() < last:
+            continue                        # inside an object already read: linear
+        depth, i, end = 1, om.end(), min(len(text), om.end() + _OBJECT_REACH)
+        while i < end and depth:            # the object's end (brackets in strings aside)
+            c = text[i]
+            depth += (c == "{") - (c == "}")
+            i += 1
+        last = i
+        for vm in _OBJECT_STRING.finditer(text, om.end(), i):
+            value = vm.group("v")
+            if vm.group("k").lower() not in _OBJECT_ID_KEYS and _mixed(value) \
+                    and _entropic(value, min_len=16):
+                out.append(Finding("api-token", vm.start("v"), vm.end("v")))
+    return out
+
+
 def _secret_named_values(text: str, lower: str) -> list[Finding]:
     out: list[Finding] = []
+    if "secret\"" in lower or "secrets\"" in lower or "secret'" in lower:
+        out.extend(_secret_object_values(text))
     for stem in _SECRET_NAME_STEMS:
         i = lower.find(stem)
         while i >= 0 and len(out) < 64:
@@ -4411,6 +4611,7 @@ _ARMING = re.compile(r"(?i)(?<![^\W_])(?:d[ée]sactiv|activ|d[ée]sarm|disarm|ar
 _CODE_VALUE = re.compile(
     r"(?<![\w/+\-.,:#°])(?<!\d[ .\-])(?:"
     r"[A-Z]?\d{4,8}[A-Z#*]?"                            # 4096#, 0312A
+    r"|\d{2,4}[#*]\d{2,6}[#*]?"                          # 41#907: a keypad's key inside
     r"|\d(?:[ \-]\d){3,7}[#*]?"                          # 8 3 5 1
     r"|\d{3}(?:[ \-]\d{3}){1,2}"                        # 482 917, 663 901 448
     r"|\d\d(?: \d\d){2,3}"                               # 27 14 93
@@ -4439,7 +4640,8 @@ extension extension: poste poste: ext ext. badge badge: n° no no. numéro numer
 tél téléphone phone fax room room: salle
 """)
 _CODE_NAMING = _NAMING_WORDS | {"badge", "badge:", "extension:", "poste:", "ext.", "room:"}
-_DIGIT_CODE = re.compile(r"[A-Z]?\d{4,8}[A-Z#*]?|\d(?:[ \-]\d){3,7}[#*]?|\d{3}(?:[ \-]\d{3}){1,2}|"
+_DIGIT_CODE = re.compile(r"[A-Z]?\d{4,8}[A-Z#*]?|\d{2,4}[#*]\d{2,6}[#*]?|\d(?:[ \-]\d){3,7}[#*]?|"
+                         r"\d{3}(?:[ \-]\d{3}){1,2}|"
                          r"\d\d(?: \d\d){2,3}|\d{4} \d{4}|"
                          r"\d{2,6}(?:-\d{2,6}){1,7}[#*]?")
 _DATE_LIKE = re.compile(r"(\d{1,4})[-/.](\d{1,2})[-/.](\d{1,4})")
@@ -4580,6 +4782,13 @@ def _code_before(text: str, label: int) -> Finding | None:
     return Finding("password", a, b)
 
 
+# A code's own label that says it opens an account: what the heading of its list says
+# (a bank's letter) does not make it a reference.
+_OWN_ACCESS_LABEL = re.compile(
+    r"(?i)[^\S\n]*(?:d['’][^\S\n]?acc[eè]s|secret|de[^\S\n]+connexion|"
+    r"d['’][^\S\n]?identification|access|login|de[^\S\n]+d[ée]verrouillage|unlock)(?![^\W_])")
+
+
 # A password announced right after a code: the code was the login of the pair.
 _PASSWORD_NEXT = re.compile(
     r"(?i)[^\S\n]*[,;]?[^\S\n]*(?:et|and|&|\+|with|avec|puis|then)\s+(?:(?:le|la|l['’]|"
@@ -4609,8 +4818,10 @@ def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) 
             continue
         intro = _list_intro_line(text, m.start())
         if intro is not None and _NOT_ACCESS_CODE.search(text, _last_sentence(text, *intro),
-                                                         intro[1]):
+                                                         intro[1]) \
+                and _OWN_ACCESS_LABEL.match(text, m.end()) is None:
             continue                    # under "un code pour le comptage des copies :"
+                                        # (but "Code d'accès" under a bank's letter)
         before = _code_before(text, w0)
         if before is not None:
             out.append(before)          # "8841, c'est le code de l'alarme"
@@ -4828,9 +5039,11 @@ def _listed_values(text: str, lower: str,
             label = im.group("label")
             if (label is not None and (any(
                     _recent_word(w).rstrip(":") in _IDENTITY_WORDS for w in label.split())
-                    or _LIST_LABEL_NOT_SECRET.search(label))) or "=" in value[1:]:
+                    or _LIST_LABEL_NOT_SECRET.search(label)
+                    or _SITE_KEY.search(label))) or "=" in value[1:]:
                 # "Key ID: 3F2A91C4", "Login : jdupont", "publishable: pk_…", "Invoice:
-                # in_…"; "NAME=value" is an assignment, judged by its name elsewhere
+                # in_…", a captcha's "site key"; "NAME=value" is an assignment, judged
+                # by its name elsewhere
                 items += 1              # "Key ID: 3F2A91C4", "Login : jdupont"
                 pos = eol + 1
                 continue
@@ -5140,12 +5353,16 @@ def _connect_arguments(text: str, lower: str) -> list[Finding]:
 #   Mollie: "live_" or "test_" and 30 letters and digits; OAuth "access_" and 40.
 #   HelloAsso: an OAuth client_secret; Mailjet: a private (secret) key of 32 hex digits.
 #   New Relic: a licence (ingest) key, region and "xx", 30 hex digits, then "NRAL".
+#   Airtable: a personal access token, "pat" and 14 letters or digits, ".", 64 hex
+#     digits (gitleaks' "airtable-personnal-access-token"; "pat" alone starts too many
+#     words to be a prefix; a digit more or less, as a hand copy has it, is taken).
 _PROVIDER_NAMES = (b"scaleway", b"scw", b"mailchimp", b"postmark", b"bitwarden",
                    b"vaultwarden", b"mollie", b"helloasso", b"mailjet", b"new_relic",
-                   b"newrelic", b"new relic")
+                   b"newrelic", b"new relic", b"airtable")
 _PROVIDER_NAME_SET = frozenset(_PROVIDER_NAMES)
 _PROVIDER_NAME = re.compile(r"(?i)(?<![^\W_])(?:scaleway|scw|mailchimp|postmark|bitwarden|"
-                            r"vaultwarden|mollie|helloasso|mailjet|new[_ ]?relic)(?![^\W_])")
+                            r"vaultwarden|mollie|helloasso|mailjet|new[_ ]?relic|airtable)"
+                            r"(?![^\W_])")
 _PROVIDER_ALIAS = {"scw": "scaleway", "vaultwarden": "bitwarden", "new_relic": "newrelic",
                    "new relic": "newrelic"}
 # What a value of a shape that needs no label holds, as written ("SCW", "-us", "NRAL"):
@@ -5172,6 +5389,7 @@ _PROVIDER_SHAPES: dict[str, tuple[tuple[re.Pattern[str], bool], ...]] = {
     "helloasso": (),
     "mailjet": (),
     "newrelic": ((re.compile(_B + r"[a-z]{2}\d{2}xx[0-9a-f]{30}NRAL" + _E), False),),
+    "airtable": ((re.compile(_B + r"pat[A-Za-z0-9]{14}\.[0-9a-f]{60,70}" + _E), False),),
 }
 # A shape of the provider's own (a suffix "-us21" or "NRAL", a prefix "live_") is judged
 # as prefixed tokens are (_own_shape_alive); the others by their context, as every
@@ -5179,7 +5397,8 @@ _PROVIDER_SHAPES: dict[str, tuple[tuple[re.Pattern[str], bool], ...]] = {
 # as the pair's identifier, as OVH's application key and S3's access key do
 # (_identifier_half).
 _OWN_SHAPE = re.compile(r"[0-9a-f]{32}-us\d{1,2}|(?:live|test)_[A-Za-z0-9]{30,40}|"
-                        r"access_[A-Za-z0-9]{40}|[a-z]{2}\d{2}xx[0-9a-f]{30}NRAL")
+                        r"access_[A-Za-z0-9]{40}|[a-z]{2}\d{2}xx[0-9a-f]{30}NRAL|"
+                        r"pat[A-Za-z0-9]{14}\.[0-9a-f]{60,70}")
 _SECRET_WORD = re.compile(
     r"(?i)(?<![^\W_])(?:secrets?|secr[eè]te|tokens?|jetons?|priv[ée]e?|private|"
     r"api[\s_\-]?key|cl[ée]f?[\s_\-]+(?:d['’]\s?)?api)(?![^\W_])")
