@@ -891,7 +891,8 @@ class SecretScanner:
 # scan with its accented letters as the bytes it could not decode: lone surrogates
 # (U+DC80-U+DCFF, Python's "surrogateescape", as the milter decodes) or U+FFFD (a
 # "replace" decoding).  "Cl\udce9 WPA", "R\ufffdseau" are labels all the same.
-_UNDECODED = re.compile("[\udc80-\udcff\ufffd]")
+# (built with chr(): mypyc compiles no surrogate code point in a string literal)
+_UNDECODED = re.compile(f"[{chr(0xDC80)}-{chr(0xDCFF)}{chr(0xFFFD)}]")
 
 
 def _undecoded_table() -> dict[int, str]:
