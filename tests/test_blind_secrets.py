@@ -80,8 +80,9 @@ def test_tuning_set(name: str) -> None:
 def test_held_out_set_does_not_fall() -> None:
     """The frozen held-out set (never read by whoever changes a detector): its figures
     are reported, and may not fall below what they were when last measured (recall
-    0.964, 1 decoy damaged, after the ninth round).  The issue's bar is recall 0.97 with no decoy damaged;
-    only the aggregate is shown here, never which secret or decoy."""
+    0.964, 1 decoy damaged, after the ninth round).  The issue's bar is recall 0.97
+    with no decoy damaged; only the aggregate is shown here, never which secret or
+    decoy."""
     figures = measure_secrets(TUNE / "secrets-heldout")
     # only the two numbers reach the assertion: pytest would print the figures object
     # (with its list of misses) on a failure
