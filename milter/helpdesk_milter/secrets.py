@@ -4057,8 +4057,10 @@ def _as_read(value: str) -> str:
 
 # "Wi-Fi: GH-Annex2, key X", "réseau Mairie-Wifi5 / clé : X": a value right after a
 # network's label and right before a key's or a password's label is the network's name.
+# ("Wi-Fi billetterie : TDP-Billet, clé WPA2 : X": the label may name which network)
 _NETWORK_LABEL_BEFORE = re.compile(
-    r"(?i)(?<![^\W_])(?:wi-?fi|wlan|ssid|r[ée]seau|network)[^\S\n]*[:=]?[^\S\n]*\Z")
+    r"(?i)(?<![^\W_])(?:wi-?fi|wlan|ssid|r[ée]seau|network)"
+    r"(?:[^\S\n]+[^\W\d_][\w\-]{0,20})?[^\S\n]*[:=]?[^\S\n]*\Z")
 _KEY_LABEL_AFTER = re.compile(
     r"(?i)[^\S\n]*[,;/|–—-]?[^\S\n]*(?:(?:la|the)[^\S\n]+)?(?:cl[ée]f?|key|password|passphrase|"
     r"mot[^\S\n]+de[^\S\n]+passe|mdp|pwd|psk)(?![^\W_])")
@@ -4066,7 +4068,7 @@ _KEY_LABEL_AFTER = re.compile(
 
 def _network_before_key(text: str, a: int, b: int) -> bool:
     return _KEY_LABEL_AFTER.match(text, b) is not None and \
-        _NETWORK_LABEL_BEFORE.search(text, max(0, a - 24), a) is not None
+        _NETWORK_LABEL_BEFORE.search(text, max(0, a - 48), a) is not None
 
 
 def _strong_values(text: str, windows: list[tuple[int, int]]) -> list[Finding]:
