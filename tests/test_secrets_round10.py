@@ -4,6 +4,8 @@ that must stay.
 
 - a Wi-Fi label that says which network ("Wi-Fi accueil : NAME, clé : X"): the name
   between it and the key's label is the network's, not the key;
+- shapes that are no password whatever label is near: a cron schedule in a config
+  beside a password's setting; the first groups of a phone number after a code;
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ from support.secret_text import check
      ["lilas-Perche-77"], ["Mediatheque-Hall"]),
     ("WLAN staff: Annex-Office2 / key: Tq8-rowan-Vessel\n",
      ["Tq8-rowan-Vessel"], ["Annex-Office2"]),
+    # a cron schedule on the line after a password setting and its comment
+    ("backup:\n  passphrase: \"Orme-Borg-Cave-2031\"  # key of the repository\n"
+     "  cron: \"30 2 * * 1-5\"\n", ["Orme-Borg-Cave-2031"], ["30 2 * * 1-5"]),
+    # a one-time code, then the phone number that received it
+    ("Le code de vérification est 417 208 (envoyé au 07 62 18 45 93 ce matin).\n",
+     ["417 208"], ["07 62 18 45 93"]),
+    ("Verification code: 638 114, texted to +33 6 12 48 90 37 at 9am.\n",
+     ["638 114"], ["+33 6 12 48 90 37"]),
 ])
 def test_round10(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

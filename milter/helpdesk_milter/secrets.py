@@ -3162,7 +3162,7 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
     if kind != "password":
         return False
     if _named_next(text, a) or _filler_words(text[a:b]) or _code_like(text, a, b) \
-            or _network_before_key(text, a, b):
+            or _network_before_key(text, a, b) or _schedule_or_phone(text, a, b):
         return True
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
@@ -3171,6 +3171,24 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
             and not _STILL_BEFORE.search(text, max(lo, om.start() - 24), om.start()):
         return True
     return bool(_HEX_VALUE.fullmatch(text, a, b) and _HASH_BEFORE.search(text, lo, a))
+
+
+# Values of a shape that is no password, whatever label is near: a cron schedule
+# ("0 23 * * *", five fields with a "*"), and the head of a phone number ("06 71 39"
+# out of "06 71 39 84 22", "+33 6 71 39 84 22"): a code is never the start of one.
+_CRON = re.compile(r"(?:[\d*/,\-]{1,12}[^\S\n]+){4}[\d*/,\-]{1,12}")
+_PHONE_AT = re.compile(r"(?:\+\d{2,3}[^\S\n]?(?:\(0\)[^\S\n]?)?[1-9]|0[1-9])"
+                       r"(?:[ .]?\d\d){4}(?!\d)")
+
+
+def _schedule_or_phone(text: str, a: int, b: int) -> bool:
+    if "*" in text[a:b] and _CRON.fullmatch(text, a, b):
+        return True
+    c = text[a]
+    if c != "0" and c != "+":
+        return False
+    m = _PHONE_AT.match(text, a, min(len(text), a + 24))
+    return m is not None and m.end() >= b and (a == 0 or not text[a - 1].isalnum())
 
 
 # Values that say what they are, whatever found them: a key public by its provider's
