@@ -6,6 +6,7 @@ that must stay.
   between it and the key's label is the network's, not the key;
 - shapes that are no password whatever label is near: a cron schedule in a config
   beside a password's setting; the first groups of a phone number after a code;
+- an error's code in parentheses on a line that says something failed;
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ from support.secret_text import check
      ["417 208"], ["07 62 18 45 93"]),
     ("Verification code: 638 114, texted to +33 6 12 48 90 37 at 9am.\n",
      ["638 114"], ["+33 6 12 48 90 37"]),
+    # the error a failed login gave, after the connection string's password
+    ("Host=pg01;Username=compta;Password=Vq4!rT8mZx2w\n"
+     "Result: authentication failed for user compta (code 28P01)\n",
+     ["Vq4!rT8mZx2w"], ["28P01"]),
+    ("Le PIN de la carte : 4471. Le terminal affiche « échec de connexion » (erreur 1034).\n",
+     ["4471"], ["1034"]),
 ])
 def test_round10(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

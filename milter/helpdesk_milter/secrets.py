@@ -3162,7 +3162,8 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
     if kind != "password":
         return False
     if _named_next(text, a) or _filler_words(text[a:b]) or _code_like(text, a, b) \
-            or _network_before_key(text, a, b) or _schedule_or_phone(text, a, b):
+            or _network_before_key(text, a, b) or _schedule_or_phone(text, a, b) \
+            or _error_code(text, a, b, lo):
         return True
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
@@ -3189,6 +3190,23 @@ def _schedule_or_phone(text: str, a: int, b: int) -> bool:
         return False
     m = _PHONE_AT.match(text, a, min(len(text), a + 24))
     return m is not None and m.end() >= b and (a == 0 or not text[a - 1].isalnum())
+
+
+# An error's code: digits right after "(code" or "(error" on a line that says
+# something failed ("Login failed for user 'x' (code 18456)", "échec (erreur 0x80070005)").
+_ERROR_CODE_BEFORE = re.compile(
+    r"(?i)\([^\S\n]*(?:code|err(?:eu)?r?|errno|status)[^\S\n]*[:=#]?[^\S\n]*\Z")
+_FAILED_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:failed|failure|error|erreur|[ée]chec|[ée]choue|refus[ée]e?|denied|"
+    r"rejected|rejet[ée]e?|invalid|invalide)(?![^\W_])")
+_ERROR_CODE_VALUE = re.compile(r"\d[0-9A-Za-z]{1,9}")
+
+
+def _error_code(text: str, a: int, b: int, lo: int) -> bool:
+    if not _ERROR_CODE_VALUE.fullmatch(text, a, b):
+        return False
+    m = _ERROR_CODE_BEFORE.search(text, max(lo, a - 16), a)
+    return m is not None and _FAILED_BEFORE.search(text, lo, m.start()) is not None
 
 
 # Values that say what they are, whatever found them: a key public by its provider's
