@@ -7,6 +7,7 @@ that must stay.
 - shapes that are no password whatever label is near: a cron schedule in a config
   beside a password's setting; the first groups of a phone number after a code;
 - an error's code in parentheses on a line that says something failed;
+- a name given to something after its password ("the name I gave it is X");
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ from support.secret_text import check
      ["Vq4!rT8mZx2w"], ["28P01"]),
     ("Le PIN de la carte : 4471. Le terminal affiche « échec de connexion » (erreur 1034).\n",
      ["4471"], ["1034"]),
+    # the name an app password was given, on the line after the password
+    ("J'ai créé un « mot de passe d'application » pour la tablette. Le voici : "
+     "Rk8mW-2pTzq-Lx7Vn-c4Hs9\nLe nom que je lui ai mis c'est « Galaxy Tab Paul ». "
+     "Par contre rien ne marche.\n", ["Rk8mW-2pTzq-Lx7Vn-c4Hs9"], ["Galaxy Tab Paul"]),
 ])
 def test_round10(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

@@ -3163,7 +3163,7 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
         return False
     if _named_next(text, a) or _filler_words(text[a:b]) or _code_like(text, a, b) \
             or _network_before_key(text, a, b) or _schedule_or_phone(text, a, b) \
-            or _error_code(text, a, b, lo):
+            or _error_code(text, a, b, lo) or _name_given(text, a, lo):
         return True
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
@@ -3207,6 +3207,21 @@ def _error_code(text: str, a: int, b: int, lo: int) -> bool:
         return False
     m = _ERROR_CODE_BEFORE.search(text, max(lo, a - 16), a)
     return m is not None and _FAILED_BEFORE.search(text, lo, m.start()) is not None
+
+
+# A name given to something, after the password it names ("Le nom que je lui ai donné
+# c'est « Tablette accueil »", "I named it Office Laptop"): a name word before the value
+# on its line with no password label after it.
+_NAME_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:nom|name|named|nomm[ée]e?|appel[ée]e?|intitul[ée]e?|libell[ée]|"
+    r"label)(?![^\W_])(?![^\S\n]*(?:d['’]|de[^\S\n]|du[^\S\n]|of[^\S\n]))")
+
+
+def _name_given(text: str, a: int, lo: int) -> bool:
+    last: re.Match[str] | None = None
+    for m in _NAME_BEFORE.finditer(text, lo, a):
+        last = m
+    return last is not None and _PW_KEYWORD_ANYCASE.search(text, last.end(), a) is None
 
 
 # Values that say what they are, whatever found them: a key public by its provider's
