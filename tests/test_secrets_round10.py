@@ -8,12 +8,14 @@ that must stay.
   beside a password's setting; the first groups of a phone number after a code;
 - an error's code in parentheses on a line that says something failed;
 - a name given to something after its password ("the name I gave it is X");
+- the next item of a list of numbered identifiers ("PC-ACC-0412, PC-ACC-0413");
 """
 
 from __future__ import annotations
 
 import pytest
 
+from helpdesk_milter.secrets import _numbered_sibling
 from support.secret_text import check
 
 
@@ -44,3 +46,13 @@ from support.secret_text import check
 ])
 def test_round10(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)
+
+
+def test_numbered_sibling() -> None:
+    # the next item of a list that the item before it copies but for its last digits
+    text = "Serial numbers: HX200-EU-771203, HX200-EU-771204.\nPassword: Saule!Brume-64\n"
+    a = text.index("HX200-EU-771204")
+    assert _numbered_sibling(text, a, a + len("HX200-EU-771204"), 0)
+    a = text.index("Saule!Brume-64")
+    assert not _numbered_sibling(text, a, a + len("Saule!Brume-64"), text.rfind("\n", 0, a) + 1)
+    check(text, ["Saule!Brume-64"], ["HX200-EU-771203", "HX200-EU-771204"])

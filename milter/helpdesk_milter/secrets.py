@@ -3163,7 +3163,8 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
         return False
     if _named_next(text, a) or _filler_words(text[a:b]) or _code_like(text, a, b) \
             or _network_before_key(text, a, b) or _schedule_or_phone(text, a, b) \
-            or _error_code(text, a, b, lo) or _name_given(text, a, lo):
+            or _error_code(text, a, b, lo) or _name_given(text, a, lo) \
+            or _numbered_sibling(text, a, b, lo):
         return True
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
@@ -3222,6 +3223,27 @@ def _name_given(text: str, a: int, lo: int) -> bool:
     for m in _NAME_BEFORE.finditer(text, lo, a):
         last = m
     return last is not None and _PW_KEYWORD_ANYCASE.search(text, last.end(), a) is None
+
+
+# One of a list of numbered identifiers ("Serial numbers: BK3000-FR-004812,
+# BK3000-FR-004813", "postes PC-ACC-07 / PC-ACC-08"): a value that the item before it
+# in the list copies but for its last digits is the list's next item, not a password.
+_SIBLING_BEFORE = re.compile(r"(?<![^\s(\[:])(?P<s>[^\s,;/]{4,64})[^\S\n]*[,;/][^\S\n]*\Z")
+_TRAILING_DIGITS = re.compile(r"\d{1,8}\Z")
+
+
+def _numbered_sibling(text: str, a: int, b: int, lo: int) -> bool:
+    m = _SIBLING_BEFORE.search(text, max(lo, a - 72), a)
+    if m is None:
+        return False
+    sibling, value = m.group("s"), text[a:b]
+    if len(sibling) != len(value) or sibling == value:
+        return False
+    d = _TRAILING_DIGITS.search(value)
+    if d is None:
+        return False
+    head = len(value) - len(d.group())
+    return head >= 3 and sibling[:head] == value[:head] and sibling[head:].isdigit()
 
 
 # Values that say what they are, whatever found them: a key public by its provider's
