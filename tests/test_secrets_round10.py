@@ -9,6 +9,7 @@ that must stay.
 - an error's code in parentheses on a line that says something failed;
 - a name given to something after its password ("the name I gave it is X");
 - the next item of a list of numbered identifiers ("PC-ACC-0412, PC-ACC-0413");
+- Airtable's personal access token copied with a character less before its dot;
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ from support.secret_text import check
     ("J'ai créé un « mot de passe d'application » pour la tablette. Le voici : "
      "Rk8mW-2pTzq-Lx7Vn-c4Hs9\nLe nom que je lui ai mis c'est « Galaxy Tab Paul ». "
      "Par contre rien ne marche.\n", ["Rk8mW-2pTzq-Lx7Vn-c4Hs9"], ["Galaxy Tab Paul"]),
+    # an Airtable token whose id part lost a character in the copy; its base id stays
+    ("Airtable base appX7kQ2mW9pLt4Vz, token patR8vK2mQ7xT4wL."
+     "3c5e7a9b1d2f4a6c8e0b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a4c\n",
+     ["patR8vK2mQ7xT4wL.3c5e7a9b"], ["appX7kQ2mW9pLt4Vz"]),
 ])
 def test_round10(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

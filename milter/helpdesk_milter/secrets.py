@@ -5465,7 +5465,7 @@ _PROVIDER_SHAPES: dict[str, tuple[tuple[re.Pattern[str], bool], ...]] = {
     "helloasso": (),
     "mailjet": (),
     "newrelic": ((re.compile(_B + r"[a-z]{2}\d{2}xx[0-9a-f]{30}NRAL" + _E), False),),
-    "airtable": ((re.compile(_B + r"pat[A-Za-z0-9]{14}\.[0-9a-f]{60,70}" + _E), False),),
+    "airtable": ((re.compile(_B + r"pat[A-Za-z0-9]{13,15}\.[0-9a-f]{60,70}" + _E), False),),
 }
 # A shape of the provider's own (a suffix "-us21" or "NRAL", a prefix "live_") is judged
 # as prefixed tokens are (_own_shape_alive); the others by their context, as every
@@ -5474,7 +5474,7 @@ _PROVIDER_SHAPES: dict[str, tuple[tuple[re.Pattern[str], bool], ...]] = {
 # (_identifier_half).
 _OWN_SHAPE = re.compile(r"[0-9a-f]{32}-us\d{1,2}|(?:live|test)_[A-Za-z0-9]{30,40}|"
                         r"access_[A-Za-z0-9]{40}|[a-z]{2}\d{2}xx[0-9a-f]{30}NRAL|"
-                        r"pat[A-Za-z0-9]{14}\.[0-9a-f]{60,70}")
+                        r"pat[A-Za-z0-9]{13,15}\.[0-9a-f]{60,70}")
 _SECRET_WORD = re.compile(
     r"(?i)(?<![^\W_])(?:secrets?|secr[eè]te|tokens?|jetons?|priv[ée]e?|private|"
     r"api[\s_\-]?key|cl[ée]f?[\s_\-]+(?:d['’]\s?)?api)(?![^\W_])")
