@@ -10,6 +10,7 @@ that must stay.
 - a name given to something after its password ("the name I gave it is X");
 - the next item of a list of numbered identifiers ("PC-ACC-0412, PC-ACC-0413");
 - Airtable's personal access token copied with a character less before its dot;
+- a strong value with French letters ("Goéland_42") is one token, as its ASCII twin;
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ from support.secret_text import check
     ("Airtable base appX7kQ2mW9pLt4Vz, token patR8vK2mQ7xT4wL."
      "3c5e7a9b1d2f4a6c8e0b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a2c4e6b8d0f2a4c\n",
      ["patR8vK2mQ7xT4wL.3c5e7a9b"], ["appX7kQ2mW9pLt4Vz"]),
+    # a Wi-Fi label, the network's name, then its key with an accented letter
+    ("Wi-Fi gymnase = Gym-Public / Héron_Cendré71\n", ["Héron_Cendré71"], ["Gym-Public"]),
+    ("Wi-Fi salle polyvalente = Salle-Poly / Forêt2027-Nord!\n", ["Forêt2027-Nord!"],
+     ["Salle-Poly"]),
 ])
 def test_round10(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)
