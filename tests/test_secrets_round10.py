@@ -11,6 +11,7 @@ that must stay.
 - the next item of a list of numbered identifiers ("PC-ACC-0412, PC-ACC-0413");
 - Airtable's personal access token copied with a character less before its dot;
 - a strong value with French letters ("Goéland_42") is one token, as its ASCII twin;
+- a key's bare label on a line that a Wi-Fi label opens is the network's key;
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ from support.secret_text import check
     ("Wi-Fi gymnase = Gym-Public / Héron_Cendré71\n", ["Héron_Cendré71"], ["Gym-Public"]),
     ("Wi-Fi salle polyvalente = Salle-Poly / Forêt2027-Nord!\n", ["Forêt2027-Nord!"],
      ["Salle-Poly"]),
+    # a box's admin page copied: the band's network, then "Clé" alone, then the key
+    ("Wi-Fi 5 GHz : Bbox-9C41E2    Clé : sorbet4-lanterne-acier-pluvial\n"
+     "Adresse IPv4 : 192.168.1.254\n", ["sorbet4-lanterne-acier-pluvial"],
+     ["Bbox-9C41E2", "192.168.1.254"]),
+    # a key's bare label with no Wi-Fi on its line stays a weak label
+    ("Clé : armoire-2 du bureau 14, à rendre vendredi\n", [], ["armoire-2"]),
 ])
 def test_round10(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

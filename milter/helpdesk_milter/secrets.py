@@ -2208,7 +2208,9 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         # "la clé c'est tournesol2025": a verb makes the label explicit enough
         ok = _keylike(value) or (sep.group("verb") is not None and _mixed(value)
                                  and _looks_secret(value)
-                                 and not _WORD_NUMBER.fullmatch(value))
+                                 and not _WORD_NUMBER.fullmatch(value)) or (
+            _mixed(value) and _WIFI_ON_LINE.search(text, text.rfind("\n", 0, start) + 1, start)
+            is not None and _value_ok(value, clause_end=True, strict=True))
         return Finding("password", a, b) if ok else None
     if pin:
         return Finding("password", a, b) if re.fullmatch(r"\d{4,8}", value) else None
@@ -2231,6 +2233,11 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         kind = _kind_for_assignment(text, start) if sep.group("punct") == "=" else "password"
         return Finding(kind, a, b)
     return None
+
+
+# A key's bare label on a line that a Wi-Fi label opens ("Wi-Fi 2,4 GHz : Box-4F2A
+# Clé : X") is the network's key: its value is read as one after "clé WPA" is.
+_WIFI_ON_LINE = re.compile(r"(?i)(?<![^\W_])(?:wi-?fi|wlan|ssid)(?![^\W_])")
 
 
 _ARTICLE_CODE = re.compile(r"[^\S\n]+(?P<v>[A-Z]?\d{4,8}[A-Z#*]?)(?![\w/+\-]|[.,:]\d)")
