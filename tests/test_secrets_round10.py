@@ -12,6 +12,7 @@ that must stay.
 - Airtable's personal access token copied with a character less before its dot;
 - a strong value with French letters ("Goéland_42") is one token, as its ASCII twin;
 - a key's bare label on a line that a Wi-Fi label opens is the network's key;
+- Notion's integration token with a digit more in its numeric head;
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ from support.secret_text import check
      ["Bbox-9C41E2", "192.168.1.254"]),
     # a key's bare label with no Wi-Fi on its line stays a weak label
     ("Clé : armoire-2 du bureau 14, à rendre vendredi\n", [], ["armoire-2"]),
+    # Notion, twelve digits in the head; the workspace id beside it stays
+    ("* Notion integration: ntn_529173648019Xq8Lz2Vm7Pt4Wk9Rb3Yc6Hd1Fs5Gn0Ja8Eu\n"
+     "* workspace 1f7a2d9b-5c30-4e2a-8c6e-7c4f19b3d405\n",
+     ["ntn_529173648019Xq8Lz2Vm7Pt4Wk9Rb3Yc6Hd1Fs5Gn0Ja8Eu"],
+     ["1f7a2d9b-5c30-4e2a-8c6e-7c4f19b3d405"]),
 ])
 def test_round10(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

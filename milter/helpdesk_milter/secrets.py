@@ -2469,7 +2469,7 @@ _PROVIDER_TOKEN = re.compile(r"""
  | EAA[MC][A-Za-z0-9]{100,400}                                    # facebook
  | AKCp[A-Za-z0-9]{69}                                            # artifactory
  | fo1_[A-Za-z0-9_\-]{43}                                         # fly.io
- | ntn_[0-9]{11}[A-Za-z0-9]{35}                                   # notion
+ | ntn_[0-9]{10,12}[A-Za-z0-9]{34,36}           # notion (a digit more or less)
  | \d{8,10}:AA[A-Za-z0-9_\-]{31,34}                               # telegram bot
  | sk\.eyJ[A-Za-z0-9_\-]{20,400}\.[A-Za-z0-9_\-]{16,100}           # mapbox (secret)
  | ATATT3[A-Za-z0-9_\-=]{60,250}                                  # atlassian
