@@ -28,7 +28,10 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-r": 0.99, "secrets-tune-s": 0.99,
         # written in the ninth session (first scored 0.958 / 1 damaged and 0.931 / 3 as
         # they came), tuned on in the same session
-        "secrets-tune-t": 1.0, "secrets-tune-u": 0.97}
+        "secrets-tune-t": 1.0, "secrets-tune-u": 0.97,
+        # written after the ninth session (first scored 0.959 / 5 damaged and 0.887 / 3
+        # as they came), tuned on in the tenth
+        "secrets-tune-v": 0.97, "secrets-tune-w": 0.91}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
@@ -62,9 +65,21 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
 #   key: left, as RECAPTCHA_SITE_KEY= already was (it is in every page's source);
 # - an OpenAI organisation id ("org-..."), a decoy for u: left, as payment providers'
 #   object ids are.
+# Decided in the tenth round (v and w):
+# - v's two AWS access key ids in a credentials file ("aws_access_key_id = AKIA..."),
+#   decoys there: still redacted, as recorded above (v's 2 damaged);
+# - w's Scaleway access key ("SCW...", beside its secret key) and OVH application keys
+#   ("AK=...", "application_key"), secrets for w: left as the pairs' identifier halves,
+#   as recorded above (expected misses);
+# - the first digit groups of a phone number ("06 71 39" out of "06 71 39 84 22")
+#   after a code's label are the number's, never a code; a cron schedule ("0 23 * * *")
+#   and an error's code in parentheses on a line that says something failed ("(code
+#   18456)") are no password whatever label is near; a value that the item before it in
+#   a list copies but for its last digits ("BK3000-FR-004812, BK3000-FR-004813") is an
+#   identifier's next number.
 DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-p": 1,
                            "secrets-tune-r": 1, "secrets-tune-s": 0, "secrets-tune-t": 0,
-                           "secrets-tune-u": 0}
+                           "secrets-tune-u": 0, "secrets-tune-v": 2, "secrets-tune-w": 0}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))

@@ -2208,7 +2208,9 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         # "la clé c'est tournesol2025": a verb makes the label explicit enough
         ok = _keylike(value) or (sep.group("verb") is not None and _mixed(value)
                                  and _looks_secret(value)
-                                 and not _WORD_NUMBER.fullmatch(value))
+                                 and not _WORD_NUMBER.fullmatch(value)) or (
+            _mixed(value) and _WIFI_ON_LINE.search(text, text.rfind("\n", 0, start) + 1, start)
+            is not None and _value_ok(value, clause_end=True, strict=True))
         return Finding("password", a, b) if ok else None
     if pin:
         return Finding("password", a, b) if re.fullmatch(r"\d{4,8}", value) else None
@@ -2231,6 +2233,11 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         kind = _kind_for_assignment(text, start) if sep.group("punct") == "=" else "password"
         return Finding(kind, a, b)
     return None
+
+
+# A key's bare label on a line that a Wi-Fi label opens ("Wi-Fi 2,4 GHz : Box-4F2A
+# Clé : X") is the network's key: its value is read as one after "clé WPA" is.
+_WIFI_ON_LINE = re.compile(r"(?i)(?<![^\W_])(?:wi-?fi|wlan|ssid)(?![^\W_])")
 
 
 _ARTICLE_CODE = re.compile(r"[^\S\n]+(?P<v>[A-Z]?\d{4,8}[A-Z#*]?)(?![\w/+\-]|[.,:]\d)")
@@ -2462,7 +2469,7 @@ _PROVIDER_TOKEN = re.compile(r"""
  | EAA[MC][A-Za-z0-9]{100,400}                                    # facebook
  | AKCp[A-Za-z0-9]{69}                                            # artifactory
  | fo1_[A-Za-z0-9_\-]{43}                                         # fly.io
- | ntn_[0-9]{11}[A-Za-z0-9]{35}                                   # notion
+ | ntn_[0-9]{10,12}[A-Za-z0-9]{34,36}           # notion (a digit more or less)
  | \d{8,10}:AA[A-Za-z0-9_\-]{31,34}                               # telegram bot
  | sk\.eyJ[A-Za-z0-9_\-]{20,400}\.[A-Za-z0-9_\-]{16,100}           # mapbox (secret)
  | ATATT3[A-Za-z0-9_\-=]{60,250}                                  # atlassian
@@ -3162,7 +3169,9 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
     if kind != "password":
         return False
     if _named_next(text, a) or _filler_words(text[a:b]) or _code_like(text, a, b) \
-            or _network_before_key(text, a, b):
+            or _network_before_key(text, a, b) or _schedule_or_phone(text, a, b) \
+            or _error_code(text, a, b, lo) or _name_given(text, a, lo) \
+            or _numbered_sibling(text, a, b, lo):
         return True
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
@@ -3171,6 +3180,77 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
             and not _STILL_BEFORE.search(text, max(lo, om.start() - 24), om.start()):
         return True
     return bool(_HEX_VALUE.fullmatch(text, a, b) and _HASH_BEFORE.search(text, lo, a))
+
+
+# Values of a shape that is no password, whatever label is near: a cron schedule
+# ("0 23 * * *", five fields with a "*"), and the head of a phone number ("06 71 39"
+# out of "06 71 39 84 22", "+33 6 71 39 84 22"): a code is never the start of one.
+_CRON = re.compile(r"(?:[\d*/,\-]{1,12}[^\S\n]+){4}[\d*/,\-]{1,12}")
+_PHONE_AT = re.compile(r"(?:\+\d{2,3}[^\S\n]?(?:\(0\)[^\S\n]?)?[1-9]|0[1-9])"
+                       r"(?:[ .]?\d\d){4}(?!\d)")
+
+
+def _schedule_or_phone(text: str, a: int, b: int) -> bool:
+    if "*" in text[a:b] and _CRON.fullmatch(text, a, b):
+        return True
+    c = text[a]
+    if c != "0" and c != "+":
+        return False
+    m = _PHONE_AT.match(text, a, min(len(text), a + 24))
+    return m is not None and m.end() >= b and (a == 0 or not text[a - 1].isalnum())
+
+
+# An error's code: digits right after "(code" or "(error" on a line that says
+# something failed ("Login failed for user 'x' (code 18456)", "échec (erreur 0x80070005)").
+_ERROR_CODE_BEFORE = re.compile(
+    r"(?i)\([^\S\n]*(?:code|err(?:eu)?r?|errno|status)[^\S\n]*[:=#]?[^\S\n]*\Z")
+_FAILED_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:failed|failure|error|erreur|[ée]chec|[ée]choue|refus[ée]e?|denied|"
+    r"rejected|rejet[ée]e?|invalid|invalide)(?![^\W_])")
+_ERROR_CODE_VALUE = re.compile(r"\d[0-9A-Za-z]{1,9}")
+
+
+def _error_code(text: str, a: int, b: int, lo: int) -> bool:
+    if not _ERROR_CODE_VALUE.fullmatch(text, a, b):
+        return False
+    m = _ERROR_CODE_BEFORE.search(text, max(lo, a - 16), a)
+    return m is not None and _FAILED_BEFORE.search(text, lo, m.start()) is not None
+
+
+# A name given to something, after the password it names ("Le nom que je lui ai donné
+# c'est « Tablette accueil »", "I named it Office Laptop"): a name word before the value
+# on its line with no password label after it.
+_NAME_BEFORE = re.compile(
+    r"(?i)(?<![^\W_])(?:nom|name|named|nomm[ée]e?|appel[ée]e?|intitul[ée]e?|libell[ée]|"
+    r"label)(?![^\W_])(?![^\S\n]*(?:d['’]|de[^\S\n]|du[^\S\n]|of[^\S\n]))")
+
+
+def _name_given(text: str, a: int, lo: int) -> bool:
+    last: re.Match[str] | None = None
+    for m in _NAME_BEFORE.finditer(text, lo, a):
+        last = m
+    return last is not None and _PW_KEYWORD_ANYCASE.search(text, last.end(), a) is None
+
+
+# One of a list of numbered identifiers ("Serial numbers: BK3000-FR-004812,
+# BK3000-FR-004813", "postes PC-ACC-07 / PC-ACC-08"): a value that the item before it
+# in the list copies but for its last digits is the list's next item, not a password.
+_SIBLING_BEFORE = re.compile(r"(?<![^\s(\[:])(?P<s>[^\s,;/]{4,64})[^\S\n]*[,;/][^\S\n]*\Z")
+_TRAILING_DIGITS = re.compile(r"\d{1,8}\Z")
+
+
+def _numbered_sibling(text: str, a: int, b: int, lo: int) -> bool:
+    m = _SIBLING_BEFORE.search(text, max(lo, a - 72), a)
+    if m is None:
+        return False
+    sibling, value = m.group("s"), text[a:b]
+    if len(sibling) != len(value) or sibling == value:
+        return False
+    d = _TRAILING_DIGITS.search(value)
+    if d is None:
+        return False
+    head = len(value) - len(d.group())
+    return head >= 3 and sibling[:head] == value[:head] and sibling[head:].isdigit()
 
 
 # Values that say what they are, whatever found them: a key public by its provider's
@@ -4022,15 +4102,16 @@ def _strip_quotes(text: str, a: int, b: int) -> tuple[int, int]:
 # People write such values for little else; what else has that shape (a network's or a
 # device's name, a user name, a reference) is named by the words before it or has the
 # shape of a device name ("Livebox-7C3A").
-_STRONG_CHARS = r"[A-Za-z0-9!#$%&*+?@_.\-]"
+# (French letters too: "Goéland_42", "Fête2026-Salle!", "Marée-Haute-2026" are one token)
+_STRONG_CHARS = r"[A-Za-z0-9\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff\u0152\u0153!#$%&*+?@_.\-]"
 _STRONG_TOKEN = re.compile(
     rf"""(?<![^\s(«"“'>])(?![-_.])(?={_STRONG_CHARS}*?\d)(?={_STRONG_CHARS}*?[a-z])"""
     rf"""(?={_STRONG_CHARS}*?[A-Z])(?={_STRONG_CHARS}*?[!#$%&*+?@_.\-])"""
     rf"""{_STRONG_CHARS}{{8,25}}(?!{_STRONG_CHARS}|[/@:=])""")
 _STRONG_REACH = 200         # from a label, either side
 # (a digit first: the regex engine skips to digits fast; then what stands beside it)
-_STRONG_SEED = re.compile(r"[0-9](?:(?<=[A-Za-z!#$%&*+?@_\-][0-9])|(?<=[A-Za-z]\.[0-9])"
-                          r"|(?=[A-Za-z!#$%&*+?@_\-]))")
+_STRONG_SEED = re.compile(r"[0-9](?:(?<=[A-Za-z\u00c0-\u00ff\u0152\u0153!#$%&*+?@_\-][0-9])"
+                          r"|(?<=[A-Za-z]\.[0-9])|(?=[A-Za-z!#$%&*+?@_\-]))")
 _STRONG_BACK = re.compile(rf"{_STRONG_CHARS}{{1,26}}\Z")
 _STRONG_RUN = re.compile(rf"{_STRONG_CHARS}{{1,26}}")
 _WHITESPACE = re.compile(r"\s")
@@ -4057,8 +4138,10 @@ def _as_read(value: str) -> str:
 
 # "Wi-Fi: GH-Annex2, key X", "réseau Mairie-Wifi5 / clé : X": a value right after a
 # network's label and right before a key's or a password's label is the network's name.
+# ("Wi-Fi billetterie : TDP-Billet, clé WPA2 : X": the label may name which network)
 _NETWORK_LABEL_BEFORE = re.compile(
-    r"(?i)(?<![^\W_])(?:wi-?fi|wlan|ssid|r[ée]seau|network)[^\S\n]*[:=]?[^\S\n]*\Z")
+    r"(?i)(?<![^\W_])(?:wi-?fi|wlan|ssid|r[ée]seau|network)"
+    r"(?:[^\S\n]+[^\W\d_][\w\-]{0,20})?[^\S\n]*[:=]?[^\S\n]*\Z")
 _KEY_LABEL_AFTER = re.compile(
     r"(?i)[^\S\n]*[,;/|–—-]?[^\S\n]*(?:(?:la|the)[^\S\n]+)?(?:cl[ée]f?|key|password|passphrase|"
     r"mot[^\S\n]+de[^\S\n]+passe|mdp|pwd|psk)(?![^\W_])")
@@ -4066,7 +4149,7 @@ _KEY_LABEL_AFTER = re.compile(
 
 def _network_before_key(text: str, a: int, b: int) -> bool:
     return _KEY_LABEL_AFTER.match(text, b) is not None and \
-        _NETWORK_LABEL_BEFORE.search(text, max(0, a - 24), a) is not None
+        _NETWORK_LABEL_BEFORE.search(text, max(0, a - 48), a) is not None
 
 
 def _strong_values(text: str, windows: list[tuple[int, int]]) -> list[Finding]:
@@ -5390,7 +5473,7 @@ _PROVIDER_SHAPES: dict[str, tuple[tuple[re.Pattern[str], bool], ...]] = {
     "helloasso": (),
     "mailjet": (),
     "newrelic": ((re.compile(_B + r"[a-z]{2}\d{2}xx[0-9a-f]{30}NRAL" + _E), False),),
-    "airtable": ((re.compile(_B + r"pat[A-Za-z0-9]{14}\.[0-9a-f]{60,70}" + _E), False),),
+    "airtable": ((re.compile(_B + r"pat[A-Za-z0-9]{13,15}\.[0-9a-f]{60,70}" + _E), False),),
 }
 # A shape of the provider's own (a suffix "-us21" or "NRAL", a prefix "live_") is judged
 # as prefixed tokens are (_own_shape_alive); the others by their context, as every
@@ -5399,7 +5482,7 @@ _PROVIDER_SHAPES: dict[str, tuple[tuple[re.Pattern[str], bool], ...]] = {
 # (_identifier_half).
 _OWN_SHAPE = re.compile(r"[0-9a-f]{32}-us\d{1,2}|(?:live|test)_[A-Za-z0-9]{30,40}|"
                         r"access_[A-Za-z0-9]{40}|[a-z]{2}\d{2}xx[0-9a-f]{30}NRAL|"
-                        r"pat[A-Za-z0-9]{14}\.[0-9a-f]{60,70}")
+                        r"pat[A-Za-z0-9]{13,15}\.[0-9a-f]{60,70}")
 _SECRET_WORD = re.compile(
     r"(?i)(?<![^\W_])(?:secrets?|secr[eè]te|tokens?|jetons?|priv[ée]e?|private|"
     r"api[\s_\-]?key|cl[ée]f?[\s_\-]+(?:d['’]\s?)?api)(?![^\W_])")
