@@ -726,9 +726,7 @@ class SecretScanner:
         """
         if not text:
             return False
-        hay = _Haystack(text)
-        if b"\xed" in hay.cased or (b"\xef" in hay.cased and b"\xef\xbf\xbd" in hay.cased):
-            text, hay = _misdecoded_read(text, hay)
+        text, hay = _misdecoded_read(text, _Haystack(text))
         if not hay.gated():
             return _named_possible(hay)
         # The tests are or-ed: the one that says yes most often (prose that mentions a
@@ -760,9 +758,7 @@ class SecretScanner:
         """
         if not text:
             return []
-        hay = _Haystack(text)
-        if b"\xed" in hay.cased or (b"\xef" in hay.cased and b"\xef\xbf\xbd" in hay.cased):
-            text, hay = _misdecoded_read(text, hay)
+        text, hay = _misdecoded_read(text, _Haystack(text))
         if not hay.gated():
             return self._named_ungated(hay, text)
         if "\r" in text and "\r\n" in text:     # (one byte first: a memchr)
@@ -912,7 +908,11 @@ def _misdecoded_read(text: str, hay: _Haystack) -> tuple[str, _Haystack]:
     byte is lost, as "é": French's commonest accented letter, the one the labels hold),
     and its haystack; one code point for one, so offsets are unchanged, and a value is
     redacted by its span whatever it holds.  (b"\xed" also starts some Hangul: then
-    nothing is undecoded and ``text`` is returned as it is.)"""
+    nothing is undecoded and ``text`` is returned as it is.)  Most texts are passed back
+    after a byte search: an undecoded byte is UTF-8 \\xed... (a surrogate) or \\xef\\xbf\\xbd."""
+    cased = hay.cased
+    if b"\xed" not in cased and (b"\xef" not in cased or b"\xef\xbf\xbd" not in cased):
+        return text, hay                    # (one byte first: a memchr)
     if _UNDECODED.search(text) is None:
         return text, hay
     read = text.translate(_UNDECODED_READ)
