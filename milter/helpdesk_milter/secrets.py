@@ -5898,6 +5898,28 @@ _IDENTITY_LABEL = re.compile(
     r"(?i)(?<![^\W_])(?:nic[\s_\-]?handle|handle|login|username|user[\s_\-]?id|"
     r"identifiant|utilisateur)[^\S\n]{0,3}[:=][^\S\n]{0,3}\Z")
 
+# A line's label whose head is an identity or a number, then what it belongs to
+# ("Identifiant de la clé chez le partenaire :", "Numéro de série du NAS :", "ID du
+# projet :", "Nom de l'appareil :"): French puts the head first, and the head says the
+# value is an identifier, whatever secret's word its complement names ("de la clé").
+# Not a pair ("Identifiant et mot de passe :", "Nom d'utilisateur / mdp :") nor a label
+# that names a password besides.
+_IDENTITY_HEAD = re.compile(
+    r"(?im)^[^\S\n]*(?:[-*•>][^\S\n]*)?(?:identifiant|id|num[ée]ro|n°|r[ée]f[ée]rence|nom)"
+    r"[^\S\n]+(?:(?:de|du|des)(?![^\W_])|d['’])[^:=\n]{0,60}?[^\S\n]*[:=][^\S\n]{0,3}\Z")
+_IDENTITY_HEAD_NOT = re.compile(
+    r"(?i)(?<![^\W_])(?:et|ou|and|or|passe|mdp|password|pwd|pin|secret|secrète|secrete)"
+    r"(?![^\W_])|[/&+]")
+
+
+_LABEL_END = re.compile(r"[:=][^\S\n]{0,3}\Z")
+
+
+def _identity_head(text: str, a: int, ls: int) -> bool:
+    m = _IDENTITY_HEAD.search(text, ls, a)
+    return m is not None and _IDENTITY_HEAD_NOT.search(text, m.start(), m.end()) is None
+
+
 # An API token's id before its secret: "backup@pve!nightly=" (user@realm!tokenid=).
 _TOKEN_ID = re.compile(r"[\w.\-]{1,64}@[\w.\-]{1,64}![\w.\-]{1,64}=")
 
@@ -5935,7 +5957,9 @@ def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
                 and _classes(value[:sm.start()]) <= 2 and sm.end() < len(value):
             f = Finding(f.kind, f.start + sm.end(), f.end)
         ls = text.rfind("\n", max(0, f.start - 40), f.start) + 1
-        if _IDENTITY_LABEL.search(text, max(ls, f.start - 40), f.start):
+        if _IDENTITY_LABEL.search(text, max(ls, f.start - 40), f.start) or (
+                _LABEL_END.search(text, max(0, f.start - 4), f.start) and _identity_head(
+                    text, f.start, max(ls, f.start - 90))):
             continue
         out.append(f)
     return out
