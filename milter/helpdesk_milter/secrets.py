@@ -1639,6 +1639,9 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
             continue                    # "-PW_...:" inside uuencoded data is no label
         group = m.lastgroup or "kw"
         keyword = m.group(0).lower()
+        if group == "kw" and keyword.startswith("code") and _code_for_product(text, start,
+                                                                            m.end()):
+            continue                    # "Code d'activation de la licence : ..."
         if not labels or labels[-1][1] + _STRONG_REACH < start:
             labels.append((start, m.end()))
         else:
@@ -3941,6 +3944,29 @@ loyalty billet vol flight matière matiere journal virement transfer mandat mand
 _KEY_NOT_SECRET = _Lexicon(" ".join(_NOT_SECRET_QUALIFIER.words) + " activation",
                            _NOT_SECRET_QUALIFIER.phrases)
 _WORD_NUMBER = re.compile(r"[A-Z]?[a-z]{2,}[-_ .]?\d{1,3}|0[xX][0-9A-Fa-f]+")
+
+# A code's label (code d'activation, d'accès, secret...) that its own words say is for
+# a product or a sale ("Code d'activation de la licence :", "licence activation code:",
+# "code de réduction") gives a product key or a coupon: what was bought, not an
+# account's secret (a code of activation of an account, of a card, of a device is one).
+_CODE_FOR_PRODUCT = _Lexicon("""
+licence license licences licenses produit product série serie serial coupon promo
+réduction reduction remise discount cadeau gift voucher parrainage commande order suivi
+tracking colis parcel réservation reservation booking billet
+""")
+
+
+def _code_for_product(text: str, start: int, end: int) -> bool:
+    """Whether the words of a code's label (``text[start:end]`` and its line: up to 30
+    characters before it, to the colon after it) name a product or a sale."""
+    lo = max(0, start - 30, text.rfind("\n", max(0, start - 30), start) + 1)
+    cm = _LABEL_COLON.match(text, end, min(len(text), end + 80))
+    return _CODE_FOR_PRODUCT.search(text, _qualifier_start(text, lo, start),
+                                    cm.end() if cm is not None else end)
+
+
+# A label's words up to its colon, on its line ("de la licence (à saisir) :").
+_LABEL_COLON = re.compile(r"[^:\n]{0,80}(?=:)")
 
 
 # The end of a sentence after a label: the words that qualify a label are in its own
