@@ -5946,6 +5946,12 @@ def _identity_head(text: str, a: int, ls: int) -> bool:
     return m is not None and _IDENTITY_HEAD_NOT.search(text, m.start(), m.end()) is None
 
 
+# The user option of a command ("curl -u USER:SECRET", "--user"), whose value is a
+# user:secret pair: when a secret is taken after the colon, what stands before it is the
+# pair's identifier (Twilio's key SID, Mailjet's API key), whatever its shape.  (A
+# token alone, "-u sk_live_...:" with nothing after the colon, is the secret.)
+_USER_OPTION = re.compile(r"(?<![^\s\\])(?:-u|--user)(?:[^\S\n]+|=)[\"']?\Z")
+
 # An API token's id before its secret: "backup@pve!nightly=" (user@realm!tokenid=).
 _TOKEN_ID = re.compile(r"[\w.\-]{1,64}@[\w.\-]{1,64}![\w.\-]{1,64}=")
 
@@ -5957,11 +5963,15 @@ def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
         return found
     keys = [m.span() for m in _PUBLIC_KEY_LINE.finditer(text)] if "AAAA" in text else []
     key_starts = [a for a, _ in keys]
+    starts = {f.start for f in found}
     out: list[Finding] = []
     for f in found:
         if f.kind == "private-key":
             out.append(f)
             continue
+        if f.end + 1 in starts and text.startswith(":", f.end) \
+                and _USER_OPTION.search(text, max(0, f.start - 12), f.start):
+            continue                    # "-u SKxxxx:secret": the user half of the pair
         k = bisect.bisect_right(key_starts, f.start) - 1
         if k >= 0 and f.end <= keys[k][1]:
             continue                    # inside a public key's line
