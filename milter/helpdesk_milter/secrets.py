@@ -1256,10 +1256,21 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
         cells = _cells_with(row, sep)
         if len(cells) < 2 or len(cells) <= col or abs(len(cells) - len(spans)) > 1:
             break
+        aligned = sep == "  " and len(cells) != len(spans)
         for c in cols:
-            if c >= len(cells):
+            if aligned:
+                # columns aligned with spaces: a cell that overflows its column ("Firewall
+                # OPNsense 10.50.0.1", one space short of the gap) shifts the count of the
+                # cells after it, not where they start: the column's cell starts where
+                # its title does
+                cell = next((x for x in cells if abs(x[0] - spans[c][0]) <= 1), None)
+                if cell is None:
+                    continue
+            elif c >= len(cells):
                 continue
-            a, b = _strip_span(row, *cells[c])
+            else:
+                cell = cells[c]
+            a, b = _strip_span(row, *cell)
             if b - a > 2 and row[a] in "`\"'" and row[b - 1] == row[a]:
                 a, b = a + 1, b - 1         # Markdown's code span: "| `X` |"
             value = row[a:b]
