@@ -1987,6 +1987,8 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         close = text.find("<", tag_end + 1, line_end)
         if close > tag_end + 1:
             a, b = _strip_span(text, tag_end + 1, close)
+            if group == "key" and not _keylike(text[a:b]):
+                return None         # KeePass's and a plist's <Key>Title</Key>: a field's name
             if _value_ok(text[a:b], clause_end=True, strict=False):
                 return Finding(_kind_for_assignment(text, start - 1), a, b)
         return None
@@ -3293,6 +3295,11 @@ def _not_secret_value(text: str, a: int, b: int, lo: int) -> bool:
         return True
     if _HEX_VALUE.fullmatch(value) and _GIT_BEFORE.search(text, max(lo, a - 40), a):
         return True
+    if a and text[a - 1] == ">":
+        em = _ELEMENT_BEFORE.search(text, max(lo, a - 120), a)
+        if em is not None and _IDENTITY_PARTS.intersection(
+                p.lower() for p in _IDENT_PART.findall(em.group("tag"))):
+            return True             # "<UUID>q0v9mPZ3RRi0eJ6w8cL2Vg==</UUID>", "<UserName>"
     nm = _OWN_NAME.search(text, lo, a)
     if nm is None:
         return False
@@ -3309,6 +3316,12 @@ def _not_secret_value(text: str, a: int, b: int, lo: int) -> bool:
         and bool(parts & _PUBLIC_NAME_PART)
 
 
+# The text of an XML element whose name names an identity (KeePass's <UUID>, <UserName>,
+# <Title>; a <Serial>, a <Guid>, an <EntryId>) is that identity, not a secret, whatever
+# password label came before it.
+_ELEMENT_BEFORE = re.compile(r"<(?P<tag>[A-Za-z][\w.\-:]{0,40})(?:[^\S\n][^<>\n]{0,80})?>\Z")
+_IDENTITY_PARTS = frozenset({"uuid", "guid", "id", "name", "username", "user", "login",
+                             "title", "url", "uri", "serial", "host", "hostname", "email"})
 _STRONG_NAME_PART = frozenset({"pass", "password", "passwd", "pwd", "psk", "secret", "private",
                                "priv", "passphrase"})
 _PUBLIC_NAME_PART = frozenset({"site", "public", "pub", "publishable", "search", "sid",
