@@ -3307,6 +3307,11 @@ def _not_secret_value(text: str, a: int, b: int, lo: int) -> bool:
     if _ID_NAME.search(name) and "sess" not in name.lower():
         return True                 # "VersionId:", "request_id=", "X-Trace-ID:" (a
                                     # session's id is its key: "nc_session_id=")
+    last = _IDENT_PART.findall(name)
+    if len(last) > 1 and last[-1].lower() in _IDENTITY_LAST:
+        return True                 # "psk_identity:", "SMTP_USER=", "token_name": the
+                                    # last word says whose or which, a secret's word before
+                                    # it says of what
     # "RECAPTCHA_SITE_KEY=", "ALGOLIA_SEARCH_KEY": a key or token the name says is public
     # (never a password or a secret: "REDIS_HOST_PASSWORD", "SESSION_SECRET")
     if not any(c in name for c in "_.-"):
@@ -3322,6 +3327,7 @@ def _not_secret_value(text: str, a: int, b: int, lo: int) -> bool:
 _ELEMENT_BEFORE = re.compile(r"<(?P<tag>[A-Za-z][\w.\-:]{0,40})(?:[^\S\n][^<>\n]{0,80})?>\Z")
 _IDENTITY_PARTS = frozenset({"uuid", "guid", "id", "name", "username", "user", "login",
                              "title", "url", "uri", "serial", "host", "hostname", "email"})
+_IDENTITY_LAST = frozenset({"identity", "user", "username", "login", "name", "uid"})
 _STRONG_NAME_PART = frozenset({"pass", "password", "passwd", "pwd", "psk", "secret", "private",
                                "priv", "passphrase"})
 _PUBLIC_NAME_PART = frozenset({"site", "public", "pub", "publishable", "search", "sid",
