@@ -3356,7 +3356,10 @@ _SCHEME_END = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{1,20}:/?\Z")
 
 def _code_like(text: str, a: int, b: int) -> bool:
     value = text[a:b]
-    return (value.startswith(("$(", "${", "`", "{{", "{%", "<%"))
+    # (an interpolation reads the value from elsewhere: shell's "$(...)", "${...}",
+    # templates' "{{ }}", "{% %}", "<% %>", Puppet's Hiera "%{lookup('...')}", Ruby's and
+    # Logstash's "#{...}", Python's ini "%(name)s")
+    return (value.startswith(("$(", "${", "`", "{{", "{%", "<%", "%{", "#{", "%("))
             or _CONSTANT_NAME.fullmatch(value) is not None
             or (_COMMAND_NAME.fullmatch(value) is not None
                 and _ARGUMENT_AFTER.match(text, b) is not None)
