@@ -5986,7 +5986,7 @@ def _identity_head(text: str, a: int, ls: int) -> bool:
 _USER_OPTION = re.compile(r"(?<![^\s\\])(?:-u|--user)(?:[^\S\n]+|=)[\"']?\Z")
 
 # An API token's id before its secret: "backup@pve!nightly=" (user@realm!tokenid=).
-_TOKEN_ID = re.compile(r"[\w.\-]{1,64}@[\w.\-]{1,64}![\w.\-]{1,64}=")
+_TOKEN_ID = re.compile(r"(?:PVEAPIToken[= ])?[\w.\-]{1,64}@[\w.\-]{1,64}![\w.\-]{1,64}=")
 
 
 def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
@@ -6016,9 +6016,13 @@ def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
         if _REFERENCE.fullmatch(value) or inner in _NONE_WORDS or (
                 inner != value.lower() and (inner in _STOP_VALUES or _is_placeholder(inner))):
             continue
-        tm = _TOKEN_ID.match(value)
-        if tm is not None and tm.end() < len(value):
-            # "user@realm!tokenid=<secret>" (Proxmox's API tokens): the id stays
+        tm = _TOKEN_ID.match(value) if "!" in value else None
+        if tm is not None:
+            # "user@realm!tokenid=<secret>" (Proxmox's API tokens): the id stays; an id
+            # with no secret after it ("PVEAPIToken=user@pve!id=<secret>", a placeholder
+            # that ended the value) is all id
+            if tm.end() == len(value):
+                continue
             f = Finding(f.kind, f.start + tm.end(), f.end)
             value = value[tm.end():]
         sm = _SPACED_SLASH.search(value) if f.kind == "password" else None
