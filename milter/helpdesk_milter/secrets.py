@@ -3250,8 +3250,11 @@ def _name_given(text: str, a: int, lo: int) -> bool:
 
 # One of a list of numbered identifiers ("Serial numbers: BK3000-FR-004812,
 # BK3000-FR-004813", "postes PC-ACC-07 / PC-ACC-08"): a value that the item before it
-# in the list copies but for its last digits is the list's next item, not a password.
-_SIBLING_BEFORE = re.compile(r"(?<![^\s(\[:])(?P<s>[^\s,;/]{4,64})[^\S\n]*[,;/][^\S\n]*\Z")
+# in the list copies but for its last digits is the list's next item, not a password;
+# so is the end of a range ("numéros de série : MJ0GK2P1 à MJ0GK2P7", "PC-07 to PC-12").
+_SIBLING_BEFORE = re.compile(
+    r"(?<![^\s(\[:])(?P<s>[^\s,;/]{4,64})(?:[^\S\n]*[,;/–][^\S\n]*|\.\.|[^\S\n]+"
+    r"(?:à|au|to|through|thru|jusqu['’]à|-)[^\S\n]+)\Z")
 _TRAILING_DIGITS = re.compile(r"\d{1,8}\Z")
 
 
