@@ -5988,6 +5988,26 @@ def _identity_head(text: str, a: int, ls: int) -> bool:
 # token alone, "-u sk_live_...:" with nothing after the colon, is the secret.)
 _USER_OPTION = re.compile(r"(?<![^\s\\])(?:-u|--user)(?:[^\S\n]+|=)[\"']?\Z")
 
+# A link with no credential in it, made of words ("https://stats.example.com/share/dash"
+# in a table's password column, for a service one reaches by a link): where something
+# is, not a secret.  A link that carries a token (a webhook's, a share's: a run of mixed
+# case, or of letters and digits, or a long number) is not plain.
+_LINK_RUN = re.compile(r"[A-Za-z0-9]+")
+
+
+def _plain_link(value: str) -> bool:
+    if "@" in value or any(c.isspace() for c in value):
+        return False
+    for run in _LINK_RUN.findall(value, value.find("//") + 2):
+        if run.isdigit():
+            if len(run) > 6:
+                return False
+        elif not run.isalpha() or not (run.islower() or run.istitle()
+                                       or (run.isupper() and len(run) <= 5)):
+            return False
+    return True
+
+
 # An API token's id before its secret: "backup@pve!nightly=" (user@realm!tokenid=).
 _TOKEN_ID = re.compile(r"(?:PVEAPIToken[= ])?[\w.\-]{1,64}@[\w.\-]{1,64}![\w.\-]{1,64}=")
 
@@ -6016,6 +6036,8 @@ def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
             continue
         value = text[f.start:f.end]
         inner = value.strip(_EMPHASIS).lower()
+        if value.startswith(("http://", "https://")) and _plain_link(value):
+            continue
         if _REFERENCE.fullmatch(value) or inner in _NONE_WORDS or (
                 inner != value.lower() and (inner in _STOP_VALUES or _is_placeholder(inner))):
             continue
