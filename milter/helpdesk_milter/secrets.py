@@ -5960,6 +5960,12 @@ _IDENTITY_LABEL = re.compile(
     r"(?i)(?<![^\W_])(?:nic[\s_\-]?handle|handle|login|username|user[\s_\-]?id|"
     r"identifiant|utilisateur)[^\S\n]{0,3}[:=][^\S\n]{0,3}\Z")
 
+# ... and a line that an account's label opens ("Compte : mx41127-ovh", "- Account:
+# ops-team"): the account's name or number.  (At the line's start only: "le mot de
+# passe du compte : X" names a password; nor a provider's token, "Account: glsa_...".)
+_ACCOUNT_LABEL = re.compile(
+    r"(?im)^[^\S\n]*(?:[-*•>][^\S\n]*)?(?:compte|account)[^\S\n]{0,3}[:=][^\S\n]{0,3}\Z")
+
 # A line's label whose head is an identity or a number, then what it belongs to
 # ("Identifiant de la clé chez le partenaire :", "Numéro de série du NAS :", "ID du
 # projet :", "Nom de l'appareil :"): French puts the head first, and the head says the
@@ -6056,6 +6062,7 @@ def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
             f = Finding(f.kind, f.start + sm.end(), f.end)
         ls = text.rfind("\n", max(0, f.start - 40), f.start) + 1
         if _IDENTITY_LABEL.search(text, max(ls, f.start - 40), f.start) or (
+                f.kind == "password" and _ACCOUNT_LABEL.search(text, ls, f.start)) or (
                 _LABEL_END.search(text, max(0, f.start - 4), f.start) and _identity_head(
                     text, f.start, max(ls, f.start - 90))):
             continue
