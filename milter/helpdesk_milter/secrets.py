@@ -3185,6 +3185,7 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
     if kind != "password":
         return False
     if _named_next(text, a) or _filler_words(text[a:b]) or _code_like(text, a, b) \
+            or _PUBLIC_NUMBER_AFTER.match(text, b, min(len(text), b + 40)) \
             or _network_before_key(text, a, b) or _schedule_or_phone(text, a, b) \
             or _error_code(text, a, b, lo) or _name_given(text, a, lo) \
             or _numbered_sibling(text, a, b, lo):
@@ -3196,6 +3197,17 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
             and not _STILL_BEFORE.search(text, max(lo, om.start() - 24), om.start()):
         return True
     return bool(_HEX_VALUE.fullmatch(text, a, b) and _HASH_BEFORE.search(text, lo, a))
+
+
+# A value the words right after it say is (like) a number anyone knows ("c 31470 comme
+# le code postal", "75011 (code postal)", "same as the zip code"): redacting it would
+# hide nothing that those words do not tell.
+_PUBLIC_NUMBER_AFTER = re.compile(
+    r"(?i)[^\S\n]*[,(]?[^\S\n]*(?:(?:comme|soit|like|same[^\S\n]+as|i\.e\.|c['’]est|is|=)"
+    r"[^\S\n]*)?(?:(?:le|la|l['’]|notre|votre|mon|ma|son|sa|our|your|my|the|its|their)"
+    r"[^\S\n]*)?(?:code[^\S\n]+postal|zip(?:[^\S\n]+code)?|post[^\S\n]?code|"
+    r"postal[^\S\n]+code|num[ée]ro[^\S\n]+de[^\S\n]+t[ée]l[ée]phone|phone[^\S\n]+number)"
+    r"(?![^\W_])")
 
 
 # Values of a shape that is no password, whatever label is near: a cron schedule
