@@ -4972,7 +4972,7 @@ def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) 
         last = m.end()
         lo = _qualifier_start(text, max(0, m.start() - 14), m.start())
         hi = _qualifier_end(text, m.end(), min(n, m.end() + 20))
-        if _NOT_ACCESS_CODE.search(text, lo, hi):
+        if _NOT_ACCESS_CODE.search(text, lo, hi) or _code_for_product(text, m.start(), m.end()):
             continue
         intro = _list_intro_line(text, m.start())
         if intro is not None and _NOT_ACCESS_CODE.search(text, _last_sentence(text, *intro),
