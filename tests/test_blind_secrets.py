@@ -31,7 +31,10 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-t": 1.0, "secrets-tune-u": 0.97,
         # written after the ninth session (first scored 0.959 / 5 damaged and 0.887 / 3
         # as they came), tuned on in the tenth
-        "secrets-tune-v": 0.97, "secrets-tune-w": 0.91}
+        "secrets-tune-v": 0.97, "secrets-tune-w": 0.91,
+        # written after the tenth session (first scored 0.902 / 3 damaged, 0.944 / 6 and
+        # 0.950 / 5 as they came), tuned on for precision in the eleventh
+        "secrets-tune-x": 0.90, "secrets-tune-y": 0.94, "secrets-tune-z": 0.94}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
@@ -77,6 +80,14 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
 #   18456)") are no password whatever label is near; a value that the item before it in
 #   a list copies but for its last digits ("BK3000-FR-004812, BK3000-FR-004813") is an
 #   identifier's next number.
+# Decided in the eleventh round (x, y and z), where the writers' labels agree with what a
+# careful admin expects but a scanner could go the other way:
+# - z's Twilio API key SID ("SK" and 32 hex, gitleaks flags the shape) as the user of
+#   "curl -u SID:SECRET", a decoy there: left, as the user half of a user:secret pair
+#   whose secret is redacted (as s's Mailjet API key before its secret); a token standing
+#   alone as the user before an empty password ("-u sk_live_...:", k) is still redacted;
+# - x's "c 31470 comme le code postal", a decoy there: a value the words after it equate
+#   to a number anyone knows hides nothing once redacted (the words stay), so it is left.
 DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-p": 1,
                            "secrets-tune-r": 1, "secrets-tune-s": 0, "secrets-tune-t": 0,
                            "secrets-tune-u": 0, "secrets-tune-v": 2, "secrets-tune-w": 0}

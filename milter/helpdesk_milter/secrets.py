@@ -1256,10 +1256,21 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
         cells = _cells_with(row, sep)
         if len(cells) < 2 or len(cells) <= col or abs(len(cells) - len(spans)) > 1:
             break
+        aligned = sep == "  " and len(cells) != len(spans)
         for c in cols:
-            if c >= len(cells):
+            if aligned:
+                # columns aligned with spaces: a cell that overflows its column ("Firewall
+                # OPNsense 10.50.0.1", one space short of the gap) shifts the count of the
+                # cells after it, not where they start: the column's cell starts where
+                # its title does
+                cell = next((x for x in cells if abs(x[0] - spans[c][0]) <= 1), None)
+                if cell is None:
+                    continue
+            elif c >= len(cells):
                 continue
-            a, b = _strip_span(row, *cells[c])
+            else:
+                cell = cells[c]
+            a, b = _strip_span(row, *cell)
             if b - a > 2 and row[a] in "`\"'" and row[b - 1] == row[a]:
                 a, b = a + 1, b - 1         # Markdown's code span: "| `X` |"
             value = row[a:b]
@@ -1639,6 +1650,9 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
             continue                    # "-PW_...:" inside uuencoded data is no label
         group = m.lastgroup or "kw"
         keyword = m.group(0).lower()
+        if group == "kw" and keyword.startswith("code") and _code_for_product(text, start,
+                                                                            m.end()):
+            continue                    # "Code d'activation de la licence : ..."
         if not labels or labels[-1][1] + _STRONG_REACH < start:
             labels.append((start, m.end()))
         else:
@@ -1973,6 +1987,8 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
         close = text.find("<", tag_end + 1, line_end)
         if close > tag_end + 1:
             a, b = _strip_span(text, tag_end + 1, close)
+            if group == "key" and not _keylike(text[a:b]):
+                return None         # KeePass's and a plist's <Key>Title</Key>: a field's name
             if _value_ok(text[a:b], clause_end=True, strict=False):
                 return Finding(_kind_for_assignment(text, start - 1), a, b)
         return None
@@ -3169,6 +3185,7 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
     if kind != "password":
         return False
     if _named_next(text, a) or _filler_words(text[a:b]) or _code_like(text, a, b) \
+            or _PUBLIC_NUMBER_AFTER.match(text, b, min(len(text), b + 40)) \
             or _network_before_key(text, a, b) or _schedule_or_phone(text, a, b) \
             or _error_code(text, a, b, lo) or _name_given(text, a, lo) \
             or _numbered_sibling(text, a, b, lo):
@@ -3180,6 +3197,17 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
             and not _STILL_BEFORE.search(text, max(lo, om.start() - 24), om.start()):
         return True
     return bool(_HEX_VALUE.fullmatch(text, a, b) and _HASH_BEFORE.search(text, lo, a))
+
+
+# A value the words right after it say is (like) a number anyone knows ("c 31470 comme
+# le code postal", "75011 (code postal)", "same as the zip code"): redacting it would
+# hide nothing that those words do not tell.
+_PUBLIC_NUMBER_AFTER = re.compile(
+    r"(?i)[^\S\n]*[,(]?[^\S\n]*(?:(?:comme|soit|like|same[^\S\n]+as|i\.e\.|c['’]est|is|=)"
+    r"[^\S\n]*)?(?:(?:le|la|l['’]|notre|votre|mon|ma|son|sa|our|your|my|the|its|their)"
+    r"[^\S\n]*)?(?:code[^\S\n]+postal|zip(?:[^\S\n]+code)?|post[^\S\n]?code|"
+    r"postal[^\S\n]+code|num[ée]ro[^\S\n]+de[^\S\n]+t[ée]l[ée]phone|phone[^\S\n]+number)"
+    r"(?![^\W_])")
 
 
 # Values of a shape that is no password, whatever label is near: a cron schedule
@@ -3234,8 +3262,11 @@ def _name_given(text: str, a: int, lo: int) -> bool:
 
 # One of a list of numbered identifiers ("Serial numbers: BK3000-FR-004812,
 # BK3000-FR-004813", "postes PC-ACC-07 / PC-ACC-08"): a value that the item before it
-# in the list copies but for its last digits is the list's next item, not a password.
-_SIBLING_BEFORE = re.compile(r"(?<![^\s(\[:])(?P<s>[^\s,;/]{4,64})[^\S\n]*[,;/][^\S\n]*\Z")
+# in the list copies but for its last digits is the list's next item, not a password;
+# so is the end of a range ("numéros de série : MJ0GK2P1 à MJ0GK2P7", "PC-07 to PC-12").
+_SIBLING_BEFORE = re.compile(
+    r"(?<![^\s(\[:])(?P<s>[^\s,;/]{4,64})(?:[^\S\n]*[,;/–][^\S\n]*|\.\.|[^\S\n]+"
+    r"(?:à|au|to|through|thru|jusqu['’]à|-)[^\S\n]+)\Z")
 _TRAILING_DIGITS = re.compile(r"\d{1,8}\Z")
 
 
@@ -3279,6 +3310,11 @@ def _not_secret_value(text: str, a: int, b: int, lo: int) -> bool:
         return True
     if _HEX_VALUE.fullmatch(value) and _GIT_BEFORE.search(text, max(lo, a - 40), a):
         return True
+    if a and text[a - 1] == ">":
+        em = _ELEMENT_BEFORE.search(text, max(lo, a - 120), a)
+        if em is not None and _IDENTITY_PARTS.intersection(
+                p.lower() for p in _IDENT_PART.findall(em.group("tag"))):
+            return True             # "<UUID>q0v9mPZ3RRi0eJ6w8cL2Vg==</UUID>", "<UserName>"
     nm = _OWN_NAME.search(text, lo, a)
     if nm is None:
         return False
@@ -3286,6 +3322,11 @@ def _not_secret_value(text: str, a: int, b: int, lo: int) -> bool:
     if _ID_NAME.search(name) and "sess" not in name.lower():
         return True                 # "VersionId:", "request_id=", "X-Trace-ID:" (a
                                     # session's id is its key: "nc_session_id=")
+    last = _IDENT_PART.findall(name)
+    if len(last) > 1 and last[-1].lower() in _IDENTITY_LAST:
+        return True                 # "psk_identity:", "SMTP_USER=", "token_name": the
+                                    # last word says whose or which, a secret's word before
+                                    # it says of what
     # "RECAPTCHA_SITE_KEY=", "ALGOLIA_SEARCH_KEY": a key or token the name says is public
     # (never a password or a secret: "REDIS_HOST_PASSWORD", "SESSION_SECRET")
     if not any(c in name for c in "_.-"):
@@ -3295,6 +3336,13 @@ def _not_secret_value(text: str, a: int, b: int, lo: int) -> bool:
         and bool(parts & _PUBLIC_NAME_PART)
 
 
+# The text of an XML element whose name names an identity (KeePass's <UUID>, <UserName>,
+# <Title>; a <Serial>, a <Guid>, an <EntryId>) is that identity, not a secret, whatever
+# password label came before it.
+_ELEMENT_BEFORE = re.compile(r"<(?P<tag>[A-Za-z][\w.\-:]{0,40})(?:[^\S\n][^<>\n]{0,80})?>\Z")
+_IDENTITY_PARTS = frozenset({"uuid", "guid", "id", "name", "username", "user", "login",
+                             "title", "url", "uri", "serial", "host", "hostname", "email"})
+_IDENTITY_LAST = frozenset({"identity", "user", "username", "login", "name", "uid"})
 _STRONG_NAME_PART = frozenset({"pass", "password", "passwd", "pwd", "psk", "secret", "private",
                                "priv", "passphrase"})
 _PUBLIC_NAME_PART = frozenset({"site", "public", "pub", "publishable", "search", "sid",
@@ -3323,7 +3371,10 @@ _SCHEME_END = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{1,20}:/?\Z")
 
 def _code_like(text: str, a: int, b: int) -> bool:
     value = text[a:b]
-    return (value.startswith(("$(", "${", "`", "{{", "{%", "<%"))
+    # (an interpolation reads the value from elsewhere: shell's "$(...)", "${...}",
+    # templates' "{{ }}", "{% %}", "<% %>", Puppet's Hiera "%{lookup('...')}", Ruby's and
+    # Logstash's "#{...}", Python's ini "%(name)s")
+    return (value.startswith(("$(", "${", "`", "{{", "{%", "<%", "%{", "#{", "%("))
             or _CONSTANT_NAME.fullmatch(value) is not None
             or (_COMMAND_NAME.fullmatch(value) is not None
                 and _ARGUMENT_AFTER.match(text, b) is not None)
@@ -3941,6 +3992,29 @@ loyalty billet vol flight matière matiere journal virement transfer mandat mand
 _KEY_NOT_SECRET = _Lexicon(" ".join(_NOT_SECRET_QUALIFIER.words) + " activation",
                            _NOT_SECRET_QUALIFIER.phrases)
 _WORD_NUMBER = re.compile(r"[A-Z]?[a-z]{2,}[-_ .]?\d{1,3}|0[xX][0-9A-Fa-f]+")
+
+# A code's label (code d'activation, d'accès, secret...) that its own words say is for
+# a product or a sale ("Code d'activation de la licence :", "licence activation code:",
+# "code de réduction") gives a product key or a coupon: what was bought, not an
+# account's secret (a code of activation of an account, of a card, of a device is one).
+_CODE_FOR_PRODUCT = _Lexicon("""
+licence license licences licenses produit product série serie serial coupon promo
+réduction reduction remise discount cadeau gift voucher parrainage commande order suivi
+tracking colis parcel réservation reservation booking billet
+""")
+
+
+def _code_for_product(text: str, start: int, end: int) -> bool:
+    """Whether the words of a code's label (``text[start:end]`` and its line: up to 30
+    characters before it, to the colon after it) name a product or a sale."""
+    lo = max(0, start - 30, text.rfind("\n", max(0, start - 30), start) + 1)
+    cm = _LABEL_COLON.match(text, end, min(len(text), end + 80))
+    return _CODE_FOR_PRODUCT.search(text, _qualifier_start(text, lo, start),
+                                    cm.end() if cm is not None else end)
+
+
+# A label's words up to its colon, on its line ("de la licence (à saisir) :").
+_LABEL_COLON = re.compile(r"[^:\n]{0,80}(?=:)")
 
 
 # The end of a sentence after a label: the words that qualify a label are in its own
@@ -4898,7 +4972,7 @@ def _access_codes(text: str, lower: str, known: frozenset[bytes] | None = None) 
         last = m.end()
         lo = _qualifier_start(text, max(0, m.start() - 14), m.start())
         hi = _qualifier_end(text, m.end(), min(n, m.end() + 20))
-        if _NOT_ACCESS_CODE.search(text, lo, hi):
+        if _NOT_ACCESS_CODE.search(text, lo, hi) or _code_for_product(text, m.start(), m.end()):
             continue
         intro = _list_intro_line(text, m.start())
         if intro is not None and _NOT_ACCESS_CODE.search(text, _last_sentence(text, *intro),
@@ -5898,8 +5972,62 @@ _IDENTITY_LABEL = re.compile(
     r"(?i)(?<![^\W_])(?:nic[\s_\-]?handle|handle|login|username|user[\s_\-]?id|"
     r"identifiant|utilisateur)[^\S\n]{0,3}[:=][^\S\n]{0,3}\Z")
 
+# ... and a line that an account's label opens ("Compte : mx41127-ovh", "- Account:
+# ops-team"): the account's name or number.  (At the line's start only: "le mot de
+# passe du compte : X" names a password; nor a provider's token, "Account: glsa_...".)
+_ACCOUNT_LABEL = re.compile(
+    r"(?im)^[^\S\n]*(?:[-*•>][^\S\n]*)?(?:compte|account)[^\S\n]{0,3}[:=][^\S\n]{0,3}\Z")
+
+# A line's label whose head is an identity or a number, then what it belongs to
+# ("Identifiant de la clé chez le partenaire :", "Numéro de série du NAS :", "ID du
+# projet :", "Nom de l'appareil :"): French puts the head first, and the head says the
+# value is an identifier, whatever secret's word its complement names ("de la clé").
+# Not a pair ("Identifiant et mot de passe :", "Nom d'utilisateur / mdp :") nor a label
+# that names a password besides.
+_IDENTITY_HEAD = re.compile(
+    r"(?im)^[^\S\n]*(?:[-*•>][^\S\n]*)?(?:identifiant|id|num[ée]ro|n°|r[ée]f[ée]rence|nom)"
+    r"[^\S\n]+(?:(?:de|du|des)(?![^\W_])|d['’])[^:=\n]{0,60}?[^\S\n]*[:=][^\S\n]{0,3}\Z")
+_IDENTITY_HEAD_NOT = re.compile(
+    r"(?i)(?<![^\W_])(?:et|ou|and|or|passe|mdp|password|pwd|pin|secret|secrète|secrete)"
+    r"(?![^\W_])|[/&+]")
+
+
+_LABEL_END = re.compile(r"[:=][^\S\n]{0,3}\Z")
+
+
+def _identity_head(text: str, a: int, ls: int) -> bool:
+    m = _IDENTITY_HEAD.search(text, ls, a)
+    return m is not None and _IDENTITY_HEAD_NOT.search(text, m.start(), m.end()) is None
+
+
+# The user option of a command ("curl -u USER:SECRET", "--user"), whose value is a
+# user:secret pair: when a secret is taken after the colon, what stands before it is the
+# pair's identifier (Twilio's key SID, Mailjet's API key), whatever its shape.  (A
+# token alone, "-u sk_live_...:" with nothing after the colon, is the secret.)
+_USER_OPTION = re.compile(r"(?<![^\s\\])(?:-u|--user)(?:[^\S\n]+|=)[\"']?\Z")
+
+# A link with no credential in it, made of words ("https://stats.example.com/share/dash"
+# in a table's password column, for a service one reaches by a link): where something
+# is, not a secret.  A link that carries a token (a webhook's, a share's: a run of mixed
+# case, or of letters and digits, or a long number) is not plain.
+_LINK_RUN = re.compile(r"[A-Za-z0-9]+")
+
+
+def _plain_link(value: str) -> bool:
+    if "@" in value or any(c.isspace() for c in value):
+        return False
+    for run in _LINK_RUN.findall(value, value.find("//") + 2):
+        if run.isdigit():
+            if len(run) > 6:
+                return False
+        elif not run.isalpha() or not (run.islower() or run.istitle()
+                                       or (run.isupper() and len(run) <= 5)):
+            return False
+    return True
+
+
 # An API token's id before its secret: "backup@pve!nightly=" (user@realm!tokenid=).
-_TOKEN_ID = re.compile(r"[\w.\-]{1,64}@[\w.\-]{1,64}![\w.\-]{1,64}=")
+_TOKEN_ID = re.compile(r"(?:PVEAPIToken[= ])?[\w.\-]{1,64}@[\w.\-]{1,64}![\w.\-]{1,64}=")
 
 
 def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
@@ -5909,11 +6037,15 @@ def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
         return found
     keys = [m.span() for m in _PUBLIC_KEY_LINE.finditer(text)] if "AAAA" in text else []
     key_starts = [a for a, _ in keys]
+    starts = {f.start for f in found}
     out: list[Finding] = []
     for f in found:
         if f.kind == "private-key":
             out.append(f)
             continue
+        if f.end + 1 in starts and text.startswith(":", f.end) \
+                and _USER_OPTION.search(text, max(0, f.start - 12), f.start):
+            continue                    # "-u SKxxxx:secret": the user half of the pair
         k = bisect.bisect_right(key_starts, f.start) - 1
         if k >= 0 and f.end <= keys[k][1]:
             continue                    # inside a public key's line
@@ -5922,12 +6054,18 @@ def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
             continue
         value = text[f.start:f.end]
         inner = value.strip(_EMPHASIS).lower()
+        if value.startswith(("http://", "https://")) and _plain_link(value):
+            continue
         if _REFERENCE.fullmatch(value) or inner in _NONE_WORDS or (
                 inner != value.lower() and (inner in _STOP_VALUES or _is_placeholder(inner))):
             continue
-        tm = _TOKEN_ID.match(value)
-        if tm is not None and tm.end() < len(value):
-            # "user@realm!tokenid=<secret>" (Proxmox's API tokens): the id stays
+        tm = _TOKEN_ID.match(value) if "!" in value else None
+        if tm is not None:
+            # "user@realm!tokenid=<secret>" (Proxmox's API tokens): the id stays; an id
+            # with no secret after it ("PVEAPIToken=user@pve!id=<secret>", a placeholder
+            # that ended the value) is all id
+            if tm.end() == len(value):
+                continue
             f = Finding(f.kind, f.start + tm.end(), f.end)
             value = value[tm.end():]
         sm = _SPACED_SLASH.search(value) if f.kind == "password" else None
@@ -5935,7 +6073,10 @@ def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
                 and _classes(value[:sm.start()]) <= 2 and sm.end() < len(value):
             f = Finding(f.kind, f.start + sm.end(), f.end)
         ls = text.rfind("\n", max(0, f.start - 40), f.start) + 1
-        if _IDENTITY_LABEL.search(text, max(ls, f.start - 40), f.start):
+        if _IDENTITY_LABEL.search(text, max(ls, f.start - 40), f.start) or (
+                f.kind == "password" and _ACCOUNT_LABEL.search(text, ls, f.start)) or (
+                _LABEL_END.search(text, max(0, f.start - 4), f.start) and _identity_head(
+                    text, f.start, max(ls, f.start - 90))):
             continue
         out.append(f)
     return out
