@@ -2573,6 +2573,8 @@ _NOT_SECRET_PART = frozenset({
     "fingerprints", "map", "index", "limit", "rate", "publishable", "site",
     "search",               # a search-only key (Algolia's) is made to be public
 })
+_PASSWORD_PARTS = frozenset({"password", "passwd", "pass", "pwd", "passphrase"})
+_OWNER_PARTS = frozenset({"user", "username", "login"})
 _ASSIGN_SEP = re.compile(
     r"""["'\]]{0,2}[^\S\r\n]{0,12}(?:=>|:=|\?=|=|:(?!//)|,(?=[^\S\r\n]*["']))[^\S\r\n]{0,12}"""
     r"""|[^\S\r\n]{1,20}(?=["'])""")     # nginx: proxy_set_header X-Token "value"
@@ -2595,6 +2597,10 @@ def _secret_name(name: str) -> bool:
     if "salt" in parts:
         # Drupal's "hash_salt" signs one-time links and sessions: the salt of hashes
         parts = [p for p in parts if p not in ("hash", "hashed")]
+    if parts and parts[-1] in _PASSWORD_PARTS:
+        # "userPassword" (LDIF), "user_pass", "login_pwd": the user's password; a
+        # leading identity word names whose it is, not what the value is
+        parts = [p for p in parts[:-1] if p not in _OWNER_PARTS] + parts[-1:]
     if not parts or any(p in _NOT_SECRET_PART for p in parts):
         return False
     low = name.lower()
