@@ -6,6 +6,11 @@ look-alike that must stay.
   word opens it ("userPassword", "user_pass", "login_pwd": the user's password), while
   a name that says what else it is ("user_password_reset") and the user's own setting
   stay;
+- XML: an element named for a secret ("<pre-shared-key>X</pre-shared-key>") and the
+  name/value pairs of exports and configs written in XML (KeePass's "<Key>Password</Key>
+  <Value>X</Value>", a property list's "<key>…</key><string>…</string>", .NET's
+  '<add key="…" value="…"/>'); the other pairs of the same entry (title, notes, user)
+  and an element named for a key's id or a token's expiry stay;
 """
 
 from __future__ import annotations
@@ -28,4 +33,34 @@ from support.secret_text import check
      ["2025-03-14", "strong-12"]),
 ])
 def test_owner_word_before_password_setting(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("<tunnel>\n  <remote>203.0.113.7</remote>\n  <psk-secret>W4nTq8Lz2Rx7Vm3Kp9Yd</psk-secret>\n"
+     "  <key-id>7F3A9C21B4E8D605</key-id>\n</tunnel>\n",
+     ["W4nTq8Lz2Rx7Vm3Kp9Yd"], ["203.0.113.7", "7F3A9C21B4E8D605"]),
+    ("<server><host>files.asso-exemple.org</host>"
+     "<api_token>c81Xq2Vw7ZkR4pLm9Tn3Hs6Yd0Fb</api_token></server>\n",
+     ["c81Xq2Vw7ZkR4pLm9Tn3Hs6Yd0Fb"], ["files.asso-exemple.org"]),
+    ("<token_expiry>20260131T000000Z</token_expiry>\n", [], ["20260131T000000Z"]),
+    # a password manager's XML export: only the password's value goes
+    ("<Entry>\n\t<String><Key>Title</Key><Value>NAS compta</Value></String>\n"
+     "\t<String><Key>UserName</Key><Value>compta-adm</Value></String>\n"
+     "\t<String><Key>Password</Key><Value ProtectInMemory=\"True\">Saule%Riviere%48</Value>"
+     "</String>\n\t<String><Key>Notes</Key><Value>baie B, SN QX7K2209LM</Value></String>\n"
+     "</Entry>\n", ["Saule%Riviere%48"], ["NAS compta", "compta-adm", "SN QX7K2209LM"]),
+    # a property list and an appSettings block
+    ("<dict>\n  <key>Password</key>\n  <string>Vr7!pKw2mQ</string>\n"
+     "  <key>Server</key>\n  <string>mail.asso-exemple.org</string>\n</dict>\n",
+     ["Vr7!pKw2mQ"], ["mail.asso-exemple.org"]),
+    ('<appSettings>\n  <add key="SmtpUser" value="relais@asso-exemple.org" />\n'
+     '  <add key="SmtpPassword" value="Hq4#tZm8Lw" />\n'
+     '  <add key="SmtpHost" value="smtp.asso-exemple.org" />\n</appSettings>\n',
+     ["Hq4#tZm8Lw"], ["relais@asso-exemple.org", "smtp.asso-exemple.org"]),
+    # the same shapes with nothing secret named
+    ("<dict><key>BuildNumber</key><string>A7f3Kq92LmZx</string></dict>\n", [],
+     ["A7f3Kq92LmZx"]),
+])
+def test_xml_secret_elements_and_pairs(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

@@ -2741,6 +2741,15 @@ def _named_assignments(text: str, lower: str,
         # the identifier around the stem: a separator must follow it soon
         after = _IDENT_CHARS.match(text, m_end)
         end = after.end() if after else m_end
+        if text.startswith(">", end) and end - m_end <= 40:
+            # an XML element named for a secret: "<pre-shared-key>X</pre-shared-key>"
+            # (pfSense), "<api_token>X</api_token>"
+            xml = _xml_element_value(text, m_start, end)
+            last = end
+            if xml is not None:
+                out.append(xml)
+                last = xml.end
+            continue
         qualified = None
         if not _ASSIGN_SEP.match(text, end) or end - m_end > 40:
             qualified = _QUALIFIED_SEP.match(text, end) if end - m_end <= 40 else None
@@ -2818,6 +2827,31 @@ def _named_assignments(text: str, lower: str,
                                _kind_for_assignment(text, start), a, b))
             last = b
     return out
+
+
+def _xml_element_value(text: str, m_start: int, end: int) -> Finding | None:
+    """The value of ``<NAME>value</NAME>`` when NAME (around the stem at ``m_start``,
+    ending at ``end``, just before ">") names a secret and the value looks generated."""
+    start = m_start
+    while start > 0 and m_start - start < 48 and text[start - 1] in _IDENT_SET:
+        start -= 1
+    if start == 0 or text[start - 1] != "<":
+        return None
+    name = text[start:end]
+    if not _secret_name(name):
+        return None
+    close = text.find("</", end + 1, min(len(text), end + 402))
+    if close < 0 or not text.startswith(name + ">", close + 2):
+        return None
+    a, b = _strip_span(text, end + 1, close)
+    value = text[a:b]
+    if not value or any(c in value for c in "\n<>") or value.startswith(("{{", "${", "$(")):
+        return None
+    low = name.lower()
+    pw = any(w in low for w in ("pass", "pwd", "psk"))
+    if _entropic(value, min_len=8 if pw else 16) or (pw and _strong(value)):
+        return Finding("password" if pw else "api-token", a, b)
+    return None
 
 
 # Credentials given to well-known commands: ``curl -u user:pass``, ``sshpass -p pass``,
@@ -5729,13 +5763,33 @@ _NAME_VALUE = re.compile(r"""(?ix)
 (?P<c>[^\s"',}]{1,400}))""")
 
 
-def _name_values(text: str) -> list[Finding]:
+# The same pairs in XML: KeePass's export ("<Key>Password</Key><Value
+# ProtectInMemory="True">X</Value>"), Apple's property lists ("<key>Password</key>
+# <string>X</string>"), .NET's appSettings ('<add key="SmtpPassword" value="X" />').
+_XML_NAME_VALUE = re.compile(r"""(?x)
+<(?P<t>[Kk]ey|KEY|[Nn]ame|NAME)>[^\S\r\n]*(?P<name>[A-Za-z_][\w.\-]{1,60})[^\S\r\n]*</(?P=t)>
+[^\S\r\n]{0,8}(?:\r?\n[ \t]{0,40})?
+<(?P<vt>[Vv]alue|VALUE|string)(?:[^\S\r\n][^<>\r\n]{0,200})?>(?P<a>[^<>\r\n]{1,400})</(?P=vt)>
+| <add[^\S\r\n]+key="(?P<name2>[A-Za-z_][\w.\-]{1,60})"[^\S\r\n]+value="(?P<b>[^"\r\n]{1,400})"
+""")
+
+
+def _xml_name_values(text: str) -> list[Finding]:
+    # (only names that hold a secret's stem: "Title", "Notes", "URL" are no secret's)
+    return _name_values(text, _XML_NAME_VALUE, stem=True)
+
+
+def _name_values(text: str, pattern: re.Pattern[str] = _NAME_VALUE, *,
+                 stem: bool = False) -> list[Finding]:
     out = []
-    for m in _NAME_VALUE.finditer(text):
+    for m in pattern.finditer(text):
         g = m.lastgroup
-        if g is None or not _secret_name(m.group("name")):
+        if g is None:
             continue
-        name = m.group("name").lower()
+        raw_name = m.group("name2") if stem and g == "b" else m.group("name")
+        if not _secret_name(raw_name) or (stem and _SECRET_STEM.search(raw_name) is None):
+            continue
+        name = raw_name.lower()
         value = m.group(g)
         if value.startswith(("{{", "${", "$(", "<")) or _is_placeholder(value):
             continue
@@ -5851,6 +5905,8 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
         found.extend(_cookies(text, folded, present))
     if b"value" in present:
         found.extend(_name_values(text))
+    if b"</key>" in folded or b"</name>" in folded or b"<add " in folded:
+        found.extend(_xml_name_values(text))
     if b"eyJ" in cased:
         found.extend(_encoded_credentials(text))
     if b"signature=" in folded:
