@@ -11,6 +11,9 @@ look-alike that must stay.
   <Value>X</Value>", a property list's "<key>…</key><string>…</string>", .NET's
   '<add key="…" value="…"/>'); the other pairs of the same entry (title, notes, user)
   and an element named for a key's id or a token's expiry stay;
+- a value framed by wide spaces after a password label and its separator ("c'est :  X
+  Y 12  sans les espaces"): the frame says where it starts and ends, spaces inside
+  included; a framed aside ("voir avec Paul") or reference ("ticket 4521") stays;
 """
 
 from __future__ import annotations
@@ -63,4 +66,20 @@ def test_owner_word_before_password_setting(text: str, gone: list[str], kept: li
      ["A7f3Kq92LmZx"]),
 ])
 def test_xml_secret_elements_and_pairs(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("bonjour le mot de passe de la tablette c'est :  hibou gris 1987  je crois qu'il "
+     "faut les espaces\nMerci\n", ["hibou gris 1987"], ["Merci"]),
+    ("The laptop password is   Q4 7M 2X KP   as printed on the sticker, room B12.\n",
+     ["Q4 7M 2X KP"], ["room B12"]),
+    ("Mot de passe du poste accueil :  Pivoine!Rue8\nPoste 12, bureau du rez-de-chaussée\n",
+     ["Pivoine!Rue8"], ["Poste 12"]),
+    # a framed aside or reference where a value would be
+    ("Mot de passe :  voir avec Paul  merci de le rappeler\n", [], ["voir avec Paul"]),
+    ("Mot de passe :  ticket 4521  merci de relancer l'éditeur\n", [], ["ticket 4521"]),
+    ("Password:  see ticket 7810  thanks\n", [], ["ticket 7810"]),
+])
+def test_value_framed_by_wide_spaces(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

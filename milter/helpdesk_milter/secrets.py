@@ -1689,6 +1689,8 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
         elif finding is None and group == "key" and keyword == "code":
             finding = _after_aside(text, m.end(), keyword, verb=True)
         if finding is None and group in ("kw", "wifi") and keyword not in _WEAK_KEYWORDS:
+            finding = _wide_framed_value(text, m.end())
+        if finding is None and group in ("kw", "wifi") and keyword not in _WEAK_KEYWORDS:
             open_ends.append(m.end())
         if finding is not None:
             out.append(finding)
@@ -1727,6 +1729,42 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
     if labels:
         out.extend(_strong_values(text, labels))
     return out
+
+
+# A value framed by wide spaces after its label and a separator ("c'est :  X  sans les
+# espaces", "is   X   (with the spaces)"): whoever fears that the reader takes a word
+# around it, or a space in it, for part of it or not, sets it apart with two spaces or
+# more on each side (or the line's end).  The frame, not the words, says where it starts
+# and ends, so it may hold spaces; it must still read as a password on its own (a digit
+# or a symbol among several words, or a strong value).
+_WIDE_FRAMED = re.compile(r"[ \t]{2,}(?P<v>[^\s(«\"'](?:\S| (?=\S)){1,60})"
+                          r"(?=[ \t]{2,}|[ \t]*(?:\n|\Z))")
+_WIDE_LEAD = re.compile(r"(?i)(?:[:=→]|(?<![^\W_])(?:c['’\s]?est|est|is|sont|are))\Z")
+
+
+def _wide_framed_value(text: str, pos: int) -> Finding | None:
+    limit = min(len(text), pos + 160)
+    nl = text.find("\n", pos, limit)
+    line_end = nl if nl >= 0 else limit
+    fm = _WIDE_FRAMED.search(text, pos, line_end)
+    if fm is None or fm.start() - pos > 60:
+        return None
+    if not _WIDE_LEAD.search(text, pos, fm.start()) or "  " in text[pos:fm.start()]:
+        return None                     # the separator right before the frame, one frame
+    a, b = fm.span("v")
+    value = text[a:b]
+    words = value.split()
+    if _is_placeholder(value) or _DECOY_SHAPE.fullmatch(value.replace(" ", "")) or any(
+            w.lower() in _NEGATIVE_QUALIFIERS for w in words):
+        return None
+    if len(words) > 1 and (any(w.lower() in _NOT_PASSPHRASE for w in words)
+                           or _REFERENCE_PHRASE.match(value) is not None):
+        return None                     # "voir avec Paul", "see ticket 4521"
+    if len(words) > 1 and _named_by([w.lower() for w in words[:-1]]):
+        return None                     # "ticket 4521", "dossier n° 88"
+    if _passphrase(value) or (len(words) == 1 and _strong(value)):
+        return Finding("password", a, b)
+    return None
 
 
 # Where the history of a reply starts: Outlook's "-----Original Message-----" (and its
