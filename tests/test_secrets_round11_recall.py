@@ -14,6 +14,10 @@ look-alike that must stay.
 - a value framed by wide spaces after a password label and its separator ("c'est :  X
   Y 12  sans les espaces"): the frame says where it starts and ends, spaces inside
   included; a framed aside ("voir avec Paul") or reference ("ticket 4521") stays;
+- an SMTP/IMAP session pasted from a log: "AUTH PLAIN <base64>" when it decodes to
+  "\\0login\\0password", and AUTH LOGIN's line after "334 UGFzc3dvcmQ6" (the server's
+  "Password:"); the login's line, the server's prompts, an AUTH PLAIN that decodes to
+  something else and the EHLO's list of mechanisms stay;
 """
 
 from __future__ import annotations
@@ -82,4 +86,25 @@ def test_xml_secret_elements_and_pairs(text: str, gone: list[str], kept: list[st
     ("Password:  see ticket 7810  thanks\n", [], ["ticket 7810"]),
 ])
 def test_value_framed_by_wide_spaces(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+_PLAIN = "AGNvbXB0YUBhc3NvLWV4ZW1wbGUub3JnAEZpY3VzLVZlcnJlLTI3"
+_USER = "Y29tcHRhQGFzc28tZXhlbXBsZS5vcmc="
+_PASSWORD = "RmljdXMtVmVycmUtMjc="
+_NOT_PLAIN = "anVzdCBzb21lIGJ5dGVzIGhlcmU="
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("Voici le journal du copieur :\n< 250-AUTH PLAIN LOGIN\n> AUTH PLAIN " + _PLAIN +
+     "\n< 535 5.7.8 Error: authentication failed\n", [_PLAIN],
+     ["250-AUTH PLAIN LOGIN", "535 5.7.8"]),
+    ("a1 AUTHENTICATE PLAIN " + _PLAIN + "\na1 NO [AUTHENTICATIONFAILED]\n", [_PLAIN], ["a1 NO"]),
+    ("C: AUTH LOGIN\nS: 334 VXNlcm5hbWU6\nC: " + _USER + "\nS: 334 UGFzc3dvcmQ6\nC: " + _PASSWORD +
+     "\nS: 535 5.7.8 failed\n", [_PASSWORD], [_USER, "334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6"]),
+    # an AUTH PLAIN whose base64 is no login and password, and a mechanism list
+    ("> AUTH PLAIN " + _NOT_PLAIN + "\n< 501 5.5.2 bad\n", [], [_NOT_PLAIN]),
+    ("250-AUTH PLAIN LOGIN CRAM-MD5\n250 AUTH=PLAIN LOGIN\n", [], ["AUTH PLAIN LOGIN CRAM-MD5"]),
+])
+def test_sasl_transcript(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

@@ -780,6 +780,8 @@ class SecretScanner:
                 quiet.extend(_given_values(text, hay))
                 if hay.keypad():
                     quiet.extend(_keypad_codes(text))
+                if b"auth" in hay.folded or b"334" in hay.cased:
+                    quiet.extend(_sasl_transcripts(text, hay.folded))
                 if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
                     quiet.extend(_account_rows(text, hay.folded))
             return _resolve(_by_shape(text, _live(text, quiet) + self._named(hay, text)))
@@ -826,6 +828,8 @@ class SecretScanner:
                 found.extend(_secret_named_values(text, lower))
         if "password" in enabled and not labelled:
             found.extend(_account_values(text, hay))
+        if "password" in enabled and (b"auth" in hay.folded or b"334" in hay.cased):
+            found.extend(_sasl_transcripts(text, hay.folded))
         if "password" in enabled and b"wifi:" in hay.folded:
             found.extend(_wifi_qr(text))
         live = _live(text, _join_wrapped(text, _drop_stale_history(
@@ -5862,6 +5866,34 @@ def _encoded_credentials(text: str) -> list[Finding]:
             continue
         if _B64_JSON_KEYS.search(decoded):
             out.append(Finding("api-token", m.start(), m.end()))
+    return out
+
+
+# An SMTP or IMAP session's transcript (a log pasted to show a failed login): "AUTH PLAIN
+# <base64>" carries the login and the password, NUL-separated (RFC 4616), and after the
+# server's "334 UGFzc3dvcmQ6" ("Password:" in base64) of AUTH LOGIN the client's next line
+# is the password in base64.  Anyone decodes either; the encoded whole is the secret.
+_SASL_PLAIN = re.compile(r"(?i)(?<![^\W_])AUTH(?:ENTICATE)?[ \t]+PLAIN[ \t]+"
+                         r"(?P<v>[A-Za-z0-9+/]{8,400}={0,2})(?![A-Za-z0-9+/=])")
+_SASL_LOGIN_PASSWORD = re.compile(r"334[ \t]+UGFzc3dvcmQ6[ \t]*\r?\n[^\S\r\n]*"
+                                  r"(?:[>C]:?[ \t]*)?"
+                                  r"(?P<v>[A-Za-z0-9+/]{4,400}={0,2})[ \t]*(?:\r?\n|\Z)")
+
+
+def _sasl_transcripts(text: str, folded: bytes) -> list[Finding]:
+    out = []
+    if b"plain" in folded:
+        for m in _SASL_PLAIN.finditer(text):
+            blob = m.group("v")
+            try:
+                decoded = base64.b64decode(blob + "=" * (-len(blob) % 4), validate=True)
+            except ValueError:
+                continue
+            if decoded.count(b"\x00") == 2 and not decoded.endswith(b"\x00"):
+                out.append(Finding("password", *m.span("v")))
+    if b"ugfzc3dvcmq6" in folded:
+        out.extend(Finding("password", *m.span("v"))
+                   for m in _SASL_LOGIN_PASSWORD.finditer(text))
     return out
 
 
