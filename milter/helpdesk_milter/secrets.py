@@ -780,6 +780,8 @@ class SecretScanner:
                 quiet.extend(_given_values(text, hay))
                 if hay.keypad():
                     quiet.extend(_keypad_codes(text))
+                if b"auth" in hay.folded or b"334" in hay.cased:
+                    quiet.extend(_sasl_transcripts(text, hay.folded))
                 if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
                     quiet.extend(_account_rows(text, hay.folded))
             return _resolve(_by_shape(text, _live(text, quiet) + self._named(hay, text)))
@@ -826,6 +828,8 @@ class SecretScanner:
                 found.extend(_secret_named_values(text, lower))
         if "password" in enabled and not labelled:
             found.extend(_account_values(text, hay))
+        if "password" in enabled and (b"auth" in hay.folded or b"334" in hay.cased):
+            found.extend(_sasl_transcripts(text, hay.folded))
         if "password" in enabled and b"wifi:" in hay.folded:
             found.extend(_wifi_qr(text))
         live = _live(text, _join_wrapped(text, _drop_stale_history(
@@ -1703,6 +1707,8 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
         elif finding is None and group == "key" and keyword == "code":
             finding = _after_aside(text, m.end(), keyword, verb=True)
         if finding is None and group in ("kw", "wifi") and keyword not in _WEAK_KEYWORDS:
+            finding = _wide_framed_value(text, m.end())
+        if finding is None and group in ("kw", "wifi") and keyword not in _WEAK_KEYWORDS:
             open_ends.append(m.end())
         if finding is not None:
             out.append(finding)
@@ -1741,6 +1747,42 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
     if labels:
         out.extend(_strong_values(text, labels))
     return out
+
+
+# A value framed by wide spaces after its label and a separator ("c'est :  X  sans les
+# espaces", "is   X   (with the spaces)"): whoever fears that the reader takes a word
+# around it, or a space in it, for part of it or not, sets it apart with two spaces or
+# more on each side (or the line's end).  The frame, not the words, says where it starts
+# and ends, so it may hold spaces; it must still read as a password on its own (a digit
+# or a symbol among several words, or a strong value).
+_WIDE_FRAMED = re.compile(r"[ \t]{2,}(?P<v>[^\s(«\"'](?:\S| (?=\S)){1,60})"
+                          r"(?=[ \t]{2,}|[ \t]*(?:\n|\Z))")
+_WIDE_LEAD = re.compile(r"(?i)(?:[:=→]|(?<![^\W_])(?:c['’\s]?est|est|is|sont|are))\Z")
+
+
+def _wide_framed_value(text: str, pos: int) -> Finding | None:
+    limit = min(len(text), pos + 160)
+    nl = text.find("\n", pos, limit)
+    line_end = nl if nl >= 0 else limit
+    fm = _WIDE_FRAMED.search(text, pos, line_end)
+    if fm is None or fm.start() - pos > 60:
+        return None
+    if not _WIDE_LEAD.search(text, pos, fm.start()) or "  " in text[pos:fm.start()]:
+        return None                     # the separator right before the frame, one frame
+    a, b = fm.span("v")
+    value = text[a:b]
+    words = value.split()
+    if _is_placeholder(value) or _DECOY_SHAPE.fullmatch(value.replace(" ", "")) or any(
+            w.lower() in _NEGATIVE_QUALIFIERS for w in words):
+        return None
+    if len(words) > 1 and (any(w.lower() in _NOT_PASSPHRASE for w in words)
+                           or _REFERENCE_PHRASE.match(value) is not None):
+        return None                     # "voir avec Paul", "see ticket 4521"
+    if len(words) > 1 and _named_by([w.lower() for w in words[:-1]]):
+        return None                     # "ticket 4521", "dossier n° 88"
+    if _passphrase(value) or (len(words) == 1 and _strong(value)):
+        return Finding("password", a, b)
+    return None
 
 
 # Where the history of a reply starts: Outlook's "-----Original Message-----" (and its
@@ -2589,6 +2631,8 @@ _NOT_SECRET_PART = frozenset({
     "fingerprints", "map", "index", "limit", "rate", "publishable", "site",
     "search",               # a search-only key (Algolia's) is made to be public
 })
+_PASSWORD_PARTS = frozenset({"password", "passwd", "pass", "pwd", "passphrase"})
+_OWNER_PARTS = frozenset({"user", "username", "login"})
 _ASSIGN_SEP = re.compile(
     r"""["'\]]{0,2}[^\S\r\n]{0,12}(?:=>|:=|\?=|=|:(?!//)|,(?=[^\S\r\n]*["']))[^\S\r\n]{0,12}"""
     r"""|[^\S\r\n]{1,20}(?=["'])""")     # nginx: proxy_set_header X-Token "value"
@@ -2611,6 +2655,10 @@ def _secret_name(name: str) -> bool:
     if "salt" in parts:
         # Drupal's "hash_salt" signs one-time links and sessions: the salt of hashes
         parts = [p for p in parts if p not in ("hash", "hashed")]
+    if parts and parts[-1] in _PASSWORD_PARTS:
+        # "userPassword" (LDIF), "user_pass", "login_pwd": the user's password; a
+        # leading identity word names whose it is, not what the value is
+        parts = [p for p in parts[:-1] if p not in _OWNER_PARTS] + parts[-1:]
     if not parts or any(p in _NOT_SECRET_PART for p in parts):
         return False
     low = name.lower()
@@ -2751,6 +2799,15 @@ def _named_assignments(text: str, lower: str,
         # the identifier around the stem: a separator must follow it soon
         after = _IDENT_CHARS.match(text, m_end)
         end = after.end() if after else m_end
+        if text.startswith(">", end) and end - m_end <= 40:
+            # an XML element named for a secret: "<pre-shared-key>X</pre-shared-key>"
+            # (pfSense), "<api_token>X</api_token>"
+            xml = _xml_element_value(text, m_start, end)
+            last = end
+            if xml is not None:
+                out.append(xml)
+                last = xml.end
+            continue
         qualified = None
         if not _ASSIGN_SEP.match(text, end) or end - m_end > 40:
             qualified = _QUALIFIED_SEP.match(text, end) if end - m_end <= 40 else None
@@ -2828,6 +2885,31 @@ def _named_assignments(text: str, lower: str,
                                _kind_for_assignment(text, start), a, b))
             last = b
     return out
+
+
+def _xml_element_value(text: str, m_start: int, end: int) -> Finding | None:
+    """The value of ``<NAME>value</NAME>`` when NAME (around the stem at ``m_start``,
+    ending at ``end``, just before ">") names a secret and the value looks generated."""
+    start = m_start
+    while start > 0 and m_start - start < 48 and text[start - 1] in _IDENT_SET:
+        start -= 1
+    if start == 0 or text[start - 1] != "<":
+        return None
+    name = text[start:end]
+    if not _secret_name(name):
+        return None
+    close = text.find("</", end + 1, min(len(text), end + 402))
+    if close < 0 or not text.startswith(name + ">", close + 2):
+        return None
+    a, b = _strip_span(text, end + 1, close)
+    value = text[a:b]
+    if not value or any(c in value for c in "\n<>") or value.startswith(("{{", "${", "$(")):
+        return None
+    low = name.lower()
+    pw = any(w in low for w in ("pass", "pwd", "psk"))
+    if _entropic(value, min_len=8 if pw else 16) or (pw and _strong(value)):
+        return Finding("password" if pw else "api-token", a, b)
+    return None
 
 
 # Credentials given to well-known commands: ``curl -u user:pass``, ``sshpass -p pass``,
@@ -5797,13 +5879,33 @@ _NAME_VALUE = re.compile(r"""(?ix)
 (?P<c>[^\s"',}]{1,400}))""")
 
 
-def _name_values(text: str) -> list[Finding]:
+# The same pairs in XML: KeePass's export ("<Key>Password</Key><Value
+# ProtectInMemory="True">X</Value>"), Apple's property lists ("<key>Password</key>
+# <string>X</string>"), .NET's appSettings ('<add key="SmtpPassword" value="X" />').
+_XML_NAME_VALUE = re.compile(r"""(?x)
+<(?P<t>[Kk]ey|KEY|[Nn]ame|NAME)>[^\S\r\n]*(?P<name>[A-Za-z_][\w.\-]{1,60})[^\S\r\n]*</(?P=t)>
+[^\S\r\n]{0,8}(?:\r?\n[ \t]{0,40})?
+<(?P<vt>[Vv]alue|VALUE|string)(?:[^\S\r\n][^<>\r\n]{0,200})?>(?P<a>[^<>\r\n]{1,400})</(?P=vt)>
+| <add[^\S\r\n]+key="(?P<name2>[A-Za-z_][\w.\-]{1,60})"[^\S\r\n]+value="(?P<b>[^"\r\n]{1,400})"
+""")
+
+
+def _xml_name_values(text: str) -> list[Finding]:
+    # (only names that hold a secret's stem: "Title", "Notes", "URL" are no secret's)
+    return _name_values(text, _XML_NAME_VALUE, stem=True)
+
+
+def _name_values(text: str, pattern: re.Pattern[str] = _NAME_VALUE, *,
+                 stem: bool = False) -> list[Finding]:
     out = []
-    for m in _NAME_VALUE.finditer(text):
+    for m in pattern.finditer(text):
         g = m.lastgroup
-        if g is None or not _secret_name(m.group("name")):
+        if g is None:
             continue
-        name = m.group("name").lower()
+        raw_name = m.group("name2") if stem and g == "b" else m.group("name")
+        if not _secret_name(raw_name) or (stem and _SECRET_STEM.search(raw_name) is None):
+            continue
+        name = raw_name.lower()
         value = m.group(g)
         if value.startswith(("{{", "${", "$(", "<")) or _is_placeholder(value):
             continue
@@ -5838,6 +5940,34 @@ def _encoded_credentials(text: str) -> list[Finding]:
             continue
         if _B64_JSON_KEYS.search(decoded):
             out.append(Finding("api-token", m.start(), m.end()))
+    return out
+
+
+# An SMTP or IMAP session's transcript (a log pasted to show a failed login): "AUTH PLAIN
+# <base64>" carries the login and the password, NUL-separated (RFC 4616), and after the
+# server's "334 UGFzc3dvcmQ6" ("Password:" in base64) of AUTH LOGIN the client's next line
+# is the password in base64.  Anyone decodes either; the encoded whole is the secret.
+_SASL_PLAIN = re.compile(r"(?i)(?<![^\W_])AUTH(?:ENTICATE)?[ \t]+PLAIN[ \t]+"
+                         r"(?P<v>[A-Za-z0-9+/]{8,400}={0,2})(?![A-Za-z0-9+/=])")
+_SASL_LOGIN_PASSWORD = re.compile(r"334[ \t]+UGFzc3dvcmQ6[ \t]*\r?\n[^\S\r\n]*"
+                                  r"(?:[>C]:?[ \t]*)?"
+                                  r"(?P<v>[A-Za-z0-9+/]{4,400}={0,2})[ \t]*(?:\r?\n|\Z)")
+
+
+def _sasl_transcripts(text: str, folded: bytes) -> list[Finding]:
+    out = []
+    if b"plain" in folded:
+        for m in _SASL_PLAIN.finditer(text):
+            blob = m.group("v")
+            try:
+                decoded = base64.b64decode(blob + "=" * (-len(blob) % 4), validate=True)
+            except ValueError:
+                continue
+            if decoded.count(b"\x00") == 2 and not decoded.endswith(b"\x00"):
+                out.append(Finding("password", *m.span("v")))
+    if b"ugfzc3dvcmq6" in folded:
+        out.extend(Finding("password", *m.span("v"))
+                   for m in _SASL_LOGIN_PASSWORD.finditer(text))
     return out
 
 
@@ -5919,6 +6049,8 @@ def _generic_findings(hay: _Haystack, text: str) -> list[Finding]:
         found.extend(_cookies(text, folded, present))
     if b"value" in present:
         found.extend(_name_values(text))
+    if b"</key>" in folded or b"</name>" in folded or b"<add " in folded:
+        found.extend(_xml_name_values(text))
     if b"eyJ" in cased:
         found.extend(_encoded_credentials(text))
     if b"signature=" in folded:
