@@ -34,7 +34,10 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-v": 0.97, "secrets-tune-w": 0.91,
         # written after the tenth session (first scored 0.902 / 3 damaged, 0.944 / 6 and
         # 0.950 / 5 as they came), tuned on for precision in the eleventh
-        "secrets-tune-x": 0.90, "secrets-tune-y": 0.94, "secrets-tune-z": 0.94}
+        "secrets-tune-x": 0.90, "secrets-tune-y": 0.94, "secrets-tune-z": 0.94,
+        # written after the eleventh session (first scored 0.929 / 1 damaged and 0.921 /
+        # 1 as they came), tuned on in the twelfth
+        "secrets-tune-aa": 0.92, "secrets-tune-ab": 0.92}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
@@ -90,7 +93,8 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
 #   to a number anyone knows hides nothing once redacted (the words stay), so it is left.
 DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-p": 1,
                            "secrets-tune-r": 1, "secrets-tune-s": 0, "secrets-tune-t": 0,
-                           "secrets-tune-u": 0, "secrets-tune-v": 2, "secrets-tune-w": 0}
+                           "secrets-tune-u": 0, "secrets-tune-v": 2, "secrets-tune-w": 0,
+                           "secrets-tune-aa": 0, "secrets-tune-ab": 1}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))

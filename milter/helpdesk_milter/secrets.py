@@ -3379,6 +3379,15 @@ _GIT_BEFORE = re.compile(
     r"(?i)(?<![^\W_])(?:git[^\S\n]+(?:checkout|show|revert|cherry-pick|reset(?:[^\S\n]+--hard)?"
     r"|rebase|merge|log|diff|branch[^\S\n]+\S+|tag[^\S\n]+\S+)|head is now at|commit|"
     r"etag|integrity)[\"':=\s]{1,4}\Z")
+# A commit id that its own clause names, further than right after the word: "Commit that
+# added the connector: 9f3c2e7...", "le commit qui corrige le bug : 4e1d...", "fixed in
+# revision 8a2f...".  A lower-case hex of a commit's length after "commit" (or
+# "revision", "changeset") in the same sentence, no secret's word in between, is what
+# the sentence names, whatever label opened a window before it.
+_COMMIT_ID = re.compile(r"[0-9a-f]{7,40}")
+_COMMIT_CLAUSE = re.compile(
+    r"(?i)(?<![^\W_])(?:commit|r[ée]vision|changeset)(?![^\W_])"
+    r"(?:(?!token|secret|key|cl[ée]|pass|mdp|pwd)[^.!?;\n]){0,60}\Z")
 _OWN_NAME = re.compile(
     r"(?P<name>[A-Za-z][A-Za-z0-9_.\-]{1,60})[\"'\]]{0,2}[^\S\n]*(?:=>|:=|=|:)[^\S\n]*[\"'`]?\Z")
 _ID_NAME = re.compile(r"(?:[a-z0-9](?:Id|ID)|[_\-.](?:id|Id|ID))\Z")
@@ -3391,6 +3400,8 @@ def _not_secret_value(text: str, a: int, b: int, lo: int) -> bool:
     if value.startswith("eyJ") and _JWT_HEADER.fullmatch(value) and _jwt_header(value):
         return True
     if _HEX_VALUE.fullmatch(value) and _GIT_BEFORE.search(text, max(lo, a - 40), a):
+        return True
+    if _COMMIT_ID.fullmatch(value) and _COMMIT_CLAUSE.search(text, max(lo, a - 70), a):
         return True
     if a and text[a - 1] == ">":
         em = _ELEMENT_BEFORE.search(text, max(lo, a - 120), a)

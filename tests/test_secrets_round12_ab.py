@@ -1,0 +1,35 @@
+"""Kinds generalised in the twelfth round of issue 12 on the secrets-tune-aa and -ab
+sets (an ordinary week of the inbox; the helpdesk's side): each case is invented here,
+not a labelled set's sentence, with the look-alike that must go the other way.
+
+- a commit id that its own clause names ("the commit that fixed it: 4e1d..."), further
+  than right after the word, after an API key's or a password's label;
+- a setting's name then a verb is prose about the setting ("DB_PASSWORD is read from
+  the keyring"), not an assignment: its next word is judged as prose's would be.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from support.secret_text import check
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    # a commit id named by its sentence, after a token's label
+    ("The API token is in the vault. Commit that wired the sync job: "
+     "4e1d9a7c2b6f80e3d5a1c9b7e2f4d6a8c0b1e3f5.\n", [],
+     ["4e1d9a7c2b6f80e3d5a1c9b7e2f4d6a8c0b1e3f5"]),
+    ("Mot de passe du compte de service : Lq7#Vt2pZw9k. Le commit qui a corrigé "
+     "l'import : 7b2e9f1a4c.\n", ["Lq7#Vt2pZw9k"], ["7b2e9f1a4c"]),
+    ("Deployed revision 9c4a1e7b3d2f in prod; the password stays Mx4!rTq9Lw.\n",
+     ["Mx4!rTq9Lw"], ["9c4a1e7b3d2f"]),
+    # look-alike: a commit word, then a secret's label before the value: the value is
+    # the secret's
+    ("Commit the new API key to the vault, not the repo: "
+     "a93f0c7e2d5b41f8e6c2a9d7b3f1e0c4.\n", ["a93f0c7e2d5b41f8e6c2a9d7b3f1e0c4"], []),
+    ("API key for the connector: 3f8a1c9e7b2d4f6a0c5e8b1d9f7a2c4e (see commit history "
+     "for the rest).\n", ["3f8a1c9e7b2d4f6a0c5e8b1d9f7a2c4e"], []),
+])
+def test_commit_named_by_its_clause(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
