@@ -33,3 +33,19 @@ from support.secret_text import check
 ])
 def test_commit_named_by_its_clause(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    # a setting's name, then a verb: prose about the setting
+    ("For the nightly export:\nEXPORT_TOKEN=Zr8kQ2mWx7Lp4Tn9Vb3Hc6Jd\n"
+     "SMTP_PASSWORD is taken from the vault, never from the file.\n",
+     ["Zr8kQ2mWx7Lp4Tn9Vb3Hc6Jd"], ["SMTP_PASSWORD is taken from the vault"]),
+    ("Pour info, DB_PASSWORD est lue dans le coffre au démarrage.\n", [],
+     ["DB_PASSWORD est lue dans le coffre"]),
+    # look-alikes: the verb gives a value all the same
+    ("Heads-up: MAIL_PASSWORD is Tq7-Wm2x on staging until Friday.\n", ["Tq7-Wm2x"], []),
+    ("Sur la préprod, DB_PASSWORD est Corail84 pour l'instant.\n", ["Corail84"], []),
+    ("REDIS_PASSWORD: readonly42\n", ["readonly42"], []),
+])
+def test_setting_name_then_verb(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)

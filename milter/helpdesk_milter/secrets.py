@@ -2163,8 +2163,12 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
                 line_end = close
     if text.startswith("//", vpos) and sep.group("punct") == ":":
         return None                         # "sur le site https://…": a link's scheme
-    ident_assign = ident or (sep.group("punct") in ("=", ":=") and not sep.group("ws")
-                             and start > 0 and not text[start - 1].isspace())
+    # (a setting's name then a verb is prose about the setting, read as prose: "DB_PASSWORD
+    # is read from the keyring", "SMTP_PASSWORD is kept in the vault" name no value;
+    # "DB_PASSWORD is Tq7-Wm2x" still gives one)
+    ident_assign = (ident and not sep.group("verb")) or (
+        sep.group("punct") in ("=", ":=") and not sep.group("ws")
+        and start > 0 and not text[start - 1].isspace())
     # value on the next line: "Mot de passe :\n  Soleil2024"
     rest = text[vpos:line_end]
     if not rest.strip():
