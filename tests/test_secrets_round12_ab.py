@@ -5,7 +5,9 @@ not a labelled set's sentence, with the look-alike that must go the other way.
 - a commit id that its own clause names ("the commit that fixed it: 4e1d..."), further
   than right after the word, after an API key's or a password's label;
 - a setting's name then a verb is prose about the setting ("DB_PASSWORD is read from
-  the keyring"), not an assignment: its next word is judged as prose's would be.
+  the keyring"), not an assignment: its next word is judged as prose's would be;
+- a URL written URL-encoded inside another URL or a log line, whose user is an e-mail
+  address escaped too ("imap%3A%2F%2Fjo%40x.org%3APW%40host"): its password.
 """
 
 from __future__ import annotations
@@ -48,4 +50,21 @@ def test_commit_named_by_its_clause(text: str, gone: list[str], kept: list[str])
     ("REDIS_PASSWORD: readonly42\n", ["readonly42"], []),
 ])
 def test_setting_name_then_verb(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    # an encoded URL whose login is an address
+    ("Le formulaire envoie ça au serveur :\nPOST /relay?dsn=imaps%3A%2F%2Fsecretariat%40"
+     "club-voile.fr%3AGrand%2BLargue%2188%40mail.example.net%3A993\n",
+     ["Grand%2BLargue%2188"], ["secretariat%40club-voile.fr", "mail.example.net"]),
+    ("Webhook config dump: target=ftp%3A%2F%2Fbackup%2Bnas%40files.example.com%3AQz7%23mP2v"
+     "%40ftp.example.com%2Fdrop\n", ["Qz7%23mP2v"], ["ftp.example.com%2Fdrop"]),
+    # look-alikes: an encoded link with a port, a path and an address in its query
+    ("Redirect after login: https%3A%2F%2Fcloud.example.org%3A8443%2Fapps%3Fmail%3D"
+     "jo%40example.org\n", [], ["8443%2Fapps%3Fmail%3Djo"]),
+    ("Lien de retour : https%3A%2F%2Fportail.mairie.fr%2Fcompte%3Fid%3Dadmin%3Aouvert"
+     "%40mairie.fr\n", [], ["admin%3Aouvert%40mairie.fr"]),
+])
+def test_encoded_url_with_escaped_user(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

@@ -3045,10 +3045,12 @@ def _command_credentials(text: str, folded: bytes) -> list[Finding]:
 
 
 # URLs written JSON-escaped ("https:\/\/user:pw@host") or URL-encoded inside another URL
-# or a log line ("https%3A%2F%2Fuser%3Apw%40host").
+# or a log line ("https%3A%2F%2Fuser%3Apw%40host"; the user escaped too, an address as
+# a login: "smtp%3A%2F%2Fcontact%40x.org%3Apw%40host", but no path or query in it).
 _ESCAPED_USERINFO = re.compile(r"""(?x)
   :\\/\\/[^\s:/\\"'@]{0,128}:(?P<a>[^\s/\\"'<>@]{1,256})@(?=[A-Za-z0-9\[_\-])
-| %3[Aa]%2[Ff]%2[Ff][^\s:/%@&?"']{0,128}(?:%3[Aa]|:)(?P<b>[^\s/"'<>@&?]{1,256}?)(?:%40|@)
+| %3[Aa]%2[Ff]%2[Ff](?:[^\s:/%@&?"']|%(?!3[AaFf]|2[Ff])[0-9A-Fa-f]{2}){0,128}
+  (?:%3[Aa]|:)(?P<b>(?:[^\s/"'<>@&?%]|%(?!2[Ff]|3[Ff])[0-9A-Fa-f]{2}){1,256}?)(?:%40|@)
   (?=[A-Za-z0-9\[_\-])
 """)
 _ESCAPED_TRIGGER = re.compile(rb":\\/\\/|%3a%2f%2f")
