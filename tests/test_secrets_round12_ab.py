@@ -7,7 +7,9 @@ not a labelled set's sentence, with the look-alike that must go the other way.
 - a setting's name then a verb is prose about the setting ("DB_PASSWORD is read from
   the keyring"), not an assignment: its next word is judged as prose's would be;
 - a URL written URL-encoded inside another URL or a log line, whose user is an e-mail
-  address escaped too ("imap%3A%2F%2Fjo%40x.org%3APW%40host"): its password.
+  address escaped too ("imap%3A%2F%2Fjo%40x.org%3APW%40host"): its password;
+- a list of accounts, each item an address then its value after a colon or an arrow,
+  where the text speaks of accounts or passwords: the value when strong on its own.
 """
 
 from __future__ import annotations
@@ -67,4 +69,26 @@ def test_setting_name_then_verb(text: str, gone: list[str], kept: list[str]) -> 
      "%40mairie.fr\n", [], ["admin%3Aouvert%40mairie.fr"]),
 ])
 def test_encoded_url_with_escaped_user(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("Hello Mr Okafor,\n\nBoth accounts were reset this morning:\n"
+     "* frontdesk@harbour-club.example : Lantern-Quay-19\n"
+     "* bookings@harbour-club.example → Gull!Tide!40\n"
+     "Please pass them on by phone.\n",
+     ["Lantern-Quay-19", "Gull!Tide!40"],
+     ["frontdesk@harbour-club.example", "bookings@harbour-club.example"]),
+    ("Les comptes de messagerie sont recréés :\n"
+     "- tresorerie@amicale-pecheurs.fr : Brochet;Gardon;61\n", ["Brochet;Gardon;61"],
+     ["tresorerie@amicale-pecheurs.fr"]),
+    # look-alikes: no account or password word near the list; a weak value; a sentence
+    ("Qui contacter pour quoi :\n- agenda@amicale-pecheurs.fr : Planning-Sorties-2025\n"
+     "- presse@amicale-pecheurs.fr : Relations-Presse\n", [],
+     ["Planning-Sorties-2025", "Relations-Presse"]),
+    ("Les comptes suivants sont à supprimer :\n- stagiaire@amicale-pecheurs.fr : "
+     "parti en juin\n- benevole@amicale-pecheurs.fr : inactif\n", [],
+     ["parti en juin", "inactif"]),
+])
+def test_list_of_addresses_and_values(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

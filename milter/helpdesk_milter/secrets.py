@@ -4632,9 +4632,14 @@ _ROW_CELL = re.compile(r"(?is)<t[dh]\b[^<>]{0,300}>(?P<c>.{0,1000}?)</t[dh]\s*>"
 _ROW_TAG = re.compile(r"<[^<>]{0,500}>")
 _ROW_TEXT_SEP = re.compile(r"[ \t]+[-–|;][ \t]+|\t+|[ ]{2,}")
 _ROW_REACH = 400            # the context above the row
+# ... or an item of a list that gives an address then its value after a colon or an arrow
+# ("- compta@x.example : Tilleul;Vent;42" under "les comptes ont été recréés"): the value
+# alone to the end of its line
+_ROW_PAIR = re.compile(r"[ \t]*(?:[-*•·][ \t]+)?(?P<e>[^\s@:]{1,64}@[A-Za-z0-9\-]+"
+                       r"(?:\.[A-Za-z0-9\-]+)+)[ \t]*(?::|→|->|=>|=)[ \t]*(?P<v>\S{8,40})[ \t]*")
 _ROW_WORDS = _GIVEN_WORDS | frozenset((b"compte", b"account", b"mots de passe",
                         b"credential"))
-_ROW_VALUE = re.compile(r"[A-Za-z0-9!#$%&*+?@_.<>\-]{8,40}")
+_ROW_VALUE = re.compile(r"[A-Za-z0-9!#$%&*+?@_.;<>\-]{8,40}")
 
 
 def _row_value(value: str) -> bool:
@@ -4683,6 +4688,11 @@ def _account_rows(text: str, folded: bytes) -> list[Finding]:
                     and _row_value(pieces[-1]) and _row_context(text, ls, le):
                 b = ls + len(line.rstrip())
                 out.append(Finding("password", b - len(pieces[-1]), b))
+            else:
+                pm = _ROW_PAIR.fullmatch(line)
+                if pm is not None and _row_value(pm.group("v")) \
+                        and _row_context(text, ls, le):
+                    out.append(Finding("password", ls + pm.start("v"), ls + pm.end("v")))
         i = text.find("@", le)
     return out
 
