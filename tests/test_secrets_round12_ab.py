@@ -9,7 +9,9 @@ not a labelled set's sentence, with the look-alike that must go the other way.
 - a URL written URL-encoded inside another URL or a log line, whose user is an e-mail
   address escaped too ("imap%3A%2F%2Fjo%40x.org%3APW%40host"): its password;
 - a list of accounts, each item an address then its value after a colon or an arrow,
-  where the text speaks of accounts or passwords: the value when strong on its own.
+  where the text speaks of accounts or passwords: the value when strong on its own;
+- a login then its password, both given by one verb in a text about logging in ("j'utilise
+  jdupont avec X", "I sign in with jdupont and X"): the second, quoted or with a symbol.
 """
 
 from __future__ import annotations
@@ -91,4 +93,21 @@ def test_encoded_url_with_escaped_user(text: str, gone: list[str], kept: list[st
      ["parti en juin", "inactif"]),
 ])
 def test_list_of_addresses_and_values(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("Je n'arrive plus à me connecter au portail. J'utilise mleroux avec\n"
+     "Cerisier_41 depuis toujours.\n", ["Cerisier_41"], ["mleroux"]),
+    ("Connection refused again this morning: I sign in with tnguyen and Harbor#2023 "
+     "as always.\n", ["Harbor#2023"], ["tnguyen"]),
+    ("Je ne peux plus me connecter : j'ai tapé mleroux et Cerisier_41 comme d'habitude.\n",
+     ["Cerisier_41"], ["mleroux"]),
+    # look-alikes: a product's name after the login; an article, not a login
+    ("Je me connecte avec jdupont et Windows11 est à jour, mais la connexion échoue.\n",
+     [], ["jdupont", "Windows11"]),
+    ("Can't connect: I use the laptop with Office2021 and Firefox.\n", [],
+     ["Office2021"]),
+])
+def test_login_then_value_after_one_verb(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

@@ -4482,12 +4482,21 @@ _GIVEN_CUE = re.compile(
     r"typed?|entered|enter|changed[^\S\n]+to|chang[ée][^\S\n]+en|with|avec|"
     # "tried X", "j'ai essayé X"; "I reset it myself to X", "I set it back to X"
     r"tried|essay[ée]e?s?|(?:re)?set[^\S\n]+(?:it|them)(?:\s+(?:myself|ourselves|"
-    r"again|back))?\s+to)"
+    r"again|back))?\s+to|"
+    # a login then its password, both given by one verb ("j'utilise jdupont avec X", "I
+    # log in with jdupont and X", "je tape jdupont / X")
+    r"(?:utilis[eé]\w{0,3}|use[sd]?|using|tap[eé]\w{0,2}|saisi[st]?|typed?|entered|"
+    r"enter|tried|essay[eé]\w{0,2}|connect\w{0,4}|log(?:ged|ging)?[^\S\n]+in|"
+    r"sign(?:ed|ing)?[^\S\n]+in)(?:[^\S\n]+(?:avec|with))?[^\S\n]+"
+    r"(?!(?:the|le|la|les|un|une|an|mon|ma|mes|my|it|this|that|ce|cet|cette|[cç]a|son|sa|"
+    r"his|her|their|your|votre|vos|ton|ta|me|moi)(?![^\W_]))"
+    r"(?P<login>[a-z][a-z0-9._@\-]{2,40})[^\S\n]*(?:avec|with|et|and|/))"
     r"[^\S\n]*\n?[^\S\n]*(?:(?:bien|toujours|encore|juste|still|just|always|actually|"
     r"now|maintenant|d[ée]sormais)[^\S\n]+)?(?P<q>[«“\"'‘][^\S\n]?)?\Z")
 # "with"/"avec" gives a value only after a verb of trying ("tried admin with X")
 _TRIED_BEFORE = re.compile(r"(?i)(?<![^\W_])(?:tried|try|essay[ée]e?s?|test[ée]e?s?)"
                            r"(?![^\W_])[^.!?\n]{0,80}\Z")
+_PAIR_SYMBOL = re.compile(r"[_!#$%&*+?@]")
 # words before the verb that make the value a login, a network or a host, not a password
 _GIVEN_NAMED = _IDENTITY_WORDS | _words("compte account réseau reseau network serveur server "
                                         "host hostname")
@@ -4555,10 +4564,17 @@ def _given_in(text: str, lo: int, hi: int) -> list[Finding]:
                 cm.group("q") and _TRIED_BEFORE.search(text, max(0, cm.start() - 80),
                                                        cm.start())):
             continue
+        if cm.group("login") is not None and not cm.group("q") \
+                and _PAIR_SYMBOL.search(value) is None:
+            continue            # after a login, quoted or with a symbol: "... et
+                                # Windows11" names a product as often
         if not _GIVEN_CONTEXT.search(text, max(0, a - _GIVEN_REACH),
                                      min(len(text), b + _GIVEN_REACH // 4)):
             continue
-        before = _recent(text, max(0, a - 60), cm.start())
+        # (the words before a login given with the value are read up to the login, as
+        # they are before "with" alone: "on the NAS login page I tried admin with 'X'")
+        before = _recent(text, max(0, a - 60),
+                         cm.start() if cm.group("login") is None else cm.end("login"))
         if _binary_line(text, a) or _named_next(text, a) or _named_by(before) \
                 or not _GIVEN_NAMED.isdisjoint(before) or (
                     not _GIVEN_DEVICES.isdisjoint(before)
