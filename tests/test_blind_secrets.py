@@ -37,7 +37,7 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-x": 0.90, "secrets-tune-y": 0.94, "secrets-tune-z": 0.94,
         # written after the eleventh session (first scored 0.929 / 1 damaged and 0.921 /
         # 1 as they came), tuned on in the twelfth
-        "secrets-tune-aa": 0.93, "secrets-tune-ab": 0.94}
+        "secrets-tune-aa": 0.93, "secrets-tune-ab": 0.95}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")

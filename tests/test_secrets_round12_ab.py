@@ -11,7 +11,8 @@ not a labelled set's sentence, with the look-alike that must go the other way.
 - a list of accounts, each item an address then its value after a colon or an arrow,
   where the text speaks of accounts or passwords: the value when strong on its own;
 - a login then its password, both given by one verb in a text about logging in ("j'utilise
-  jdupont avec X", "I sign in with jdupont and X"): the second, quoted or with a symbol.
+  jdupont avec X", "I sign in with jdupont and X"): the second, quoted or with a symbol;
+- Notion's integration tokens of before 2024 ("secret_" and 43 letters and digits).
 """
 
 from __future__ import annotations
@@ -110,4 +111,17 @@ def test_list_of_addresses_and_values(text: str, gone: list[str], kept: list[str
      ["Office2021"]),
 ])
 def test_login_then_value_after_one_verb(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("Intégration Notion pour le planning : secret_Tq4Lm9Xw2Rz7Kp3Vb8Nc1Hd6Jf5Gs0Ya2Ue7Io4Pw8r\n",
+     ["secret_Tq4Lm9Xw2Rz7Kp3Vb8Nc1Hd6Jf5Gs0Ya2Ue7Io4Pw8r"], []),
+    # look-alikes: a setting's name, a reference to where the token is kept
+    ("Set secret_key_base in credentials.yml and secret_token_rotation_days to 30.\n", [],
+     ["secret_key_base", "secret_token_rotation_days"]),
+    ("Les anciens jetons Notion commencent par secret_ et les nouveaux par ntn_ : "
+     "voir NOTION_TOKEN_V2 dans le .env.\n", [], ["secret_ et", "NOTION_TOKEN_V2"]),
+])
+def test_notion_integration_token(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

@@ -2532,6 +2532,8 @@ _PROVIDER_TOKEN = re.compile(r"""
  | AKCp[A-Za-z0-9]{69}                                            # artifactory
  | fo1_[A-Za-z0-9_\-]{43}                                         # fly.io
  | ntn_[0-9]{10,12}[A-Za-z0-9]{34,36}           # notion (a digit more or less)
+ | secret_(?=[A-Za-z0-9]{0,42}[0-9])(?=[A-Za-z0-9]{0,42}[A-Z])[A-Za-z0-9]{43}  # notion
+                                                # (before 2024: an integration's token)
  | \d{8,10}:AA[A-Za-z0-9_\-]{31,34}                               # telegram bot
  | sk\.eyJ[A-Za-z0-9_\-]{20,400}\.[A-Za-z0-9_\-]{16,100}           # mapbox (secret)
  | ATATT3[A-Za-z0-9_\-=]{60,250}                                  # atlassian
@@ -2566,7 +2568,7 @@ _PROVIDER_LITERALS = (
     b"key-", b"SK", b"AGE-", b"dp.pt", b"dp.st", b"dp.sa", b"dp.ct", b"dt0c01", b"PMAK",
     b"pul-", b"pscale_tkn_", b"pscale_oauth_", b"pscale_pw_", b"pnu_",
     b"rubygems_", b"sntryu_", b"sntrys_", b"pplx", b"glrt-", b"sq0", b"EAA", b"AKCp",
-    b"fo1_", b"ntn_",
+    b"fo1_", b"ntn_", b"secret_",
     b":AA", b"sk.eyJ", b"ATATT3", b"lin_api_", b"HRKU-", b"NRAK-", b"NRII-", b"NRJS-",
     b"rdme_", b"tk-us-", b"ico-", b"sha256~", b"fio-u-", b"duffel_", b"shippo_", b"sgp_",
     b"live_", b"ck_", b"cs_", b"pat-eu1-", b"pat-na1-", b".atlasv1.")
@@ -2575,7 +2577,7 @@ _PROVIDER_LITERALS = (
 _PROVIDER_WORD_START = (b"live_", b"ck_", b"cs_", b"ico-")
 _PROVIDER_PIVOTS = re.compile(
     rb"_(?:(?<=hf_)|(?<=api_org_)|(?<=npm_)|(?<=glsa_)|(?<=glc_)|(?<=ops_)|(?<=dckr_)"
-    rb"|(?<=pnu_)|(?<=rubygems_)|(?<=fo1_)|(?<=ntn_)|v1_|(?<=lin_api_)|(?<=rdme_)"
+    rb"|(?<=pnu_)|(?<=rubygems_)|(?<=fo1_)|(?<=ntn_)|(?<=secret_)|v1_|(?<=lin_api_)|(?<=rdme_)"
     rb"|(?<=duffel_)|(?<=shippo_)|(?<=sgp_)|(?<=live_)(?<![A-Za-z0-9_.\-]live_)"
     rb"|(?<=shpat_)|(?<=shpca_)|(?<=shppa_)|(?<=shpss_)|(?<=pscale_tkn_)"
     rb"|(?<=pscale_oauth_)|(?<=pscale_pw_)|(?<=sntryu_)|(?<=sntrys_)"
