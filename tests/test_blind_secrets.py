@@ -34,7 +34,10 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-v": 0.97, "secrets-tune-w": 0.91,
         # written after the tenth session (first scored 0.902 / 3 damaged, 0.944 / 6 and
         # 0.950 / 5 as they came), tuned on for precision in the eleventh
-        "secrets-tune-x": 0.90, "secrets-tune-y": 0.94, "secrets-tune-z": 0.94}
+        "secrets-tune-x": 0.90, "secrets-tune-y": 0.94, "secrets-tune-z": 0.94,
+        # written after the eleventh session (first scored 0.929 / 1 damaged and 0.921 /
+        # 1 as they came), tuned on in the twelfth
+        "secrets-tune-aa": 0.93, "secrets-tune-ab": 0.95}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
@@ -88,9 +91,19 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
 #   alone as the user before an empty password ("-u sk_live_...:", k) is still redacted;
 # - x's "c 31470 comme le code postal", a decoy there: a value the words after it equate
 #   to a number anyone knows hides nothing once redacted (the words stay), so it is left.
+# Decided in the twelfth round (aa and ab), labels left as the decisions above say:
+# - aa's Scaleway access key ("SCW_ACCESS_KEY=SCW...", beside SCW_SECRET_KEY), a secret
+#   there: left, the pair's identifier half (as w's);
+# - ab's old password that the text says failed ("essayé l'ancien mot de passe, à savoir
+#   X, sans succès") and old door code ("L'ancien (1904) ne marche plus"), secrets there:
+#   left, old values that stopped working with no correction beside them (as d's decoys);
+#   aa's TOTP seed "the old secret ... was X but I think it got rotated" likewise.
+# - aa's commit id in prose after an API key's label ("Commit that added the connector:
+#   9f3c..."), a decoy there: left, a commit id that its own sentence names.
 DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-p": 1,
                            "secrets-tune-r": 1, "secrets-tune-s": 0, "secrets-tune-t": 0,
-                           "secrets-tune-u": 0, "secrets-tune-v": 2, "secrets-tune-w": 0}
+                           "secrets-tune-u": 0, "secrets-tune-v": 2, "secrets-tune-w": 0,
+                           "secrets-tune-aa": 0, "secrets-tune-ab": 0}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))

@@ -2163,8 +2163,12 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
                 line_end = close
     if text.startswith("//", vpos) and sep.group("punct") == ":":
         return None                         # "sur le site https://…": a link's scheme
-    ident_assign = ident or (sep.group("punct") in ("=", ":=") and not sep.group("ws")
-                             and start > 0 and not text[start - 1].isspace())
+    # (a setting's name then a verb is prose about the setting, read as prose: "DB_PASSWORD
+    # is read from the keyring", "SMTP_PASSWORD is kept in the vault" name no value;
+    # "DB_PASSWORD is Tq7-Wm2x" still gives one)
+    ident_assign = (ident and not sep.group("verb")) or (
+        sep.group("punct") in ("=", ":=") and not sep.group("ws")
+        and start > 0 and not text[start - 1].isspace())
     # value on the next line: "Mot de passe :\n  Soleil2024"
     rest = text[vpos:line_end]
     if not rest.strip():
@@ -2528,6 +2532,8 @@ _PROVIDER_TOKEN = re.compile(r"""
  | AKCp[A-Za-z0-9]{69}                                            # artifactory
  | fo1_[A-Za-z0-9_\-]{43}                                         # fly.io
  | ntn_[0-9]{10,12}[A-Za-z0-9]{34,36}           # notion (a digit more or less)
+ | secret_(?=[A-Za-z0-9]{0,42}[0-9])(?=[A-Za-z0-9]{0,42}[A-Z])[A-Za-z0-9]{43}  # notion
+                                                # (before 2024: an integration's token)
  | \d{8,10}:AA[A-Za-z0-9_\-]{31,34}                               # telegram bot
  | sk\.eyJ[A-Za-z0-9_\-]{20,400}\.[A-Za-z0-9_\-]{16,100}           # mapbox (secret)
  | ATATT3[A-Za-z0-9_\-=]{60,250}                                  # atlassian
@@ -2562,7 +2568,7 @@ _PROVIDER_LITERALS = (
     b"key-", b"SK", b"AGE-", b"dp.pt", b"dp.st", b"dp.sa", b"dp.ct", b"dt0c01", b"PMAK",
     b"pul-", b"pscale_tkn_", b"pscale_oauth_", b"pscale_pw_", b"pnu_",
     b"rubygems_", b"sntryu_", b"sntrys_", b"pplx", b"glrt-", b"sq0", b"EAA", b"AKCp",
-    b"fo1_", b"ntn_",
+    b"fo1_", b"ntn_", b"secret_",
     b":AA", b"sk.eyJ", b"ATATT3", b"lin_api_", b"HRKU-", b"NRAK-", b"NRII-", b"NRJS-",
     b"rdme_", b"tk-us-", b"ico-", b"sha256~", b"fio-u-", b"duffel_", b"shippo_", b"sgp_",
     b"live_", b"ck_", b"cs_", b"pat-eu1-", b"pat-na1-", b".atlasv1.")
@@ -2571,7 +2577,7 @@ _PROVIDER_LITERALS = (
 _PROVIDER_WORD_START = (b"live_", b"ck_", b"cs_", b"ico-")
 _PROVIDER_PIVOTS = re.compile(
     rb"_(?:(?<=hf_)|(?<=api_org_)|(?<=npm_)|(?<=glsa_)|(?<=glc_)|(?<=ops_)|(?<=dckr_)"
-    rb"|(?<=pnu_)|(?<=rubygems_)|(?<=fo1_)|(?<=ntn_)|v1_|(?<=lin_api_)|(?<=rdme_)"
+    rb"|(?<=pnu_)|(?<=rubygems_)|(?<=fo1_)|(?<=ntn_)|(?<=secret_)|v1_|(?<=lin_api_)|(?<=rdme_)"
     rb"|(?<=duffel_)|(?<=shippo_)|(?<=sgp_)|(?<=live_)(?<![A-Za-z0-9_.\-]live_)"
     rb"|(?<=shpat_)|(?<=shpca_)|(?<=shppa_)|(?<=shpss_)|(?<=pscale_tkn_)"
     rb"|(?<=pscale_oauth_)|(?<=pscale_pw_)|(?<=sntryu_)|(?<=sntrys_)"
@@ -3041,10 +3047,12 @@ def _command_credentials(text: str, folded: bytes) -> list[Finding]:
 
 
 # URLs written JSON-escaped ("https:\/\/user:pw@host") or URL-encoded inside another URL
-# or a log line ("https%3A%2F%2Fuser%3Apw%40host").
+# or a log line ("https%3A%2F%2Fuser%3Apw%40host"; the user escaped too, an address as
+# a login: "smtp%3A%2F%2Fcontact%40x.org%3Apw%40host", but no path or query in it).
 _ESCAPED_USERINFO = re.compile(r"""(?x)
   :\\/\\/[^\s:/\\"'@]{0,128}:(?P<a>[^\s/\\"'<>@]{1,256})@(?=[A-Za-z0-9\[_\-])
-| %3[Aa]%2[Ff]%2[Ff][^\s:/%@&?"']{0,128}(?:%3[Aa]|:)(?P<b>[^\s/"'<>@&?]{1,256}?)(?:%40|@)
+| %3[Aa]%2[Ff]%2[Ff](?:[^\s:/%@&?"']|%(?!3[AaFf]|2[Ff])[0-9A-Fa-f]{2}){0,128}
+  (?:%3[Aa]|:)(?P<b>(?:[^\s/"'<>@&?%]|%(?!2[Ff]|3[Ff])[0-9A-Fa-f]{2}){1,256}?)(?:%40|@)
   (?=[A-Za-z0-9\[_\-])
 """)
 _ESCAPED_TRIGGER = re.compile(rb":\\/\\/|%3a%2f%2f")
@@ -3379,6 +3387,15 @@ _GIT_BEFORE = re.compile(
     r"(?i)(?<![^\W_])(?:git[^\S\n]+(?:checkout|show|revert|cherry-pick|reset(?:[^\S\n]+--hard)?"
     r"|rebase|merge|log|diff|branch[^\S\n]+\S+|tag[^\S\n]+\S+)|head is now at|commit|"
     r"etag|integrity)[\"':=\s]{1,4}\Z")
+# A commit id that its own clause names, further than right after the word: "Commit that
+# added the connector: 9f3c2e7...", "le commit qui corrige le bug : 4e1d...", "fixed in
+# revision 8a2f...".  A lower-case hex of a commit's length after "commit" (or
+# "revision", "changeset") in the same sentence, no secret's word in between, is what
+# the sentence names, whatever label opened a window before it.
+_COMMIT_ID = re.compile(r"[0-9a-f]{7,40}")
+_COMMIT_CLAUSE = re.compile(
+    r"(?i)(?<![^\W_])(?:commit|r[ée]vision|changeset)(?![^\W_])"
+    r"(?:(?!token|secret|key|cl[ée]|pass|mdp|pwd)[^.!?;\n]){0,60}\Z")
 _OWN_NAME = re.compile(
     r"(?P<name>[A-Za-z][A-Za-z0-9_.\-]{1,60})[\"'\]]{0,2}[^\S\n]*(?:=>|:=|=|:)[^\S\n]*[\"'`]?\Z")
 _ID_NAME = re.compile(r"(?:[a-z0-9](?:Id|ID)|[_\-.](?:id|Id|ID))\Z")
@@ -3391,6 +3408,8 @@ def _not_secret_value(text: str, a: int, b: int, lo: int) -> bool:
     if value.startswith("eyJ") and _JWT_HEADER.fullmatch(value) and _jwt_header(value):
         return True
     if _HEX_VALUE.fullmatch(value) and _GIT_BEFORE.search(text, max(lo, a - 40), a):
+        return True
+    if _COMMIT_ID.fullmatch(value) and _COMMIT_CLAUSE.search(text, max(lo, a - 70), a):
         return True
     if a and text[a - 1] == ">":
         em = _ELEMENT_BEFORE.search(text, max(lo, a - 120), a)
@@ -4465,12 +4484,21 @@ _GIVEN_CUE = re.compile(
     r"typed?|entered|enter|changed[^\S\n]+to|chang[ée][^\S\n]+en|with|avec|"
     # "tried X", "j'ai essayé X"; "I reset it myself to X", "I set it back to X"
     r"tried|essay[ée]e?s?|(?:re)?set[^\S\n]+(?:it|them)(?:\s+(?:myself|ourselves|"
-    r"again|back))?\s+to)"
+    r"again|back))?\s+to|"
+    # a login then its password, both given by one verb ("j'utilise jdupont avec X", "I
+    # log in with jdupont and X", "je tape jdupont / X")
+    r"(?:utilis[eé]\w{0,3}|use[sd]?|using|tap[eé]\w{0,2}|saisi[st]?|typed?|entered|"
+    r"enter|tried|essay[eé]\w{0,2}|connect\w{0,4}|log(?:ged|ging)?[^\S\n]+in|"
+    r"sign(?:ed|ing)?[^\S\n]+in)(?:[^\S\n]+(?:avec|with))?[^\S\n]+"
+    r"(?!(?:the|le|la|les|un|une|an|mon|ma|mes|my|it|this|that|ce|cet|cette|[cç]a|son|sa|"
+    r"his|her|their|your|votre|vos|ton|ta|me|moi)(?![^\W_]))"
+    r"(?P<login>[a-z][a-z0-9._@\-]{2,40})[^\S\n]*(?:avec|with|et|and|/))"
     r"[^\S\n]*\n?[^\S\n]*(?:(?:bien|toujours|encore|juste|still|just|always|actually|"
     r"now|maintenant|d[ée]sormais)[^\S\n]+)?(?P<q>[«“\"'‘][^\S\n]?)?\Z")
 # "with"/"avec" gives a value only after a verb of trying ("tried admin with X")
 _TRIED_BEFORE = re.compile(r"(?i)(?<![^\W_])(?:tried|try|essay[ée]e?s?|test[ée]e?s?)"
                            r"(?![^\W_])[^.!?\n]{0,80}\Z")
+_PAIR_SYMBOL = re.compile(r"[_!#$%&*+?@]")
 # words before the verb that make the value a login, a network or a host, not a password
 _GIVEN_NAMED = _IDENTITY_WORDS | _words("compte account réseau reseau network serveur server "
                                         "host hostname")
@@ -4538,10 +4566,17 @@ def _given_in(text: str, lo: int, hi: int) -> list[Finding]:
                 cm.group("q") and _TRIED_BEFORE.search(text, max(0, cm.start() - 80),
                                                        cm.start())):
             continue
+        if cm.group("login") is not None and not cm.group("q") \
+                and _PAIR_SYMBOL.search(value) is None:
+            continue            # after a login, quoted or with a symbol: "... et
+                                # Windows11" names a product as often
         if not _GIVEN_CONTEXT.search(text, max(0, a - _GIVEN_REACH),
                                      min(len(text), b + _GIVEN_REACH // 4)):
             continue
-        before = _recent(text, max(0, a - 60), cm.start())
+        # (the words before a login given with the value are read up to the login, as
+        # they are before "with" alone: "on the NAS login page I tried admin with 'X'")
+        before = _recent(text, max(0, a - 60),
+                         cm.start() if cm.group("login") is None else cm.end("login"))
         if _binary_line(text, a) or _named_next(text, a) or _named_by(before) \
                 or not _GIVEN_NAMED.isdisjoint(before) or (
                     not _GIVEN_DEVICES.isdisjoint(before)
@@ -4615,9 +4650,14 @@ _ROW_CELL = re.compile(r"(?is)<t[dh]\b[^<>]{0,300}>(?P<c>.{0,1000}?)</t[dh]\s*>"
 _ROW_TAG = re.compile(r"<[^<>]{0,500}>")
 _ROW_TEXT_SEP = re.compile(r"[ \t]+[-–|;][ \t]+|\t+|[ ]{2,}")
 _ROW_REACH = 400            # the context above the row
+# ... or an item of a list that gives an address then its value after a colon or an arrow
+# ("- compta@x.example : Tilleul;Vent;42" under "les comptes ont été recréés"): the value
+# alone to the end of its line
+_ROW_PAIR = re.compile(r"[ \t]*(?:[-*•·][ \t]+)?(?P<e>[^\s@:]{1,64}@[A-Za-z0-9\-]+"
+                       r"(?:\.[A-Za-z0-9\-]+)+)[ \t]*(?::|→|->|=>|=)[ \t]*(?P<v>\S{8,40})[ \t]*")
 _ROW_WORDS = _GIVEN_WORDS | frozenset((b"compte", b"account", b"mots de passe",
                         b"credential"))
-_ROW_VALUE = re.compile(r"[A-Za-z0-9!#$%&*+?@_.<>\-]{8,40}")
+_ROW_VALUE = re.compile(r"[A-Za-z0-9!#$%&*+?@_.;<>\-]{8,40}")
 
 
 def _row_value(value: str) -> bool:
@@ -4666,6 +4706,11 @@ def _account_rows(text: str, folded: bytes) -> list[Finding]:
                     and _row_value(pieces[-1]) and _row_context(text, ls, le):
                 b = ls + len(line.rstrip())
                 out.append(Finding("password", b - len(pieces[-1]), b))
+            else:
+                pm = _ROW_PAIR.fullmatch(line)
+                if pm is not None and _row_value(pm.group("v")) \
+                        and _row_context(text, ls, le):
+                    out.append(Finding("password", ls + pm.start("v"), ls + pm.end("v")))
         i = text.find("@", le)
     return out
 
