@@ -1,0 +1,55 @@
+"""Recall by kind of context, twelfth round of issue 12 (the secrets-tune-x, -y and -z
+sets): each case is invented here, not a labelled set's sentence, and each kind has its
+look-alike that must stay.
+
+- a text file attached under a program's own ``application/x-...`` type (an OpenVPN
+  profile, a PEM file) is read as text, as ``application/octet-stream`` named like one
+  was; a binary attachment of such a type is left byte for byte;
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from helpdesk_milter.redact import redact_message
+from helpdesk_milter.secrets import SecretScanner
+from support.mail import as_bytes, make_message
+from support.secret_text import check  # noqa: F401  (the prose kinds below)
+
+SCANNER = SecretScanner()
+
+VPN_PROFILE = b"""client
+dev tun
+remote vpn.example.net 1194 udp
+<key>
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgQx3Lm8v2Rk1Tz7Yp
+Wq4Nb9Fh2Jd6Ks0Xc5Vr8Ue3Ma1hRANCAAR4nJ2kP7wQz0sLd6fT1yVb3mX8cE5hU
+-----END PRIVATE KEY-----
+</key>
+"""
+
+
+@pytest.mark.parametrize(("subtype", "filename"), [
+    ("x-openvpn-profile", "poste-accueil.ovpn"),
+    ("x-pem-file", "cle-serveur.pem"),
+    # a program's type the walk does not know, named like a text file
+    ("x-config", "acces.conf"),
+])
+def test_text_file_under_a_program_type_is_scanned(subtype: str, filename: str) -> None:
+    msg = make_message(body="Voici le profil du poste.\n")
+    msg.add_attachment(VPN_PROFILE, maintype="application", subtype=subtype,
+                       filename=filename)
+    raw = as_bytes(msg)
+    r = redact_message(raw, SCANNER)
+    assert [kind for _, kind in r.where] == ["private-key"]
+
+
+def test_binary_attachment_under_a_program_type_stays() -> None:
+    msg = make_message(body="Voici l'archive.\n")
+    blob = b"PK\x03\x04" + bytes(range(256)) * 8 + b"mot de passe : Binaire2024!"
+    msg.add_attachment(blob, maintype="application", subtype="x-zip-compressed",
+                       filename="profil.zip")
+    raw = as_bytes(msg)
+    r = redact_message(raw, SCANNER)
+    assert r.count == 0
