@@ -5,6 +5,8 @@ look-alike that must stay.
 - a text file attached under a program's own ``application/x-...`` type (an OpenVPN
   profile, a PEM file) is read as text, as ``application/octet-stream`` named like one
   was; a binary attachment of such a type is left byte for byte;
+- a strong value holding a symbol of a French keyboard's top row (§ ° £ µ €) is as
+  strong as one holding "!" or "#"; a temperature, a numbered badge or an amount stay;
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 from helpdesk_milter.redact import redact_message
 from helpdesk_milter.secrets import SecretScanner
 from support.mail import as_bytes, make_message
-from support.secret_text import check  # noqa: F401  (the prose kinds below)
+from support.secret_text import check
 
 SCANNER = SecretScanner()
 
@@ -53,3 +55,17 @@ def test_binary_attachment_under_a_program_type_stays() -> None:
     raw = as_bytes(msg)
     r = redact_message(raw, SCANNER)
     assert r.count == 0
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("Accès du poste de la régie\nMessagerie : regie@mairie.example / Cerisier§2031\n"
+     "Compta : COMPTA1 / Noyer°Vert58\n",
+     ["Cerisier§2031", "Noyer°Vert58"], ["regie@mairie.example", "COMPTA1"]),
+    ("Mot de passe du portail : Hêtre£Roux77\n", ["Hêtre£Roux77"], []),
+    ("Accès salle serveur : la clim est réglée à 19°C, le badge N°A2031-bx est à "
+     "l'accueil\n", [], ["19°C", "N°A2031-bx"]),
+    ("Le compte de la régie : montant 1250€TTC, facture N°2031Ab-x\n", [],
+     ["1250€TTC", "N°2031Ab-x"]),
+])
+def test_french_keyboard_symbols(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)

@@ -4259,15 +4259,20 @@ def _strip_quotes(text: str, a: int, b: int) -> tuple[int, int]:
 # device's name, a user name, a reference) is named by the words before it or has the
 # shape of a device name ("Livebox-7C3A").
 # (French letters too: "Goéland_42", "Fête2026-Salle!", "Marée-Haute-2026" are one token)
-_STRONG_CHARS = r"[A-Za-z0-9\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff\u0152\u0153!#$%&*+?@_.\-]"
+# (and the symbols of a French keyboard's top row: "Registre§1789", "Vélo°2024")
+_STRONG_CHARS = (r"[A-Za-z0-9\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff\u0152\u0153"
+                 r"!#$%&*+?@_.\-\u00a3\u00a7\u00b0\u00b5\u20ac]")
 _STRONG_TOKEN = re.compile(
     rf"""(?<![^\s(«"“'>])(?![-_.])(?={_STRONG_CHARS}*?\d)(?={_STRONG_CHARS}*?[a-z])"""
-    rf"""(?={_STRONG_CHARS}*?[A-Z])(?={_STRONG_CHARS}*?[!#$%&*+?@_.\-])"""
+    rf"""(?={_STRONG_CHARS}*?[A-Z])(?={_STRONG_CHARS}*?[!#$%&*+?@_.\-\u00a3\u00a7\u00b0\u00b5\u20ac])"""
     rf"""{_STRONG_CHARS}{{8,25}}(?!{_STRONG_CHARS}|[/@:=])""")
 _STRONG_REACH = 200         # from a label, either side
 # (a digit first: the regex engine skips to digits fast; then what stands beside it)
-_STRONG_SEED = re.compile(r"[0-9](?:(?<=[A-Za-z\u00c0-\u00ff\u0152\u0153!#$%&*+?@_\-][0-9])"
-                          r"|(?<=[A-Za-z]\.[0-9])|(?=[A-Za-z!#$%&*+?@_\-]))")
+_FR_SYMBOLS = r"\u00a3\u00a7\u00b0\u00b5\u20ac"      # £ § ° µ €
+_STRONG_SEED = re.compile(r"[0-9](?:(?<=[A-Za-z\u00c0-\u00ff\u0152\u0153!#$%&*+?@_\-"
+                          rf"{_FR_SYMBOLS}][0-9])"
+                          r"|(?<=[A-Za-z]\.[0-9])|(?=[A-Za-z!#$%&*+?@_\-"
+                          rf"{_FR_SYMBOLS}]))")
 _STRONG_BACK = re.compile(rf"{_STRONG_CHARS}{{1,26}}\Z")
 _STRONG_RUN = re.compile(rf"{_STRONG_CHARS}{{1,26}}")
 _WHITESPACE = re.compile(r"\s")
