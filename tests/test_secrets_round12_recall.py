@@ -7,6 +7,10 @@ look-alike that must stay.
   was; a binary attachment of such a type is left byte for byte;
 - a strong value holding a symbol of a French keyboard's top row (§ ° £ µ €) is as
   strong as one holding "!" or "#"; a temperature, a numbered badge or an amount stay;
+- a label that names a phrase ("the passphrase", "est la phrase", "phrase secrète")
+  before words in quotes gives them as the phrase, whatever word is among them, but a
+  password's own words (a link's text); alone on its line after a long aside and a blank
+  line, with a place's name in capitals, as after the label itself;
 """
 
 from __future__ import annotations
@@ -68,4 +72,24 @@ def test_binary_attachment_under_a_program_type_stays() -> None:
      ["1250€TTC", "N°2031Ab-x"]),
 ])
 def test_french_keyboard_symbols(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ('The old NAS is locked with the passphrase "copper lantern missed eleven", sorry.\n',
+     ["copper lantern missed eleven"], ["old NAS"]),
+    ("Le mot de passe du coffre est la phrase\n« trois hiboux dorment sous le pont », "
+     "sans les guillemets.\n", ["trois hiboux dorment sous le pont"], []),
+    ("La page affiche la phrase « mot de passe oublié ou expiré » en rouge.\n", [],
+     ["mot de passe oublié ou expiré"]),
+    ('The passphrase field says "forgot your password again" under it.\n', [],
+     ["forgot your password again"]),
+    ("La phrase secrète de la sauvegarde, celle que le prestataire avait notée dans le "
+     "classeur bleu du bureau :\n\nle vieux phare regarde Ouessant\n\nMerci\n",
+     ["le vieux phare regarde Ouessant"], []),
+    ("La phrase secrète de la sauvegarde, celle que le prestataire avait notée dans le "
+     "classeur bleu du bureau :\n\nDemandez-la à Martine Dubois\n\nMerci\n",
+     [], ["Demandez-la à Martine Dubois"]),
+])
+def test_phrase_labels(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

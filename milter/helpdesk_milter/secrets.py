@@ -1566,7 +1566,7 @@ _LOG_PHRASE_AFTER = re.compile(r"[^\S\r\n]+for[^\S\r\n]")
 
 # A label, an aside, then the colon that announces the value: "Passphrase, as agreed on
 # the phone: …", "La phrase secrète qu'on a mise sur la borne hier soir, c'est : …".
-_ASIDE_TO_COLON = re.compile(r"[^\n:.;!?]{3,90}?[^\S\n]*:(?![/\\])")
+_ASIDE_TO_COLON = re.compile(r"[^\n:.;!?]{3,120}?[^\S\n]*:(?![/\\])")
 _PROSE_ASIDE = re.compile(r"[,(]?(?:[^\W_]|[^\S\n]|['’«»\"(),\-])*[^\S\n][^\W_]"
                           r"(?:[^\W_]|[^\S\n]|['’«»\"(),\-])*")     # words, no code
 
@@ -1613,10 +1613,15 @@ def _after_aside(text: str, pos: int, keyword: str, *, verb: bool = False) -> Fi
     if not text[colon + 1:line_end if line_end >= 0 else len(text)].strip():
         # the value on the next line: a passphrase of words read here ("La phrase secrète
         # qu'on a mise sur la borne, c'est :" then "les coulisses sentent la poussière
-        # 42"); a token, the label's window reads it
+        # 42"), a blank line between them as after a label; a token, the label's window
+        # reads it
         nl2 = text.find("\n", line_end + 1, line_end + 201) if line_end >= 0 else -1
         nxt = text[line_end + 1:nl2 if nl2 >= 0 else min(len(text), line_end + 201)]
-        if line_end < 0 or not _word_passphrase(nxt.strip()):
+        if not nxt.strip() and nl2 >= 0:
+            nl3 = text.find("\n", nl2 + 1, nl2 + 201)
+            nxt = text[nl2 + 1:nl3 if nl3 >= 0 else min(len(text), nl2 + 201)]
+        if line_end < 0 or not (_word_passphrase(nxt.strip()) or (
+                keyword.startswith(("passphrase", "phrase")) and _phrase_line(nxt.strip()))):
             return None
     head = keyword + (" est" if verb else "")
     synthetic = head + text[colon + verb:min(len(text), colon + 300)]
@@ -3777,6 +3782,12 @@ _SEP_BEFORE = re.compile(
     r"(?:[:=]|(?<![^\W_])(?:est|c['’\s]est|is|it['’]s|soit|sera|will\s+be)"
     r"(?:[^\S\r\n]+(?:d[ée]sormais|maintenant|toujours|actuellement|now|still|currently))?)"
     r"[^\S\r\n]*(?:\r?\n[ \t>]*)?\Z", re.I)
+# A word that names a phrase stands for the verb, the label's own or after it: 'uses the
+# passphrase "..."', "est la phrase « ... »", "la phrase secrète « ... »"; the words in
+# quotes are then the phrase's, whatever they say (but a password's own words)
+_PHRASE_BEFORE = re.compile(
+    r"(?<![^\W_])(?:pass)?phrase(?:[^\S\r\n]+(?:secr[eè]te|de[^\S\r\n]+passe))?"
+    r"[^\S\r\n]*(?:\r?\n[ \t>]*)?\Z", re.I)
 _SEP_BEFORE_REACH = 28
 
 
@@ -3867,11 +3878,13 @@ def _window_values(text: str, pos: int, *, first_only: bool,
         value = text[a:b]
         wrapped = (word.startswith(("(", "[", "{")) and not bracketed) \
             or word.count(":") >= 2 or pem[0] < a < pem[1]
+        phrase = word[0] in "«“\"'" and _PHRASE_BEFORE.search(
+            text, max(0, tm.start() - _SEP_BEFORE_REACH), tm.start()) is not None
         if word[0] in "«“\"'" and not _named_by(_recent(text, pos, tm.start())) \
-                and _SEP_BEFORE.search(text, max(pos, tm.start() - _SEP_BEFORE_REACH),
-                                       tm.start()):
+                and (phrase or _SEP_BEFORE.search(
+                    text, max(pos, tm.start() - _SEP_BEFORE_REACH), tm.start())):
             qm = _QUOTED_PHRASE.match(text, tm.start(), limit)
-            if qm is not None and _quoted_passphrase(qm.group("v")):
+            if qm is not None and _quoted_passphrase(qm.group("v"), phrase=phrase):
                 out.append(Finding("password", qm.start("v"), qm.end("v")))
                 if first_only:
                     break
@@ -4194,23 +4207,28 @@ in dans on sur by par to à au aux for pour with avec a that this ce cette ces q
 
 
 def _phrase_line(value: str) -> bool:
-    """A pass *phrase* alone on its line after its label: three to ten lower-case words,
-    one number among them at most ("la girafe mange 3 croissants sous la pluie"), none of
-    which makes it a sentence (as for a quoted one, _QUOTED_SENTENCE)."""
+    """A pass *phrase* alone on its line after its label: three to ten lower-case words
+    (a name among them capitalised), one number among them at most ("la girafe mange 3
+    croissants sous la pluie"), none of which makes it a sentence (as for a quoted one,
+    _QUOTED_SENTENCE)."""
     words = value.split()
     if not 3 <= len(words) <= 10 or len(value) > 80:
         return False
     numbers = [w for w in words if w.isdigit() and len(w) <= 4]
     letters = [w for w in words if w not in numbers]
-    return len(numbers) <= 1 and len(letters) >= 3 and all(
-        w.isalpha() and w.islower() and w not in _QUOTED_SENTENCE for w in letters) \
-        and _REFERENCE_PHRASE.match(value) is None
+    # (a place's or a person's name among them keeps its capital: "... la Garonne")
+    return len(numbers) <= 1 and sum(w.islower() for w in letters) >= 3 and all(
+        w.isalpha() and (w.islower() or w.istitle()) and w.lower() not in _QUOTED_SENTENCE
+        for w in letters) and _REFERENCE_PHRASE.match(value) is None
 
 
-def _quoted_passphrase(value: str) -> bool:
+def _quoted_passphrase(value: str, *, phrase: bool = False) -> bool:
     """A passphrase given in quotes after a separator: a few words with a digit or a symbol
     (``_passphrase``), or three to ten words of letters none of which makes it a sentence
-    ("correct horse staple margarine", « le chat du maire dort sur le registre »)."""
+    ("correct horse staple margarine", « le chat du maire dort sur le registre »).  After
+    a label that names a phrase (``phrase``: 'the passphrase "..."') a word of a
+    forgotten or wrong password is one of its words ("amber kettle forgot seventeen"),
+    but a password's own words are not ("Mot de passe oublié")."""
     if _passphrase(value):
         return True
     words = value.split()
@@ -4218,9 +4236,15 @@ def _quoted_passphrase(value: str) -> bool:
         return False
     if words[-1].isdigit() and len(words[-1]) <= 4:
         words = words[:-1]
+    if phrase and not any(w.lower() in _PHRASE_NOT for w in words):
+        return all(w.isalpha() and w.lower() not in _QUOTED_SENTENCE for w in words) \
+            and _REFERENCE_PHRASE.match(value) is None
     return all(w.isalpha() and w.lower() not in _QUOTED_SENTENCE
                and w.lower() not in _NEGATIVE_QUALIFIERS for w in words) \
         and _REFERENCE_PHRASE.match(value) is None
+
+
+_PHRASE_NOT = _words("mot passe password passwords mdp passphrase phrase lien link")
 
 
 # Two to five words, one of them with a digit, up to a bracket, a clause's end or the
