@@ -11,6 +11,11 @@ look-alike that must stay.
   before words in quotes gives them as the phrase, whatever word is among them, but a
   password's own words (a link's text); alone on its line after a long aside and a blank
   line, with a place's name in capitals, as after the label itself;
+- provider tokens by their shape: Google's OAuth refresh token ("1//0" and a generated
+  run, which a path check read as a path), Notion's "ntn_" with its digits mixed in, a
+  service's live key after its short name ("xyz_live_...", as Stripe made the shape,
+  even when the name is a word like "mon" or "my"); Stripe's publishable "pk_live_", a
+  placeholder ("your_live_key_here") and a short "ntn_" word stay;
 """
 
 from __future__ import annotations
@@ -92,4 +97,24 @@ def test_french_keyboard_symbols(text: str, gone: list[str], kept: list[str]) ->
      [], ["Demandez-la à Martine Dubois"]),
 ])
 def test_phrase_labels(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ('{\n  "refresh_token": "1//0gKx7Qw2Rt9Lm4Zp-CgYIARAAGBASNwF-L9IrVb3nT8sKq1Yw6",\n'
+     '  "expires_in": 3599\n}\n',
+     ["1//0gKx7Qw2Rt9Lm4Zp-CgYIARAAGBASNwF-L9IrVb3nT8sKq1Yw6"], ["3599"]),
+    ("In the sheet the ratio is 1//0 for now.\n", [], ["1//0"]),
+    ("Notion (base Travaux): ntn_7Hq2Lm9Xv4Kc1Rt8Zp3Wb6Ny0Fd5Gs2Je7Ua9Ik4Qo1Tm3Pv\n",
+     ["ntn_7Hq2Lm9Xv4Kc1Rt8Zp3Wb6Ny0Fd5Gs2Je7Ua9Ik4Qo1Tm3Pv"], []),
+    ("The cron job is called ntn_sync_daily.\n", [], ["ntn_sync_daily"]),
+    ("All the probes push with the tenant key abc_live_Zp3Wb6Ny0Fd5Gs2Je7Ua9Ik4Qo1Tm.\n",
+     ["abc_live_Zp3Wb6Ny0Fd5Gs2Je7Ua9Ik4Qo1Tm"], []),
+    ("Clé du service de stats : my_live_Hq2Lm9Xv4Kc1Rt8Zp3Wb6Ny0Fd5G\n",
+     ["my_live_Hq2Lm9Xv4Kc1Rt8Zp3Wb6Ny0Fd5G"], []),
+    ("Front-end key (public): pk_live_Zp3Wb6Ny0Fd5Gs2Je7Ua9Ik4Qo1Tm\n", [],
+     ["pk_live_Zp3Wb6Ny0Fd5Gs2Je7Ua9Ik4Qo1Tm"]),
+    ("Dans le modèle : INGEST_KEY=your_live_key_here\n", [], ["your_live_key_here"]),
+])
+def test_provider_token_shapes(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

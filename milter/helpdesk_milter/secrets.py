@@ -1102,12 +1102,19 @@ def _aws_secrets(text: str, lower: str) -> list[Finding]:
 # --------------------------------------------------------------------------------------
 # URLs with a password.
 
+_ALNUM_RUN = re.compile(r"[A-Za-z0-9]{20,}")
+_OWNED_WORD = re.compile(r"(?i)(?:votre|your|mon|my|ton)[-_]")
+
+
 def _is_placeholder(value: str) -> bool:
     v = value.strip()
     if not v:
         return True
     if _PLACEHOLDER.fullmatch(v):
-        return True
+        # "mon_mot_de_passe", "your-token" are words; a service's key that starts with
+        # such a word holds a generated run ("mon_live_7Qz2Lx9Vw4Rt8Np3Kc6Yb1Hs5Fd0JgEa")
+        return not (_OWNED_WORD.match(v) is not None
+                    and any(_classes(run) >= 3 for run in _ALNUM_RUN.findall(v)))
     return v.lower().strip("'\"") in {"password", "pass", "passwd", "pwd", "mdp", "secret",
                                       "motdepasse", "mot_de_passe", "mot-de-passe",
                                       "your_password", "yourpassword", "xxxxxx", "pw"}
@@ -2532,7 +2539,7 @@ _PROVIDER_TOKEN = re.compile(r"""
  | EAA[MC][A-Za-z0-9]{100,400}                                    # facebook
  | AKCp[A-Za-z0-9]{69}                                            # artifactory
  | fo1_[A-Za-z0-9_\-]{43}                                         # fly.io
- | ntn_[0-9]{10,12}[A-Za-z0-9]{34,36}           # notion (a digit more or less)
+ | ntn_(?=[A-Za-z]{0,47}\d)[A-Za-z0-9]{44,48}  # notion (digits first or mixed in)
  | \d{8,10}:AA[A-Za-z0-9_\-]{31,34}                               # telegram bot
  | sk\.eyJ[A-Za-z0-9_\-]{20,400}\.[A-Za-z0-9_\-]{16,100}           # mapbox (secret)
  | ATATT3[A-Za-z0-9_\-=]{60,250}                                  # atlassian
@@ -2548,6 +2555,10 @@ _PROVIDER_TOKEN = re.compile(r"""
  | shippo_(?:live|test)_[a-fA-F0-9]{40}
  | sgp_(?:[a-fA-F0-9]{16}_|local_)?[a-fA-F0-9]{40}                 # sourcegraph
  | live_[A-Za-z0-9]{24,40}                  # mollie, gocardless (generated: see below)
+ # a service's live key after its short name, as Stripe made the shape ("rk_live_",
+ # "mon_live_"); not Stripe's publishable "pk_live_"
+ | (?!pk_)[a-z]{2,12}_live_[A-Za-z0-9]{24,64}
+ | 1//0[A-Za-z0-9_\-]{40,300}                                     # google refresh token
  | pat-(?:eu|na)1-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}  # hubspot
  | c[ks]_[a-f0-9]{40}                                             # woocommerce
  | [A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=\-]{60,70}                # terraform cloud
@@ -2570,7 +2581,7 @@ _PROVIDER_LITERALS = (
     b"fo1_", b"ntn_",
     b":AA", b"sk.eyJ", b"ATATT3", b"lin_api_", b"HRKU-", b"NRAK-", b"NRII-", b"NRJS-",
     b"rdme_", b"tk-us-", b"ico-", b"sha256~", b"fio-u-", b"duffel_", b"shippo_", b"sgp_",
-    b"live_", b"ck_", b"cs_", b"pat-eu1-", b"pat-na1-", b".atlasv1.")
+    b"live_", b"ck_", b"cs_", b"pat-eu1-", b"pat-na1-", b".atlasv1.", b"_live_", b"1//0")
 # ... of which these end words too ("olive_", "stack_", "Mexico-"): looked for at a word's
 # start only, as the token pattern starts (a false hit costs a scan of the whole text)
 _PROVIDER_WORD_START = (b"live_", b"ck_", b"cs_", b"ico-")
@@ -2578,6 +2589,7 @@ _PROVIDER_PIVOTS = re.compile(
     rb"_(?:(?<=hf_)|(?<=api_org_)|(?<=npm_)|(?<=glsa_)|(?<=glc_)|(?<=ops_)|(?<=dckr_)"
     rb"|(?<=pnu_)|(?<=rubygems_)|(?<=fo1_)|(?<=ntn_)|v1_|(?<=lin_api_)|(?<=rdme_)"
     rb"|(?<=duffel_)|(?<=shippo_)|(?<=sgp_)|(?<=live_)(?<![A-Za-z0-9_.\-]live_)"
+    rb"|(?<=_live_)"
     rb"|(?<=shpat_)|(?<=shpca_)|(?<=shppa_)|(?<=shpss_)|(?<=pscale_tkn_)"
     rb"|(?<=pscale_oauth_)|(?<=pscale_pw_)|(?<=sntryu_)|(?<=sntrys_)"
     rb"|(?<=c[ks]_)(?<![A-Za-z0-9_.\-]c[ks]_))"
@@ -2585,7 +2597,7 @@ _PROVIDER_PIVOTS = re.compile(
     rb"|-(?:(?<=sib-)|(?<=pypi-)|(?<=A3-)|(?<=key-)|(?<=AGE-)|(?<=pul-)|(?<=HRKU-)|(?<=NRAK-)"
     rb"|(?<=NRII-)|(?<=NRJS-)|(?<=tk-us-)|(?<=ico-)(?<![A-Za-z0-9_.\-]ico-)|(?<=fio-u-)"
     rb"|(?<=pat-eu1-)|(?<=pat-na1-)|(?<=glrt-))"
-    rb"|~(?<=sha256~)"
+    rb"|~(?<=sha256~)|/(?<=1//)0"
     rb"|:AA|0(?:(?<=dt0)c01|(?<=sq0))|K(?:(?<=SK)|(?<=AK)Cp|(?<=PMAK))"
     rb"|J(?<=eyJ)rIjoi|x(?<=pplx)")
 _PROVIDER_REST = (b"EAA", b"ATATT3")       # (no pivot byte: looked for as they are)
