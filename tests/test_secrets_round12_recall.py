@@ -16,6 +16,9 @@ look-alike that must stay.
   service's live key after its short name ("xyz_live_...", as Stripe made the shape,
   even when the name is a word like "mon" or "my"); Stripe's publishable "pk_live_", a
   placeholder ("your_live_key_here") and a short "ntn_" word stay;
+- "secret" then one word that says whose it is ("le secret paypal", "the secret admin")
+  then a generated value; "secret professionnel" and a reference, a secret santa's link
+  stay;
 """
 
 from __future__ import annotations
@@ -117,4 +120,18 @@ def test_phrase_labels(text: str, gone: list[str], kept: list[str]) -> None:
     ("Dans le modèle : INGEST_KEY=your_live_key_here\n", [], ["your_live_key_here"]),
 ])
 def test_provider_token_shapes(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("Pour la caisse en ligne, le secret stripe Zq8Lw3Nx7Vb2Km9Rt4Yp6Hd1Fs5Gc0Ja3Ue8Io2Ws\n",
+     ["Zq8Lw3Nx7Vb2Km9Rt4Yp6Hd1Fs5Gc0Ja3Ue8Io2Ws"], []),
+    ("and the secret admin Hq2Lm9Xv4Kc1Rt8Zp3Wb6Ny0Fd5Gs2Je7Ua9Ik is in the vault\n",
+     ["Hq2Lm9Xv4Kc1Rt8Zp3Wb6Ny0Fd5Gs2Je7Ua9Ik"], []),
+    ("Le secret professionnel couvre le dossier 2024-AB-7781 et la note.\n", [],
+     ["2024-AB-7781"]),
+    ("It was a secret santa draw, list at https://drive.example.org/d/Q7rT4pLm9XvK2\n", [],
+     ["https://drive.example.org/d/Q7rT4pLm9XvK2"]),
+])
+def test_secret_then_whose(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

@@ -529,6 +529,8 @@ _KEYWORD_START = re.compile(
 
 # Keywords that need a strong value or a login context: common words in other senses.
 _WEAK_KEYWORDS = frozenset({"pass", "passe", "pw", "psw", "secret", "passes"})
+# one word after "secret" that names whose it is, before its value ("secret paypal")
+_SECRET_QUALIFIER = re.compile(r"[^\S\r\n]+[^\W\d_]{2,16}(?=[^\S\r\n]+\S)")
 
 # The separator between the keyword (plus qualifiers) and the value.
 _SEP = re.compile(r"""
@@ -1733,6 +1735,12 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
             first_only = group == "kw" and keyword in _WEAK_KEYWORDS
             values = _window_values(text, m.end(), first_only=first_only,
                                     strict=group == "key")
+            if first_only and not values and keyword == "secret":
+                # "le secret paypal X", "the secret admin X": a word that says whose
+                # secret it is, then a generated value (a token's shape, nothing less)
+                qm = _SECRET_QUALIFIER.match(text, m.end())
+                if qm is not None:
+                    values = _window_values(text, qm.end(), first_only=True, token=True)
             out.extend(values)
             # (a weak label's window stops at its first word: a label after it is read)
             window_until = (values[-1].end if values else m.end()) if first_only else \
