@@ -19,6 +19,8 @@ look-alike that must stay.
 - "secret" then one word that says whose it is ("le secret paypal", "the secret admin")
   then a generated value; "secret professionnel" and a reference, a secret santa's link
   stay;
+- a Zabbix user macro's name ("{$NAS.API.SECRET} = ...") names its value as a setting's
+  name does; a template's "{{api_key}}" is no name;
 """
 
 from __future__ import annotations
@@ -134,4 +136,15 @@ def test_provider_token_shapes(text: str, gone: list[str], kept: list[str]) -> N
      ["https://drive.example.org/d/Q7rT4pLm9XvK2"]),
 ])
 def test_secret_then_whose(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("Macros du modèle :\n  {$NAS.API.SECRET} = 3f9c1e2a-7b4d-4e8f-a1c2-9d0e5b6f7a8c\n"
+     "  {$NAS.API.USER} = supervision\n",
+     ["3f9c1e2a-7b4d-4e8f-a1c2-9d0e5b6f7a8c"], ["supervision"]),
+    ("  {$MSSQL.PASSWORD} = Rv7kQ2pLx9\n", ["Rv7kQ2pLx9"], []),
+    ("Template: {{api_key}} = Kx7mQ2vL9Kx7mQ2vL9Kx7\n", [], ["Kx7mQ2vL9Kx7mQ2vL9Kx7"]),
+])
+def test_zabbix_macro_names(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

@@ -2659,7 +2659,7 @@ _NOT_SECRET_PART = frozenset({
 _PASSWORD_PARTS = frozenset({"password", "passwd", "pass", "pwd", "passphrase"})
 _OWNER_PARTS = frozenset({"user", "username", "login"})
 _ASSIGN_SEP = re.compile(
-    r"""["'\]]{0,2}[^\S\r\n]{0,12}(?:=>|:=|\?=|=|:(?!//)|,(?=[^\S\r\n]*["']))[^\S\r\n]{0,12}"""
+    r"""["'\]}]{0,2}[^\S\r\n]{0,12}(?:=>|:=|\?=|=|:(?!//)|,(?=[^\S\r\n]*["']))[^\S\r\n]{0,12}"""
     r"""|[^\S\r\n]{1,20}(?=["'])""")     # nginx: proxy_set_header X-Token "value"
 _AUTH_SCHEME = re.compile(r"(?i)(?:Bearer|Basic|Token|Digest|Bot|apikey|key)[^\S\r\n]+")
 _VALUE_TOKEN = re.compile(r"""[^\s"'`<>,;&)\]}]{1,400}""")
@@ -2847,6 +2847,9 @@ def _named_assignments(text: str, lower: str,
         end = start + len(name)
         if not _secret_name(name):
             continue
+        if text.startswith("}", end) and not text.startswith("{$", start - 2):
+            continue                    # a brace closes only a Zabbix macro's name:
+                                        # "{$PVE.TOKEN.SECRET} = ..."
         if qualified is not None:
             # "token_auth de l'utilisateur « stats » : <value>": a setting's name, who or
             # what it is for, then the value; only a generated one (it is prose)
