@@ -21,6 +21,9 @@ look-alike that must stay.
   stay;
 - a Zabbix user macro's name ("{$NAS.API.SECRET} = ...") names its value as a setting's
   name does; a template's "{{api_key}}" is no name;
+- a keypad's code followed by its key in words ("taper X puis la touche ...", "key in X
+  then press the bell", "composer X puis valider") for a door, a gate or a barrier; a
+  phone service's number or a year before a key in words, no place named, stay;
 """
 
 from __future__ import annotations
@@ -147,4 +150,18 @@ def test_secret_then_whose(text: str, gone: list[str], kept: list[str]) -> None:
     ("Template: {{api_key}} = Kx7mQ2vL9Kx7mQ2vL9Kx7\n", [], ["Kx7mQ2vL9Kx7mQ2vL9Kx7"]),
 ])
 def test_zabbix_macro_names(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("Pour la cour, le portail s'ouvre en tapant 7730 puis la touche verte.\n",
+     ["7730"], []),
+    ("At the service gate, key in 5581 then press the bell.\n", ["5581"], []),
+    ("Le garage : composer 2468 puis valider.\n", ["2468"], []),
+    # no door or gate: a number before a key in words is no code
+    ("Appelez le 3615 puis la touche étoile pour le standard.\n", [], ["3615"]),
+    ("Portail famille : l'année 2024 puis la touche suivante affichent le bilan.\n", [],
+     ["2024"]),
+])
+def test_keypad_code_then_key_in_words(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

@@ -762,7 +762,11 @@ class SecretScanner:
             return []
         text, hay = _misdecoded_read(text, _Haystack(text))
         if not hay.gated():
-            return self._named_ungated(hay, text)
+            # (a keypad's code before its key in words needs no gate word: "taper 0412
+            # puis la touche cloche"; a find of four words, most texts have none)
+            then = _keypad_then_codes(text) if "password" in self.enabled else []
+            return _resolve(self._named_ungated(hay, text) + then) if then else \
+                self._named_ungated(hay, text)
         if "\r" in text and "\r\n" in text:     # (one byte first: a memchr)
             # mail's CRLF line ends read as LF ones (the same length: offsets unchanged);
             # the detectors are written for "\n" and would otherwise see "\r" as part of
@@ -782,6 +786,7 @@ class SecretScanner:
                 quiet.extend(_given_values(text, hay))
                 if hay.keypad():
                     quiet.extend(_keypad_codes(text))
+                quiet.extend(_keypad_then_codes(text))
                 if b"auth" in hay.folded or b"334" in hay.cased:
                     quiet.extend(_sasl_transcripts(text, hay.folded))
                 if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
@@ -822,6 +827,7 @@ class SecretScanner:
             found.extend(_given_values(text, hay))
             if hay.keypad():
                 found.extend(_keypad_codes(text))
+            found.extend(_keypad_then_codes(text))
             if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
                 found.extend(_account_rows(text, hay.folded))
         if "api-token" in enabled and (b"secret" in hay.folded or b"priv" in hay.folded):
@@ -4623,11 +4629,14 @@ _KEYPAD_DIGITS = re.compile(r"(?<![\w#*.,/:+\-])\d{3,8}\Z")
 _KEYPAD_PLACE = re.compile(
     r"(?i)(?<![^\W_])(?:portes?|portails?|portillon|garage|parking|entr[ée]es?|entrance|"
     r"doors?|gates?|locals?|storage|shed|cave|remise|b[âa]timent|building|digicode|"
-    r"interphone|cadenas|padlock|casier|locker|armoire|coffre)(?![^\W_])")
+    r"interphone|cadenas|padlock|casier|locker|armoire|coffre|barri[èe]res?|barriers?|"
+    r"keypad|clavier)(?![^\W_])")
 # the value is given: a verb, a colon or "avec"/"with" right before it
 _KEYPAD_CUE = re.compile(
-    r"(?i)(?:(?<![^\W_])(?:est|c['’]est|is|now|avec|with|tape[sz]?|tapez|faites|composez|"
-    r"compose|enter|type|sera|be|devient|becomes)|[:=])[^\S\n]*(?:(?:toujours|bien|still|"
+    r"(?i)(?:(?<![^\W_])(?:est|c['’]est|is|now|avec|with|tape[sz]?|tapez|taper|tapant|faites|"
+    r"faire|composant|entering|typing|keying[^\S\n]+in|"
+    r"composez|composer|compose|saisi[rs]|saisissez|entrez|entrer|enter|type|key[^\S\n]+in|"
+    r"punch[^\S\n]+in|dial|sera|be|devient|becomes)|[:=])[^\S\n]*(?:(?:toujours|bien|still|"
     r"now|maintenant|d[ée]sormais|le|the|code)[^\S\n]+)?[«\"']?\Z")
 _FOOTNOTE = re.compile(r"(?:^|\n|\()[ \t]*\*[^\s*]")
 _KEYPAD_REACH = 100         # from the value back to the place, within its sentence
@@ -4637,23 +4646,54 @@ def _keypad_codes(text: str) -> list[Finding]:
     out: list[Finding] = []
     for km in _KEYPAD_KEY.finditer(text):
         m = _KEYPAD_DIGITS.search(text, max(0, km.start() - 9), km.start())
-        if m is None:
-            continue
-        lo = max(0, m.start() - _KEYPAD_REACH)
-        # the sentence the value ends: from the last full stop or blank line before it
-        cut = max(text.rfind(". ", lo, m.start()), text.rfind("\n\n", lo, m.start()),
-                  text.rfind("? ", lo, m.start()))
-        lo = max(lo, cut + 1)
-        if not _KEYPAD_PLACE.search(text, lo, m.start()) or _code_decoy(m.group(0)) \
-                or not _KEYPAD_CUE.search(text, max(lo, m.start() - 40), m.start()):
-            continue
-        if text[km.start()] == "*" and _FOOTNOTE.search(text):
-            continue                # "à partir de 1500* ... (*hors taxes)": a footnote
-        words = [_recent_word(w) for w in text[lo:m.start()].split()[-3:]]
-        if set(words[-1:]) & _CODE_NAMING_FIRST or _named_by(words):
-            continue                # "badge 0457#", "n° 2204*"
-        out.append(Finding("password", m.start(), km.end()))
+        if m is not None and _keypad_given(text, m, km.start()):
+            out.append(Finding("password", m.start(), km.end()))
     return out
+
+
+# ... and a code followed by the key in words: "tapez 4471 puis la touche OK", "key in
+# 5580 then press the bell", "composer 0412 puis valider"
+_KEYPAD_THEN = re.compile(r"(?<![\w#*.,/:+\-])\d{3,8}[^\S\n]+\Z")
+_KEYPAD_THEN_WORDS = ("puis", "then", "suivi", "followed")
+_KEYPAD_THEN_KEY = re.compile(
+    r"(?i)(?:puis|then|et|and|suivi[es]{0,2}[^\S\n]+de|followed[^\S\n]+by)[^\S\n]+"
+    r"(?:(?:appuy(?:er|ez)|press(?:ez)?|push|hit|sur)[^\S\n]+(?:sur[^\S\n]+)?)?"
+    r"(?:la[^\S\n]+(?:touche|cloche|sonnette)|le[^\S\n]+bouton|"
+    r"the[^\S\n]+(?:[\w-]+[^\S\n]+)?(?:key|button|bell)|"
+    r"[#*](?!\w)|ok(?![^\W_])|(?:valider|validez|entr[ée]e|enter)(?![^\W_]))")
+
+
+def _keypad_then_codes(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    for word in _KEYPAD_THEN_WORDS:
+        i = text.find(word)
+        while i >= 0 and len(out) < 64:
+            m = _KEYPAD_THEN.search(text, max(0, i - 12), i)
+            if m is not None and _KEYPAD_THEN_KEY.match(text, i):
+                d = _KEYPAD_DIGITS.search(text, m.start(),
+                                          m.start() + len(m.group(0).rstrip()))
+                if d is not None and _keypad_given(text, d, d.end()):
+                    out.append(Finding("password", d.start(), d.end()))
+            i = text.find(word, i + 1)
+    return out
+
+
+def _keypad_given(text: str, m: re.Match[str], key: int) -> bool:
+    """Whether the digits ``m`` before a keypad's key (at ``key``) are a code given for a
+    door or a gate in their sentence."""
+    lo = max(0, m.start() - _KEYPAD_REACH)
+    # the sentence the value ends: from the last full stop or blank line before it
+    cut = max(text.rfind(". ", lo, m.start()), text.rfind("\n\n", lo, m.start()),
+              text.rfind("? ", lo, m.start()))
+    lo = max(lo, cut + 1)
+    if not _KEYPAD_PLACE.search(text, lo, m.start()) or _code_decoy(m.group(0)) \
+            or not _KEYPAD_CUE.search(text, max(lo, m.start() - 40), m.start()):
+        return False
+    if text[key:key + 1] == "*" and _FOOTNOTE.search(text):
+        return False            # "à partir de 1500* ... (*hors taxes)": a footnote
+    words = [_recent_word(w) for w in text[lo:m.start()].split()[-3:]]
+    # ("badge 0457#", "n° 2204*")
+    return not (set(words[-1:]) & _CODE_NAMING_FIRST or _named_by(words))
 
 
 # A row of accounts with no header (HTML source or a plain list): one cell holds an
