@@ -24,6 +24,9 @@ look-alike that must stay.
 - a keypad's code followed by its key in words ("taper X puis la touche ...", "key in X
   then press the bell", "composer X puis valider") for a door, a gate or a barrier; a
   phone service's number or a year before a key in words, no place named, stay;
+- an application password after its label, across a line or an aside (WordPress: six
+  groups of four letters and digits; Google's four groups of four letters alone on their
+  line); four short words of a sentence and a reference's digit groups stay;
 """
 
 from __future__ import annotations
@@ -164,4 +167,19 @@ def test_zabbix_macro_names(text: str, gone: list[str], kept: list[str]) -> None
      ["2024"]),
 ])
 def test_keypad_code_then_key_in_words(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("J'ai généré un mot de passe d'application pour l'appli mobile, compte redaction :\n"
+     "Ab3d Qr7T mN2p Xy9Z kL4w Pq8s\nÀ supprimer après.\n",
+     ["Ab3d Qr7T mN2p Xy9Z kL4w Pq8s"], ["redaction"]),
+    ("Google app password for the scanner:\nwxyz mnop qrst hjkl\n",
+     ["wxyz mnop qrst hjkl"], []),
+    ("The app password page says that they have been told that this will work.\n", [],
+     ["that they have been"]),
+    ("Mot de passe d'application révoqué, ticket 2024 0012 3344 5566 7788 9900.\n", [],
+     ["2024 0012 3344 5566 7788 9900"]),
+])
+def test_application_passwords(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

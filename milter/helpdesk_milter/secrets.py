@@ -840,6 +840,9 @@ class SecretScanner:
             found.extend(_sasl_transcripts(text, hay.folded))
         if "password" in enabled and b"wifi:" in hay.folded:
             found.extend(_wifi_qr(text))
+        if "password" in enabled and (b"appli" in hay.folded or b"app pass" in hay.folded
+                                      or b"app-pass" in hay.folded):
+            found.extend(_app_passwords(text))
         live = _live(text, _join_wrapped(text, _drop_stale_history(
             text, _drop_pair_logins(text, found))))
         if live and any(f.kind == "password" for f in live):
@@ -4640,6 +4643,49 @@ _KEYPAD_CUE = re.compile(
     r"now|maintenant|d[ée]sormais|le|the|code)[^\S\n]+)?[«\"']?\Z")
 _FOOTNOTE = re.compile(r"(?:^|\n|\()[ \t]*\*[^\s*]")
 _KEYPAD_REACH = 100         # from the value back to the place, within its sentence
+
+
+# An application password (WordPress: six groups of four letters and digits; Google,
+# Apple, Microsoft: four groups of four lower-case letters) after its label, across a
+# line or an aside: "mot de passe d'application", "app password", "application-specific
+# password".  The groups are the value; what else is made so (four words of four
+# letters) is no value unless it stands alone, after a colon or on its own line.
+_APP_PASSWORD_LABEL = re.compile(
+    r"(?i)(?:mots?[^\S\n]+de[^\S\n]+passe|mdp)[^\S\n]+"
+    r"(?:d['’][^\S\n]?|pour[^\S\n]+(?:l['’]|une?[^\S\n]+)?)"
+    r"appli(?:cation)?s?|(?<![^\W_])app(?:lication)?(?:[^\S\n]*-[^\S\n]*specific)?"
+    r"[^\S\n-]*-?[^\S\n]*passwords?")
+_APP_PASSWORD = re.compile(r"(?<![\w\-])[A-Za-z0-9]{4}(?:[^\S\n][A-Za-z0-9]{4}){3,5}(?![\w\-])")
+_APP_PASSWORD_REACH = 240
+
+
+def _app_passwords(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    end = 0
+    for lm in _APP_PASSWORD_LABEL.finditer(text):
+        if lm.end() < end:
+            continue
+        for vm in _APP_PASSWORD.finditer(text, lm.end(), min(len(text), lm.end()
+                                                            + _APP_PASSWORD_REACH)):
+            value = vm.group(0)
+            groups = value.split()
+            if len(groups) == 6 and _classes(value.replace(" ", "")) >= 2 and \
+                    not value.replace(" ", "").isdigit():
+                pass                            # WordPress's
+            elif len(groups) == 4 and all(g.isalpha() and g.islower() for g in groups) \
+                    and _APP_PASSWORD_ALONE.search(text, max(0, vm.start() - 3), vm.start()) \
+                    and _APP_PASSWORD_END.match(text, vm.end()):
+                pass                            # Google's, Apple's, alone on its line
+            else:
+                continue
+            out.append(Finding("password", vm.start(), vm.end()))
+            end = vm.end()
+            break
+    return out
+
+
+_APP_PASSWORD_ALONE = re.compile(r"(?:^|[:«\"“]|\n)[^\S\n]*\Z")
+_APP_PASSWORD_END = re.compile(r"[^\S\n]*(?:$|[»\"”.,;)]|\n)", re.M)
 
 
 def _keypad_codes(text: str) -> list[Finding]:
