@@ -27,6 +27,9 @@ look-alike that must stay.
 - an application password after its label, across a line or an aside (WordPress: six
   groups of four letters and digits; Google's four groups of four letters alone on their
   line); four short words of a sentence and a reference's digit groups stay;
+- a line of Postfix's SASL password map ("[relay]:587  user:password", "@domain
+  user:password"): the password goes, the user and the relay stay, as do main.cf's
+  lines and a log's "[10:42]: erreur:timeout";
 """
 
 from __future__ import annotations
@@ -182,4 +185,18 @@ def test_keypad_code_then_key_in_words(text: str, gone: list[str], kept: list[st
      ["2024 0012 3344 5566 7788 9900"]),
 ])
 def test_application_passwords(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("Le fichier /etc/postfix/sasl_passwd contient :\n\n[mail.fai.example]:465   "
+     "copieur-rdc:Tz4.Nord.Est\n\nLe relais refuse.\n",
+     ["Tz4.Nord.Est"], ["copieur-rdc", "[mail.fai.example]:465"]),
+    ("sasl_passwd, one relay per sender:\n@asso.example   tresorier:Gk8-wQ2z\n",
+     ["Gk8-wQ2z"], ["tresorier"]),
+    ("relayhost = [mail.fai.example]:465\nsmtp_sasl_password_maps = hash:/etc/postfix/"
+     "sasl_passwd\n", [], ["[mail.fai.example]:465", "hash:/etc/postfix/sasl_passwd"]),
+    ("Log du 12/03 [10:42]: erreur:timeout sur le relais\n", [], ["erreur:timeout"]),
+])
+def test_sasl_password_map_lines(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

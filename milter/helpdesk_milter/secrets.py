@@ -789,6 +789,8 @@ class SecretScanner:
                 quiet.extend(_keypad_then_codes(text))
                 if b"auth" in hay.folded or b"334" in hay.cased:
                     quiet.extend(_sasl_transcripts(text, hay.folded))
+                if b"sasl" in hay.folded or b"]:" in hay.cased:
+                    quiet.extend(_sasl_map_lines(text))
                 if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
                     quiet.extend(_account_rows(text, hay.folded))
             return _resolve(_by_shape(text, _live(text, quiet) + self._named(hay, text)))
@@ -838,6 +840,8 @@ class SecretScanner:
             found.extend(_account_values(text, hay))
         if "password" in enabled and (b"auth" in hay.folded or b"334" in hay.cased):
             found.extend(_sasl_transcripts(text, hay.folded))
+        if "password" in enabled and (b"sasl" in hay.folded or b"]:" in hay.cased):
+            found.extend(_sasl_map_lines(text))
         if "password" in enabled and b"wifi:" in hay.folded:
             found.extend(_wifi_qr(text))
         if "password" in enabled and (b"appli" in hay.folded or b"app pass" in hay.folded
@@ -6112,6 +6116,27 @@ def _sasl_transcripts(text: str, folded: bytes) -> list[Finding]:
 # The Wi-Fi QR code's text (ZXing's format, which phones and routers print):
 # "WIFI:S:<ssid>;T:WPA;P:<password>;;", fields in any order, "\" escaping ";,:\".
 _WIFI_QR = re.compile(r"(?i)WIFI:(?:[^;\r\n]{0,100};){0,6}?P:(?P<v>(?:\\.|[^;\\\r\n]){1,64});")
+
+
+# A line of Postfix's SASL password map (smtp_sasl_password_maps: "sasl_passwd"): the
+# relay ("[smtp.example.net]:587", "smtp.example.net", or a sender's "@domain") then
+# "user:password", alone on its line.  The user stays (as a URL's).  A relay without
+# brackets only where the text names the map ("sasl").
+_SASL_MAP_LINE = re.compile(
+    r"(?m)^[ \t>]*(?:\[[\w.\-:]*\.[\w.\-:]*\](?::\d{1,5})?|"
+    r"[a-z0-9][\w\-]*(?:\.[\w\-]+)+(?::\d{1,5})?|@[\w\-]+(?:\.[\w\-]+)+)"
+    r"[ \t]+[^\s:\[\]]{1,64}:(?P<v>\S{1,128}?)[ \t]*$")
+
+
+def _sasl_map_lines(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    named = "sasl" in text.lower()
+    for m in _SASL_MAP_LINE.finditer(text):
+        value = m.group("v")
+        if (named or "[" in m.group(0)) and not _is_placeholder(value) \
+                and not value.startswith("/"):
+            out.append(Finding("password", m.start("v"), m.end("v")))
+    return out
 
 
 def _wifi_qr(text: str) -> list[Finding]:
