@@ -4704,7 +4704,7 @@ def _keypad_codes(text: str) -> list[Finding]:
 # ... and a code followed by the key in words: "tapez 4471 puis la touche OK", "key in
 # 5580 then press the bell", "composer 0412 puis valider"
 _KEYPAD_THEN = re.compile(r"(?<![\w#*.,/:+\-])\d{3,8}[^\S\n]+\Z")
-_KEYPAD_THEN_WORDS = ("puis", "then", "suivi", "followed")
+_KEYPAD_THEN_WORDS = ("puis", "then")      # (each find costs: the two common ones)
 _KEYPAD_THEN_KEY = re.compile(
     r"(?i)(?:puis|then|et|and|suivi[es]{0,2}[^\S\n]+de|followed[^\S\n]+by)[^\S\n]+"
     r"(?:(?:appuy(?:er|ez)|press(?:ez)?|push|hit|sur)[^\S\n]+(?:sur[^\S\n]+)?)?"
@@ -4718,7 +4718,12 @@ def _keypad_then_codes(text: str) -> list[Finding]:
     for word in _KEYPAD_THEN_WORDS:
         i = text.find(word)
         while i >= 0 and len(out) < 64:
-            m = _KEYPAD_THEN.search(text, max(0, i - 12), i)
+            # (most "then" follow a word: one look at the characters before it first)
+            j = i
+            while j > 0 and i - j < 4 and text[j - 1] in " \t":
+                j -= 1
+            m = _KEYPAD_THEN.search(text, max(0, i - 12), i) \
+                if j < i and text[j - 1:j].isdigit() else None
             if m is not None and _KEYPAD_THEN_KEY.match(text, i):
                 d = _KEYPAD_DIGITS.search(text, m.start(),
                                           m.start() + len(m.group(0).rstrip()))
