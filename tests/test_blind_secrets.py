@@ -33,8 +33,9 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         # as they came), tuned on in the tenth
         "secrets-tune-v": 0.97, "secrets-tune-w": 0.91,
         # written after the tenth session (first scored 0.902 / 3 damaged, 0.944 / 6 and
-        # 0.950 / 5 as they came), tuned on for precision in the eleventh
-        "secrets-tune-x": 0.90, "secrets-tune-y": 0.94, "secrets-tune-z": 0.94,
+        # 0.950 / 5 as they came), tuned on for precision in the eleventh and for recall
+        # in the twelfth (0.937, 0.994, 0.983)
+        "secrets-tune-x": 0.93, "secrets-tune-y": 0.99, "secrets-tune-z": 0.98,
         # written after the eleventh session (first scored 0.929 / 1 damaged and 0.921 /
         # 1 as they came), tuned on in the twelfth
         "secrets-tune-aa": 0.93, "secrets-tune-ab": 0.95}

@@ -10,8 +10,9 @@ The contract of :func:`redact_message`:
   untouched parts, base64 attachments and odd-but-working formatting survive.
 - Scanned: the top-level Subject, every ``text/*`` part (inline or attachment,
   ``text/html`` as HTML) and a few textual ``application/*`` types (JSON, XML, YAML,
-  TOML, SQL, shell), ``application/octet-stream`` named like a text file (".env",
-  ".pem") or opening a key file (a PEM block, a PuTTY key: "id_sauvegarde"), also
+  TOML, SQL, shell, an OpenVPN profile), any other ``application/*`` (octet-stream,
+  a program's ``x-`` type) named like a text file (".env", ".pem", ".ovpn") or opening
+  a key file (a PEM block, a PuTTY key: "id_sauvegarde"), also
   inside attached ``message/rfc822`` messages.  Not scanned: other binary parts
   (untouched byte for byte) and, in a bounce (``is_bounce`` or a
   ``multipart/report``), the attached original (``message/rfc822``,
@@ -82,6 +83,9 @@ _TEXTUAL_APPLICATION = frozenset({
     "application/toml", "application/sql", "application/x-sql", "application/x-sh",
     "application/x-shellscript", "application/javascript", "application/x-javascript",
     "application/xhtml+xml", "application/ld+json",
+    # text files that mail programs type by their extension: a VPN profile (".ovpn",
+    # its inline <key> and <tls-auth> blocks), a PEM file, an armoured PGP key
+    "application/x-openvpn-profile", "application/x-pem-file", "application/pgp-keys",
 })
 _BOUNCE_OPAQUE = frozenset({
     "message/rfc822", "message/global", "text/rfc822-headers", "message/delivery-status",
@@ -228,7 +232,7 @@ class _PartInfo(NamedTuple):
     charset: str | None
     cte: str
     attachment: bool = False   # Content-Disposition: attachment
-    text_name: bool = False    # application/octet-stream named like a text file (.env)
+    text_name: bool = False    # application/* named like a text file (.env, .ovpn)
 
 
 def _content_type(value: str | None, default_type: str) -> tuple[str, dict[str, str]]:
@@ -301,8 +305,10 @@ def _read_part_info(ctype_raw: bytes | None, cte_raw: bytes | None,
     attachment = disposition is not None and \
         disposition.split(b";", 1)[0].strip().lower() == b"attachment"
     text_name = False
-    if ctype == "application/octet-stream":
-        # a pasted config file sent as bytes: ".env", "notes.txt", "app.ini"...
+    if ctype.startswith("application/"):
+        # a pasted config file sent as bytes ("application/octet-stream") or typed by a
+        # program from its extension ("application/x-..."): ".env", "notes.txt",
+        # "app.ini", "client.ovpn"...
         names = (ctype_value or "") + ";" + (disposition or b"").decode("latin-1")
         text_name = bool(_TEXT_FILE_NAME.search(names))
     return _PartInfo(ctype, boundary or None, charset, cte, attachment, text_name)
@@ -344,7 +350,7 @@ _kept_block_info = lru_cache(maxsize=512)(_read_block_info)
 _TEXT_FILE_NAME = re.compile(
     r"""(?i)name\*?=\s*["']?[^"';]*?(?:\.env(?:\.[a-z]{1,12})?|\.(?:txt|text|conf|cfg|ini|"""
     r"""toml|ya?ml|json|properties|sh|ps1|sql|log|csv|tsv|md|netrc|pgpass|npmrc|pypirc|"""
-    r"""pem|ppk))"""
+    r"""pem|ppk|ovpn|cnf|htpasswd|bat|cmd|xml))"""
     r"""["']?\s*(?:;|$)""")
 
 
@@ -1475,7 +1481,8 @@ class _Walker:
                                  lambda out: out.write(line))
             return [_Entity(bstart, ent.end, f"{ent.leaf_path}.1", ent.leaf_path,
                             ent.depth + 1, ent.bounce, "text/plain")]
-        if ctype == "application/octet-stream" and not info.text_name \
+        if ctype.startswith("application/") and not info.text_name \
+                and ctype not in _TEXTUAL_APPLICATION \
                 and _key_file(raw, bstart, ent.end, info.cte):
             info = info._replace(text_name=True)
         if ctype.startswith("text/") or ctype in _TEXTUAL_APPLICATION or info.text_name:

@@ -529,6 +529,8 @@ _KEYWORD_START = re.compile(
 
 # Keywords that need a strong value or a login context: common words in other senses.
 _WEAK_KEYWORDS = frozenset({"pass", "passe", "pw", "psw", "secret", "passes"})
+# one word after "secret" that names whose it is, before its value ("secret paypal")
+_SECRET_QUALIFIER = re.compile(r"[^\S\r\n]+[^\W\d_]{2,16}(?=[^\S\r\n]+\S)")
 
 # The separator between the keyword (plus qualifiers) and the value.
 _SEP = re.compile(r"""
@@ -760,7 +762,11 @@ class SecretScanner:
             return []
         text, hay = _misdecoded_read(text, _Haystack(text))
         if not hay.gated():
-            return self._named_ungated(hay, text)
+            # (a keypad's code before its key in words needs no gate word: "taper 0412
+            # puis la touche cloche"; a find of four words, most texts have none)
+            then = _keypad_then_codes(text) if "password" in self.enabled else []
+            return _resolve(self._named_ungated(hay, text) + then) if then else \
+                self._named_ungated(hay, text)
         if "\r" in text and "\r\n" in text:     # (one byte first: a memchr)
             # mail's CRLF line ends read as LF ones (the same length: offsets unchanged);
             # the detectors are written for "\n" and would otherwise see "\r" as part of
@@ -780,8 +786,11 @@ class SecretScanner:
                 quiet.extend(_given_values(text, hay))
                 if hay.keypad():
                     quiet.extend(_keypad_codes(text))
+                quiet.extend(_keypad_then_codes(text))
                 if b"auth" in hay.folded or b"334" in hay.cased:
                     quiet.extend(_sasl_transcripts(text, hay.folded))
+                if b"sasl" in hay.folded or b"]:" in hay.cased:
+                    quiet.extend(_sasl_map_lines(text))
                 if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
                     quiet.extend(_account_rows(text, hay.folded))
             return _resolve(_by_shape(text, _live(text, quiet) + self._named(hay, text)))
@@ -820,6 +829,7 @@ class SecretScanner:
             found.extend(_given_values(text, hay))
             if hay.keypad():
                 found.extend(_keypad_codes(text))
+            found.extend(_keypad_then_codes(text))
             if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
                 found.extend(_account_rows(text, hay.folded))
         if "api-token" in enabled and (b"secret" in hay.folded or b"priv" in hay.folded):
@@ -830,8 +840,13 @@ class SecretScanner:
             found.extend(_account_values(text, hay))
         if "password" in enabled and (b"auth" in hay.folded or b"334" in hay.cased):
             found.extend(_sasl_transcripts(text, hay.folded))
+        if "password" in enabled and (b"sasl" in hay.folded or b"]:" in hay.cased):
+            found.extend(_sasl_map_lines(text))
         if "password" in enabled and b"wifi:" in hay.folded:
             found.extend(_wifi_qr(text))
+        if "password" in enabled and (b"appli" in hay.folded or b"app pass" in hay.folded
+                                      or b"app-pass" in hay.folded):
+            found.extend(_app_passwords(text))
         live = _live(text, _join_wrapped(text, _drop_stale_history(
             text, _drop_pair_logins(text, found))))
         if live and any(f.kind == "password" for f in live):
@@ -1102,12 +1117,19 @@ def _aws_secrets(text: str, lower: str) -> list[Finding]:
 # --------------------------------------------------------------------------------------
 # URLs with a password.
 
+_ALNUM_RUN = re.compile(r"[A-Za-z0-9]{20,}")
+_OWNED_WORD = re.compile(r"(?i)(?:votre|your|mon|my|ton)[-_]")
+
+
 def _is_placeholder(value: str) -> bool:
     v = value.strip()
     if not v:
         return True
     if _PLACEHOLDER.fullmatch(v):
-        return True
+        # "mon_mot_de_passe", "your-token" are words; a service's key that starts with
+        # such a word holds a generated run ("mon_live_7Qz2Lx9Vw4Rt8Np3Kc6Yb1Hs5Fd0JgEa")
+        return not (_OWNED_WORD.match(v) is not None
+                    and any(_classes(run) >= 3 for run in _ALNUM_RUN.findall(v)))
     return v.lower().strip("'\"") in {"password", "pass", "passwd", "pwd", "mdp", "secret",
                                       "motdepasse", "mot_de_passe", "mot-de-passe",
                                       "your_password", "yourpassword", "xxxxxx", "pw"}
@@ -1566,7 +1588,7 @@ _LOG_PHRASE_AFTER = re.compile(r"[^\S\r\n]+for[^\S\r\n]")
 
 # A label, an aside, then the colon that announces the value: "Passphrase, as agreed on
 # the phone: …", "La phrase secrète qu'on a mise sur la borne hier soir, c'est : …".
-_ASIDE_TO_COLON = re.compile(r"[^\n:.;!?]{3,90}?[^\S\n]*:(?![/\\])")
+_ASIDE_TO_COLON = re.compile(r"[^\n:.;!?]{3,120}?[^\S\n]*:(?![/\\])")
 _PROSE_ASIDE = re.compile(r"[,(]?(?:[^\W_]|[^\S\n]|['’«»\"(),\-])*[^\S\n][^\W_]"
                           r"(?:[^\W_]|[^\S\n]|['’«»\"(),\-])*")     # words, no code
 
@@ -1613,10 +1635,15 @@ def _after_aside(text: str, pos: int, keyword: str, *, verb: bool = False) -> Fi
     if not text[colon + 1:line_end if line_end >= 0 else len(text)].strip():
         # the value on the next line: a passphrase of words read here ("La phrase secrète
         # qu'on a mise sur la borne, c'est :" then "les coulisses sentent la poussière
-        # 42"); a token, the label's window reads it
+        # 42"), a blank line between them as after a label; a token, the label's window
+        # reads it
         nl2 = text.find("\n", line_end + 1, line_end + 201) if line_end >= 0 else -1
         nxt = text[line_end + 1:nl2 if nl2 >= 0 else min(len(text), line_end + 201)]
-        if line_end < 0 or not _word_passphrase(nxt.strip()):
+        if not nxt.strip() and nl2 >= 0:
+            nl3 = text.find("\n", nl2 + 1, nl2 + 201)
+            nxt = text[nl2 + 1:nl3 if nl3 >= 0 else min(len(text), nl2 + 201)]
+        if line_end < 0 or not (_word_passphrase(nxt.strip()) or (
+                keyword.startswith(("passphrase", "phrase")) and _phrase_line(nxt.strip()))):
             return None
     head = keyword + (" est" if verb else "")
     synthetic = head + text[colon + verb:min(len(text), colon + 300)]
@@ -1721,6 +1748,12 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
             first_only = group == "kw" and keyword in _WEAK_KEYWORDS
             values = _window_values(text, m.end(), first_only=first_only,
                                     strict=group == "key")
+            if first_only and not values and keyword == "secret":
+                # "le secret paypal X", "the secret admin X": a word that says whose
+                # secret it is, then a generated value (a token's shape, nothing less)
+                qm = _SECRET_QUALIFIER.match(text, m.end())
+                if qm is not None:
+                    values = _window_values(text, qm.end(), first_only=True, token=True)
             out.extend(values)
             # (a weak label's window stops at its first word: a label after it is read)
             window_until = (values[-1].end if values else m.end()) if first_only else \
@@ -2531,7 +2564,7 @@ _PROVIDER_TOKEN = re.compile(r"""
  | EAA[MC][A-Za-z0-9]{100,400}                                    # facebook
  | AKCp[A-Za-z0-9]{69}                                            # artifactory
  | fo1_[A-Za-z0-9_\-]{43}                                         # fly.io
- | ntn_[0-9]{10,12}[A-Za-z0-9]{34,36}           # notion (a digit more or less)
+ | ntn_(?=[A-Za-z]{0,47}\d)[A-Za-z0-9]{44,48}  # notion (digits first or mixed in)
  | secret_(?=[A-Za-z0-9]{0,42}[0-9])(?=[A-Za-z0-9]{0,42}[A-Z])[A-Za-z0-9]{43}  # notion
                                                 # (before 2024: an integration's token)
  | \d{8,10}:AA[A-Za-z0-9_\-]{31,34}                               # telegram bot
@@ -2549,6 +2582,10 @@ _PROVIDER_TOKEN = re.compile(r"""
  | shippo_(?:live|test)_[a-fA-F0-9]{40}
  | sgp_(?:[a-fA-F0-9]{16}_|local_)?[a-fA-F0-9]{40}                 # sourcegraph
  | live_[A-Za-z0-9]{24,40}                  # mollie, gocardless (generated: see below)
+ # a service's live key after its short name, as Stripe made the shape ("rk_live_",
+ # "mon_live_"); not Stripe's publishable "pk_live_"
+ | (?!pk_)[a-z]{2,12}_live_[A-Za-z0-9]{24,64}
+ | 1//0[A-Za-z0-9_\-]{40,300}                                     # google refresh token
  | pat-(?:eu|na)1-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}  # hubspot
  | c[ks]_[a-f0-9]{40}                                             # woocommerce
  | [A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_=\-]{60,70}                # terraform cloud
@@ -2571,7 +2608,7 @@ _PROVIDER_LITERALS = (
     b"fo1_", b"ntn_", b"secret_",
     b":AA", b"sk.eyJ", b"ATATT3", b"lin_api_", b"HRKU-", b"NRAK-", b"NRII-", b"NRJS-",
     b"rdme_", b"tk-us-", b"ico-", b"sha256~", b"fio-u-", b"duffel_", b"shippo_", b"sgp_",
-    b"live_", b"ck_", b"cs_", b"pat-eu1-", b"pat-na1-", b".atlasv1.")
+    b"live_", b"ck_", b"cs_", b"pat-eu1-", b"pat-na1-", b".atlasv1.", b"_live_", b"1//0")
 # ... of which these end words too ("olive_", "stack_", "Mexico-"): looked for at a word's
 # start only, as the token pattern starts (a false hit costs a scan of the whole text)
 _PROVIDER_WORD_START = (b"live_", b"ck_", b"cs_", b"ico-")
@@ -2579,6 +2616,7 @@ _PROVIDER_PIVOTS = re.compile(
     rb"_(?:(?<=hf_)|(?<=api_org_)|(?<=npm_)|(?<=glsa_)|(?<=glc_)|(?<=ops_)|(?<=dckr_)"
     rb"|(?<=pnu_)|(?<=rubygems_)|(?<=fo1_)|(?<=ntn_)|(?<=secret_)|v1_|(?<=lin_api_)|(?<=rdme_)"
     rb"|(?<=duffel_)|(?<=shippo_)|(?<=sgp_)|(?<=live_)(?<![A-Za-z0-9_.\-]live_)"
+    rb"|(?<=_live_)"
     rb"|(?<=shpat_)|(?<=shpca_)|(?<=shppa_)|(?<=shpss_)|(?<=pscale_tkn_)"
     rb"|(?<=pscale_oauth_)|(?<=pscale_pw_)|(?<=sntryu_)|(?<=sntrys_)"
     rb"|(?<=c[ks]_)(?<![A-Za-z0-9_.\-]c[ks]_))"
@@ -2586,7 +2624,7 @@ _PROVIDER_PIVOTS = re.compile(
     rb"|-(?:(?<=sib-)|(?<=pypi-)|(?<=A3-)|(?<=key-)|(?<=AGE-)|(?<=pul-)|(?<=HRKU-)|(?<=NRAK-)"
     rb"|(?<=NRII-)|(?<=NRJS-)|(?<=tk-us-)|(?<=ico-)(?<![A-Za-z0-9_.\-]ico-)|(?<=fio-u-)"
     rb"|(?<=pat-eu1-)|(?<=pat-na1-)|(?<=glrt-))"
-    rb"|~(?<=sha256~)"
+    rb"|~(?<=sha256~)|/(?<=1//)0"
     rb"|:AA|0(?:(?<=dt0)c01|(?<=sq0))|K(?:(?<=SK)|(?<=AK)Cp|(?<=PMAK))"
     rb"|J(?<=eyJ)rIjoi|x(?<=pplx)")
 _PROVIDER_REST = (b"EAA", b"ATATT3")       # (no pivot byte: looked for as they are)
@@ -2640,7 +2678,7 @@ _NOT_SECRET_PART = frozenset({
 _PASSWORD_PARTS = frozenset({"password", "passwd", "pass", "pwd", "passphrase"})
 _OWNER_PARTS = frozenset({"user", "username", "login"})
 _ASSIGN_SEP = re.compile(
-    r"""["'\]]{0,2}[^\S\r\n]{0,12}(?:=>|:=|\?=|=|:(?!//)|,(?=[^\S\r\n]*["']))[^\S\r\n]{0,12}"""
+    r"""["'\]}]{0,2}[^\S\r\n]{0,12}(?:=>|:=|\?=|=|:(?!//)|,(?=[^\S\r\n]*["']))[^\S\r\n]{0,12}"""
     r"""|[^\S\r\n]{1,20}(?=["'])""")     # nginx: proxy_set_header X-Token "value"
 _AUTH_SCHEME = re.compile(r"(?i)(?:Bearer|Basic|Token|Digest|Bot|apikey|key)[^\S\r\n]+")
 _VALUE_TOKEN = re.compile(r"""[^\s"'`<>,;&)\]}]{1,400}""")
@@ -2828,6 +2866,9 @@ def _named_assignments(text: str, lower: str,
         end = start + len(name)
         if not _secret_name(name):
             continue
+        if text.startswith("}", end) and not text.startswith("{$", start - 2):
+            continue                    # a brace closes only a Zabbix macro's name:
+                                        # "{$PVE.TOKEN.SECRET} = ..."
         if qualified is not None:
             # "token_auth de l'utilisateur « stats » : <value>": a setting's name, who or
             # what it is for, then the value; only a generated one (it is prose)
@@ -3796,6 +3837,12 @@ _SEP_BEFORE = re.compile(
     r"(?:[:=]|(?<![^\W_])(?:est|c['’\s]est|is|it['’]s|soit|sera|will\s+be)"
     r"(?:[^\S\r\n]+(?:d[ée]sormais|maintenant|toujours|actuellement|now|still|currently))?)"
     r"[^\S\r\n]*(?:\r?\n[ \t>]*)?\Z", re.I)
+# A word that names a phrase stands for the verb, the label's own or after it: 'uses the
+# passphrase "..."', "est la phrase « ... »", "la phrase secrète « ... »"; the words in
+# quotes are then the phrase's, whatever they say (but a password's own words)
+_PHRASE_BEFORE = re.compile(
+    r"(?<![^\W_])(?:pass)?phrase(?:[^\S\r\n]+(?:secr[eè]te|de[^\S\r\n]+passe))?"
+    r"[^\S\r\n]*(?:\r?\n[ \t>]*)?\Z", re.I)
 _SEP_BEFORE_REACH = 28
 
 
@@ -3886,11 +3933,13 @@ def _window_values(text: str, pos: int, *, first_only: bool,
         value = text[a:b]
         wrapped = (word.startswith(("(", "[", "{")) and not bracketed) \
             or word.count(":") >= 2 or pem[0] < a < pem[1]
+        phrase = word[0] in "«“\"'" and _PHRASE_BEFORE.search(
+            text, max(0, tm.start() - _SEP_BEFORE_REACH), tm.start()) is not None
         if word[0] in "«“\"'" and not _named_by(_recent(text, pos, tm.start())) \
-                and _SEP_BEFORE.search(text, max(pos, tm.start() - _SEP_BEFORE_REACH),
-                                       tm.start()):
+                and (phrase or _SEP_BEFORE.search(
+                    text, max(pos, tm.start() - _SEP_BEFORE_REACH), tm.start())):
             qm = _QUOTED_PHRASE.match(text, tm.start(), limit)
-            if qm is not None and _quoted_passphrase(qm.group("v")):
+            if qm is not None and _quoted_passphrase(qm.group("v"), phrase=phrase):
                 out.append(Finding("password", qm.start("v"), qm.end("v")))
                 if first_only:
                     break
@@ -4213,23 +4262,28 @@ in dans on sur by par to à au aux for pour with avec a that this ce cette ces q
 
 
 def _phrase_line(value: str) -> bool:
-    """A pass *phrase* alone on its line after its label: three to ten lower-case words,
-    one number among them at most ("la girafe mange 3 croissants sous la pluie"), none of
-    which makes it a sentence (as for a quoted one, _QUOTED_SENTENCE)."""
+    """A pass *phrase* alone on its line after its label: three to ten lower-case words
+    (a name among them capitalised), one number among them at most ("la girafe mange 3
+    croissants sous la pluie"), none of which makes it a sentence (as for a quoted one,
+    _QUOTED_SENTENCE)."""
     words = value.split()
     if not 3 <= len(words) <= 10 or len(value) > 80:
         return False
     numbers = [w for w in words if w.isdigit() and len(w) <= 4]
     letters = [w for w in words if w not in numbers]
-    return len(numbers) <= 1 and len(letters) >= 3 and all(
-        w.isalpha() and w.islower() and w not in _QUOTED_SENTENCE for w in letters) \
-        and _REFERENCE_PHRASE.match(value) is None
+    # (a place's or a person's name among them keeps its capital: "... la Garonne")
+    return len(numbers) <= 1 and sum(w.islower() for w in letters) >= 3 and all(
+        w.isalpha() and (w.islower() or w.istitle()) and w.lower() not in _QUOTED_SENTENCE
+        for w in letters) and _REFERENCE_PHRASE.match(value) is None
 
 
-def _quoted_passphrase(value: str) -> bool:
+def _quoted_passphrase(value: str, *, phrase: bool = False) -> bool:
     """A passphrase given in quotes after a separator: a few words with a digit or a symbol
     (``_passphrase``), or three to ten words of letters none of which makes it a sentence
-    ("correct horse staple margarine", « le chat du maire dort sur le registre »)."""
+    ("correct horse staple margarine", « le chat du maire dort sur le registre »).  After
+    a label that names a phrase (``phrase``: 'the passphrase "..."') a word of a
+    forgotten or wrong password is one of its words ("amber kettle forgot seventeen"),
+    but a password's own words are not ("Mot de passe oublié")."""
     if _passphrase(value):
         return True
     words = value.split()
@@ -4237,9 +4291,15 @@ def _quoted_passphrase(value: str) -> bool:
         return False
     if words[-1].isdigit() and len(words[-1]) <= 4:
         words = words[:-1]
+    if phrase and not any(w.lower() in _PHRASE_NOT for w in words):
+        return all(w.isalpha() and w.lower() not in _QUOTED_SENTENCE for w in words) \
+            and _REFERENCE_PHRASE.match(value) is None
     return all(w.isalpha() and w.lower() not in _QUOTED_SENTENCE
                and w.lower() not in _NEGATIVE_QUALIFIERS for w in words) \
         and _REFERENCE_PHRASE.match(value) is None
+
+
+_PHRASE_NOT = _words("mot passe password passwords mdp passphrase phrase lien link")
 
 
 # Two to five words, one of them with a digit, up to a bracket, a clause's end or the
@@ -4278,15 +4338,20 @@ def _strip_quotes(text: str, a: int, b: int) -> tuple[int, int]:
 # device's name, a user name, a reference) is named by the words before it or has the
 # shape of a device name ("Livebox-7C3A").
 # (French letters too: "Goéland_42", "Fête2026-Salle!", "Marée-Haute-2026" are one token)
-_STRONG_CHARS = r"[A-Za-z0-9\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff\u0152\u0153!#$%&*+?@_.\-]"
+# (and the symbols of a French keyboard's top row: "Registre§1789", "Vélo°2024")
+_STRONG_CHARS = (r"[A-Za-z0-9\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u00ff\u0152\u0153"
+                 r"!#$%&*+?@_.\-\u00a3\u00a7\u00b0\u00b5\u20ac]")
 _STRONG_TOKEN = re.compile(
     rf"""(?<![^\s(«"“'>])(?![-_.])(?={_STRONG_CHARS}*?\d)(?={_STRONG_CHARS}*?[a-z])"""
-    rf"""(?={_STRONG_CHARS}*?[A-Z])(?={_STRONG_CHARS}*?[!#$%&*+?@_.\-])"""
+    rf"""(?={_STRONG_CHARS}*?[A-Z])(?={_STRONG_CHARS}*?[!#$%&*+?@_.\-\u00a3\u00a7\u00b0\u00b5\u20ac])"""
     rf"""{_STRONG_CHARS}{{8,25}}(?!{_STRONG_CHARS}|[/@:=])""")
 _STRONG_REACH = 200         # from a label, either side
 # (a digit first: the regex engine skips to digits fast; then what stands beside it)
-_STRONG_SEED = re.compile(r"[0-9](?:(?<=[A-Za-z\u00c0-\u00ff\u0152\u0153!#$%&*+?@_\-][0-9])"
-                          r"|(?<=[A-Za-z]\.[0-9])|(?=[A-Za-z!#$%&*+?@_\-]))")
+_FR_SYMBOLS = r"\u00a3\u00a7\u00b0\u00b5\u20ac"      # £ § ° µ €
+_STRONG_SEED = re.compile(r"[0-9](?:(?<=[A-Za-z\u00c0-\u00ff\u0152\u0153!#$%&*+?@_\-"
+                          rf"{_FR_SYMBOLS}][0-9])"
+                          r"|(?<=[A-Za-z]\.[0-9])|(?=[A-Za-z!#$%&*+?@_\-"
+                          rf"{_FR_SYMBOLS}]))")
 _STRONG_BACK = re.compile(rf"{_STRONG_CHARS}{{1,26}}\Z")
 _STRONG_RUN = re.compile(rf"{_STRONG_CHARS}{{1,26}}")
 _WHITESPACE = re.compile(r"\s")
@@ -4606,37 +4671,119 @@ _KEYPAD_DIGITS = re.compile(r"(?<![\w#*.,/:+\-])\d{3,8}\Z")
 _KEYPAD_PLACE = re.compile(
     r"(?i)(?<![^\W_])(?:portes?|portails?|portillon|garage|parking|entr[ée]es?|entrance|"
     r"doors?|gates?|locals?|storage|shed|cave|remise|b[âa]timent|building|digicode|"
-    r"interphone|cadenas|padlock|casier|locker|armoire|coffre)(?![^\W_])")
+    r"interphone|cadenas|padlock|casier|locker|armoire|coffre|barri[èe]res?|barriers?|"
+    r"keypad|clavier)(?![^\W_])")
 # the value is given: a verb, a colon or "avec"/"with" right before it
 _KEYPAD_CUE = re.compile(
-    r"(?i)(?:(?<![^\W_])(?:est|c['’]est|is|now|avec|with|tape[sz]?|tapez|faites|composez|"
-    r"compose|enter|type|sera|be|devient|becomes)|[:=])[^\S\n]*(?:(?:toujours|bien|still|"
+    r"(?i)(?:(?<![^\W_])(?:est|c['’]est|is|now|avec|with|tape[sz]?|tapez|taper|tapant|faites|"
+    r"faire|composant|entering|typing|keying[^\S\n]+in|"
+    r"composez|composer|compose|saisi[rs]|saisissez|entrez|entrer|enter|type|key[^\S\n]+in|"
+    r"punch[^\S\n]+in|dial|sera|be|devient|becomes)|[:=])[^\S\n]*(?:(?:toujours|bien|still|"
     r"now|maintenant|d[ée]sormais|le|the|code)[^\S\n]+)?[«\"']?\Z")
 _FOOTNOTE = re.compile(r"(?:^|\n|\()[ \t]*\*[^\s*]")
 _KEYPAD_REACH = 100         # from the value back to the place, within its sentence
+
+
+# An application password (WordPress: six groups of four letters and digits; Google,
+# Apple, Microsoft: four groups of four lower-case letters) after its label, across a
+# line or an aside: "mot de passe d'application", "app password", "application-specific
+# password".  The groups are the value; what else is made so (four words of four
+# letters) is no value unless it stands alone, after a colon or on its own line.
+_APP_PASSWORD_LABEL = re.compile(
+    r"(?i)(?:mots?[^\S\n]+de[^\S\n]+passe|mdp)[^\S\n]+"
+    r"(?:d['’][^\S\n]?|pour[^\S\n]+(?:l['’]|une?[^\S\n]+)?)"
+    r"appli(?:cation)?s?|(?<![^\W_])app(?:lication)?(?:[^\S\n]*-[^\S\n]*specific)?"
+    r"[^\S\n-]*-?[^\S\n]*passwords?")
+_APP_PASSWORD = re.compile(r"(?<![\w\-])[A-Za-z0-9]{4}(?:[^\S\n][A-Za-z0-9]{4}){3,5}(?![\w\-])")
+_APP_PASSWORD_REACH = 240
+
+
+def _app_passwords(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    end = 0
+    for lm in _APP_PASSWORD_LABEL.finditer(text):
+        if lm.end() < end:
+            continue
+        for vm in _APP_PASSWORD.finditer(text, lm.end(), min(len(text), lm.end()
+                                                            + _APP_PASSWORD_REACH)):
+            value = vm.group(0)
+            groups = value.split()
+            if len(groups) == 6 and _classes(value.replace(" ", "")) >= 2 and \
+                    not value.replace(" ", "").isdigit():
+                pass                            # WordPress's
+            elif len(groups) == 4 and all(g.isalpha() and g.islower() for g in groups) \
+                    and _APP_PASSWORD_ALONE.search(text, max(0, vm.start() - 3), vm.start()) \
+                    and _APP_PASSWORD_END.match(text, vm.end()):
+                pass                            # Google's, Apple's, alone on its line
+            else:
+                continue
+            out.append(Finding("password", vm.start(), vm.end()))
+            end = vm.end()
+            break
+    return out
+
+
+_APP_PASSWORD_ALONE = re.compile(r"(?:^|[:«\"“]|\n)[^\S\n]*\Z")
+_APP_PASSWORD_END = re.compile(r"[^\S\n]*(?:$|[»\"”.,;)]|\n)", re.M)
 
 
 def _keypad_codes(text: str) -> list[Finding]:
     out: list[Finding] = []
     for km in _KEYPAD_KEY.finditer(text):
         m = _KEYPAD_DIGITS.search(text, max(0, km.start() - 9), km.start())
-        if m is None:
-            continue
-        lo = max(0, m.start() - _KEYPAD_REACH)
-        # the sentence the value ends: from the last full stop or blank line before it
-        cut = max(text.rfind(". ", lo, m.start()), text.rfind("\n\n", lo, m.start()),
-                  text.rfind("? ", lo, m.start()))
-        lo = max(lo, cut + 1)
-        if not _KEYPAD_PLACE.search(text, lo, m.start()) or _code_decoy(m.group(0)) \
-                or not _KEYPAD_CUE.search(text, max(lo, m.start() - 40), m.start()):
-            continue
-        if text[km.start()] == "*" and _FOOTNOTE.search(text):
-            continue                # "à partir de 1500* ... (*hors taxes)": a footnote
-        words = [_recent_word(w) for w in text[lo:m.start()].split()[-3:]]
-        if set(words[-1:]) & _CODE_NAMING_FIRST or _named_by(words):
-            continue                # "badge 0457#", "n° 2204*"
-        out.append(Finding("password", m.start(), km.end()))
+        if m is not None and _keypad_given(text, m, km.start()):
+            out.append(Finding("password", m.start(), km.end()))
     return out
+
+
+# ... and a code followed by the key in words: "tapez 4471 puis la touche OK", "key in
+# 5580 then press the bell", "composer 0412 puis valider"
+_KEYPAD_THEN = re.compile(r"(?<![\w#*.,/:+\-])\d{3,8}[^\S\n]+\Z")
+_KEYPAD_THEN_WORDS = ("puis", "then")      # (each find costs: the two common ones)
+_KEYPAD_THEN_KEY = re.compile(
+    r"(?i)(?:puis|then|et|and|suivi[es]{0,2}[^\S\n]+de|followed[^\S\n]+by)[^\S\n]+"
+    r"(?:(?:appuy(?:er|ez)|press(?:ez)?|push|hit|sur)[^\S\n]+(?:sur[^\S\n]+)?)?"
+    r"(?:la[^\S\n]+(?:touche|cloche|sonnette)|le[^\S\n]+bouton|"
+    r"the[^\S\n]+(?:[\w-]+[^\S\n]+)?(?:key|button|bell)|"
+    r"[#*](?!\w)|ok(?![^\W_])|(?:valider|validez|entr[ée]e|enter)(?![^\W_]))")
+
+
+def _keypad_then_codes(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    for word in _KEYPAD_THEN_WORDS:
+        i = text.find(word)
+        while i >= 0 and len(out) < 64:
+            # (most "then" follow a word: one look at the characters before it first)
+            j = i
+            while j > 0 and i - j < 4 and text[j - 1] in " \t":
+                j -= 1
+            m = _KEYPAD_THEN.search(text, max(0, i - 12), i) \
+                if j < i and text[j - 1:j].isdigit() else None
+            if m is not None and _KEYPAD_THEN_KEY.match(text, i):
+                d = _KEYPAD_DIGITS.search(text, m.start(),
+                                          m.start() + len(m.group(0).rstrip()))
+                if d is not None and _keypad_given(text, d, d.end()):
+                    out.append(Finding("password", d.start(), d.end()))
+            i = text.find(word, i + 1)
+    return out
+
+
+def _keypad_given(text: str, m: re.Match[str], key: int) -> bool:
+    """Whether the digits ``m`` before a keypad's key (at ``key``) are a code given for a
+    door or a gate in their sentence."""
+    lo = max(0, m.start() - _KEYPAD_REACH)
+    # the sentence the value ends: from the last full stop or blank line before it
+    cut = max(text.rfind(". ", lo, m.start()), text.rfind("\n\n", lo, m.start()),
+              text.rfind("? ", lo, m.start()))
+    lo = max(lo, cut + 1)
+    if not _KEYPAD_PLACE.search(text, lo, m.start()) or _code_decoy(m.group(0)) \
+            or not _KEYPAD_CUE.search(text, max(lo, m.start() - 40), m.start()):
+        return False
+    if text[key:key + 1] == "*" and _FOOTNOTE.search(text):
+        return False            # "à partir de 1500* ... (*hors taxes)": a footnote
+    words = [_recent_word(w) for w in text[lo:m.start()].split()[-3:]]
+    # ("badge 0457#", "n° 2204*")
+    return not (set(words[-1:]) & _CODE_NAMING_FIRST or _named_by(words))
 
 
 # A row of accounts with no header (HTML source or a plain list): one cell holds an
@@ -6019,6 +6166,27 @@ def _sasl_transcripts(text: str, folded: bytes) -> list[Finding]:
 # The Wi-Fi QR code's text (ZXing's format, which phones and routers print):
 # "WIFI:S:<ssid>;T:WPA;P:<password>;;", fields in any order, "\" escaping ";,:\".
 _WIFI_QR = re.compile(r"(?i)WIFI:(?:[^;\r\n]{0,100};){0,6}?P:(?P<v>(?:\\.|[^;\\\r\n]){1,64});")
+
+
+# A line of Postfix's SASL password map (smtp_sasl_password_maps: "sasl_passwd"): the
+# relay ("[smtp.example.net]:587", "smtp.example.net", or a sender's "@domain") then
+# "user:password", alone on its line.  The user stays (as a URL's).  A relay without
+# brackets only where the text names the map ("sasl").
+_SASL_MAP_LINE = re.compile(
+    r"(?m)^[ \t>]*(?:\[[\w.\-:]*\.[\w.\-:]*\](?::\d{1,5})?|"
+    r"[a-z0-9][\w\-]*(?:\.[\w\-]+)+(?::\d{1,5})?|@[\w\-]+(?:\.[\w\-]+)+)"
+    r"[ \t]+[^\s:\[\]]{1,64}:(?P<v>\S{1,128}?)[ \t]*$")
+
+
+def _sasl_map_lines(text: str) -> list[Finding]:
+    out: list[Finding] = []
+    named = "sasl" in text.lower()
+    for m in _SASL_MAP_LINE.finditer(text):
+        value = m.group("v")
+        if (named or "[" in m.group(0)) and not _is_placeholder(value) \
+                and not value.startswith("/"):
+            out.append(Finding("password", m.start("v"), m.end("v")))
+    return out
 
 
 def _wifi_qr(text: str) -> list[Finding]:
