@@ -3262,7 +3262,7 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
             text, max(lo, a - 40), a) or _identifier_half(text, a, lo) \
             or _key_before_secret(text, a, b, lo):
         return True
-    if _not_secret_value(text, a, b, lo):
+    if _not_secret_value(text, a, b, lo) or _PUBLIC_LABEL.search(text, max(lo, a - 30), a):
         return True
     if kind != "password":
         return False
@@ -3279,6 +3279,13 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
             and not _STILL_BEFORE.search(text, max(lo, om.start() - 24), om.start()):
         return True
     return bool(_HEX_VALUE.fullmatch(text, a, b) and _HASH_BEFORE.search(text, lo, a))
+
+
+# A label that ends on a bracket holding only the word public ("Identifiant marchand
+# (public) :", "Key [public]:"): the value is the public half of a pair, as after it
+# (_SHAREABLE_AFTER).  Not "Wi-Fi public :", "clé (pas publique) :".
+_PUBLIC_LABEL = re.compile(r"(?i)[(\[][^\S\n]*(?:public|publique|publiable|publishable)"
+                           r"[^\S\n]*[)\]][^\S\n]*[:=][^\S\n]*\Z")
 
 
 # A value the words right after it say is (like) a number anyone knows ("c 31470 comme
@@ -3631,7 +3638,7 @@ def _alive(text: str, f: Finding) -> bool:
 # Words that the cues after a value need (_CROSSED_OUT, _SHAREABLE_AFTER): one search
 # says whether either may match.
 _AFTER_CUE = re.compile(r"(?i)barr|ray[ée]|crossed|struck|share|secret|sensi|confiden|"
-                        r"public|exampl|exempl|sample|dummy|fake|factice|fictiv|placeholder")
+                        r"publi|exampl|exempl|sample|dummy|fake|factice|fictiv|placeholder")
 
 
 # A password's hash in a known format (crypt's "$2y$10$...", "$6$salt$...", "$argon2id$...",
@@ -3695,7 +3702,11 @@ _SHAREABLE_AFTER = re.compile(
     # domain: "api.example.org")
     r"|[\"'»”’`]?[^\S\n]*[(\[][^\S\n]*(?:(?:the|an?|un|une|just|only|juste|valeur|value)"
     r"[^\S\n]+|d['’])?(?:example|exemple|sample|dummy|fake|factice|fictive?|placeholder)s?"
-    r"(?![\w@/\-]|\.\w|[^\S\n]*[#\d])", re.I)
+    r"(?![\w@/\-]|\.\w|[^\S\n]*[#\d])"
+    # "X (publique)", "X [public key]": a bracket that holds only the word public says the
+    # value is the public half (not "(wifi public)", "(pas public)")
+    r"|[^\S\n]*[(\[][^\S\n]*(?:(?:cl[ée]f?|key)[^\S\n]+)?(?:public|publique|publiable|"
+    r"publishable)(?:[^\S\n]+key)?[^\S\n]*[)\]]", re.I)
 
 
 def _looks_secret(value: str) -> bool:

@@ -1,0 +1,33 @@
+"""Mechanisms generalised in the thirteenth round of issue 12 (the secrets-tune-ac and
+-ad sets), precision first: each case is invented here, not a labelled set's sentence,
+with the look-alike the other way (a decoy that must stay, a secret that must go).
+
+- a value the writer marks as public, in a bracket that holds only that word, right
+  after it ("X (publique)") or ending its label ("identifiant (public) : X"): the public
+  half of a pair; not a network called public, nor "(pas public)".
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from support.secret_text import check
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    # public, after the value, beside its secret
+    ("Paiement en ligne : clé Vt8Qm2Kx7Lp4Rz9W (publique), clé secrète "
+     "Hd3Nf8Wq2Zr7Kp5Ty9Bm4Lc6\n", ["Hd3Nf8Wq2Zr7Kp5Ty9Bm4Lc6"], ["Vt8Qm2Kx7Lp4Rz9W"]),
+    ("Widget key: pw_pub_4Tk9Lm2Qx7Rv [public]\nWidget secret: pw_sec_8Hn3Zq6Wd1Kc5Fy2\n",
+     ["pw_sec_8Hn3Zq6Wd1Kc5Fy2"], ["pw_pub_4Tk9Lm2Qx7Rv"]),
+    # public, ending the label
+    ("Identifiant boutique (public) : shop_pk_7Rw2Mx9Kq4Tz\n"
+     "Clé d'API (secrète) : shop_sk_3Lp8Vn5Qz2Wx7Hc4\n",
+     ["shop_sk_3Lp8Vn5Qz2Wx7Hc4"], ["shop_pk_7Rw2Mx9Kq4Tz"]),
+    # the look-alikes: a public network's password, a bracket that says it is not public
+    ("Wi-Fi public de la médiathèque : mot de passe Lecture!2026\n", ["Lecture!2026"], []),
+    ("Le mot de passe (pas public) : Grenier-Tx84\n", ["Grenier-Tx84"], []),
+    ("guest network password: Orchard#77b (public hall)\n", ["Orchard#77b"], []),
+])
+def test_public_half(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
