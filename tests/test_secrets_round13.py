@@ -4,7 +4,9 @@ with the look-alike the other way (a decoy that must stay, a secret that must go
 
 - a value the writer marks as public, in a bracket that holds only that word, right
   after it ("X (publique)") or ending its label ("identifiant (public) : X"): the public
-  half of a pair; not a network called public, nor "(pas public)".
+  half of a pair; not a network called public, nor "(pas public)";
+- a Wi-Fi network's security mode ("WPA3-Personal", "WPA2-PSK (AES)") in the cell or
+  field a key's label reaches: the standard's name, never the key ("Wpa2-Lavoir-83" is).
 """
 
 from __future__ import annotations
@@ -30,4 +32,18 @@ from support.secret_text import check
     ("guest network password: Orchard#77b (public hall)\n", ["Orchard#77b"], []),
 ])
 def test_public_half(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("<table>\n<tr><td><b>Réseau</b></td><td>Atelier</td></tr>\n"
+     "<tr><td><b>Sécurité</b></td><td>WPA2-Personnel</td></tr>\n"
+     "<tr><td><b>Clé Wi-Fi</b></td><td>ruche-lanterne-orage-31</td></tr>\n</table>\n",
+     ["ruche-lanterne-orage-31"], ["WPA2-Personnel"]),
+    ("Wi-Fi settings\nMode: WPA2-PSK (AES)\nKey: Tb6!harbour!Mq\n",
+     ["Tb6!harbour!Mq"], ["WPA2-PSK (AES)"]),
+    # the look-alike: a key that starts like a mode's name
+    ("Sécurité : WPA2\nClé WPA2 : Wpa2-Lavoir-83\n", ["Wpa2-Lavoir-83"], []),
+])
+def test_security_mode(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

@@ -3270,7 +3270,8 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
             or _PUBLIC_NUMBER_AFTER.match(text, b, min(len(text), b + 40)) \
             or _network_before_key(text, a, b) or _schedule_or_phone(text, a, b) \
             or _error_code(text, a, b, lo) or _name_given(text, a, lo) \
-            or _numbered_sibling(text, a, b, lo):
+            or _numbered_sibling(text, a, b, lo) \
+            or (text[a] in "WwOo" and _SECURITY_MODE.fullmatch(text, a, b) is not None):
         return True
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
@@ -3286,6 +3287,15 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
 # (_SHAREABLE_AFTER).  Not "Wi-Fi public :", "clé (pas publique) :".
 _PUBLIC_LABEL = re.compile(r"(?i)[(\[][^\S\n]*(?:public|publique|publiable|publishable)"
                            r"[^\S\n]*[)\]][^\S\n]*[:=][^\S\n]*\Z")
+
+
+# A Wi-Fi network's security mode, as a router's page or a table of access names it
+# ("WPA3-Personal", "WPA2-PSK (AES)", "WPA2/WPA3 Personnel", "Open"): the standard's
+# vocabulary under a Wi-Fi heading, never its key ("Wpa2-Lavoir-83" is one).
+_SECURITY_MODE = re.compile(
+    r"(?i)(?:wpa[23]?|wep|owe|open|ouvert)(?:[^\S\n]*[-/+ ][^\S\n]*(?:wpa[23]?|personal|"
+    r"personnel|enterprise|entreprise|psk|sae|aes|tkip|ccmp|mixed|mixte|transition|owe|"
+    r"\((?:aes|tkip|ccmp|sae|psk)\)))*")
 
 
 # A value the words right after it say is (like) a number anyone knows ("c 31470 comme
