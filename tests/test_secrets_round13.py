@@ -6,7 +6,10 @@ with the look-alike the other way (a decoy that must stay, a secret that must go
   after it ("X (publique)") or ending its label ("identifiant (public) : X"): the public
   half of a pair; not a network called public, nor "(pas public)";
 - a Wi-Fi network's security mode ("WPA3-Personal", "WPA2-PSK (AES)") in the cell or
-  field a key's label reaches: the standard's name, never the key ("Wpa2-Lavoir-83" is).
+  field a key's label reaches: the standard's name, never the key ("Wpa2-Lavoir-83" is);
+- a quoted message that names its own code in a sentence ("Your login code is 4471.",
+  an SMS pasted in quotes) is no quoted passphrase: its code goes, its other words (a
+  reference, a name) stay; a quoted passphrase of plain words still goes.
 """
 
 from __future__ import annotations
@@ -46,4 +49,20 @@ def test_public_half(text: str, gone: list[str], kept: list[str]) -> None:
     ("Sécurité : WPA2\nClé WPA2 : Wpa2-Lavoir-83\n", ["Wpa2-Lavoir-83"], []),
 ])
 def test_security_mode(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ('Voici le premier SMS : "Gamma-553201 est votre code de validation."\n'
+     'Et le deuxième : "Votre code de connexion est 7264. Dossier 2025-QX."\n',
+     ["7264"], ["Dossier 2025-QX"]),
+    ('Forwarded text: "Your parcel locker code is 3391. Locker B-12, Station Road."\n'
+     'Earlier one: "Your sign-in code is 9042."\n', ["9042"], ["Station Road"]),
+    # the look-alike: a passphrase given in quotes after its label
+    ('The new Wi-Fi passphrase is: "Seven Lanterns Over Brighton 88"\n',
+     ["Seven Lanterns Over Brighton 88"], []),
+    ('Le mot de passe du coffre : « trois pommes sous le préau 42 »\n',
+     ["trois pommes sous le préau 42"], []),
+])
+def test_quoted_message(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

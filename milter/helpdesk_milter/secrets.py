@@ -4228,10 +4228,26 @@ def _phrase_line(value: str) -> bool:
         and _REFERENCE_PHRASE.match(value) is None
 
 
+# A quoted message (an SMS, a notice pasted in quotes) that names a code or a password
+# with the words of a sentence ("Your login code is 4471.", « Votre code est 5521 »): it
+# carries its own label, whose value the label's window finds; the message is no
+# passphrase.
+_MESSAGE_LABEL = re.compile(r"(?i)(?<![^\W_])(?:code|codes|password|passcode|pin|mdp|"
+                            r"mot[^\S\n]+de[^\S\n]+passe)(?![^\W_])")
+
+
+def _quoted_message(value: str) -> bool:
+    return _MESSAGE_LABEL.search(value) is not None and any(
+        w.lower() in _QUOTED_SENTENCE for w in _WORD_SPLIT.split(value))
+
+
 def _quoted_passphrase(value: str) -> bool:
     """A passphrase given in quotes after a separator: a few words with a digit or a symbol
     (``_passphrase``), or three to ten words of letters none of which makes it a sentence
-    ("correct horse staple margarine", « le chat du maire dort sur le registre »)."""
+    ("correct horse staple margarine", « le chat du maire dort sur le registre »); not a
+    quoted message that names its own code ("Your login code is 4471.")."""
+    if _quoted_message(value):
+        return False
     if _passphrase(value):
         return True
     words = value.split()
