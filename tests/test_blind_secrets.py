@@ -34,7 +34,10 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-v": 0.97, "secrets-tune-w": 0.91,
         # written after the tenth session (first scored 0.902 / 3 damaged, 0.944 / 6 and
         # 0.950 / 5 as they came), tuned on for precision in the eleventh
-        "secrets-tune-x": 0.90, "secrets-tune-y": 0.94, "secrets-tune-z": 0.94}
+        "secrets-tune-x": 0.90, "secrets-tune-y": 0.94, "secrets-tune-z": 0.94,
+        # written after the twelfth session (first scored 0.949 / 4 damaged and 0.938 / 2
+        # as they came), tuned on for precision in the thirteenth
+        "secrets-tune-ac": 0.95, "secrets-tune-ad": 0.93}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
@@ -88,9 +91,19 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
 #   alone as the user before an empty password ("-u sk_live_...:", k) is still redacted;
 # - x's "c 31470 comme le code postal", a decoy there: a value the words after it equate
 #   to a number anyone knows hides nothing once redacted (the words stay), so it is left.
+# Decided in the thirteenth round (ac and ad):
+# - ac's and ad's AWS access key ids in a credentials file ("access_key_id = AKIA...",
+#   "aws_access_key_id = AKIA..." beside the secret access key), decoys there: still
+#   redacted, as recorded above for h, p and v (ac's 1 and ad's 1 damaged);
+# - ac's OVH application key ("application key X (publique)") and a merchant id named
+#   public ("identifiant marchand (public) : X"), decoys there: left, now by the kind
+#   "a bracket that holds only the word public" (after the value or ending its label),
+#   which agrees with the pair decision above; a public Wi-Fi's password, or a value
+#   "(pas public)", still goes.
 DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-p": 1,
                            "secrets-tune-r": 1, "secrets-tune-s": 0, "secrets-tune-t": 0,
-                           "secrets-tune-u": 0, "secrets-tune-v": 2, "secrets-tune-w": 0}
+                           "secrets-tune-u": 0, "secrets-tune-v": 2, "secrets-tune-w": 0,
+                           "secrets-tune-ac": 1, "secrets-tune-ad": 1}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))

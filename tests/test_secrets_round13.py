@@ -9,7 +9,10 @@ with the look-alike the other way (a decoy that must stay, a secret that must go
   field a key's label reaches: the standard's name, never the key ("Wpa2-Lavoir-83" is);
 - a quoted message that names its own code in a sentence ("Your login code is 4471.",
   an SMS pasted in quotes) is no quoted passphrase: its code goes, its other words (a
-  reference, a name) stay; a quoted passphrase of plain words still goes.
+  reference, a name) stay; a quoted passphrase of plain words still goes;
+- a label/value row of a two-column table (HTML source read as text, indented; a
+  Markdown row with its outer bars) is no column title: its value is the cell to its
+  right, not the cell under it in the next row; a real header still names its column.
 """
 
 from __future__ import annotations
@@ -65,4 +68,19 @@ def test_security_mode(text: str, gone: list[str], kept: list[str]) -> None:
      ["trois pommes sous le préau 42"], []),
 ])
 def test_quoted_message(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("<table>\n  <tr><td><b>Nom du réseau</b></td><td>Grange-Wifi</td></tr>\n"
+     "  <tr><td><b>Mot de passe</b></td><td>Ortie-Caillou-Vent-52</td></tr>\n"
+     "  <tr><td><b>Canal</b></td><td>Auto</td></tr>\n</table>\n",
+     ["Ortie-Caillou-Vent-52"], ["Canal", "Grange-Wifi"]),
+    ("| Passphrase | ember-otter-slate-64 |\n| Guest portal | Enabled |\n",
+     ["ember-otter-slate-64"], ["Guest portal", "Enabled"]),
+    # the look-alike: a header row over rows of accounts still names its column
+    ("| Compte | Mot de passe |\n| compta | Rv8!Lune-Ocre |\n| accueil | Tq5#Bois-Sel |\n",
+     ["Rv8!Lune-Ocre", "Tq5#Bois-Sel"], ["compta", "accueil"]),
+])
+def test_key_value_row(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

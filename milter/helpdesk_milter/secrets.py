@@ -1233,8 +1233,10 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
     # every secret column of the header ("password" and "totp" in an export)
     cols = [i for i, (a, b) in enumerate(spans)
             if i == col or i in keyish or _header_cell(line[a:b].strip(), network=network)]
-    if col == 0 and len(spans) == 2:
-        other = line[spans[1][0]:spans[1][1]].strip().lower().strip("*:# ")
+    # (empty cells aside: an indented row of HTML read as text, "| Mot de passe | X |")
+    filled = [i for i, (a, b) in enumerate(spans) if line[a:b].strip()]
+    if len(filled) == 2 and col == filled[0]:
+        other = line[spans[filled[1]][0]:spans[filled[1]][1]].strip().lower().strip("*:# ")
         if other not in _HEADER_WORDS:
             return None          # "Mot de passe | Soleil2024": a key/value row, not a header
     findings: list[Finding] = []
