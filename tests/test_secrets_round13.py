@@ -12,7 +12,11 @@ with the look-alike the other way (a decoy that must stay, a secret that must go
   reference, a name) stay; a quoted passphrase of plain words still goes;
 - a label/value row of a two-column table (HTML source read as text, indented; a
   Markdown row with its outer bars) is no column title: its value is the cell to its
-  right, not the cell under it in the next row; a real header still names its column.
+  right, not the cell under it in the next row; a real header still names its column;
+- a state word after "for the", "du", "of the" in a label's qualifiers describes the
+  thing the password opens ("the passphrase for the encrypted drive is:"), not the
+  password: the value after it goes; "password encrypted with ..." and a label that
+  points elsewhere still give none.
 """
 
 from __future__ import annotations
@@ -83,4 +87,19 @@ def test_quoted_message(text: str, gone: list[str], kept: list[str]) -> None:
      ["Rv8!Lune-Ocre", "Tq5#Bois-Sel"], ["compta", "accueil"]),
 ])
 def test_key_value_row(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("Hi,\nthe passphrase for the encrypted laptop of the front desk is:\n\n"
+     "   lemon harbour quilt sixty\n\nThanks, Dana\n", ["lemon harbour quilt sixty"], []),
+    ("La phrase de passe du volume chiffré de la compta : Merle-Brique-Osier-19\n",
+     ["Merle-Brique-Osier-19"], []),
+    # the look-alikes: a password said to be encrypted, a label that points elsewhere
+    ("Le mot de passe chiffré est dans le fichier config.php, ligne 12.\n", [],
+     ["config.php"]),
+    ("The password for the encrypted share is in the team vault, entry NAS-Compta.\n", [],
+     ["NAS-Compta"]),
+])
+def test_state_of_the_object(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

@@ -1999,6 +1999,17 @@ _TAG_ATTRIBUTES = re.compile(r"""(?:[ \t]+[A-Za-z_:][\w:.\-]{0,40}[ \t]*=[ \t]*"
                              r"""(?:"[^"<>\n]{0,200}"|'[^'<>\n]{0,200}')){1,8}[ \t]*(?=>)""")
 
 
+# A state that, after "for the", "du", "of the" in a label's qualifiers, describes the
+# thing the password opens ("the passphrase for the encrypted drive is:", « le mot de
+# passe du volume chiffré : »), not the password ("mot de passe chiffré", "password
+# encrypted with bcrypt" still say no value follows).
+_OBJECT_STATE = _words("""
+encrypted chiffré chiffrée chiffrés chiffrées protected protégé protégée protégés
+protégées sécurisé sécurisée securise
+""")
+_OBJECT_OF = _words("for of du de des pour to")
+
+
 def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
                     n: int) -> Finding | None:
     start, pos = m.start(), m.end()
@@ -2116,7 +2127,9 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
                 pos = close + 1
                 continue
         low = word.lower().strip("().,;!?\"'«»")
-        if low in _NEGATIVE_QUALIFIERS or low.split("'")[0] in ("n", "ne"):
+        if (low in _NEGATIVE_QUALIFIERS and not (low in _OBJECT_STATE and quals
+                                                 and not _OBJECT_OF.isdisjoint(quals))) \
+                or low.split("'")[0] in ("n", "ne"):
             return None
         if (group != "creds" and qualifiers <= 3 and not weak and not pin
                 and prev not in _SOURCE_WORDS and _ACCOUNT_NAMED.isdisjoint(quals[-2:])
