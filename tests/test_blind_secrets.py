@@ -37,7 +37,7 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-x": 0.90, "secrets-tune-y": 0.94, "secrets-tune-z": 0.94,
         # written after the twelfth session (first scored 0.949 / 4 damaged and 0.938 / 2
         # as they came), tuned on for precision in the thirteenth
-        "secrets-tune-ac": 0.96, "secrets-tune-ad": 0.93}
+        "secrets-tune-ac": 0.96, "secrets-tune-ad": 0.94}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")

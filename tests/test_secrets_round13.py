@@ -16,7 +16,11 @@ with the look-alike the other way (a decoy that must stay, a secret that must go
 - a state word after "for the", "du", "of the" in a label's qualifiers describes the
   thing the password opens ("the passphrase for the encrypted drive is:"), not the
   password: the value after it goes; "password encrypted with ..." and a label that
-  points elsewhere still give none.
+  points elsewhere still give none;
+- a column of codes is titled by its own cell: a "Série" or "Serial" column beside
+  "Code de déverrouillage" does not make it a product's code, and a code's use may be
+  joined by a preposition ("Code du portail", "Code for the door"); a column titled
+  "Code de commande" or "Code de licence" is still no secret's.
 """
 
 from __future__ import annotations
@@ -102,4 +106,21 @@ def test_key_value_row(text: str, gone: list[str], kept: list[str]) -> None:
      ["NAS-Compta"]),
 ])
 def test_state_of_the_object(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ("<table>\n<tr><th>Salle</th><th>N° de série</th><th>Code du cadenas</th></tr>\n"
+     "<tr><td>Atelier</td><td>KL-44310</td><td>3817</td></tr>\n"
+     "<tr><td>Réserve</td><td>KL-44311</td><td>6092</td></tr>\n</table>\n",
+     ["3817", "6092"], ["KL-44310", "KL-44311"]),
+    ("| Kiosk | Serial | Unlock code |\n|---|---|---|\n| Hall | QX-5520-A | 418806 |\n"
+     "| Café | QX-5520-B | 772915 |\n", ["418806", "772915"], ["QX-5520-A", "QX-5520-B"]),
+    # the look-alikes: the column's own title names a sale or a licence
+    ("| Poste | Série | Code de commande |\n| P4 | MN-7781 | 559310 |\n"
+     "| P5 | MN-7782 | 559311 |\n", [], ["559310", "559311"]),
+    ("| Poste | Code de licence |\n| P4 | 88213-55120 |\n| P5 | 88213-55121 |\n", [],
+     ["88213-55120"]),
+])
+def test_code_column(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

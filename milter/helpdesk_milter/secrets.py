@@ -640,7 +640,10 @@ _TABLE_HEADER_CELL = re.compile(
     rf"token|jeton|api[\s_\-]+key|cl[ée]f?[\s_\-]+api|"
     rf"(?:code|cl[ée]f?|key)[\s_\-]+(?:{_WIFI})|(?:{_WIFI})[\s_\-]+(?:key|password|code)|"
     # a column of access codes: "Code admin", "Code d'accès", "Door code", "Code alarme"
-    rf"code[\s_\-]+(?:d['’])?(?:{_CODE_USE})|(?:{_CODE_USE})[\s_\-]+code)"
+    # ("Code de déverrouillage", "Code du portail", "Code for the door": joined by a
+    # preposition)
+    rf"code[\s_\-]+(?:d['’]|(?:de|du|of|for)[\s_\-]+(?:(?:la|the)[\s_\-]+)?)?"
+    rf"(?:{_CODE_USE})|(?:{_CODE_USE})[\s_\-]+code)"
     r"(?:\s*/\s*(?:jeton|token|cl[ée]f?|key|code|pin))?"
     r"(?:[\s_\-]+[^\W\d_]{2,15}){0,2}(?:\s*\(.{0,40}\))?[\W_]*")
 # Words in a column title that say its cells are not the secret ("Password changed",
@@ -4126,6 +4129,9 @@ def _code_for_product(text: str, start: int, end: int) -> bool:
     """Whether the words of a code's label (``text[start:end]`` and its line: up to 30
     characters before it, to the colon after it) name a product or a sale."""
     lo = max(0, start - 30, text.rfind("\n", max(0, start - 30), start) + 1)
+    # a column's title is its own cell: the title beside it ("| Série | Code de
+    # déverrouillage |", HTML cells read as tab-separated) does not qualify it
+    lo = max(lo, text.rfind("|", lo, start) + 1, text.rfind("\t", lo, start) + 1)
     cm = _LABEL_COLON.match(text, end, min(len(text), end + 80))
     return _CODE_FOR_PRODUCT.search(text, _qualifier_start(text, lo, start),
                                     cm.end() if cm is not None else end)
