@@ -37,7 +37,7 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-x": 0.90, "secrets-tune-y": 0.94, "secrets-tune-z": 0.94,
         # written after the twelfth session (first scored 0.949 / 4 damaged and 0.938 / 2
         # as they came), tuned on for precision in the thirteenth
-        "secrets-tune-ac": 0.96, "secrets-tune-ad": 0.94}
+        "secrets-tune-ac": 0.96, "secrets-tune-ad": 0.95}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
@@ -99,7 +99,10 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
 #   public ("identifiant marchand (public) : X"), decoys there: left, now by the kind
 #   "a bracket that holds only the word public" (after the value or ending its label),
 #   which agrees with the pair decision above; a public Wi-Fi's password, or a value
-#   "(pas public)", still goes.
+#   "(pas public)", still goes;
+# - ad's used recovery codes ("the used ones were X and Y, they don't work anymore"),
+#   secrets there: left, as every old value the text says stopped working with no live
+#   value put back (d's decoys, the ninth round's decision): expected misses.
 DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-p": 1,
                            "secrets-tune-r": 1, "secrets-tune-s": 0, "secrets-tune-t": 0,
                            "secrets-tune-u": 0, "secrets-tune-v": 2, "secrets-tune-w": 0,

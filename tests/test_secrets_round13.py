@@ -20,7 +20,10 @@ with the look-alike the other way (a decoy that must stay, a secret that must go
 - a column of codes is titled by its own cell: a "Série" or "Serial" column beside
   "Code de déverrouillage" does not make it a product's code, and a code's use may be
   joined by a preposition ("Code du portail", "Code for the door"); a column titled
-  "Code de commande" or "Code de licence" is still no secret's.
+  "Code de commande" or "Code de licence" is still no secret's;
+- a one-time code before a provider's "is your ... verification / sign-in code" (an SMS
+  forwarded as text) is the code; before "is your order / tracking / seat code" it is
+  not.
 """
 
 from __future__ import annotations
@@ -123,4 +126,18 @@ def test_state_of_the_object(text: str, gone: list[str], kept: list[str]) -> Non
      ["88213-55120"]),
 ])
 def test_code_column(text: str, gone: list[str], kept: list[str]) -> None:
+    check(text, gone, kept)
+
+
+@pytest.mark.parametrize(("text", "gone", "kept"), [
+    ('Copie du SMS reçu à 9h12 : "N-415207 is your Nimbus verification code."\n',
+     ["N-415207"], ["9h12"]),
+    ("Text from the bank: 602 118 is your Harbour Bank sign-in code. Never share it.\n",
+     ["602 118"], []),
+    # the look-alikes: what the code is for is no login
+    ("Reminder: 4471023 is your parcel tracking code, and 88 is your seat code.\n", [],
+     ["4471023", "88 is"]),
+    ("FR-30917 is your order code for the new badge printer.\n", [], ["FR-30917"]),
+])
+def test_one_time_code_message(text: str, gone: list[str], kept: list[str]) -> None:
     check(text, gone, kept)

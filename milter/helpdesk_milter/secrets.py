@@ -1694,6 +1694,11 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
                 window_until = max(window_until, values[-1].end if values else
                                    min(n, m.end() + _WINDOW_REACH))
             continue
+        if keyword == "code" and start >= 12 and text[start - 1] in " \t":
+            otp = _one_time_code_before(text, start)    # "G-123456 is your ... code"
+            if otp is not None:
+                out.append(otp)
+                continue
         if group in ("kw", "wifi", "key") and not (
                 header_lines and header_lines[-1][1] > start) and (
                 group != "key" or _key_label_ok(text, start, m.end())):
@@ -1975,6 +1980,23 @@ fameux fameuse c'est c’est est is was be sera : = -> → comme as
 # Where a password is kept, not what it is: "the DB password from 1Password", "le mot de
 # passe dans KeePass".
 _SOURCE_WORDS = _words("from in into inside within via using dans depuis avec with")
+
+
+# A one-time code's message, as a provider's SMS words it: "G-482913 is your Google
+# verification code", "731902 is your Acme sign-in code" (the code before "is your", a
+# provider's name or two and what the code is for before "code").  Not "FR-2231 is your
+# order code", "A12 is your seat code": the word before "code" must name a login.
+_ONE_TIME_CODE_BEFORE = re.compile(
+    r"(?i)(?<![^\s\"'«“(])(?P<v>(?:[A-Z]-)?\d{4,8}|\d{3}[- ]\d{3})[^\S\n]+(?:is|are)"
+    r"[^\S\n]+your[^\S\n]+(?:[A-Z][\w.\-]{1,20}[^\S\n]+){0,2}(?:account[^\S\n]+)?"
+    r"(?:verification|security|login|log-in|sign-in|signin|one-time|authentication|2fa|"
+    r"confirmation|access)[^\S\n]+\Z")
+
+
+def _one_time_code_before(text: str, kw_start: int) -> Finding | None:
+    lo = max(0, kw_start - 90, text.rfind("\n", max(0, kw_start - 90), kw_start) + 1)
+    vm = _ONE_TIME_CODE_BEFORE.search(text, lo, kw_start)
+    return None if vm is None else Finding("password", vm.start("v"), vm.end("v"))
 
 
 def _value_before(text: str, kw_start: int) -> Finding | None:
