@@ -38,7 +38,10 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-x": 0.93, "secrets-tune-y": 0.99, "secrets-tune-z": 0.98,
         # written after the eleventh session (first scored 0.929 / 1 damaged and 0.921 /
         # 1 as they came), tuned on in the twelfth
-        "secrets-tune-aa": 0.93, "secrets-tune-ab": 0.95}
+        "secrets-tune-aa": 0.93, "secrets-tune-ab": 0.95,
+        # written after the twelfth session's first round (first scored 0.949 / 4 damaged
+        # and 0.938 / 2 as they came), tuned on for precision in the thirteenth
+        "secrets-tune-ac": 0.96, "secrets-tune-ad": 0.95}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
@@ -101,10 +104,23 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
 #   aa's TOTP seed "the old secret ... was X but I think it got rotated" likewise.
 # - aa's commit id in prose after an API key's label ("Commit that added the connector:
 #   9f3c..."), a decoy there: left, a commit id that its own sentence names.
+# Decided in the thirteenth round (ac and ad):
+# - ac's and ad's AWS access key ids in a credentials file ("access_key_id = AKIA...",
+#   "aws_access_key_id = AKIA..." beside the secret access key), decoys there: still
+#   redacted, as recorded above for h, p and v (ac's 1 and ad's 1 damaged);
+# - ac's OVH application key ("application key X (publique)") and a merchant id named
+#   public ("identifiant marchand (public) : X"), decoys there: left, now by the kind
+#   "a bracket that holds only the word public" (after the value or ending its label),
+#   which agrees with the pair decision above; a public Wi-Fi's password, or a value
+#   "(pas public)", still goes;
+# - ad's used recovery codes ("the used ones were X and Y, they don't work anymore"),
+#   secrets there: left, as every old value the text says stopped working with no live
+#   value put back (d's decoys, the ninth round's decision): expected misses.
 DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tune-p": 1,
                            "secrets-tune-r": 1, "secrets-tune-s": 0, "secrets-tune-t": 0,
                            "secrets-tune-u": 0, "secrets-tune-v": 2, "secrets-tune-w": 0,
-                           "secrets-tune-aa": 0, "secrets-tune-ab": 0}
+                           "secrets-tune-aa": 0, "secrets-tune-ab": 0,
+                           "secrets-tune-ac": 1, "secrets-tune-ad": 1}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))

@@ -642,7 +642,10 @@ _TABLE_HEADER_CELL = re.compile(
     rf"token|jeton|api[\s_\-]+key|cl[ée]f?[\s_\-]+api|"
     rf"(?:code|cl[ée]f?|key)[\s_\-]+(?:{_WIFI})|(?:{_WIFI})[\s_\-]+(?:key|password|code)|"
     # a column of access codes: "Code admin", "Code d'accès", "Door code", "Code alarme"
-    rf"code[\s_\-]+(?:d['’])?(?:{_CODE_USE})|(?:{_CODE_USE})[\s_\-]+code)"
+    # ("Code de déverrouillage", "Code du portail", "Code for the door": joined by a
+    # preposition)
+    rf"code[\s_\-]+(?:d['’]|(?:de|du|of|for)[\s_\-]+(?:(?:la|the)[\s_\-]+)?)?"
+    rf"(?:{_CODE_USE})|(?:{_CODE_USE})[\s_\-]+code)"
     r"(?:\s*/\s*(?:jeton|token|cl[ée]f?|key|code|pin))?"
     r"(?:[\s_\-]+[^\W\d_]{2,15}){0,2}(?:\s*\(.{0,40}\))?[\W_]*")
 # Words in a column title that say its cells are not the secret ("Password changed",
@@ -1255,8 +1258,10 @@ def _table(text: str, kw_start: int) -> tuple[tuple[int, int], list[Finding]] | 
     # every secret column of the header ("password" and "totp" in an export)
     cols = [i for i, (a, b) in enumerate(spans)
             if i == col or i in keyish or _header_cell(line[a:b].strip(), network=network)]
-    if col == 0 and len(spans) == 2:
-        other = line[spans[1][0]:spans[1][1]].strip().lower().strip("*:# ")
+    # (empty cells aside: an indented row of HTML read as text, "| Mot de passe | X |")
+    filled = [i for i, (a, b) in enumerate(spans) if line[a:b].strip()]
+    if len(filled) == 2 and col == filled[0]:
+        other = line[spans[filled[1]][0]:spans[filled[1]][1]].strip().lower().strip("*:# ")
         if other not in _HEADER_WORDS:
             return None          # "Mot de passe | Soleil2024": a key/value row, not a header
     findings: list[Finding] = []
@@ -1716,6 +1721,11 @@ def _passwords(text: str, lower: str, windows: list[tuple[int, int]],
                 window_until = max(window_until, values[-1].end if values else
                                    min(n, m.end() + _WINDOW_REACH))
             continue
+        if keyword == "code" and start >= 12 and text[start - 1] in " \t":
+            otp = _one_time_code_before(text, start)    # "G-123456 is your ... code"
+            if otp is not None:
+                out.append(otp)
+                continue
         if group in ("kw", "wifi", "key") and not (
                 header_lines and header_lines[-1][1] > start) and (
                 group != "key" or _key_label_ok(text, start, m.end())):
@@ -2005,6 +2015,23 @@ fameux fameuse c'est c’est est is was be sera : = -> → comme as
 _SOURCE_WORDS = _words("from in into inside within via using dans depuis avec with")
 
 
+# A one-time code's message, as a provider's SMS words it: "G-482913 is your Google
+# verification code", "731902 is your Acme sign-in code" (the code before "is your", a
+# provider's name or two and what the code is for before "code").  Not "FR-2231 is your
+# order code", "A12 is your seat code": the word before "code" must name a login.
+_ONE_TIME_CODE_BEFORE = re.compile(
+    r"(?i)(?<![^\s\"'«“(])(?P<v>(?:[A-Z]-)?\d{4,8}|\d{3}[- ]\d{3})[^\S\n]+(?:is|are)"
+    r"[^\S\n]+your[^\S\n]+(?:[A-Z][\w.\-]{1,20}[^\S\n]+){0,2}(?:account[^\S\n]+)?"
+    r"(?:verification|security|login|log-in|sign-in|signin|one-time|authentication|2fa|"
+    r"confirmation|access)[^\S\n]+\Z")
+
+
+def _one_time_code_before(text: str, kw_start: int) -> Finding | None:
+    lo = max(0, kw_start - 90, text.rfind("\n", max(0, kw_start - 90), kw_start) + 1)
+    vm = _ONE_TIME_CODE_BEFORE.search(text, lo, kw_start)
+    return None if vm is None else Finding("password", vm.start("v"), vm.end("v"))
+
+
 def _value_before(text: str, kw_start: int) -> Finding | None:
     lo = max(0, kw_start - 100, text.rfind("\n", max(0, kw_start - 100), kw_start) + 1)
     last = text[max(lo, kw_start - 24):kw_start].split()
@@ -2028,6 +2055,17 @@ _INLINE_TAG = re.compile(r"(?i)<(?:code|b|strong|em|i|span|tt|kbd|samp|font)(?:\
 
 _TAG_ATTRIBUTES = re.compile(r"""(?:[ \t]+[A-Za-z_:][\w:.\-]{0,40}[ \t]*=[ \t]*"""
                              r"""(?:"[^"<>\n]{0,200}"|'[^'<>\n]{0,200}')){1,8}[ \t]*(?=>)""")
+
+
+# A state that, after "for the", "du", "of the" in a label's qualifiers, describes the
+# thing the password opens ("the passphrase for the encrypted drive is:", « le mot de
+# passe du volume chiffré : »), not the password ("mot de passe chiffré", "password
+# encrypted with bcrypt" still say no value follows).
+_OBJECT_STATE = _words("""
+encrypted chiffré chiffrée chiffrés chiffrées protected protégé protégée protégés
+protégées sécurisé sécurisée securise
+""")
+_OBJECT_OF = _words("for of du de des pour to")
 
 
 def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
@@ -2147,7 +2185,9 @@ def _password_after(text: str, m: re.Match[str], group: str, keyword: str,
                 pos = close + 1
                 continue
         low = word.lower().strip("().,;!?\"'«»")
-        if low in _NEGATIVE_QUALIFIERS or low.split("'")[0] in ("n", "ne"):
+        if (low in _NEGATIVE_QUALIFIERS and not (low in _OBJECT_STATE and quals
+                                                 and not _OBJECT_OF.isdisjoint(quals))) \
+                or low.split("'")[0] in ("n", "ne"):
             return None
         if (group != "creds" and qualifiers <= 3 and not weak and not pin
                 and prev not in _SOURCE_WORDS and _ACCOUNT_NAMED.isdisjoint(quals[-2:])
@@ -3311,7 +3351,7 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
             text, max(lo, a - 40), a) or _identifier_half(text, a, lo) \
             or _key_before_secret(text, a, b, lo):
         return True
-    if _not_secret_value(text, a, b, lo):
+    if _not_secret_value(text, a, b, lo) or _PUBLIC_LABEL.search(text, max(lo, a - 30), a):
         return True
     if kind != "password":
         return False
@@ -3319,7 +3359,8 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
             or _PUBLIC_NUMBER_AFTER.match(text, b, min(len(text), b + 40)) \
             or _network_before_key(text, a, b) or _schedule_or_phone(text, a, b) \
             or _error_code(text, a, b, lo) or _name_given(text, a, lo) \
-            or _numbered_sibling(text, a, b, lo):
+            or _numbered_sibling(text, a, b, lo) \
+            or (text[a] in "WwOo" and _SECURITY_MODE.fullmatch(text, a, b) is not None):
         return True
     om = _OLD_BEFORE.search(text, max(lo, a - 60), a)
     if om is not None and not _OLD_VERB.search(om.group("between")) \
@@ -3328,6 +3369,22 @@ def _context_veto(text: str, a: int, b: int, kind: str) -> bool:
             and not _STILL_BEFORE.search(text, max(lo, om.start() - 24), om.start()):
         return True
     return bool(_HEX_VALUE.fullmatch(text, a, b) and _HASH_BEFORE.search(text, lo, a))
+
+
+# A label that ends on a bracket holding only the word public ("Identifiant marchand
+# (public) :", "Key [public]:"): the value is the public half of a pair, as after it
+# (_SHAREABLE_AFTER).  Not "Wi-Fi public :", "clé (pas publique) :".
+_PUBLIC_LABEL = re.compile(r"(?i)[(\[][^\S\n]*(?:public|publique|publiable|publishable)"
+                           r"[^\S\n]*[)\]][^\S\n]*[:=][^\S\n]*\Z")
+
+
+# A Wi-Fi network's security mode, as a router's page or a table of access names it
+# ("WPA3-Personal", "WPA2-PSK (AES)", "WPA2/WPA3 Personnel", "Open"): the standard's
+# vocabulary under a Wi-Fi heading, never its key ("Wpa2-Lavoir-83" is one).
+_SECURITY_MODE = re.compile(
+    r"(?i)(?:wpa[23]?|wep|owe|open|ouvert)(?:[^\S\n]*[-/+ ][^\S\n]*(?:wpa[23]?|personal|"
+    r"personnel|enterprise|entreprise|psk|sae|aes|tkip|ccmp|mixed|mixte|transition|owe|"
+    r"\((?:aes|tkip|ccmp|sae|psk)\)))*")
 
 
 # A value the words right after it say is (like) a number anyone knows ("c 31470 comme
@@ -3691,7 +3748,7 @@ def _alive(text: str, f: Finding) -> bool:
 # Words that the cues after a value need (_CROSSED_OUT, _SHAREABLE_AFTER): one search
 # says whether either may match.
 _AFTER_CUE = re.compile(r"(?i)barr|ray[ée]|crossed|struck|share|secret|sensi|confiden|"
-                        r"public|exampl|exempl|sample|dummy|fake|factice|fictiv|placeholder")
+                        r"publi|exampl|exempl|sample|dummy|fake|factice|fictiv|placeholder")
 
 
 # A password's hash in a known format (crypt's "$2y$10$...", "$6$salt$...", "$argon2id$...",
@@ -3755,7 +3812,11 @@ _SHAREABLE_AFTER = re.compile(
     # domain: "api.example.org")
     r"|[\"'»”’`]?[^\S\n]*[(\[][^\S\n]*(?:(?:the|an?|un|une|just|only|juste|valeur|value)"
     r"[^\S\n]+|d['’])?(?:example|exemple|sample|dummy|fake|factice|fictive?|placeholder)s?"
-    r"(?![\w@/\-]|\.\w|[^\S\n]*[#\d])", re.I)
+    r"(?![\w@/\-]|\.\w|[^\S\n]*[#\d])"
+    # "X (publique)", "X [public key]": a bracket that holds only the word public says the
+    # value is the public half (not "(wifi public)", "(pas public)")
+    r"|[^\S\n]*[(\[][^\S\n]*(?:(?:cl[ée]f?|key)[^\S\n]+)?(?:public|publique|publiable|"
+    r"publishable)(?:[^\S\n]+key)?[^\S\n]*[)\]]", re.I)
 
 
 def _looks_secret(value: str) -> bool:
@@ -4158,6 +4219,9 @@ def _code_for_product(text: str, start: int, end: int) -> bool:
     """Whether the words of a code's label (``text[start:end]`` and its line: up to 30
     characters before it, to the colon after it) name a product or a sale."""
     lo = max(0, start - 30, text.rfind("\n", max(0, start - 30), start) + 1)
+    # a column's title is its own cell: the title beside it ("| Série | Code de
+    # déverrouillage |", HTML cells read as tab-separated) does not qualify it
+    lo = max(lo, text.rfind("|", lo, start) + 1, text.rfind("\t", lo, start) + 1)
     cm = _LABEL_COLON.match(text, end, min(len(text), end + 80))
     return _CODE_FOR_PRODUCT.search(text, _qualifier_start(text, lo, start),
                                     cm.end() if cm is not None else end)
@@ -4277,13 +4341,29 @@ def _phrase_line(value: str) -> bool:
         for w in letters) and _REFERENCE_PHRASE.match(value) is None
 
 
+# A quoted message (an SMS, a notice pasted in quotes) that names a code or a password
+# with the words of a sentence ("Your login code is 4471.", « Votre code est 5521 »): it
+# carries its own label, whose value the label's window finds; the message is no
+# passphrase.
+_MESSAGE_LABEL = re.compile(r"(?i)(?<![^\W_])(?:code|codes|password|passcode|pin|mdp|"
+                            r"mot[^\S\n]+de[^\S\n]+passe)(?![^\W_])")
+
+
+def _quoted_message(value: str) -> bool:
+    return _MESSAGE_LABEL.search(value) is not None and any(
+        w.lower() in _QUOTED_SENTENCE for w in _WORD_SPLIT.split(value))
+
+
 def _quoted_passphrase(value: str, *, phrase: bool = False) -> bool:
     """A passphrase given in quotes after a separator: a few words with a digit or a symbol
     (``_passphrase``), or three to ten words of letters none of which makes it a sentence
     ("correct horse staple margarine", « le chat du maire dort sur le registre »).  After
     a label that names a phrase (``phrase``: 'the passphrase "..."') a word of a
     forgotten or wrong password is one of its words ("amber kettle forgot seventeen"),
-    but a password's own words are not ("Mot de passe oublié")."""
+    but a password's own words are not ("Mot de passe oublié").  Not a quoted message
+    that names its own code ("Your login code is 4471.")."""
+    if _quoted_message(value):
+        return False
     if _passphrase(value):
         return True
     words = value.split()
