@@ -136,7 +136,7 @@ def test_tuning_set(name: str) -> None:
 def test_held_out_set_does_not_fall() -> None:
     """The frozen held-out set (never read by whoever changes a detector): its figures
     are reported, and may not fall below what they were when last measured (recall
-    0.964, 1 decoy damaged, after the ninth round).  The issue's bar is recall 0.97
+    0.971, 1 decoy damaged, after the twelfth round).  The issue's bar is recall 0.97
     with no decoy damaged; only the aggregate is shown here, never which secret or
     decoy."""
     figures = measure_secrets(TUNE / "secrets-heldout")
@@ -145,5 +145,5 @@ def test_held_out_set_does_not_fall() -> None:
     recall, damaged = figures.recall, figures.damaged
     del figures
     print(f"\nsecrets held-out: recall {recall:.3f}, {damaged} damaged")
-    ok = recall >= 0.963 and damaged <= 1
+    ok = recall >= 0.970 and damaged <= 1
     assert ok, f"held-out recall {recall:.3f}, {damaged} decoys damaged"
