@@ -41,7 +41,9 @@ BARS = {"secrets-tune-a": 0.99, "secrets-tune-b": 1.0, "secrets-tune-c": 0.99,
         "secrets-tune-aa": 0.93, "secrets-tune-ab": 0.95,
         # written after the twelfth session's first round (first scored 0.949 / 4 damaged
         # and 0.938 / 2 as they came), tuned on for precision in the thirteenth
-        "secrets-tune-ac": 0.96, "secrets-tune-ad": 0.95}
+        "secrets-tune-ac": 0.96, "secrets-tune-ad": 0.95,
+        # written after the thirteenth round and not tuned on (first contact 0.968 / 0)
+        "secrets-tune-ae": 0.96}
 # decoys still damaged on a set (a ceiling, to be kept at 0).  Two are labels on which
 # writers disagree, decided by what a careful admin expects:
 # - h and p: an AWS access key id ("AWS_ACCESS_KEY_ID=AKIA...", "Access key id AKIA...")
@@ -120,7 +122,7 @@ DAMAGED: dict[str, int] = {"secrets-tune-e": 1, "secrets-tune-h": 1, "secrets-tu
                            "secrets-tune-r": 1, "secrets-tune-s": 0, "secrets-tune-t": 0,
                            "secrets-tune-u": 0, "secrets-tune-v": 2, "secrets-tune-w": 0,
                            "secrets-tune-aa": 0, "secrets-tune-ab": 0,
-                           "secrets-tune-ac": 1, "secrets-tune-ad": 1}
+                           "secrets-tune-ac": 1, "secrets-tune-ad": 1, "secrets-tune-ae": 0}
 
 
 @pytest.mark.parametrize("name", sorted(BARS))
