@@ -6396,6 +6396,11 @@ _LOGIN_SHAPE = re.compile(r"[^\W\d_][\w.@\-]{0,63}")
 _IDENTITY_LABEL = re.compile(
     r"(?i)(?<![^\W_])(?:nic[\s_\-]?handle|handle|login|username|user[\s_\-]?id|"
     r"identifiant|utilisateur)[^\S\n]{0,3}[:=][^\S\n]{0,3}\Z")
+# ... unless that word only says whose the password named before it on the line is
+# ("Mot de passe utilisateur : X", "mdp login : X"), with no other field between them
+_PASSWORD_OF = re.compile(
+    r"(?i)(?<![^\W_])(?:mot[^\S\n]+de[^\S\n]+passe|mdp|password|passwd|pwd)"
+    r"[^\S\n]+(?:(?:du|de|of|the|for|d['’]un|de[^\S\n]+l['’])[^\S\n]*){0,2}\Z")
 
 # ... and a line that an account's label opens ("Compte : mx41127-ovh", "- Account:
 # ops-team"): the account's name or number.  (At the line's start only: "le mot de
@@ -6498,7 +6503,9 @@ def _by_shape(text: str, found: list[Finding]) -> list[Finding]:
                 and _classes(value[:sm.start()]) <= 2 and sm.end() < len(value):
             f = Finding(f.kind, f.start + sm.end(), f.end)
         ls = text.rfind("\n", max(0, f.start - 40), f.start) + 1
-        if _IDENTITY_LABEL.search(text, max(ls, f.start - 40), f.start) or (
+        im = _IDENTITY_LABEL.search(text, max(ls, f.start - 40), f.start)
+        if (im is not None and not (f.kind == "password" and _PASSWORD_OF.search(
+                text, max(ls, im.start() - 40), im.start()))) or (
                 f.kind == "password" and _ACCOUNT_LABEL.search(text, ls, f.start)) or (
                 _LABEL_END.search(text, max(0, f.start - 4), f.start) and _identity_head(
                     text, f.start, max(ls, f.start - 90))):
