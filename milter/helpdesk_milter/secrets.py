@@ -708,6 +708,24 @@ def _mask_markup(text: str) -> str:
     return _MARKUP_TAG.sub(blank, text)
 
 
+def _unlabelled_passwords(text: str, hay: _Haystack) -> list[Finding]:
+    """The password detectors that need no label's window, which both of ``scan``'s
+    paths (a text with a gate word and a quiet one) run alike: values given by a verb,
+    keypad codes, codes before their key in words, rows of accounts, SMTP AUTH
+    transcripts and SASL password map lines; each behind its own cheap literal test."""
+    out = _given_values(text, hay)
+    if hay.keypad():
+        out.extend(_keypad_codes(text))
+    out.extend(_keypad_then_codes(text))
+    if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
+        out.extend(_account_rows(text, hay.folded))
+    if b"auth" in hay.folded or b"334" in hay.cased:
+        out.extend(_sasl_transcripts(text, hay.folded))
+    if b"sasl" in hay.folded or b"]:" in hay.cased:
+        out.extend(_sasl_map_lines(text))
+    return out
+
+
 class SecretScanner:
     """Finds secrets in text.  Build once (from the config) and share between threads."""
 
@@ -786,16 +804,7 @@ class SecretScanner:
             quiet = [f for f in self._generic(hay, text) if f.kind in self.enabled]
             if "password" in self.enabled:
                 quiet.extend(_account_values(text, hay))
-                quiet.extend(_given_values(text, hay))
-                if hay.keypad():
-                    quiet.extend(_keypad_codes(text))
-                quiet.extend(_keypad_then_codes(text))
-                if b"auth" in hay.folded or b"334" in hay.cased:
-                    quiet.extend(_sasl_transcripts(text, hay.folded))
-                if b"sasl" in hay.folded or b"]:" in hay.cased:
-                    quiet.extend(_sasl_map_lines(text))
-                if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
-                    quiet.extend(_account_rows(text, hay.folded))
+                quiet.extend(_unlabelled_passwords(text, hay))
             return _resolve(_by_shape(text, _live(text, quiet) + self._named(hay, text)))
         found: list[Finding] = []
         enabled = self.enabled
@@ -829,22 +838,13 @@ class SecretScanner:
                     found.extend(_passwords(masked, lower, windows))
         found.extend(f for f in self._generic(hay, text) if f.kind in enabled)
         if "password" in enabled:
-            found.extend(_given_values(text, hay))
-            if hay.keypad():
-                found.extend(_keypad_codes(text))
-            found.extend(_keypad_then_codes(text))
-            if b"@" in hay.cased and not _ROW_WORDS.isdisjoint(hay.literals()[0]):
-                found.extend(_account_rows(text, hay.folded))
+            found.extend(_unlabelled_passwords(text, hay))
         if "api-token" in enabled and (b"secret" in hay.folded or b"priv" in hay.folded):
             lower = hay.lower(text)
             if len(lower) == len(text):
                 found.extend(_secret_named_values(text, lower))
         if "password" in enabled and not labelled:
             found.extend(_account_values(text, hay))
-        if "password" in enabled and (b"auth" in hay.folded or b"334" in hay.cased):
-            found.extend(_sasl_transcripts(text, hay.folded))
-        if "password" in enabled and (b"sasl" in hay.folded or b"]:" in hay.cased):
-            found.extend(_sasl_map_lines(text))
         if "password" in enabled and b"wifi:" in hay.folded:
             found.extend(_wifi_qr(text))
         if "password" in enabled and (b"appli" in hay.folded or b"app pass" in hay.folded
